@@ -1,0 +1,48 @@
+# One-command entry points. Idempotent: the venv is rebuilt only when pyproject.toml
+# changes (stamp keyed on its hash); the dataset is installed only when missing.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.deps-$(shell sha1sum pyproject.toml | cut -c1-12)
+FASHION_MNIST_ROOT ?= /usr/share/datasets/fashion-mnist
+export FASHION_MNIST_ROOT
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup data demo test lint
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo "==> venv $(VENV): installing the pinned dependencies (about 2 min the first time)"
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip check
+	@rm -f $(VENV)/.deps-*; touch $@
+	@echo "==> venv ready: $(VENV)"
+
+data:
+	@if [ -f "$(FASHION_MNIST_ROOT)/train-images-idx3-ubyte.gz" ]; then \
+		echo "==> Fashion-MNIST found in $(FASHION_MNIST_ROOT)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "==> installing Fashion-MNIST: apt-get install -y dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "!! Fashion-MNIST is not in $(FASHION_MNIST_ROOT)."; \
+		echo "!! Install it as root with: apt-get install -y dataset-fashion-mnist"; \
+		echo "!! or run: make demo FASHION_MNIST_ROOT=/folder/with/the/four/idx.gz/files"; \
+		exit 1; \
+	fi
+
+demo: setup data
+	@echo "==> main job on the default (Fashion-MNIST); outputs under outputs/"
+	$(PY) experiments/inspect_data.py
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup
+	@$(MAKE) --no-print-directory data || echo "!! tests that need the real Fashion-MNIST will be skipped"
+	$(MAKE) --no-print-directory lint
+	@echo "==> pytest (fast tests; slow ones: $(PY) -m pytest -m slow)"
+	$(PY) -m pytest
