@@ -1,0 +1,31 @@
+"""The objectives behind one interface: ``methods.build(name, codebook=E, **cfg)``.
+
+cfm           continuous flow matching, velocity MSE
+cfm-endpoint  continuous flow matching, endpoint MSE
+dfm           discrete flow matching, mixture path (source: mask | uniform)
+purr          Purrception: categorical posterior over the codebook, CE loss
+"""
+
+from __future__ import annotations
+
+from .base import LossOutput, Method, SampleOutput, TimeSampler, guided_forward, nearest_code
+from .cfm import CFM, CFMEndpoint
+from .dfm import DFM
+from .purrception import Purrception, velocity_from_posterior
+
+METHODS = {"cfm": CFM, "cfm-endpoint": CFMEndpoint, "dfm": DFM, "purr": Purrception}
+
+
+def build(name: str, codebook, **cfg) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    try:
+        return METHODS[name](codebook, **cfg)
+    except TypeError as e:
+        raise TypeError(f"bad option for method {name!r}: {e}") from e
+
+
+__all__ = [
+    "METHODS", "build", "Method", "LossOutput", "SampleOutput", "TimeSampler", "guided_forward",
+    "nearest_code", "velocity_from_posterior", "CFM", "CFMEndpoint", "DFM", "Purrception",
+]  # fmt: skip

@@ -1,0 +1,155 @@
+"""What every method shares: outputs, time sampling, CFG, temperature, nearest code.
+
+Time runs from t=0 (noise) to t=1 (data). A model is any callable ``model(x, t, y)``;
+``y`` may hold ``NULL_LABEL`` (-1) for the unconditional branch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from shared.backbone.dit import NULL_LABEL
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar, differentiable
+    logs: dict = field(default_factory=dict)  # detached scalars (no host sync here)
+
+
+@dataclass
+class SampleOutput:
+    indices: torch.Tensor  # (B, H, W) long, every entry a real code in [0, K)
+    nfe: int  # number of model calls (a CFG call over both halves counts once)
+    nfe_rows: int  # model calls × batch multiplier (2 with CFG): the compute actually spent
+    trace: list | None = None  # per step: {"t", "state", "posterior" (B,K,H,W) or None}
+
+
+class TimeSampler:
+    """t for training: ``uniform`` on [t_min, 1) or ``logit_normal`` (sigmoid of N(m, s²)).
+
+    Logit-normal draws are clipped to [t_min, 1) as well.
+    """
+
+    def __init__(self, kind: str = "uniform", t_min: float = 1e-3, mean: float = 0.0, std=1.0):
+        if kind not in ("uniform", "logit_normal"):
+            raise ValueError(f"time sampling must be 'uniform' or 'logit_normal', got {kind!r}")
+        if not 0.0 <= t_min < 1.0:
+            raise ValueError(f"t_min must lie in [0, 1), got {t_min}")
+        self.kind, self.t_min, self.mean, self.std = kind, t_min, mean, std
+
+    def __call__(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
+        if self.kind == "uniform":
+            u = torch.rand(n, device=device, generator=generator, dtype=torch.float32)
+            return self.t_min + (1.0 - self.t_min) * u
+        z = torch.randn(n, device=device, generator=generator, dtype=torch.float32)
+        t = torch.sigmoid(self.mean + self.std * z)
+        return t.clamp(self.t_min, math.nextafter(1.0, 0.0))
+
+
+def guided_forward(model, x, t, y, cfg_scale: float = 1.0) -> tuple[torch.Tensor, int]:
+    """Model output with classifier-free guidance ``out_u + s·(out_c − out_u)``.
+
+    One batched call over the conditional and unconditional halves; returns the output and
+    the batch multiplier (1 without guidance, 2 with it). Scale 1 is the conditional model.
+    """
+    if cfg_scale == 1.0:
+        return model(x, t, y), 1
+    if y is None:
+        raise ValueError(f"cfg_scale={cfg_scale} needs class labels y (got y=None)")
+    out = model(
+        torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, NULL_LABEL)])
+    )
+    out_c, out_u = out.chunk(2)
+    return out_u + cfg_scale * (out_c - out_u), 2
+
+
+def categorical(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """softmax(logits/τ) over dim 1 (B,K,H,W); τ=0 is the one-hot argmax."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be ≥ 0, got {temperature}")
+    logits = logits.float()
+    if temperature == 0:
+        return F.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).float()
+    return torch.softmax(logits / temperature, dim=1)
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Draw one index per position from probs (B,K,H,W) → (B,H,W) long."""
+    b, k, h, w = probs.shape
+    flat = probs.permute(0, 2, 3, 1).reshape(-1, k)
+    return torch.multinomial(flat, 1, generator=generator).view(b, h, w)
+
+
+def z_loss(logits: torch.Tensor) -> torch.Tensor:
+    """mean over positions of logsumexp_k(logits)² (PaLM's z-loss; keeps logits anchored)."""
+    return torch.logsumexp(logits.float(), dim=1).pow(2).mean()
+
+
+def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """z (B,d,H,W) → indices (B,H,W) of the L2-nearest codebook row.
+
+    For a unit-norm codebook (LlamaGen) this equals the cosine nearest neighbour.
+    """
+    b, d, h, w = z.shape
+    flat = z.permute(0, 2, 3, 1).reshape(-1, d).to(codebook.dtype)
+    dist = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.T) + codebook.pow(2).sum(1)
+    return dist.argmin(1).view(b, h, w)
+
+
+def check_steps(steps: int) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+
+
+class Method(nn.Module):
+    """Base: holds the codebook E (K, d) as a buffer; subclasses implement the objective."""
+
+    name: str = ""
+    input_kind: str = ""  # "latent" | "tokens"
+    categorical_posterior: bool = False
+
+    def __init__(self, codebook: torch.Tensor, time_sampling: str = "uniform", t_min=1e-3,
+                 t_mean: float = 0.0, t_std: float = 1.0):  # fmt: skip
+        super().__init__()
+        if codebook.ndim != 2:
+            raise ValueError(f"codebook must be (K, d), got shape {tuple(codebook.shape)}")
+        self.register_buffer("codebook", codebook.detach().float().clone(), persistent=False)
+        self.time_sampler = TimeSampler(time_sampling, t_min, t_mean, t_std)
+
+    @property
+    def num_codes(self) -> int:
+        return self.codebook.shape[0]
+
+    @property
+    def code_dim(self) -> int:
+        return self.codebook.shape[1]
+
+    @property
+    def vocab_size(self) -> int | None:
+        return None
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices (B,H,W) → z (B,d,H,W) = E[indices]."""
+        return self.codebook[indices.long()].permute(0, 3, 1, 2).contiguous()
+
+    def check_temperature(self, temperature: float) -> None:
+        if not self.categorical_posterior and temperature != 1.0:
+            raise ValueError(
+                f"{self.name} has no categorical posterior, so temperature={temperature} would "
+                "be ignored; temperature applies to 'purr' and 'dfm' only"
+            )
+
+    def model_kwargs(self) -> dict:
+        """What the backbone needs to match this method's input and output."""
+        kw = {"input_kind": self.input_kind, "out_channels": self.out_channels}
+        if self.input_kind == "latent":
+            kw["in_channels"] = self.code_dim
+        else:
+            kw["vocab_size"] = self.vocab_size
+        return kw

@@ -1,0 +1,88 @@
+"""Shared machinery of the continuous methods (CFM, CFM-endpoint, Purrception).
+
+Interpolant (t=0 noise, t=1 data):  z_t = t·z1 + (1−t)·z0,  z0 ~ N(0, I),  z1 = E[c].
+Sampling integrates dz/dt = v(z_t, t) from t=0 to t=1 on the uniform grid
+t_i = i/steps (i = 0..steps), i.e. exactly ``steps`` steps, with
+
+- euler:    z ← z + h·v(z, t)                                  (NFE = steps)
+- heun:     z' = z + h·v(z, t);  z ← z + h/2·(v(z,t) + v(z', t+h))  (NFE = 2·steps − 1)
+- midpoint: z ← z + h·v(z + h/2·v(z,t), t + h/2)               (NFE = 2·steps)
+
+Velocities of the form (μ − z)/(1−t) are singular at t=1, so no method is ever evaluated
+there: Heun's correction is skipped on the final step (as in EDM), which makes the last
+step of an endpoint/posterior method land exactly on its predicted endpoint μ. The final
+state is snapped to the nearest code.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Method, SampleOutput, check_steps, nearest_code
+
+SOLVERS = ("euler", "heun", "midpoint")
+
+
+class LatentFlowMethod(Method):
+    input_kind = "latent"
+
+    @staticmethod
+    def interpolate(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = t.view(-1, *([1] * (z1.ndim - 1)))
+        return t * z1 + (1 - t) * z0
+
+    def velocity(self, model, z, t, y, temperature=1.0, cfg_scale=1.0):
+        """→ (velocity (B,d,H,W), posterior (B,K,H,W) or None, batch multiplier)."""
+        raise NotImplementedError
+
+    def posterior(self, model, x_t, t, y=None, temperature: float = 1.0):
+        return None
+
+    def noisy_latents(self, indices, generator=None):
+        """(z_t, z0, z1, t) for a training batch of indices."""
+        z1 = self.lookup(indices)
+        z0 = torch.randn(z1.shape, device=z1.device, generator=generator, dtype=z1.dtype)
+        t = self.time_sampler(z1.shape[0], z1.device, generator)
+        return self.interpolate(z0, z1, t), z0, z1, t
+
+    @torch.no_grad()
+    def sample(self, model, num_samples, grid, steps, y=None, solver="euler", temperature=1.0,
+               cfg_scale=1.0, generator=None, trace=False) -> SampleOutput:  # fmt: skip
+        check_steps(steps)
+        self.check_temperature(temperature)
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+        dev = self.codebook.device
+        shape = (num_samples, self.code_dim, *grid)
+        z = torch.randn(shape, device=dev, generator=generator)
+        ts = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
+        nfe, rows, records = 0, 0, [] if trace else None
+
+        def v_at(z, t):
+            nonlocal nfe, rows
+            tt = torch.full((num_samples,), t, device=dev, dtype=torch.float32)
+            v, post, mult = self.velocity(model, z, tt, y, temperature, cfg_scale)
+            nfe, rows = nfe + 1, rows + mult
+            return v, post
+
+        for i in range(steps):
+            t, h = ts[i], ts[i + 1] - ts[i]
+            v, post = v_at(z, t)
+            if trace:
+                records.append({"t": t, "state": z.clone(), "posterior": post})
+            if solver == "euler" or (solver == "heun" and i == steps - 1):
+                z = z + h * v
+            elif solver == "heun":
+                v2, _ = v_at(z + h * v, ts[i + 1])
+                z = z + 0.5 * h * (v + v2)
+            else:  # midpoint
+                v2, _ = v_at(z + 0.5 * h * v, t + 0.5 * h)
+                z = z + h * v2
+        indices = nearest_code(z, self.codebook)
+        if trace:
+            records.append({"t": 1.0, "state": z.clone(), "posterior": None})
+        return SampleOutput(indices, nfe, rows, records)
+
+    def one_minus_t(self, t: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        """(1 − t) as (B,1,1,1), floored at eps: a guard, never active on the sampling grid."""
+        return (1 - t).clamp_min(eps).view(-1, 1, 1, 1)
