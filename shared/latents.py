@@ -1,0 +1,181 @@
+"""Index shards: a dataset encoded once by a tokenizer, read memory-mapped by training.
+
+Layout of an extraction folder::
+
+    plan.json                      what is being extracted (tokenizer, dataset, shard size)
+    shard_00000.indices.npy        (n, H, W) uint16 (uint32 when K > 65536)
+    shard_00000.labels.npy         (n,) int32
+    shard_00000.json               count, sha256 — written last: the shard's commit marker
+    manifest.json                  tokenizer id, K, grid, count, checksum — once all are done
+
+Every file is written atomically, so an interrupted extraction keeps its finished shards
+and redoes the one it was in. Shards are dealt round-robin to ``world_size`` workers
+(SLURM array tasks or DDP ranks), so workers never write the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .io import atomic_open, atomic_write_text
+
+
+class ShardError(ValueError):
+    pass
+
+
+def _sha256(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with atomic_open(path, "wb") as f:
+        np.save(f, array)
+
+
+def shard_paths(out_dir: str, s: int) -> tuple[str, str, str]:
+    base = os.path.join(out_dir, f"shard_{s:05d}")
+    return base + ".indices.npy", base + ".labels.npy", base + ".json"
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _shard_done(out_dir: str, s: int, count: int) -> bool:
+    idx_p, lbl_p, meta_p = shard_paths(out_dir, s)
+    meta = _read_json(meta_p)
+    if not meta or meta.get("count") != count:
+        return False
+    try:
+        idx, lbl = np.load(idx_p, mmap_mode="r"), np.load(lbl_p, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return len(idx) == len(lbl) == count and _sha256(idx, lbl) == meta["sha256"]
+
+
+def extract(dataset, tokenizer, out_dir: str, dataset_id: str, shard_size: int = 10000,
+            batch_size: int = 500, rank: int = 0, world_size: int = 1,
+            progress: bool = True) -> dict | None:  # fmt: skip
+    """Encode ``dataset`` ((image uint8, label) pairs) into index shards.
+
+    Returns the manifest once every shard exists (from any worker), else None.
+    """
+    n = len(dataset)
+    num_shards = max(1, -(-n // shard_size))
+    k = tokenizer.num_codes
+    plan = {"tokenizer_id": tokenizer.tokenizer_id, "num_codes": k, "grid": list(tokenizer.grid),
+            "code_dim": tokenizer.code_dim, "dataset": dataset_id, "count": n,
+            "shard_size": shard_size, "num_shards": num_shards,
+            "dtype": "uint16" if k <= 65536 else "uint32"}  # fmt: skip
+    os.makedirs(out_dir, exist_ok=True)
+    plan_path = os.path.join(out_dir, "plan.json")
+    old = _read_json(plan_path)
+    if old is not None and old != plan:
+        diff = {key: (old.get(key), plan[key]) for key in plan if old.get(key) != plan[key]}
+        raise ShardError(
+            f"{out_dir} holds an extraction with a different plan {diff}; use another output "
+            "folder or delete this one"
+        )
+    if old is None:
+        atomic_write_text(plan_path, json.dumps(plan, indent=2))
+    mine = [s for s in range(num_shards) if s % world_size == rank]
+    todo = [s for s in mine if not _shard_done(out_dir, s, min(shard_size, n - s * shard_size))]
+    total = sum(min(shard_size, n - s * shard_size) for s in todo)
+    bar = tqdm(total=total, desc=f"extract[{rank}/{world_size}]", unit="img", disable=not progress)
+    for s in todo:
+        start, stop = s * shard_size, min(n, (s + 1) * shard_size)
+        idx_out = np.empty((stop - start, *tokenizer.grid), dtype=plan["dtype"])
+        lbl_out = np.empty(stop - start, dtype=np.int32)
+        for b in range(start, stop, batch_size):
+            items = [dataset[i] for i in range(b, min(stop, b + batch_size))]
+            images = torch.stack([im for im, _ in items])
+            idx_out[b - start : b - start + len(items)] = tokenizer.encode(images).cpu().numpy()
+            lbl_out[b - start : b - start + len(items)] = [int(lbl) for _, lbl in items]
+            bar.update(len(items))
+        idx_p, lbl_p, meta_p = shard_paths(out_dir, s)
+        _save_npy(idx_p, idx_out)
+        _save_npy(lbl_p, lbl_out)
+        meta = {
+            "shard": s,
+            "start": start,
+            "count": stop - start,
+            "sha256": _sha256(idx_out, lbl_out),
+        }
+        atomic_write_text(meta_p, json.dumps(meta))
+    bar.close()
+    return finalize(out_dir)
+
+
+def finalize(out_dir: str) -> dict | None:
+    """Write manifest.json when all shards are committed; return it (or None)."""
+    plan = _read_json(os.path.join(out_dir, "plan.json"))
+    if plan is None:
+        raise ShardError(f"{out_dir} has no plan.json; it is not an extraction folder")
+    metas = [_read_json(shard_paths(out_dir, s)[2]) for s in range(plan["num_shards"])]
+    if any(m is None for m in metas):
+        return None
+    manifest = dict(plan)
+    manifest["shards"] = [{"count": m["count"], "sha256": m["sha256"]} for m in metas]
+    manifest["checksum"] = hashlib.sha256("".join(m["sha256"] for m in metas).encode()).hexdigest()
+    path = os.path.join(out_dir, "manifest.json")
+    if _read_json(path) != manifest:
+        atomic_write_text(path, json.dumps(manifest, indent=2))
+    return manifest
+
+
+class IndexShards(torch.utils.data.Dataset):
+    """Memory-mapped (indices long (H, W), label int) pairs from an extraction folder."""
+
+    def __init__(self, folder: str, verify: bool = False):
+        self.folder = folder
+        self.manifest = _read_json(os.path.join(folder, "manifest.json"))
+        if self.manifest is None:
+            raise ShardError(
+                f"no manifest.json in {folder}: the extraction is missing or unfinished; run "
+                "`python experiments/extract_latents.py` (it resumes where it stopped)"
+            )
+        self.indices, self.labels = [], []
+        for s, info in enumerate(self.manifest["shards"]):
+            idx_p, lbl_p, _ = shard_paths(folder, s)
+            try:
+                idx, lbl = np.load(idx_p, mmap_mode="r"), np.load(lbl_p, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                raise ShardError(f"cannot read shard {s} of {folder}: {e}") from e
+            if len(idx) != info["count"] or len(lbl) != info["count"]:
+                raise ShardError(f"shard {s} of {folder} holds {len(idx)} rows, manifest says "
+                                 f"{info['count']}; re-run the extraction")  # fmt: skip
+            if verify and _sha256(idx, lbl) != info["sha256"]:
+                raise ShardError(f"shard {s} of {folder} fails its checksum; delete it and re-run")
+            self.indices.append(idx)
+            self.labels.append(lbl)
+        self.offsets = np.cumsum([0] + [len(a) for a in self.indices])
+        self.grid = tuple(self.manifest["grid"])
+        self.num_codes = self.manifest["num_codes"]
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, i: int):
+        s = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        j = i - self.offsets[s]
+        return torch.from_numpy(self.indices[s][j].astype(np.int64)), int(self.labels[s][j])
+
+    def load_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Everything in memory: indices (N, H, W) long, labels (N,) long."""
+        idx = np.concatenate([np.asarray(a) for a in self.indices]).astype(np.int64)
+        lbl = np.concatenate([np.asarray(a) for a in self.labels]).astype(np.int64)
+        return torch.from_numpy(idx), torch.from_numpy(lbl)

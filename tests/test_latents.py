@@ -1,0 +1,103 @@
+"""Index-shard extraction: content, resume after interruption, worker sharding, validation."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from test_data import make_fmnist
+
+from shared.data import FashionMNIST
+from shared.latents import IndexShards, ShardError, extract, shard_paths
+from shared.tokenizers import Tokenizer
+from shared.tokenizers.fashion import FashionVQConfig, build_vqmodel
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fm")
+    make_fmnist(root, n_train=23, n_test=4)
+    torch.manual_seed(0)
+    vq = build_vqmodel(FashionVQConfig(block_out_channels=(16, 16, 16)))
+    torch.nn.init.normal_(vq.quantize.embedding.weight)  # spread codes so indices vary
+    tok = Tokenizer(vq, 32, "test-tok")
+    return FashionMNIST(str(root), "train", strict_count=False), tok
+
+
+def run(ds, tok, out, **kw):
+    kw = {"shard_size": 5, "batch_size": 2, "progress": False, **kw}
+    return extract(ds, tok, str(out), "fm-train", **kw)
+
+
+def test_extract_content_and_reader(setup, tmp_path):
+    ds, tok = setup
+    manifest = run(ds, tok, tmp_path)
+    assert manifest["count"] == 23 and manifest["num_shards"] == 5 and manifest["num_codes"] == 256
+    assert manifest["grid"] == [8, 8] and manifest["dtype"] == "uint16"
+    assert np.load(shard_paths(str(tmp_path), 0)[0]).dtype == np.uint16
+    shards = IndexShards(str(tmp_path), verify=True)
+    idx, lbl = shards.load_all()
+    assert torch.equal(idx, tok.encode(ds.images)) and torch.equal(lbl, ds.labels)
+    assert idx.unique().numel() > 5  # not a degenerate encoding
+    i, y = shards[17]
+    assert torch.equal(i, idx[17]) and y == int(ds.labels[17]) and len(shards) == 23
+
+
+def test_interrupted_extraction_resumes_identically(setup, tmp_path):
+    ds, tok = setup
+    reference = run(ds, tok, tmp_path / "ref")
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real = tok.encode
+
+    def flaky(images):
+        calls["n"] += 1
+        if calls["n"] == 5:  # mid-way through shard 1 (3 batches per shard)
+            raise KeyboardInterrupt
+        return real(images)
+
+    tok.encode = flaky
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run(ds, tok, out)
+    finally:
+        tok.encode = real
+    assert os.path.exists(shard_paths(str(out), 0)[2]) and not os.path.exists(out / "manifest.json")
+    assert not os.path.exists(shard_paths(str(out), 1)[2])
+    # a stale partial shard (data without its commit marker) must be redone, not trusted
+    np.save(shard_paths(str(out), 1)[0], np.zeros((2, 8, 8), np.uint16))
+    t0 = os.stat(shard_paths(str(out), 0)[0]).st_mtime_ns
+    resumed = run(ds, tok, out)
+    assert resumed == reference
+    assert os.stat(shard_paths(str(out), 0)[0]).st_mtime_ns == t0  # finished shard kept
+    a, b = IndexShards(str(out)).load_all(), IndexShards(str(tmp_path / "ref")).load_all()
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_workers_split_shards_without_collision(setup, tmp_path):
+    ds, tok = setup
+    single = run(ds, tok, tmp_path / "one")
+    assert run(ds, tok, tmp_path / "two", rank=1, world_size=2) is None  # rank 0's shards missing
+    written = sorted(
+        p for p in os.listdir(tmp_path / "two") if p.endswith(".json") and "shard" in p
+    )
+    assert written == ["shard_00001.json", "shard_00003.json"]
+    assert run(ds, tok, tmp_path / "two", rank=0, world_size=2) == single
+
+
+def test_validation_errors(setup, tmp_path):
+    ds, tok = setup
+    with pytest.raises(ShardError, match="no manifest.json"):
+        IndexShards(str(tmp_path))
+    run(ds, tok, tmp_path)
+    with pytest.raises(ShardError, match="different plan"):
+        run(ds, tok, tmp_path, shard_size=7)
+    idx_p = shard_paths(str(tmp_path), 2)[0]
+    arr = np.load(idx_p)
+    arr[0, 0, 0] ^= 1
+    np.save(idx_p, arr)
+    with pytest.raises(ShardError, match="fails its checksum"):
+        IndexShards(str(tmp_path), verify=True)
+    with open(tmp_path / "manifest.json") as f:
+        assert json.load(f)["shards"][2]["count"] == 5

@@ -1,0 +1,149 @@
+"""Every tokenizer backend passes one contract; converters reproduce the original forward."""
+
+import numpy as np
+import pytest
+import torch
+from taming_reference import RefVQ
+from test_data import make_fmnist
+
+from shared.tokenizers import (
+    SDVQF8,
+    FashionVQ,
+    FashionVQConfig,
+    LlamaGenVQ,
+    load_tokenizer,
+    to_float,
+    train_fashion_vq,
+)
+from shared.tokenizers.convert import CheckpointLayoutError, convert_taming_to_diffusers
+
+REF_SIZE = 16  # 2 levels → f=2 → 8×8 grid
+
+
+def ref_checkpoint(tmp_path, layout):
+    torch.manual_seed(0 if layout == "ldm" else 1)
+    kw = dict(z_ch=4, embed_dim=4) if layout == "ldm" else dict(z_ch=8, embed_dim=8)
+    ref = RefVQ(layout, ch=32, ch_mult=(1, 2), n_res=1, n_embed=64, **kw).eval()
+    sd = dict(ref.state_dict())
+    if layout == "ldm":  # Lightning checkpoint with the discriminator/LPIPS alongside
+        sd["loss.discriminator.main.0.weight"] = torch.zeros(3)
+        path = tmp_path / "model.ckpt"
+        torch.save({"state_dict": sd, "global_step": 7}, path)
+    else:
+        sd["quantize.codebook_used"] = torch.zeros(65536)
+        path = tmp_path / "vq_ds8_c2i.pt"
+        torch.save({"model": sd}, path)
+    return ref, str(path)
+
+
+@pytest.fixture(scope="module")
+def fashion_tok(tmp_path_factory):
+    """A tiny Fashion VQ trained inside the test on synthetic IDX files."""
+    root = tmp_path_factory.mktemp("fmnist")
+    make_fmnist(root, n_train=64, n_test=16)
+    cfg = FashionVQConfig(block_out_channels=(16, 16, 16), steps=6, batch_size=8,
+                          restart_every=2, data_root=str(root))  # fmt: skip
+    path = train_fashion_vq(cfg, str(root / "tok"), progress=False)
+    return FashionVQ.load(path)
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory, fashion_tok):
+    tmp = tmp_path_factory.mktemp("ckpt")
+    _, sd_path = ref_checkpoint(tmp, "ldm")
+    _, lg_path = ref_checkpoint(tmp, "llamagen")
+    return {
+        "fashion-vq": fashion_tok,
+        "sd-vq-f8": SDVQF8.load(sd_path, image_size=REF_SIZE),
+        "llamagen-vq-ds8": LlamaGenVQ.load(lg_path, image_size=REF_SIZE),
+    }
+
+
+@pytest.mark.parametrize("backend", ["fashion-vq", "sd-vq-f8", "llamagen-vq-ds8"])
+def test_tokenizer_contract(backends, backend):
+    tok = backends[backend]
+    k, d = tok.codebook.shape
+    h, w = tok.grid
+    g = torch.Generator().manual_seed(0)
+    c = torch.randint(0, k, (3, h, w), generator=g)
+    z = tok.lookup(c)
+    assert z.shape == (3, d, h, w)
+    assert torch.equal(tok.quantize(z), c)  # quantize(lookup(c)) == c
+    with torch.no_grad():
+        ref = tok.decoder(z)
+        # decode(c) == decoder(lookup(c)), and diffusers' own quantising decode agrees
+        assert torch.equal(tok.decode(c), ((ref.clamp(-1, 1) + 1) * 127.5).round().byte())
+        torch.testing.assert_close(tok.vq.decode(z).sample, ref, rtol=1e-4, atol=1e-4)
+    imgs = torch.randint(0, 256, (2, tok.channels, tok.image_size, tok.image_size), generator=g,
+                         dtype=torch.uint8)  # fmt: skip
+    idx = tok.encode(imgs)
+    assert idx.shape == (2, h, w) and idx.dtype == torch.long
+    with torch.no_grad():  # encode == diffusers' quantizer on the same latents
+        _, _, (_, _, q_idx) = tok.vq.quantize(tok.pre_quant(imgs))
+    assert torch.equal(idx.flatten(), q_idx.flatten())
+    out = tok.decode(idx)
+    assert out.dtype == torch.uint8 and out.shape == imgs.shape
+
+
+@pytest.mark.parametrize("layout", ["ldm", "llamagen"])
+def test_converter_matches_reference_forward(tmp_path, layout):
+    ref, path = ref_checkpoint(tmp_path, layout)
+    tok = (SDVQF8 if layout == "ldm" else LlamaGenVQ).load(path, image_size=REF_SIZE)
+    x = torch.randint(0, 256, (2, 3, REF_SIZE, REF_SIZE), dtype=torch.uint8)
+    with torch.no_grad():
+        h_ref = ref.encode_pre_quant(to_float(x))
+        torch.testing.assert_close(tok.pre_quant(x), h_ref, rtol=1e-4, atol=1e-4)
+        idx = ref.indices(h_ref)
+        assert torch.equal(tok.encode(x), idx)
+        torch.testing.assert_close(tok.decoder(tok.lookup(idx)), ref.decode_code(idx),
+                                   rtol=1e-4, atol=1e-4)  # fmt: skip
+    if layout == "llamagen":  # the exposed codebook is the normalised one the decoder consumes
+        norms = tok.codebook.norm(dim=1)
+        torch.testing.assert_close(norms, torch.ones_like(norms))
+        raw = ref.quantize.embedding.weight
+        assert not torch.allclose(raw.norm(dim=1), torch.ones(64))
+    else:  # a diffusers-format folder of the same model loads identically
+        tok.vq.save_pretrained(tmp_path / "diffusers")
+        tok2 = SDVQF8.load(str(tmp_path / "diffusers"), image_size=REF_SIZE)
+        assert torch.equal(tok2.encode(x), tok.encode(x))
+
+
+def test_converter_two_level_attention_and_errors(tmp_path):
+    ref = RefVQ("ldm", ch=32, ch_mult=(1, 1, 2), n_res=2, attn_levels={1, 2}).eval()
+    sd, cfg = convert_taming_to_diffusers(ref.state_dict(), "ldm")
+    assert cfg["down_block_types"] == ("DownEncoderBlock2D",) + ("AttnDownEncoderBlock2D",) * 2
+    assert cfg["up_block_types"] == ("AttnUpDecoderBlock2D",) * 2 + ("UpDecoderBlock2D",)
+    assert cfg["layers_per_block"] == 2 and cfg["block_out_channels"] == (32, 32, 64)
+    torch.save({"state_dict": ref.state_dict()}, tmp_path / "m.ckpt")
+    tok = SDVQF8.load(str(tmp_path / "m.ckpt"), image_size=16)
+    x = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(tok.pre_quant(x), ref.encode_pre_quant(to_float(x)),
+                                   rtol=1e-4, atol=1e-4)  # fmt: skip
+    bad = {k: v for k, v in ref.state_dict().items() if k != "quantize.embedding.weight"}
+    with pytest.raises(CheckpointLayoutError, match="quantize.embedding.weight"):
+        convert_taming_to_diffusers(bad, "ldm")
+    with pytest.raises(CheckpointLayoutError, match="no encoder blocks found in llamagen"):
+        convert_taming_to_diffusers(ref.state_dict(), "llamagen")  # wrong layout named
+
+
+def test_missing_weights_say_where_to_get_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ommer-lab.com/files/latent-diffusion/vq-f8.zip"):
+        SDVQF8.load(str(tmp_path / "vq-f8.ckpt"))
+    with pytest.raises(FileNotFoundError, match="FoundationVision/LlamaGen"):
+        load_tokenizer("llamagen-vq-ds8", str(tmp_path / "vq_ds8_c2i.pt"))
+    with pytest.raises(FileNotFoundError, match="train_tokenizer.py"):
+        FashionVQ.load(str(tmp_path))
+    with pytest.raises(ValueError, match="unknown tokenizer backend"):
+        load_tokenizer("magvit")
+
+
+def test_fashion_training_artifact(fashion_tok):
+    meta = fashion_tok.info
+    m = meta["test_metrics"]
+    assert set(m) >= {"psnr_db", "codebook_usage", "perplexity"}
+    assert 0 < m["codebook_usage"] <= 1 and 1 <= m["perplexity"] <= 256
+    assert np.isfinite(m["psnr_db"])
+    assert fashion_tok.grid == (8, 8) and fashion_tok.codebook.shape == (256, 4)
+    assert meta["id"] == fashion_tok.tokenizer_id and meta["backend"] == "fashion-vq"
+    assert meta["config"]["steps"] == 6 and "data_root" not in meta["config"]
