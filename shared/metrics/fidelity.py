@@ -1,0 +1,185 @@
+"""Sample-quality metrics with torch-fidelity as the engine, and cached reference features.
+
+One entry point::
+
+    ref = reference_features("fashion", split="train", n=1000)        # cached, validated
+    metrics = compute_metrics(generated_uint8, ref)                   # dict
+
+Features are extracted by torch-fidelity feature extractors (``inception-v3-compat`` with
+the offline weights, or the registered in-domain ``fashion-cnn``), and every number comes
+from torch-fidelity's own metric functions (FID/FD, KID, precision/recall, IS). Keys say
+which network measured them: ``fid_inception``, ``kid_inception`` … vs ``fd_fashion``,
+``kid_fashion`` …; a Fréchet distance in the classifier's space is never called FID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import isc_features_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_prc import prc_features_to_metric
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+from torch_fidelity.utils import create_feature_extractor
+from tqdm import tqdm
+
+from ..io import atomic_torch_save
+from ..paths import cache_root, config_hash
+from .fashion_cnn import EXTRACTOR_NAME, FeatureExtractorFashionCNN
+from .inception import inception_weights_path
+
+if EXTRACTOR_NAME not in FEATURE_EXTRACTORS_REGISTRY:
+    register_feature_extractor(EXTRACTOR_NAME, FeatureExtractorFashionCNN)
+
+KINDS = ("fashion", "inception")
+FD_KEY = {"fashion": "fd_fashion", "inception": "fid_inception"}
+
+
+def build_extractor(kind: str, device="cpu", inception_weights: str = "auto", net=None):
+    """A torch-fidelity feature extractor. ``net`` overrides the fashion classifier (tests)."""
+    cuda = torch.device(device).type == "cuda"
+    if kind == "fashion":
+        fe = create_feature_extractor(EXTRACTOR_NAME, ["feat", "logits_unbiased"], cuda=False,
+                                      net=net)  # fmt: skip
+        fe.has_logits = True
+    elif kind == "inception":
+        if inception_weights == "download":  # torch-fidelity's own download (needs internet)
+            path = None
+        elif inception_weights == "auto":
+            path = inception_weights_path()
+        else:
+            path = inception_weights
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"Inception weights {path} do not exist")
+        feats = ["2048"] if path else ["2048", "logits_unbiased"]
+        fe = create_feature_extractor("inception-v3-compat", feats, cuda=False, verbose=False,
+                                      feature_extractor_weights_path=path)  # fmt: skip
+        fe.has_logits = path is None  # the offline weights carry no classifier head
+    else:
+        raise ValueError(f"unknown feature extractor {kind!r}; choose one of {KINDS}")
+    fe.kind = kind
+    return fe.to("cuda" if cuda else "cpu")
+
+
+@torch.no_grad()
+def extract_features(extractor, images: torch.Tensor | Iterable[torch.Tensor], batch_size=250,
+                     progress: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
+    """uint8 images (N,C,H,W), or an iterable of such batches → {'feat': (N, D), ['logits']}."""
+    batches = (
+        (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+        if torch.is_tensor(images)
+        else images
+    )
+    device = next(extractor.parameters()).device
+    out: dict[str, list] = {}
+    total = len(images) if torch.is_tensor(images) else None
+    for batch in tqdm(batches, total=None if total is None else -(-total // batch_size),
+                      desc=f"features[{extractor.kind}]", disable=not progress):  # fmt: skip
+        if batch.dtype != torch.uint8:
+            raise TypeError(f"metrics take uint8 images, got {batch.dtype}")
+        if extractor.kind == "inception" and batch.shape[1] == 1:
+            batch = batch.expand(-1, 3, -1, -1)  # greyscale → RGB by replication
+        feats = extractor.convert_features_tuple_to_dict(extractor(batch.to(device)))
+        for name, value in feats.items():
+            key = "feat" if name in ("feat", "2048") else "logits"
+            out.setdefault(key, []).append(value.double().cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def _digest(features: dict) -> str:
+    h = hashlib.sha256()
+    for k in sorted(features):
+        h.update(k.encode())
+        h.update(features[k].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def reference_features(kind: str = "fashion", dataset: str = "fashion-mnist", split="train",
+                       size: int = 32, n: int | None = 1000, seed: int = 0,
+                       data_root: str | None = None, device="cpu", extractor=None,
+                       progress: bool = True) -> dict:  # fmt: skip
+    """Features of a real reference set, computed once and cached per
+    (dataset, split, size, extractor, n, seed); a stale or corrupt cache file is rebuilt."""
+    from ..data import load_fashion_mnist
+
+    if dataset != "fashion-mnist":
+        raise ValueError(f"reference set {dataset!r} not supported here; use 'fashion-mnist'")
+    ext_id = kind
+    if kind == "fashion" and extractor is not None and getattr(extractor, "custom_net", False):
+        ext_id = "fashion-custom"  # a test's network: never share a cache entry with the real one
+    key = {"dataset": dataset, "split": split, "size": size, "extractor": ext_id, "n": n,
+           "seed": seed}  # fmt: skip
+    if ext_id == "fashion-custom":
+        key["net"] = hashlib.sha256(
+            b"".join(p.detach().numpy().tobytes() for p in extractor.net.parameters())
+        ).hexdigest()[:16]
+    path = cache_root() / "metrics" / "refs" / f"{kind}-{split}-{size}-n{n}-{config_hash(key)}.pt"
+    if path.is_file():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            feats = blob["features"]
+            ok = (blob["key"] == key and _digest(feats) == blob["sha256"]
+                  and (n is None or all(len(v) == n for v in feats.values())))  # fmt: skip
+        except Exception:  # unreadable / truncated file
+            ok = False
+        if ok:
+            return {"key": key, "features": feats}
+        print(f"reference statistics {path} are stale or corrupt; rebuilding")
+    images, _ = load_fashion_mnist(data_root, split, size)
+    if n is not None:
+        if n > len(images):
+            raise ValueError(f"asked for n={n} reference images but {split} has {len(images)}")
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+        images = images[pick.sort().values]
+    extractor = extractor or build_extractor(kind, device)
+    feats = extract_features(extractor, images, progress=progress)
+    atomic_torch_save({"key": key, "features": feats, "sha256": _digest(feats)}, path)
+    return {"key": key, "features": feats}
+
+
+def metrics_from_features(
+    gen: dict,
+    ref: dict,
+    kind: str,
+    which=("fd", "kid", "prc", "is"),
+    kid_subset_size=None,
+    seed=2020,
+) -> dict:
+    """Apply torch-fidelity's metric functions to precomputed features."""
+    out = {}
+    g, r = gen["feat"].double(), ref["feat"].double()  # float64: KID sums tiny kernel gaps
+    if "fd" in which:
+        sg, sr = fid_features_to_statistics(g), fid_features_to_statistics(r)
+        out[FD_KEY[kind]] = fid_statistics_to_metric(sg, sr, verbose=False)[
+            "frechet_inception_distance"
+        ]
+    if "kid" in which:
+        size = kid_subset_size or min(len(g), len(r), 1000)
+        kid = kid_features_to_metric(g, r, kid_subset_size=size, kid_subsets=100, rng_seed=seed,
+                                     verbose=False)  # fmt: skip
+        out[f"kid_{kind}"] = kid["kernel_inception_distance_mean"]
+        out[f"kid_{kind}_std"] = kid["kernel_inception_distance_std"]
+    if "prc" in which:
+        prc = prc_features_to_metric(g, r, prc_neighborhood=3, prc_batch_size=10000,
+                                     save_cpu_ram=True, verbose=False)  # fmt: skip
+        out[f"precision_{kind}"] = prc["precision"]
+        out[f"recall_{kind}"] = prc["recall"]
+    if "is" in which and "logits" in gen:
+        isc = isc_features_to_metric(gen["logits"].float(), splits=10, rng_seed=seed)
+        out[f"is_{kind}"] = isc["inception_score_mean"]
+    return {k: float(np.float64(v)) for k, v in out.items()}
+
+
+def compute_metrics(generated, reference: dict, extractor=None, which=("fd", "kid", "prc", "is"),
+                    kid_subset_size: int | None = None, device="cpu") -> dict:  # fmt: skip
+    """Metrics of generated uint8 images (tensor or iterable of batches) against reference
+    features from :func:`reference_features` (same extractor kind)."""
+    kind = reference["key"]["extractor"].replace("-custom", "")
+    extractor = extractor or build_extractor(kind, device)
+    gen = extract_features(extractor, generated)
+    return metrics_from_features(gen, reference["features"], kind, which, kid_subset_size)

@@ -1,0 +1,117 @@
+"""Metric sanity on the in-domain extractor; cached references; the Inception path (slow)."""
+
+import os
+
+import pytest
+import torch
+
+from shared.data import load_fashion_mnist
+from shared.metrics import FashionCNN, build_extractor, compute_metrics, reference_features
+from shared.metrics import fidelity as fid_mod
+
+HAVE_DATA = os.path.isfile("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+needs_data = pytest.mark.skipif(not HAVE_DATA, reason="Fashion-MNIST not installed")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("VQBENCH_CACHE", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    torch.manual_seed(0)  # an untrained network: its features still separate noise from data
+    return build_extractor("fashion", net=FashionCNN().eval())
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    return load_fashion_mnist(None, "test", 32)[0]
+
+
+@needs_data
+def test_fd_sanity(cache, extractor, test_images):
+    ref = reference_features("fashion", split="train", n=400, extractor=extractor, progress=False)
+    assert ref["features"]["feat"].shape == (400, 128)
+    real = compute_metrics(test_images[:400], ref, extractor)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (400, 1, 32, 32), generator=g, dtype=torch.uint8)
+    fake = compute_metrics(noise, ref, extractor)
+    assert set(real) == {"fd_fashion", "kid_fashion", "kid_fashion_std", "precision_fashion",
+                         "recall_fashion", "is_fashion"}  # fmt: skip
+    assert not any(k.startswith("fid") for k in real)  # never called FID
+    assert fake["fd_fashion"] > 10 * real["fd_fashion"] > 0
+    assert fake["kid_fashion"] > 10 * abs(real["kid_fashion"])
+    assert real["precision_fashion"] > 0.5 and real["recall_fashion"] > 0.5
+    assert fake["precision_fashion"] < 0.05
+
+
+@needs_data
+def test_self_distance_and_unbiased_kid(extractor, test_images):
+    from shared.metrics import extract_features, metrics_from_features
+
+    feats = extract_features(extractor, test_images[:600])
+    same = metrics_from_features(feats, feats, "fashion", which=("fd",))
+    assert abs(same["fd_fashion"]) < 1e-6 * feats["feat"].var(0).sum().item() + 1e-8
+    half1 = {k: v[:300] for k, v in feats.items()}
+    half2 = {k: v[300:] for k, v in feats.items()}
+    halves = metrics_from_features(
+        half1, half2, "fashion", which=("fd", "kid"), kid_subset_size=200
+    )
+    noise = torch.randint(0, 256, (300, 1, 32, 32), dtype=torch.uint8)
+    nf = extract_features(extractor, noise)
+    far = metrics_from_features(nf, half2, "fashion", which=("kid",), kid_subset_size=200)
+    # unbiased KID on two halves of one set: |mean| within a few standard errors of 0
+    assert abs(halves["kid_fashion"]) < 0.02 * far["kid_fashion"]
+    assert halves["fd_fashion"] > same["fd_fashion"]  # FD is biased upward at finite n
+
+
+@needs_data
+def test_reference_cache_reused_and_rebuilt(cache, extractor, monkeypatch, capsys):
+    first = reference_features("fashion", split="test", n=50, extractor=extractor, progress=False)
+    files = list((cache / "metrics" / "refs").iterdir())
+    assert len(files) == 1
+    real_extract = fid_mod.extract_features
+    monkeypatch.setattr(fid_mod, "extract_features", lambda *a, **k: pytest.fail("recomputed"))
+    again = reference_features("fashion", split="test", n=50, extractor=extractor)
+    assert torch.equal(again["features"]["feat"], first["features"]["feat"])
+    monkeypatch.setattr(fid_mod, "extract_features", real_extract)
+    files[0].write_bytes(files[0].read_bytes()[:100])  # truncate: corrupt cache
+    rebuilt = reference_features("fashion", split="test", n=50, extractor=extractor, progress=False)
+    assert "stale or corrupt" in capsys.readouterr().out
+    assert torch.equal(rebuilt["features"]["feat"], first["features"]["feat"])
+    blob = torch.load(files[0], weights_only=True)
+    blob["features"]["feat"][0, 0] += 1.0  # contents no longer match the stored checksum
+    torch.save(blob, files[0])
+    reference_features("fashion", split="test", n=50, extractor=extractor, progress=False)
+    assert "stale or corrupt" in capsys.readouterr().out
+
+
+def test_bad_inputs(extractor):
+    from shared.metrics import extract_features
+
+    with pytest.raises(TypeError, match="uint8"):
+        extract_features(extractor, torch.zeros(2, 1, 32, 32))
+    with pytest.raises(ValueError, match="unknown feature extractor"):
+        build_extractor("clip")
+    with pytest.raises(FileNotFoundError, match="do not exist"):
+        build_extractor("inception", inception_weights="/nonexistent.pth")
+
+
+@pytest.mark.slow
+@needs_data
+def test_inception_fid_offline(cache, test_images):
+    """Standard Inception FID on a few hundred images is finite, and the converted weights
+    reproduce the TorchScript network's features."""
+    from shared.metrics.inception import torchscript_source
+
+    fe = build_extractor("inception")
+    x = test_images[:8].expand(-1, 3, -1, -1).contiguous()
+    ours = fe.convert_features_tuple_to_dict(fe(x))["2048"]
+    ts = torch.jit.load(torchscript_source(), map_location="cpu")
+    theirs = ts(x, return_features=True)
+    assert (ours - theirs).abs().max() < 1e-3
+    ref = reference_features("inception", split="train", n=200, extractor=fe, progress=False)
+    m = compute_metrics(test_images[:200], ref, fe)
+    assert 0 < m["fid_inception"] < 200 and "is_inception" not in m
