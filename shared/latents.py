@@ -174,6 +174,19 @@ class IndexShards(torch.utils.data.Dataset):
         j = i - self.offsets[s]
         return torch.from_numpy(self.indices[s][j].astype(np.int64)), int(self.labels[s][j])
 
+    def gather(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch by global row numbers: indices (B, H, W) long, labels (B,) long."""
+        rows = np.asarray(rows, dtype=np.int64)
+        shard = np.searchsorted(self.offsets, rows, side="right") - 1
+        idx = np.empty((len(rows), *self.grid), dtype=np.int64)
+        lbl = np.empty(len(rows), dtype=np.int64)
+        for s in np.unique(shard):
+            sel = shard == s
+            local = rows[sel] - self.offsets[s]
+            idx[sel] = self.indices[s][local]
+            lbl[sel] = self.labels[s][local]
+        return torch.from_numpy(idx), torch.from_numpy(lbl)
+
     def load_all(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Everything in memory: indices (N, H, W) long, labels (N,) long."""
         idx = np.concatenate([np.asarray(a) for a in self.indices]).astype(np.int64)

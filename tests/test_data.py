@@ -109,7 +109,7 @@ def test_fashion_mnist_dataset_pad_and_resize(tmp_path):
     with pytest.raises(ValueError, match="centre-pad"):
         FashionMNIST(tmp_path, "test", size=31, strict_count=False)
     with pytest.raises(IDXError, match="expected 10000"):
-        FashionMNIST(tmp_path, "test")
+        FashionMNIST(tmp_path, "test", strict_count=True)
 
 
 def test_fashion_mnist_mismatch_and_missing(tmp_path):

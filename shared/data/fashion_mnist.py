@@ -94,7 +94,8 @@ def load_fashion_mnist(
 class FashionMNIST(Dataset):
     """Fashion-MNIST as ``(image uint8 (1, size, size), label int)`` pairs, held in memory.
 
-    ``strict_count`` checks the canonical 60,000/10,000 sizes (off for test fixtures).
+    ``strict_count`` checks the canonical 60,000/10,000 sizes; by default it is on for the
+    Debian folder and off for a custom ``root`` (which may hold a subset).
     """
 
     num_classes = len(CLASSES)
@@ -106,10 +107,12 @@ class FashionMNIST(Dataset):
         split: str = "train",
         size: int = 32,
         resize: str = "pad",
-        strict_count: bool = True,
+        strict_count: bool | None = None,
     ):
         self.root, self.split, self.size = resolve_root(root), split, size
         self.images, self.labels = load_fashion_mnist(self.root, split, size, resize)
+        if strict_count is None:
+            strict_count = os.path.abspath(self.root) == DEFAULT_ROOT
         if strict_count and len(self.images) != COUNTS[split]:
             raise IDXError(
                 f"Fashion-MNIST {split} split in {self.root} has {len(self.images)} images; "

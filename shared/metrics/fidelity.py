@@ -44,8 +44,9 @@ def build_extractor(kind: str, device="cpu", inception_weights: str = "auto", ne
     """A torch-fidelity feature extractor. ``net`` overrides the fashion classifier (tests)."""
     cuda = torch.device(device).type == "cuda"
     if kind == "fashion":
-        fe = create_feature_extractor(EXTRACTOR_NAME, ["feat", "logits_unbiased"], cuda=False,
-                                      net=net)  # fmt: skip
+        fe = create_feature_extractor(
+            EXTRACTOR_NAME, ["feat", "logits_unbiased"], cuda=False, verbose=False, net=net
+        )
         fe.has_logits = True
     elif kind == "inception":
         if inception_weights == "download":  # torch-fidelity's own download (needs internet)
@@ -107,12 +108,18 @@ def reference_features(kind: str = "fashion", dataset: str = "fashion-mnist", sp
     (dataset, split, size, extractor, n, seed); a stale or corrupt cache file is rebuilt."""
     from ..data import load_fashion_mnist
 
-    if dataset != "fashion-mnist":
-        raise ValueError(f"reference set {dataset!r} not supported here; use 'fashion-mnist'")
+    if dataset != "fashion-mnist" and not dataset.startswith("imagefolder:"):
+        raise ValueError(f"reference set {dataset!r}: use 'fashion-mnist' or 'imagefolder:<root>'")
     ext_id = kind
     if kind == "fashion" and extractor is not None and getattr(extractor, "custom_net", False):
         ext_id = "fashion-custom"  # a test's network: never share a cache entry with the real one
-    key = {"dataset": dataset, "split": split, "size": size, "extractor": ext_id, "n": n,
+    if dataset == "fashion-mnist":  # the folder is part of the identity of the reference set
+        from ..data.fashion_mnist import resolve_root
+
+        dataset_id = f"fashion-mnist:{os.path.abspath(resolve_root(data_root))}"
+    else:
+        dataset_id = f"imagefolder:{os.path.abspath(dataset.split(':', 1)[1])}"
+    key = {"dataset": dataset_id, "split": split, "size": size, "extractor": ext_id, "n": n,
            "seed": seed}  # fmt: skip
     if ext_id == "fashion-custom":
         key["net"] = hashlib.sha256(
@@ -130,14 +137,26 @@ def reference_features(kind: str = "fashion", dataset: str = "fashion-mnist", sp
         if ok:
             return {"key": key, "features": feats}
         print(f"reference statistics {path} are stale or corrupt; rebuilding")
-    images, _ = load_fashion_mnist(data_root, split, size)
+    if dataset == "fashion-mnist":
+        images, _ = load_fashion_mnist(data_root, split, size)
+        total, get = len(images), images.__getitem__
+    else:  # an ImageNet-style folder, read lazily in batches
+        from ..data import ImageFolder
+
+        folder = ImageFolder(dataset.split(":", 1)[1], size)
+        total, get = len(folder), lambda i: folder[i][0]
+    pick = torch.arange(total)
     if n is not None:
-        if n > len(images):
-            raise ValueError(f"asked for n={n} reference images but {split} has {len(images)}")
-        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
-        images = images[pick.sort().values]
+        if n > total:
+            raise ValueError(f"asked for n={n} reference images but {dataset} has {total}")
+        pick = (
+            torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        )
+    batches = (
+        torch.stack([get(int(i)) for i in pick[j : j + 250]]) for j in range(0, len(pick), 250)
+    )
     extractor = extractor or build_extractor(kind, device)
-    feats = extract_features(extractor, images, progress=progress)
+    feats = extract_features(extractor, batches, progress=progress)
     atomic_torch_save({"key": key, "features": feats, "sha256": _digest(feats)}, path)
     return {"key": key, "features": feats}
 

@@ -1,0 +1,161 @@
+"""Structured configs for ``experiments/run.py`` (Hydra). Every group option is a dataclass,
+so an unknown key or a wrongly typed value fails at start-up, naming the key.
+
+Groups: method, backbone, tokenizer, data, budget, optim, eval, preset, hydra/launcher.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+# ----------------------------------------------------------------------------- method
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+    time_sampling: str = "uniform"  # uniform on [t_min, 1) | logit_normal
+    t_min: float = 1e-3
+    t_mean: float = 0.0
+    t_std: float = 1.0
+
+
+@dataclass
+class CFMConfig(MethodConfig):
+    name: str = "cfm"
+
+
+@dataclass
+class CFMEndpointConfig(MethodConfig):
+    name: str = "cfm-endpoint"
+
+
+@dataclass
+class PurrConfig(MethodConfig):
+    name: str = "purr"
+    z_loss_weight: float = 1e-5
+
+
+@dataclass
+class DFMConfig(MethodConfig):
+    name: str = "dfm"
+    source: str = "mask"  # mask | uniform
+    z_loss_weight: float = 1e-5
+    kappa_power: float = 1.0
+
+
+# --------------------------------------------------------------------------- backbone
+@dataclass
+class BackboneConfig:
+    preset: str = "DiT-Mini/1"
+    class_dropout: float = 0.1
+    pos_embed: str = "sincos"
+
+
+# -------------------------------------------------------------------- tokenizer, data
+@dataclass
+class TokenizerConfig:
+    backend: str = "fashion-vq"  # fashion-vq | sd-vq-f8 | llamagen-vq-ds8
+    path: str | None = None  # None: the cached Fashion tokenizer for the default config
+    image_size: int = 32
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion"  # fashion | imagefolder
+    root: str | None = None  # None: /usr/share/datasets/fashion-mnist
+    num_classes: int = 10
+    latents_dir: str | None = None  # None: under the cache, keyed by tokenizer and dataset
+    extract_if_missing: bool = True
+
+
+# ------------------------------------------------------------------------------ budget
+@dataclass
+class BudgetConfig:
+    """Exactly one of train_flops / images; steps per method follow from the FLOP count."""
+
+    train_flops: float | None = 20e12
+    images: int | None = None
+    batch_size: int = 64  # global batch (split across ranks)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    warmup_steps: int = 20
+    ema_decay: float = 0.99
+    ema_warmup: bool = True  # decay min(ema_decay, (1+n)/(10+n)), as torch_ema
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16
+
+
+# -------------------------------------------------------------------------------- eval
+@dataclass
+class EvalConfig:
+    points: int = 4  # evaluations at these many compute fractions
+    spacing: str = "linear"  # linear | log
+    num_samples: int = 250  # class-balanced labels
+    steps: int = 20
+    solver: str = "euler"
+    temperature: float = 1.0
+    cfg_scale: float = 1.0
+    extractor: str = "fashion"  # fashion (fd_fashion, fast) | inception (fid_inception)
+    reference_split: str = "train"
+    reference_n: int = 1000
+    seed: int = 1234  # sampling seed, the same for every method and evaluation
+    batch_size: int = 250
+    grid_samples: int = 100
+
+
+@dataclass
+class RunConfig:
+    method: MethodConfig = MISSING
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    log_every: int = 10
+    checkpoint_every: int = 100  # steps; also after every evaluation
+    resume: bool = True
+    compile: bool = False
+    progress: bool = True
+    preset_name: str = "fashion"
+
+
+IMAGENET_EVAL = EvalConfig(points=10, spacing="log", num_samples=10000, steps=100,
+                           extractor="inception", reference_n=50000, batch_size=125,
+                           grid_samples=64)  # fmt: skip
+
+
+def register() -> None:
+    from shared.backbone import DiT_models
+
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    options = {
+        "method": {"cfm": CFMConfig, "cfm-endpoint": CFMEndpointConfig, "purr": PurrConfig,
+                   "dfm": DFMConfig, "dfm-uniform": DFMConfig(source="uniform")},
+        "backbone": {name.lower().replace("-", "_").replace("/", "_"): BackboneConfig(preset=name)
+                     for name in DiT_models},
+        "tokenizer": {"fashion": TokenizerConfig(),
+                      "sd_vq_f8": TokenizerConfig("sd-vq-f8", "vq-f8/model.ckpt", 256),
+                      "llamagen": TokenizerConfig("llamagen-vq-ds8", "vq_ds8_c2i.pt", 256)},
+        "data": {"fashion": DataConfig(),
+                 "imagenet": DataConfig(dataset="imagefolder", root=MISSING, num_classes=1000)},
+        "budget": {"fashion": BudgetConfig(),
+                   "imagenet": BudgetConfig(train_flops=None, images=400_000_000, batch_size=256)},
+        "optim": {"fashion": OptimConfig(),
+                  "imagenet": OptimConfig(lr=1e-4, warmup_steps=0, ema_decay=0.9999)},
+        "eval": {"fashion": EvalConfig(), "imagenet": IMAGENET_EVAL},
+    }  # fmt: skip
+    for group, nodes in options.items():
+        for name, node in nodes.items():
+            cs.store(group=group, name=name, node=node)

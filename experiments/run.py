@@ -1,0 +1,46 @@
+"""Train and evaluate one method at a fixed compute budget; sweep with Hydra multirun.
+
+    python experiments/run.py                                   # purr, Fashion-MNIST (CPU default)
+    python experiments/run.py -m method=cfm,dfm,purr            # the default sweep (≈20 min, CPU)
+    python experiments/run.py -m method=cfm,dfm,purr seed=0,1,2 # with seeds
+    python experiments/run.py -m method=cfm,dfm,purr hydra/launcher=slurm \\
+        hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=1   # the same on SLURM
+    torchrun --nproc_per_node=8 experiments/run.py preset=imagenet_sd_xl2 \\
+        data.root=/data/imagenet/train tokenizer.path=vq-f8/model.ckpt   # DDP, one node
+
+A run resumes from ``<run dir>/checkpoints/last.pt`` when relaunched in the same directory
+(``hydra.run.dir=...`` or, for a sweep, ``hydra.sweep.dir=...``). Results: metrics.csv,
+samples/, summary.json in each run directory; ``python analysis/convergence_plot.py`` reads
+the latest sweep.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments.config import register  # noqa: E402
+
+register()
+
+
+@hydra.main(version_base=None, config_path="conf", config_name="config")
+def main(cfg) -> float | None:
+    from experiments.trainer import RunError, run
+
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        summary = run(cfg, run_dir)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    final = summary.get("final") or {}
+    return final.get("fd_fashion") or final.get("fid_inception")
+
+
+if __name__ == "__main__":
+    main()

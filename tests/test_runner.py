@@ -1,0 +1,219 @@
+"""The experiment runner: config validation, fast failures, exact resume, local and SLURM sweeps.
+
+Runs use a synthetic Fashion-MNIST (IDX files the test writes), a tiny tokenizer trained
+inside the test, DiT-Nano/1 and the cached in-domain metric classifier.
+"""
+
+import csv
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from test_data import make_fmnist
+
+from shared.metrics.fashion_cnn import FashionCNNConfig, classifier_dir
+from shared.paths import REPO_ROOT, cache_root
+from shared.tokenizers import FashionVQConfig, train_fashion_vq
+
+RUN = [sys.executable, str(REPO_ROOT / "experiments" / "run.py")]
+TINY = [
+    "backbone=dit_nano_1", "budget.train_flops=null", "budget.images=128", "budget.batch_size=16",
+    "eval.points=2", "eval.num_samples=20", "eval.batch_size=20", "eval.steps=4",
+    "eval.reference_n=32", "eval.grid_samples=10", "checkpoint_every=3", "log_every=2",
+    "progress=false",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Synthetic data, a tiny tokenizer, and a private cache holding the metric classifier."""
+    base = tmp_path_factory.mktemp("runner")
+    real_classifier = classifier_dir(FashionCNNConfig())
+    if not os.path.isfile(os.path.join(real_classifier, "meta.json")):
+        pytest.fail(f"metric classifier missing at {real_classifier}: run "
+                    "`python experiments/prepare_metrics.py` (make test does)")  # fmt: skip
+    cache = base / "cache"
+    dest = cache / os.path.relpath(real_classifier, cache_root())
+    dest.parent.mkdir(parents=True)
+    os.symlink(real_classifier, dest)
+    data = base / "data"
+    data.mkdir()
+    make_fmnist(data, n_train=64, n_test=16)
+    cfg = FashionVQConfig(
+        block_out_channels=(16, 16, 16), steps=3, batch_size=8, data_root=str(data)
+    )
+    old = os.environ.get("VQBENCH_CACHE")
+    os.environ["VQBENCH_CACHE"] = str(cache)
+    try:
+        tok = train_fashion_vq(cfg, str(base / "tok"), progress=False)
+    finally:
+        os.environ.pop("VQBENCH_CACHE") if old is None else os.environ.update(VQBENCH_CACHE=old)
+    overrides = [f"data.root={data}", f"tokenizer.path={tok}", f"data.latents_dir={base / 'lat'}"]
+    return {"cache": str(cache), "overrides": overrides + TINY, "base": base}
+
+
+def compose(overrides):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from experiments.config import register
+
+    register()
+    with initialize_config_dir(str(REPO_ROOT / "experiments" / "conf"), version_base=None):
+        return hydra_compose("config", overrides=overrides)
+
+
+def run_in_process(env, overrides, run_dir, monkeypatch):
+    from experiments.trainer import run
+
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    return run(compose(env["overrides"] + overrides), str(run_dir))
+
+
+def metric_rows(run_dir):
+    with open(os.path.join(run_dir, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:  # timing columns legitimately differ between runs
+        r.pop("wall_s"), r.pop("eval_s")
+    return rows
+
+
+def test_matched_compute_steps_differ_by_head(env, monkeypatch):
+    from experiments.trainer import eval_steps
+
+    assert eval_steps(10, 4, "linear") == [2, 5, 8, 10]
+    assert eval_steps(1000, 4, "log") == [125, 250, 500, 1000]
+    from experiments.trainer import build_dit, methods, steps_for_budget
+
+    steps = {}
+    for m in ("cfm", "purr", "dfm"):
+        cfg = compose([f"method={m}"])  # the default budget: 20 TFLOP per method
+        method = methods.build(m, codebook=torch.randn(256, 4))
+        net = build_dit(cfg.backbone.preset, input_size=8, num_classes=10, **method.model_kwargs())
+        steps[m] = steps_for_budget(cfg.budget, net.train_flops(cfg.budget.batch_size))
+        spent = steps[m] * net.train_flops(cfg.budget.batch_size)
+        assert 0.99 * cfg.budget.train_flops < spent <= cfg.budget.train_flops
+    # the categorical heads (K=256 logits) cost more FLOPs than CFM's 4 channels
+    assert steps["cfm"] > steps["purr"] and steps["cfm"] > steps["dfm"]
+
+
+def test_run_outputs_and_exact_resume(env, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    summary = run_in_process(env, ["method=purr"], full, monkeypatch)
+    assert summary["status"] == "finished" and summary["total_steps"] == 8
+    rows = metric_rows(full)
+    assert [int(r["step"]) for r in rows] == [4, 8]
+    assert float(rows[1]["fd_fashion"]) > 0 and rows[1]["fid_inception"] == ""
+    assert int(rows[1]["nfe"]) == 4 and int(rows[1]["images_seen"]) == 128
+    for f in ("samples/step_0000004.png", "samples/step_0000008.png", "samples_final.png",
+              "checkpoints/last.pt"):  # fmt: skip
+        assert (full / f).is_file(), f
+    # crash inside step 7: the last checkpoint is step 6 (checkpoint_every=3), mid-interval
+    part = tmp_path / "part"
+    calls = {"n": 0}
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def crash_at_7(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return real_clip(*a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", crash_at_7)
+    with pytest.raises(KeyboardInterrupt):
+        run_in_process(env, ["method=purr"], part, monkeypatch)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real_clip)
+    status = json.loads((part / "summary.json").read_text())
+    assert status["status"] == "interrupted" and status["step"] == 6
+    assert [int(r["step"]) for r in metric_rows(part)] == [4]
+    resumed = run_in_process(env, ["method=purr"], part, monkeypatch)
+    assert resumed["status"] == "finished"
+    assert metric_rows(part) == rows  # identical to the uninterrupted run
+    # an unchanged relaunch of a finished run does nothing and keeps the results
+    run_in_process(env, ["method=purr"], part, monkeypatch)
+    assert metric_rows(part) == rows
+
+
+def test_same_seed_same_loss_curve_and_nonfinite_stop(env, tmp_path, monkeypatch):
+    a = run_in_process(env, ["method=cfm", "eval.points=1"], tmp_path / "a", monkeypatch)
+    b = run_in_process(env, ["method=cfm", "eval.points=1"], tmp_path / "b", monkeypatch)
+    assert metric_rows(tmp_path / "a") == metric_rows(tmp_path / "b")
+    assert a["final"]["loss"] == b["final"]["loss"]
+    from experiments.trainer import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match="non-finite loss between steps"):
+        run_in_process(env, ["method=cfm", "optim.lr=1e30", "optim.warmup_steps=0"],
+                       tmp_path / "nan", monkeypatch)  # fmt: skip
+    status = json.loads((tmp_path / "nan" / "summary.json").read_text())
+    assert status["status"] == "failed" and "NonFiniteLossError" in status["error"]
+
+
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["budget.batch_sizee=3"], "batch_sizee"),
+        (["budget.batch_size=abc"], "batch_size"),
+        (["method=flow"], "flow"),
+        (["data.root=/nonexistent/fmnist"], "apt-get install -y dataset-fashion-mnist"),
+        (["tokenizer.path=/nonexistent/tok"], "train_tokenizer.py"),
+        (["tokenizer=sd_vq_f8", "tokenizer.path=/x/model.ckpt"], "ommer-lab.com"),
+    ],
+)
+def test_bad_config_fails_fast_naming_the_fix(env, args, expect):
+    t0 = time.time()
+    proc = subprocess.run(RUN + args, capture_output=True, text=True, cwd=env["base"],
+                          env={**os.environ, "VQBENCH_CACHE": env["cache"]})  # fmt: skip
+    assert proc.returncode != 0
+    assert expect in proc.stderr + proc.stdout
+    assert time.time() - t0 < 10
+
+
+def slurm_available():
+    return (
+        shutil.which("sinfo") is not None
+        and subprocess.run(["sinfo", "-h"], capture_output=True).returncode == 0
+    )
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real single-node SLURM cluster (tests/cluster/slurm-local.sh), as root."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("a local SLURM cluster needs root and apt-get")
+    script = REPO_ROOT / "tests" / "cluster" / "slurm-local.sh"
+    up = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True)
+    assert up.returncode == 0, up.stderr[-2000:]
+    yield
+    subprocess.run(["bash", str(script), "down"], capture_output=True)
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "submitit_local"])
+def test_sweep_through_submitit(env, tmp_path, launcher, request):
+    if launcher == "slurm":
+        request.getfixturevalue("slurm_cluster")
+    sweep = tmp_path / "sweep"
+    cmd = RUN + ["-m", "method=cfm,dfm", f"hydra/launcher={launcher}",
+                 f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=10",
+                 "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
+                 "eval.points=1"] + env["overrides"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=env["base"], timeout=600,
+                          env={**os.environ, "VQBENCH_CACHE": env["cache"]})  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = sorted(glob.glob(str(sweep / "*" / "metrics.csv")))
+    assert len(runs) == 2, os.listdir(sweep)
+    methods_seen = set()
+    for path in runs:
+        with open(path) as f:
+            row = list(csv.DictReader(f))[-1]
+        assert float(row["fd_fashion"]) > 0 and int(row["step"]) == 8
+        methods_seen.add(row["method"])
+    assert methods_seen == {"cfm", "dfm"}
+    if launcher == "slurm":  # the jobs really went through SLURM (an array of two)
+        logs = glob.glob(str(sweep / ".submitit" / "*" / "*_log.out"))
+        assert len(logs) == 2
