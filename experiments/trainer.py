@@ -205,6 +205,10 @@ def run(cfg, run_dir: str) -> dict:
         ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     )
     dd = setup_distributed(device_kind)
+    if dd.world > 1:  # every rank writes into rank 0's directory (timestamps may differ)
+        holder = [run_dir]
+        dist.broadcast_object_list(holder, src=0)
+        run_dir = holder[0]
     device = torch.device(f"cuda:{dd.local_rank}" if device_kind == "cuda" else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)

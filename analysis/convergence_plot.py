@@ -1,0 +1,154 @@
+"""FID (or in-domain FD) against training steps, training FLOPs and wall-clock, per method.
+
+    python analysis/convergence_plot.py                       # the latest sweep in outputs/sweeps
+    python analysis/convergence_plot.py outputs/sweeps/X --targets 50,30 --out figs/
+
+One line per method: the mean over seeds with a 95% bootstrap confidence band (seaborn).
+Writes convergence.{png,pdf}, convergence_metrics.{png,pdf} (KID, precision, recall),
+convergence_data.csv (the plotted rows) and summary tables; prints "compute to reach FD X"
+and the final metrics per method. Failed or unfinished runs are drawn and named as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from analysis.sweeps import headline_metric, latest_sweep, load_sweep, status_labels  # noqa: E402
+
+AXES = [("step", "training steps"), ("train_flops", "training FLOPs"),
+        ("wall_s", "training wall-clock (s)")]  # fmt: skip
+LABELS = {"fd_fashion": "FD (in-domain Fashion CNN) ↓", "fid_inception": "FID (Inception) ↓",
+          "kid": "KID ↓", "precision": "precision ↑", "recall": "recall ↑"}  # fmt: skip
+
+
+def compute_to_reach(metrics: pd.DataFrame, metric: str, target: float) -> pd.DataFrame:
+    """Per method: FLOPs/steps of the first evaluation with metric ≤ target, averaged over the
+    seeds that reach it (and how many of them do)."""
+    rows = []
+    for (method, seed), grp in metrics.groupby(["method", "seed"]):
+        hit = grp.sort_values("step")
+        hit = hit[hit[metric] <= target]
+        rows.append({"method": method, "seed": seed,
+                     "flops": hit["train_flops"].iloc[0] if len(hit) else np.nan,
+                     "step": hit["step"].iloc[0] if len(hit) else np.nan})  # fmt: skip
+    df = pd.DataFrame(rows)
+    return df.groupby("method").agg(
+        seeds_reaching=("flops", lambda s: f"{s.notna().sum()}/{len(s)}"),
+        train_flops_mean=("flops", "mean"),
+        step_mean=("step", "mean"),
+    )
+
+
+def final_table(metrics: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    last = metrics.sort_values("step").groupby(["method", "seed"]).tail(1)
+    agg = last.groupby("method")[cols].agg(["mean", "std"])
+    agg.columns = [f"{c}_{s}" for c, s in agg.columns]
+    agg["seeds"] = last.groupby("method").size()
+    return agg
+
+
+def plot(metrics, runs, metric, out_dir, title) -> list[str]:
+    labels = status_labels(runs)
+    data = metrics.assign(label=metrics["method"].map(labels))
+    order = sorted(data["label"].unique())
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), sharey=True)
+    for ax, (x, xlabel) in zip(axes, AXES, strict=True):
+        sns.lineplot(data=data, x=x, y=metric, hue="label", hue_order=order, marker="o",
+                     errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax)  # fmt: skip
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(LABELS.get(metric, metric))
+        if x == "train_flops":
+            ax.set_xscale("log")
+        ax.legend(title=None, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    paths = [os.path.join(out_dir, f"convergence.{ext}") for ext in ("png", "pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=130)
+    plt.close(fig)
+    extra = [c for c in ("kid", "precision", "recall") if c in data and data[c].notna().any()]
+    if extra:
+        fig, axes = plt.subplots(1, len(extra), figsize=(5.3 * len(extra), 4.4), squeeze=False)
+        for ax, col in zip(axes[0], extra, strict=True):
+            sns.lineplot(data=data, x="train_flops", y=col, hue="label", hue_order=order,
+                         marker="o", errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax)  # fmt: skip
+            ax.set_xscale("log")
+            ax.set_xlabel("training FLOPs")
+            ax.set_ylabel(LABELS.get(col, col))
+            ax.legend(title=None, fontsize=8)
+        fig.suptitle(title, fontsize=10)
+        fig.tight_layout()
+        for ext in ("png", "pdf"):
+            p = os.path.join(out_dir, f"convergence_metrics.{ext}")
+            fig.savefig(p, dpi=130)
+            paths.append(p)
+        plt.close(fig)
+    return paths
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("sweep", nargs="?", default=None, help="sweep directory (default: latest)")
+    ap.add_argument("--metric", default=None, help="fd_fashion | fid_inception (default: auto)")
+    ap.add_argument("--targets", default=None, help="comma-separated FD/FID levels to reach")
+    ap.add_argument("--out", default=None, help="output folder (default: <sweep>/analysis)")
+    args = ap.parse_args(argv)
+    sweep = args.sweep or latest_sweep()
+    metrics, runs = load_sweep(sweep)
+    out_dir = args.out or os.path.join(sweep, "analysis")
+    os.makedirs(out_dir, exist_ok=True)
+    print(f"sweep {sweep}: {len(runs)} runs")
+    print(
+        runs[["run", "method", "seed", "status", "evaluations", "total_steps"]].to_string(
+            index=False
+        )
+    )
+    bad = runs[runs["status"] != "finished"]
+    for _, r in bad.iterrows():
+        err = f" ({r['error']})" if isinstance(r["error"], str) else ""
+        print(f"  note: {r['run']} is {r['status']}{err}; drawn up to its last evaluation")
+    if metrics.empty:
+        print("no evaluations yet: nothing to plot")
+        return
+    metric = args.metric or headline_metric(metrics)
+    metrics = metrics[metrics[metric].notna()]
+    cols = [c for c in (metric, "kid", "precision", "recall") if c in metrics]
+    metrics[["run", "method", "seed", "step", "images_seen", "train_flops", "wall_s", "loss",
+             *cols]].to_csv(os.path.join(out_dir, "convergence_data.csv"), index=False)  # fmt: skip
+    seeds = metrics.groupby("method")["seed"].nunique().to_dict()
+    title = (f"{os.path.basename(os.path.normpath(sweep))}: {metric} vs compute "
+             f"(mean over seeds, 95% CI; seeds per method {seeds})")  # fmt: skip
+    paths = plot(metrics, runs, metric, out_dir, title)
+    finished = runs.loc[runs["status"] == "finished", "run"]
+    final = final_table(metrics[metrics["run"].isin(finished)], cols)  # only complete runs
+    final.to_csv(os.path.join(out_dir, "final_metrics.csv"))
+    print(f"\nfinal metrics of finished runs (mean and std over seeds):\n{final.to_string(float_format='%.4g')}")
+    if args.targets:
+        targets = [float(t) for t in args.targets.split(",")]
+    else:  # default targets: quantiles of the final values, so the table is never empty
+        finals = metrics.sort_values("step").groupby(["method", "seed"]).tail(1)[metric]
+        targets = sorted({round(float(q), 1) for q in finals.quantile([0.9, 0.5]).values},
+                         reverse=True)  # fmt: skip
+    tables = []
+    for t in targets:
+        tab = compute_to_reach(metrics, metric, t).assign(target=t)
+        tables.append(tab)
+        print(f"\ncompute to reach {metric} ≤ {t:g}:\n{tab.to_string(float_format='%.4g')}")
+    pd.concat(tables).to_csv(os.path.join(out_dir, "compute_to_reach.csv"))
+    print("\nwrote " + ", ".join(paths))
+
+
+if __name__ == "__main__":
+    main()

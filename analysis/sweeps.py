@@ -1,0 +1,78 @@
+"""Reading finished (or partial) sweeps: every analysis script starts here.
+
+A sweep directory holds one sub-directory per run, each with ``metrics.csv`` (one row per
+evaluation) and ``summary.json`` (status: running | finished | failed | interrupted).
+Nothing else is needed.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pandas as pd
+
+SWEEPS_ROOT = "outputs/sweeps"
+
+
+def latest_sweep(root: str = SWEEPS_ROOT) -> str:
+    candidates = [d for d in glob.glob(os.path.join(root, "*")) if os.path.isdir(d)]
+    candidates = [d for d in candidates if glob.glob(os.path.join(d, "*", "summary.json"))]
+    if not candidates:
+        raise FileNotFoundError(
+            f"no sweep with runs under {root}; run `python experiments/run.py -m "
+            "method=cfm,dfm,purr` first or pass a sweep directory"
+        )
+    return max(candidates, key=os.path.getmtime)
+
+
+def load_sweep(sweep_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(metrics: one row per evaluation of every run, runs: one row per run directory)."""
+    runs, frames = [], []
+    for run_dir in sorted(glob.glob(os.path.join(sweep_dir, "*"))):
+        summary_path = os.path.join(run_dir, "summary.json")
+        if not os.path.isfile(summary_path):
+            continue
+        try:
+            with open(summary_path) as f:
+                summary = json.load(f)
+        except json.JSONDecodeError:
+            summary = {"status": "unreadable"}
+        metrics_path = os.path.join(run_dir, "metrics.csv")
+        n_rows = 0
+        if os.path.isfile(metrics_path):
+            df = pd.read_csv(metrics_path)
+            if len(df):
+                df["run"] = os.path.basename(run_dir)
+                frames.append(df)
+                n_rows = len(df)
+        runs.append({
+            "run": os.path.basename(run_dir), "method": summary.get("method"),
+            "seed": summary.get("seed"), "status": summary.get("status", "unknown"),
+            "evaluations": n_rows, "total_steps": summary.get("total_steps"),
+            "train_flops_per_step": summary.get("train_flops_per_step"),
+            "params": summary.get("params"), "error": summary.get("error"),
+        })  # fmt: skip
+    if not runs:
+        raise FileNotFoundError(f"{sweep_dir} holds no run directories with summary.json")
+    metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return metrics, pd.DataFrame(runs)
+
+
+def headline_metric(metrics: pd.DataFrame) -> str:
+    """fid_inception when a sweep has it, else the in-domain fd_fashion."""
+    for col in ("fid_inception", "fd_fashion"):
+        if col in metrics and metrics[col].notna().any():
+            return col
+    raise ValueError("no FID/FD column with values in this sweep")
+
+
+def status_labels(runs: pd.DataFrame) -> dict[str, str]:
+    """method → 'purr (3 finished)' or 'dfm (2 finished, 1 failed)'."""
+    out = {}
+    for method, grp in runs.groupby("method"):
+        counts = grp["status"].value_counts()
+        parts = [f"{n} {s}" for s, n in counts.items()]
+        out[method] = f"{method} ({', '.join(parts)})"
+    return out

@@ -1,0 +1,71 @@
+"""Analysis scripts on a synthetic sweep the test writes (with a failed run and a gap)."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+
+from analysis import convergence_plot
+from analysis.sweeps import latest_sweep, load_sweep
+
+
+def write_sweep(root):
+    sweep = root / "sweeps" / "2026-01-01_00-00-00"
+    rng = np.random.default_rng(0)
+    job = 0
+    for method, rate in (("cfm", 1.0), ("dfm", 0.8), ("purr", 1.5)):
+        for seed in (0, 1):
+            run = sweep / f"{job}_{method}_seed{seed}"
+            run.mkdir(parents=True)
+            job += 1
+            status = "failed" if (method, seed) == ("dfm", 1) else "finished"
+            steps = [25, 50, 75, 100] if status == "finished" else [25]
+            rows = [{"method": method, "seed": seed, "step": s, "images_seen": 64 * s,
+                     "train_flops": 1e9 * s * (1.02 if method != "cfm" else 1.0),
+                     "wall_s": 0.9 * s, "loss": 1 / s,
+                     "fd_fashion": 100 * np.exp(-rate * s / 50) + rng.normal(0, 1),
+                     "kid": 0.1 / s, "precision": 0.5, "recall": 0.3}
+                    for s in steps]  # fmt: skip
+            if method == "purr" and seed == 1:
+                rows[1]["fd_fashion"] = np.nan  # a missing metric value
+            pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
+            summary = {"method": method, "seed": seed, "status": status, "total_steps": 100}
+            if status == "failed":
+                summary["error"] = "NonFiniteLossError: non-finite loss"
+            (run / "summary.json").write_text(json.dumps(summary))
+    running = sweep / "6_cfm_seed2"  # started, no evaluation yet
+    running.mkdir()
+    (running / "summary.json").write_text(json.dumps({"method": "cfm", "seed": 2,
+                                                      "status": "running"}))  # fmt: skip
+    return sweep
+
+
+def test_convergence_plot_on_partial_sweep(tmp_path, capsys):
+    sweep = write_sweep(tmp_path)
+    assert latest_sweep(str(tmp_path / "sweeps")) == str(sweep)
+    metrics, runs = load_sweep(str(sweep))
+    assert len(runs) == 7 and set(runs["status"]) == {"finished", "failed", "running"}
+    convergence_plot.main([str(sweep), "--targets", "50,20"])
+    out = capsys.readouterr().out
+    assert "is failed" in out and "NonFiniteLossError" in out and "is running" in out
+    analysis = sweep / "analysis"
+    for f in ("convergence.png", "convergence.pdf", "convergence_metrics.png",
+              "convergence_data.csv", "final_metrics.csv", "compute_to_reach.csv"):  # fmt: skip
+        assert (analysis / f).stat().st_size > 0, f
+    reach = pd.read_csv(analysis / "compute_to_reach.csv")
+    # purr decays fastest: it reaches FD ≤ 50 at step 25, cfm only at step 50
+    at50 = reach[reach["target"] == 50].set_index("method")
+    assert at50.loc["purr", "step_mean"] == 25 and at50.loc["cfm", "step_mean"] == 50
+    data = pd.read_csv(analysis / "convergence_data.csv")
+    assert data["fd_fashion"].notna().all()  # the gap is dropped, not plotted as zero
+    final = pd.read_csv(analysis / "final_metrics.csv", index_col=0)
+    assert final.loc["dfm", "seeds"] == 1  # final numbers only from finished runs
+    assert (data["run"] == "3_dfm_seed1").sum() == 1  # ...but the failed run is still drawn
+
+
+def test_no_sweep_gives_clear_error(tmp_path):
+    import pytest
+
+    with pytest.raises(FileNotFoundError, match="run `python experiments/run.py -m"):
+        latest_sweep(str(tmp_path))
