@@ -134,7 +134,8 @@ def main(argv=None) -> None:
     finished = runs.loc[runs["status"] == "finished", "run"]
     final = final_table(metrics[metrics["run"].isin(finished)], cols)  # only complete runs
     final.to_csv(os.path.join(out_dir, "final_metrics.csv"))
-    print(f"\nfinal metrics of finished runs (mean and std over seeds):\n{final.to_string(float_format='%.4g')}")
+    table = final.to_string(float_format="%.4g")
+    print(f"\nfinal metrics of finished runs (mean and std over seeds):\n{table}")
     if args.targets:
         targets = [float(t) for t in args.targets.split(",")]
     else:  # default targets: quantiles of the final values, so the table is never empty

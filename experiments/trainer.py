@@ -198,6 +198,33 @@ def prepare_latents(cfg, tok, dd: Dist):
     return shards
 
 
+def build_method_and_model(cfg, tok, device):
+    """The method (with the tokenizer's codebook) and its DiT, as configured."""
+    mcfg = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k != "name"}
+    method = methods.build(cfg.method.name, codebook=tok.codebook.detach(), **mcfg).to(device)
+    model = build_dit(
+        cfg.backbone.preset, input_size=tok.grid, num_classes=cfg.data.num_classes,
+        class_dropout=cfg.backbone.class_dropout, pos_embed=cfg.backbone.pos_embed,
+        **method.model_kwargs(),
+    ).to(device)  # fmt: skip
+    return method, model
+
+
+def load_trained(run_dir: str, device="cpu"):
+    """(cfg, tokenizer, method, EMA model) of a run directory, for analysis scripts."""
+    cfg_path = os.path.join(run_dir, ".hydra", "config.yaml")
+    ckpt_path = os.path.join(run_dir, "checkpoints", "last.pt")
+    for p in (cfg_path, ckpt_path):
+        if not os.path.isfile(p):
+            raise RunError(f"{run_dir} is not a trained run: {p} is missing")
+    cfg = OmegaConf.load(cfg_path)
+    tok = load_tokenizer(cfg).to(device)
+    method, model = build_method_and_model(cfg, tok, device)
+    ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+    model.load_state_dict(ck["ema"])
+    return cfg, tok, method, model.eval().requires_grad_(False)
+
+
 # ------------------------------------------------------------------------------- run
 def run(cfg, run_dir: str) -> dict:
     check_inputs(cfg)
@@ -221,14 +248,8 @@ def run(cfg, run_dir: str) -> dict:
 
     tok = load_tokenizer(cfg).to(device)
     shards = prepare_latents(cfg, tok, dd)
-    mcfg = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k != "name"}
-    method = methods.build(cfg.method.name, codebook=tok.codebook.detach(), **mcfg).to(device)
     torch.manual_seed(cfg.seed)  # identical initialisation on every rank
-    model = build_dit(
-        cfg.backbone.preset, input_size=tok.grid, num_classes=cfg.data.num_classes,
-        class_dropout=cfg.backbone.class_dropout, pos_embed=cfg.backbone.pos_embed,
-        **method.model_kwargs(),
-    ).to(device)  # fmt: skip
+    method, model = build_method_and_model(cfg, tok, device)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     batch = cfg.budget.batch_size
     if batch % dd.world:
@@ -405,13 +426,8 @@ class Evaluator:
     def __init__(self, cfg, tok, method, device, run_dir):
         from shared.metrics import build_extractor, reference_features
 
-        self.cfg, self.tok, self.method, self.device, self.run_dir = (
-            cfg,
-            tok,
-            method,
-            device,
-            run_dir,
-        )
+        self.cfg, self.tok, self.method = cfg, tok, method
+        self.device, self.run_dir = device, run_dir
         e = cfg.eval
         if e.extractor not in ("fashion", "inception"):
             raise RunError(f"eval.extractor must be 'fashion' or 'inception', got {e.extractor!r}")
@@ -425,27 +441,42 @@ class Evaluator:
         self.last_grid = None
 
     @torch.no_grad()
-    def __call__(self, ema, step, total_steps, batch, flops_per_step, wall_s, loss) -> dict:
-        from shared.metrics import compute_metrics
-
-        e, t0 = self.cfg.eval, time.time()
+    def sample_images(self, ema, temperature=None, cfg_scale=None, trace=False):
+        """The protocol's class-balanced samples as uint8 images (and the last SampleOutput)."""
+        e = self.cfg.eval
         g = torch.Generator(self.device).manual_seed(e.seed)  # same noise for every method/step
         labels = torch.arange(e.num_samples, device=self.device) % self.cfg.data.num_classes
-        images, nfe, rows = [], 0, 0
+        images = []
         for i in range(0, e.num_samples, e.batch_size):
             y = labels[i : i + e.batch_size]
-            out = self.method.sample(ema, len(y), self.tok.grid, e.steps, y=y, solver=e.solver,
-                                     temperature=e.temperature, cfg_scale=e.cfg_scale,
-                                     generator=g)  # fmt: skip
+            out = self.method.sample(
+                ema, len(y), self.tok.grid, e.steps, y=y, solver=e.solver,
+                temperature=e.temperature if temperature is None else temperature,
+                cfg_scale=e.cfg_scale if cfg_scale is None else cfg_scale, generator=g,
+                trace=trace,
+            )  # fmt: skip
             images.append(self.tok.decode(out.indices).cpu())
-            nfe, rows = out.nfe, out.nfe_rows
-        images = torch.cat(images)
+        return torch.cat(images), labels.cpu(), out
+
+    def save_grid(self, images, labels, path):
+        k = min(self.cfg.eval.grid_samples, len(images))
+        order = torch.argsort(labels[:k], stable=True)  # one class per row block
+        save_grid(images[:k][order], path, nrow=self.cfg.data.num_classes)
+
+    def score(self, images) -> dict:
+        from shared.metrics import compute_metrics
+
+        return compute_metrics(images, self.reference, self.extractor)
+
+    @torch.no_grad()
+    def __call__(self, ema, step, total_steps, batch, flops_per_step, wall_s, loss) -> dict:
+        e, t0 = self.cfg.eval, time.time()
+        images, labels, out = self.sample_images(ema)
         grid_path = os.path.join(self.run_dir, "samples", f"step_{step:07d}.png")
-        k = min(e.grid_samples, len(images))
-        order = torch.argsort(labels[:k].cpu(), stable=True)  # one class per row block
-        save_grid(images[:k][order], grid_path, nrow=self.cfg.data.num_classes)
+        self.save_grid(images, labels, grid_path)
         self.last_grid = grid_path
-        m = compute_metrics(images, self.reference, self.extractor)
+        m = self.score(images)
+        nfe, rows = out.nfe, out.nfe_rows
         kind = e.extractor
         return {
             "method": self.cfg.method.name, "seed": self.cfg.seed, "step": step,

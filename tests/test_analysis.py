@@ -1,7 +1,6 @@
 """Analysis scripts on a synthetic sweep the test writes (with a failed run and a gap)."""
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
@@ -69,3 +68,50 @@ def test_no_sweep_gives_clear_error(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="run `python experiments/run.py -m"):
         latest_sweep(str(tmp_path))
+
+
+def test_entropy_closed_form():
+    import math
+
+    import torch
+
+    from analysis.entropy_maps import entropy
+
+    k = 16
+    uniform = torch.full((2, k, 3, 3), 1.0 / k)
+    one_hot = torch.nn.functional.one_hot(torch.zeros(2, 3, 3, dtype=torch.long), k)
+    assert torch.allclose(entropy(uniform), torch.full((2, 3, 3), math.log(k)))
+    assert torch.equal(entropy(one_hot.permute(0, 3, 1, 2).float()), torch.zeros(2, 3, 3))
+
+
+def test_temperature_sweep_and_entropy_maps_on_trained_runs(env, tmp_path, monkeypatch):
+    from conftest import compose, run_in_process
+    from omegaconf import OmegaConf
+
+    from analysis import entropy_maps, temperature_sweep
+
+    sweep = tmp_path / "sweep"
+    for i, m in enumerate(("purr", "dfm")):
+        run_in_process(env, [f"method={m}", "eval.points=1"], sweep / f"{i}_{m}_seed0", monkeypatch)
+        # load_trained reads the resolved config that Hydra writes next to the run
+        (sweep / f"{i}_{m}_seed0" / ".hydra").mkdir()
+        OmegaConf.save(compose(env["overrides"] + [f"method={m}"]),
+                       sweep / f"{i}_{m}_seed0" / ".hydra" / "config.yaml")  # fmt: skip
+    assert temperature_sweep.default_runs(str(sweep)) == [str(sweep / "0_purr_seed0"),
+                                                          str(sweep / "1_dfm_seed0")]  # fmt: skip
+    out = tmp_path / "out"
+    temperature_sweep.main(["--taus", "0,1.5", "--num-samples", "20", "--out", str(out),
+                            str(sweep / "0_purr_seed0"), str(sweep / "1_dfm_seed0")])  # fmt: skip
+    df = pd.read_csv(out / "temperature_sweep.csv")
+    assert len(df) == 4 and set(df["method"]) == {"purr", "dfm"}
+    for _, grp in df.groupby("method"):  # τ changes the samples, hence the scores
+        assert grp["fd"].nunique() == 2
+    for f in ("temperature_sweep.png", "temperature_grid_purr.png", "temperature_grid_dfm.png"):
+        assert (out / f).stat().st_size > 0
+    entropy_maps.main(["--samples", "2", "--times", "3", "--out", str(out),
+                       str(sweep / "0_purr_seed0"), str(sweep / "1_dfm_seed0")])  # fmt: skip
+    curve = pd.read_csv(out / "entropy_vs_t.csv")
+    assert set(curve["method"]) == {"purr", "dfm"} and len(curve) == 8  # 4 steps each
+    assert (curve["mean_entropy"] >= 0).all() and (curve["mean_entropy"] <= curve["log_k"]).all()
+    for f in ("entropy_maps_purr.png", "entropy_maps_dfm.png", "entropy_vs_t.png"):
+        assert (out / f).stat().st_size > 0

@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny but complete runner environment (synthetic data, tiny tokenizer,
+private cache holding the metric classifier)."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from test_data import make_fmnist  # noqa: E402
+
+from shared.metrics.fashion_cnn import FashionCNNConfig, classifier_dir  # noqa: E402
+from shared.paths import REPO_ROOT, cache_root  # noqa: E402
+from shared.tokenizers import FashionVQConfig, train_fashion_vq  # noqa: E402
+
+TINY = [
+    "backbone=dit_nano_1", "budget.train_flops=null", "budget.images=128", "budget.batch_size=16",
+    "eval.points=2", "eval.num_samples=20", "eval.batch_size=20", "eval.steps=4",
+    "eval.reference_n=32", "eval.grid_samples=10", "checkpoint_every=3", "log_every=2",
+    "progress=false",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory):
+    """Synthetic data, a tiny tokenizer, and a private cache holding the metric classifier."""
+    base = tmp_path_factory.mktemp("runner")
+    real_classifier = classifier_dir(FashionCNNConfig())
+    if not os.path.isfile(os.path.join(real_classifier, "meta.json")):
+        pytest.fail(f"metric classifier missing at {real_classifier}: run "
+                    "`python experiments/prepare_metrics.py` (make test does)")  # fmt: skip
+    cache = base / "cache"
+    dest = cache / os.path.relpath(real_classifier, cache_root())
+    dest.parent.mkdir(parents=True)
+    os.symlink(real_classifier, dest)
+    data = base / "data"
+    data.mkdir()
+    make_fmnist(data, n_train=64, n_test=16)
+    cfg = FashionVQConfig(
+        block_out_channels=(16, 16, 16), steps=3, batch_size=8, data_root=str(data)
+    )
+    old = os.environ.get("VQBENCH_CACHE")
+    os.environ["VQBENCH_CACHE"] = str(cache)
+    try:
+        tok = train_fashion_vq(cfg, str(base / "tok"), progress=False)
+    finally:
+        os.environ.pop("VQBENCH_CACHE") if old is None else os.environ.update(VQBENCH_CACHE=old)
+    overrides = [f"data.root={data}", f"tokenizer.path={tok}", f"data.latents_dir={base / 'lat'}"]
+    return {"cache": str(cache), "overrides": overrides + TINY, "base": base}
+
+
+def compose(overrides):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from experiments.config import register
+
+    register()
+    with initialize_config_dir(str(REPO_ROOT / "experiments" / "conf"), version_base=None):
+        return hydra_compose("config", overrides=overrides)
+
+
+def run_in_process(env, overrides, run_dir, monkeypatch):
+    from experiments.trainer import run
+
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    return run(compose(env["overrides"] + overrides), str(run_dir))
