@@ -1,0 +1,261 @@
+"""Throughput, FLOP utilisation and sampling speed of every method on one backbone.
+
+    python experiments/benchmark.py                                  # CPU here: fp32
+    python experiments/benchmark.py --presets DiT-B/2 --grid 32 --batch 64   # on a GPU: bf16
+    python experiments/benchmark.py --compile                        # + torch.compile gain
+
+Measured in one process, side by side: the GEMM peak (``torch.mm`` at the model's dtype),
+then for each preset the training step of every method, interleaved over repetitions so a
+noisy machine affects all methods alike (median reported), then sampling at several NFE
+with the share of sampling time spent inside the model. FLOPs are the backbone's analytic
+count (training = 3 × forward). Prints a table and writes CSV (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import methods  # noqa: E402
+from shared.backbone import build_dit  # noqa: E402
+from shared.io import atomic_write_text  # noqa: E402
+
+METHODS = {"cfm": {}, "purr": {}, "dfm": {"source": "mask"}}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_peak(device, dtype, n=2048, reps=5) -> float:
+    """Best of ``reps`` timings of an n×n×n matmul, in FLOP/s."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+class TimedModel:
+    """Wraps a model to measure the wall time spent inside its forward calls."""
+
+    def __init__(self, model, device):
+        self.model, self.device, self.seconds, self.calls = model, device, 0.0, 0
+
+    def __call__(self, x, t, y):
+        sync(self.device)
+        t0 = time.perf_counter()
+        out = self.model(x, t, y)
+        sync(self.device)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        return out
+
+
+def build(preset, name, codebook, grid, num_classes, device, compile_model):
+    method = methods.build(name, codebook=codebook, **METHODS[name]).to(device)
+    model = build_dit(preset, input_size=grid, num_classes=num_classes, **method.model_kwargs())
+    model = model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    net = torch.compile(model) if compile_model else model
+    return method, model, net, opt
+
+
+def train_step(method, model, net, opt, batch, k, grid, num_classes, device, use_bf16, gen):
+    c = torch.randint(0, k, (batch, *grid), device=device, generator=gen)
+    y = torch.randint(0, num_classes, (batch,), device=device, generator=gen)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        out = method.loss(net, c, y, generator=gen)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--presets", default="DiT-Mini/1,DiT-S/2")
+    ap.add_argument("--methods", default="cfm,purr,dfm")
+    ap.add_argument("--grid", type=int, default=8)
+    ap.add_argument("--codes", type=int, default=256)
+    ap.add_argument("--code-dim", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps-per-rep", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--nfe", default="8,32,100")
+    ap.add_argument("--sample-batch", type=int, default=64)
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile'd training")
+    ap.add_argument("--gemm-size", type=int, default=2048, help="n of the n×n×n peak matmul")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default="outputs/benchmark.csv")
+    args = ap.parse_args(argv)
+
+    device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    )
+    use_bf16 = device.type == "cuda"
+    dtype = torch.bfloat16 if use_bf16 else torch.float32
+    grid, num_classes = (args.grid, args.grid), 10
+    names = args.methods.split(",")
+    gen = torch.Generator(device).manual_seed(0)
+    codebook = torch.randn(args.codes, args.code_dim, generator=torch.Generator().manual_seed(0))
+    peaks = [gemm_peak(device, dtype, args.gemm_size)]
+    print(
+        f"device {device} ({'bf16 autocast' if use_bf16 else 'fp32'}), "
+        f"{torch.get_num_threads()} threads; GEMM peak {peaks[0] / 1e9:.1f} GFLOP/s"
+    )
+    results = []
+    variants = [False, True] if args.compile else [False]
+    for preset in args.presets.split(","):
+        for compiled in variants:
+            built = {
+                n: build(preset, n, codebook, grid, num_classes, device, compiled) for n in names
+            }
+
+            def step(n, built=built):
+                train_step(
+                    *built[n], args.batch, args.codes, grid, num_classes, device, use_bf16, gen
+                )
+
+            for n in names:  # warm-up (and compilation)
+                for _ in range(2):
+                    step(n)
+            times = {n: [] for n in names}
+            for _ in range(args.reps):  # interleaved: every method sees the same machine state
+                for n in names:
+                    sync(device)
+                    t0 = time.perf_counter()
+                    for _ in range(args.steps_per_rep):
+                        step(n)
+                    sync(device)
+                    times[n].append((time.perf_counter() - t0) / args.steps_per_rep)
+            peaks.append(gemm_peak(device, dtype, args.gemm_size))
+            for n in names:
+                method, model = built[n][0], built[n][1]
+                t = statistics.median(times[n])
+                flops = model.train_flops(args.batch)
+                results.append(
+                    {
+                        "kind": "train",
+                        "preset": preset,
+                        "method": n,
+                        "compiled": compiled,
+                        "batch": args.batch,
+                        "params": model.num_params(),
+                        "gflop_per_step": flops / 1e9,
+                        "step_s": t,
+                        "images_per_s": args.batch / t,
+                        "gflop_per_s": flops / t / 1e9,
+                    }
+                )
+            if compiled:
+                continue
+            for nfe in [int(x) for x in args.nfe.split(",")]:
+                for n in names:
+                    method, model = built[n][0], built[n][1]
+                    model.eval()
+                    timed = TimedModel(model, device)
+                    y = torch.arange(args.sample_batch, device=device) % num_classes
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        method.sample(timed, 4, grid, 2, y=y[:4], generator=gen)  # warm-up
+                        timed.seconds, timed.calls = 0.0, 0
+                        sync(device)
+                        t0 = time.perf_counter()
+                        out = method.sample(timed, args.sample_batch, grid, nfe, y=y, generator=gen)
+                        sync(device)
+                    total = time.perf_counter() - t0
+                    model.train()
+                    results.append(
+                        {
+                            "kind": "sample",
+                            "preset": preset,
+                            "method": n,
+                            "compiled": False,
+                            "batch": args.sample_batch,
+                            "nfe": out.nfe,
+                            "sample_s": total,
+                            "images_per_s": args.sample_batch / total,
+                            "in_model_fraction": timed.seconds / total,
+                            "gflop_per_s": model.flops(args.sample_batch) * out.nfe / total / 1e9,
+                        }
+                    )
+    peak = max(peaks)
+    for r in results:
+        r["gemm_peak_gflop_per_s"] = peak / 1e9
+        r["utilisation"] = r["gflop_per_s"] * 1e9 / peak
+    if device.type == "cuda":
+        mem = torch.cuda.max_memory_allocated(device) / 2**30
+    else:
+        mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
+    report(results, peak, mem, device)
+    write(results, args.out)
+    return results
+
+
+def report(results, peak, mem, device) -> None:
+    print(
+        f"\nGEMM peak (best of all measurements): {peak / 1e9:.1f} GFLOP/s; peak memory "
+        f"{mem:.2f} GiB ({'CUDA allocated' if device.type == 'cuda' else 'process RSS'})"
+    )
+    train = [r for r in results if r["kind"] == "train"]
+    print("\ntraining (median over interleaved repetitions)")
+    print(
+        f"{'preset':12s} {'method':6s} {'compiled':8s} {'GFLOP/step':>10s} {'step s':>8s} "
+        f"{'img/s':>7s} {'GFLOP/s':>8s} {'util':>6s} {'time/cfm':>8s} {'FLOP/cfm':>8s}"
+    )
+    for r in train:
+        base = next(
+            b
+            for b in train
+            if b["preset"] == r["preset"]
+            and b["method"] == "cfm"
+            and b["compiled"] == r["compiled"]
+        )
+        print(
+            f"{r['preset']:12s} {r['method']:6s} {str(r['compiled']):8s} "
+            f"{r['gflop_per_step']:10.1f} {r['step_s']:8.3f} {r['images_per_s']:7.1f} "
+            f"{r['gflop_per_s']:8.1f} {r['utilisation']:6.1%} "
+            f"{r['step_s'] / base['step_s']:8.3f} "
+            f"{r['gflop_per_step'] / base['gflop_per_step']:8.3f}"
+        )
+    sample = [r for r in results if r["kind"] == "sample"]
+    if sample:
+        print("\nsampling (Euler; images/s at batch size; share of time inside the model)")
+        print(
+            f"{'preset':12s} {'method':6s} {'NFE':>4s} {'img/s':>8s} {'in model':>8s} {'util':>6s}"
+        )
+        for r in sample:
+            print(
+                f"{r['preset']:12s} {r['method']:6s} {r['nfe']:4d} {r['images_per_s']:8.1f} "
+                f"{r['in_model_fraction']:8.1%} {r['utilisation']:6.1%}"
+            )
+
+
+def write(results, path) -> None:
+    cols = sorted({k for r in results for k in r})
+    buf = io.StringIO()
+    buf.write(",".join(cols) + "\n")
+    for r in results:
+        buf.write(",".join("" if r.get(c) is None else str(r.get(c)) for c in cols) + "\n")
+    atomic_write_text(path, buf.getvalue())
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

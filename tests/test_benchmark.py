@@ -1,0 +1,48 @@
+"""The benchmark script runs end to end on a tiny preset and reports consistent numbers."""
+
+import csv
+
+from experiments import benchmark
+
+
+def test_benchmark_tiny(tmp_path, capsys):
+    out = tmp_path / "bench.csv"
+    results = benchmark.main(
+        [
+            "--presets",
+            "DiT-Nano/1",
+            "--grid",
+            "4",
+            "--batch",
+            "4",
+            "--reps",
+            "2",
+            "--steps-per-rep",
+            "1",
+            "--nfe",
+            "2,3",
+            "--sample-batch",
+            "4",
+            "--device",
+            "cpu",
+            "--gemm-size",
+            "256",
+            "--out",
+            str(out),
+        ]
+    )
+    train = [r for r in results if r["kind"] == "train"]
+    sample = [r for r in results if r["kind"] == "sample"]
+    assert {r["method"] for r in train} == {"cfm", "purr", "dfm"}
+    assert {r["nfe"] for r in sample} == {2, 3}  # the NFE actually taken
+    for r in results:
+        assert 0 < r["utilisation"] < 1.5 and r["images_per_s"] > 0
+    for r in sample:
+        assert 0 < r["in_model_fraction"] <= 1
+    # categorical heads cost more FLOPs than CFM's d-channel head
+    flops = {r["method"]: r["gflop_per_step"] for r in train}
+    assert flops["purr"] > flops["cfm"] and flops["dfm"] > flops["cfm"]
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(results) and "gemm_peak_gflop_per_s" in rows[0]
+    assert "GEMM peak" in capsys.readouterr().out
