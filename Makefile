@@ -51,6 +51,11 @@ assets: setup data
 demo: assets
 	@echo "==> main job on the default: the Fashion-MNIST sweep of cfm, dfm, purr (≈20 min on 2 cores)"
 	$(PY) experiments/run.py -m method=cfm,dfm,purr
+	@echo "==> figures of that sweep (written to its analysis/ folder)"
+	$(PY) analysis/convergence_plot.py
+	$(PY) analysis/temperature_sweep.py
+	$(PY) analysis/entropy_maps.py
+	$(PY) analysis/sample_grids.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -91,6 +91,20 @@ def z_loss(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits.float(), dim=1).pow(2).mean()
 
 
+def categorical_loss(logits: torch.Tensor, indices: torch.Tensor, z_loss_weight: float):
+    """CE(logits, c) + λ·z-loss over all positions; logits (B,K,H,W), indices (B,H,W)."""
+    logits = logits.float()
+    ce = F.cross_entropy(logits, indices.long())
+    zl = z_loss(logits)
+    loss = ce + z_loss_weight * zl if z_loss_weight else ce
+    return LossOutput(loss, {"loss": loss.detach(), "ce": ce.detach(), "z_loss": zl.detach()})
+
+
+def lookup(codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """indices (B,H,W) → z (B,d,H,W) = E[indices]."""
+    return codebook[indices.long()].permute(0, 3, 1, 2).contiguous()
+
+
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """z (B,d,H,W) → indices (B,H,W) of the L2-nearest codebook row.
 
@@ -135,8 +149,7 @@ class Method(nn.Module):
         return None
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        """indices (B,H,W) → z (B,d,H,W) = E[indices]."""
-        return self.codebook[indices.long()].permute(0, 3, 1, 2).contiguous()
+        return lookup(self.codebook, indices)
 
     def check_temperature(self, temperature: float) -> None:
         if not self.categorical_posterior and temperature != 1.0:

@@ -15,17 +15,16 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .base import (
     LossOutput,
     Method,
     SampleOutput,
     categorical,
+    categorical_loss,
     check_steps,
     guided_forward,
     sample_categorical,
-    z_loss,
 )
 
 
@@ -74,11 +73,8 @@ class DFM(Method):
     def loss(self, model, indices, y=None, generator=None) -> LossOutput:
         t = self.time_sampler(indices.shape[0], indices.device, generator)
         x_t = self.corrupt(indices, t, generator)
-        logits = model(x_t, t, y).float()  # (B, K, H, W)
-        ce = F.cross_entropy(logits, indices.long())
-        zl = z_loss(logits)
-        loss = ce + self.z_loss_weight * zl if self.z_loss_weight else ce
-        return LossOutput(loss, {"loss": loss.detach(), "ce": ce.detach(), "z_loss": zl.detach()})
+        logits = model(x_t, t, y)  # (B, K, H, W)
+        return categorical_loss(logits, indices, self.z_loss_weight)
 
     def posterior(self, model, x_t, t, y=None, temperature: float = 1.0, cfg_scale=1.0):
         logits, _ = guided_forward(model, x_t, t, y, cfg_scale)

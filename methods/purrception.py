@@ -11,9 +11,8 @@ before τ.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .base import LossOutput, categorical, guided_forward, z_loss
+from .base import LossOutput, categorical, categorical_loss, guided_forward
 from .latent_flow import LatentFlowMethod
 
 
@@ -37,11 +36,8 @@ class Purrception(LatentFlowMethod):
 
     def loss(self, model, indices, y=None, generator=None) -> LossOutput:
         z_t, _, _, t = self.noisy_latents(indices, generator)
-        logits = model(z_t, t, y).float()  # (B, K, H, W)
-        ce = F.cross_entropy(logits, indices.long())
-        zl = z_loss(logits)
-        loss = ce + self.z_loss_weight * zl if self.z_loss_weight else ce
-        return LossOutput(loss, {"loss": loss.detach(), "ce": ce.detach(), "z_loss": zl.detach()})
+        logits = model(z_t, t, y)  # (B, K, H, W)
+        return categorical_loss(logits, indices, self.z_loss_weight)
 
     def posterior(self, model, x_t, t, y=None, temperature: float = 1.0, cfg_scale=1.0):
         logits, _ = guided_forward(model, x_t, t, y, cfg_scale)

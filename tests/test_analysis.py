@@ -1,6 +1,7 @@
 """Analysis scripts on a synthetic sweep the test writes (with a failed run and a gap)."""
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -88,7 +89,7 @@ def test_temperature_sweep_and_entropy_maps_on_trained_runs(env, tmp_path, monke
     from conftest import compose, run_in_process
     from omegaconf import OmegaConf
 
-    from analysis import entropy_maps, temperature_sweep
+    from analysis import entropy_maps, sample_grids, temperature_sweep
 
     sweep = tmp_path / "sweep"
     for i, m in enumerate(("purr", "dfm")):
@@ -115,3 +116,5 @@ def test_temperature_sweep_and_entropy_maps_on_trained_runs(env, tmp_path, monke
     assert (curve["mean_entropy"] >= 0).all() and (curve["mean_entropy"] <= curve["log_k"]).all()
     for f in ("entropy_maps_purr.png", "entropy_maps_dfm.png", "entropy_vs_t.png"):
         assert (out / f).stat().st_size > 0
+    grid = sample_grids.main([str(sweep), "--out", str(out)])
+    assert os.path.getsize(grid) > 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from methods.base import nearest_code
+from methods.base import lookup, nearest_code
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -82,7 +82,7 @@ class Tokenizer(nn.Module):
         return nearest_code(z, self.codebook)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.codebook[indices.long()].permute(0, 3, 1, 2).contiguous()
+        return lookup(self.codebook, indices)
 
     def decoder(self, z: torch.Tensor) -> torch.Tensor:
         return self.vq.decode(z, force_not_quantize=True).sample
