@@ -65,8 +65,13 @@ def plot(metrics, runs, metric, out_dir, title) -> list[str]:
     sns.set_theme(style="whitegrid", context="notebook")
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), sharey=True)
     for ax, (x, xlabel) in zip(axes, AXES, strict=True):
-        sns.lineplot(data=data, x=x, y=metric, hue="label", hue_order=order, marker="o",
-                     errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax)  # fmt: skip
+        if x == "wall_s":  # wall-clock differs per run: one line per run, no averaging
+            sns.lineplot(data=data, x=x, y=metric, hue="label", hue_order=order, marker="o",
+                         units="run", estimator=None, lw=1, ax=ax)  # fmt: skip
+            xlabel += ", one line per run"
+        else:
+            sns.lineplot(data=data, x=x, y=metric, hue="label", hue_order=order, marker="o",
+                         errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax)  # fmt: skip
         ax.set_xlabel(xlabel)
         ax.set_ylabel(LABELS.get(metric, metric))
         if x == "train_flops":
