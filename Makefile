@@ -41,6 +41,7 @@ data:
 		exit 1; \
 	fi
 
+# A fixed sweep folder: a second `make demo` resumes or reuses the finished runs.
 # Cached artifacts every run needs: the Fashion tokenizer (≈4 min), its index shards (≈1 min),
 # the metric classifier (≈2 min) and the offline Inception weights (≈15 s). Reused when present.
 assets: setup data
@@ -50,7 +51,7 @@ assets: setup data
 
 demo: assets
 	@echo "==> main job on the default: the Fashion-MNIST sweep of cfm, dfm, purr (≈20 min on 2 cores)"
-	$(PY) experiments/run.py -m method=cfm,dfm,purr
+	$(PY) experiments/run.py -m method=cfm,dfm,purr hydra.sweep.dir=outputs/sweeps/fashion-default
 	@echo "==> figures of that sweep (written to its analysis/ folder)"
 	$(PY) analysis/convergence_plot.py
 	$(PY) analysis/temperature_sweep.py
