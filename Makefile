@@ -41,7 +41,6 @@ data:
 		exit 1; \
 	fi
 
-# A fixed sweep folder: a second `make demo` resumes or reuses the finished runs.
 # Cached artifacts every run needs: the Fashion tokenizer (≈4 min), its index shards (≈1 min),
 # the metric classifier (≈2 min) and the offline Inception weights (≈15 s). Reused when present.
 assets: setup data
@@ -49,6 +48,7 @@ assets: setup data
 	$(PY) experiments/extract_latents.py
 	$(PY) experiments/prepare_metrics.py
 
+# A fixed sweep folder: a second `make demo` resumes or reuses the finished runs.
 demo: assets
 	@echo "==> main job on the default: the Fashion-MNIST sweep of cfm, dfm, purr (≈20 min on 2 cores)"
 	$(PY) experiments/run.py -m method=cfm,dfm,purr hydra.sweep.dir=outputs/sweeps/fashion-default
