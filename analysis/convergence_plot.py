@@ -24,7 +24,13 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sweeps import headline_metric, latest_sweep, load_sweep, status_labels  # noqa: E402
+from analysis.sweeps import (  # noqa: E402
+    headline_metric,
+    latest_sweep,
+    load_sweep,
+    save_figure,
+    status_labels,
+)
 
 AXES = [("step", "training steps"), ("train_flops", "training FLOPs"),
         ("wall_s", "training wall-clock (s)")]  # fmt: skip
@@ -79,10 +85,7 @@ def plot(metrics, runs, metric, out_dir, title) -> list[str]:
         ax.legend(title=None, fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    paths = [os.path.join(out_dir, f"convergence.{ext}") for ext in ("png", "pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=130)
-    plt.close(fig)
+    paths = save_figure(fig, out_dir, "convergence")
     extra = [c for c in ("kid", "precision", "recall") if c in data and data[c].notna().any()]
     if extra:
         fig, axes = plt.subplots(1, len(extra), figsize=(5.3 * len(extra), 4.4), squeeze=False)
@@ -95,11 +98,7 @@ def plot(metrics, runs, metric, out_dir, title) -> list[str]:
             ax.legend(title=None, fontsize=8)
         fig.suptitle(title, fontsize=10)
         fig.tight_layout()
-        for ext in ("png", "pdf"):
-            p = os.path.join(out_dir, f"convergence_metrics.{ext}")
-            fig.savefig(p, dpi=130)
-            paths.append(p)
-        plt.close(fig)
+        paths += save_figure(fig, out_dir, "convergence_metrics")
     return paths
 
 

@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sweeps import latest_sweep  # noqa: E402
+from analysis.sweeps import latest_sweep, save_figure  # noqa: E402
 from analysis.temperature_sweep import default_runs  # noqa: E402
 from experiments.trainer import load_trained  # noqa: E402
 
@@ -119,11 +119,7 @@ def main(argv=None) -> None:
     ax.legend()
     ax.set_title("Posterior entropy along sampling", fontsize=10)
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        p = os.path.join(out_dir, f"entropy_vs_t.{ext}")
-        fig.savefig(p, dpi=130)
-        written.append(p)
-    plt.close(fig)
+    written += save_figure(fig, out_dir, "entropy_vs_t")
     print("wrote " + ", ".join(written))
 
 

@@ -76,3 +76,14 @@ def status_labels(runs: pd.DataFrame) -> dict[str, str]:
         parts = [f"{n} {s}" for s, n in counts.items()]
         out[method] = f"{method} ({', '.join(parts)})"
     return out
+
+
+def save_figure(fig, out_dir: str, stem: str, exts=("png", "pdf")) -> list[str]:
+    """Write ``fig`` as <out_dir>/<stem>.<ext> for each format, close it, return the paths."""
+    import matplotlib.pyplot as plt  # callers choose the backend before importing pyplot
+
+    paths = [os.path.join(out_dir, f"{stem}.{ext}") for ext in exts]
+    for p in paths:
+        fig.savefig(p, dpi=130)
+    plt.close(fig)
+    return paths

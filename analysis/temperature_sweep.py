@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sweeps import latest_sweep  # noqa: E402
+from analysis.sweeps import latest_sweep, save_figure  # noqa: E402
 from experiments.trainer import Evaluator, load_trained  # noqa: E402
 from shared.images import save_grid  # noqa: E402
 
@@ -91,11 +91,7 @@ def plot(df: pd.DataFrame, out_dir: str) -> list[str]:
     fig.suptitle("Posterior temperature: fidelity vs diversity (same noise and labels per τ)",
                  fontsize=10)  # fmt: skip
     fig.tight_layout()
-    paths = [os.path.join(out_dir, f"temperature_sweep.{e}") for e in ("png", "pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=130)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out_dir, "temperature_sweep")
 
 
 def main(argv=None) -> None:

@@ -22,6 +22,7 @@ import io
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -413,8 +414,6 @@ def run(cfg, run_dir: str) -> dict:
     if dd.main:
         atomic_write_text(summary_path, json.dumps(summary, indent=2))
         if evaluator.last_grid:
-            import shutil
-
             shutil.copyfile(evaluator.last_grid, os.path.join(run_dir, "samples_final.png"))
     return summary
 
