@@ -1,19 +1,25 @@
 """Throughput, FLOP utilisation and sampling speed of every method on one backbone.
 
     python experiments/benchmark.py                                  # CPU here: fp32
-    python experiments/benchmark.py --presets DiT-B/2 --grid 32 --batch 64   # on a GPU: bf16
-    python experiments/benchmark.py --compile                        # + torch.compile gain
+    python experiments/benchmark.py --presets DiT-B/2,DiT-XL/2 --grid 32 --codes 16384
+    python experiments/benchmark.py --compile --unfused             # + torch.compile, + loop AdamW
 
-Measured in one process, side by side: the GEMM peak (``torch.mm`` at the model's dtype),
-then for each preset the training step of every method, interleaved over repetitions so a
-noisy machine affects all methods alike (median reported), then sampling at several NFE
-with the share of sampling time spent inside the model. FLOPs are the backbone's analytic
-count (training = 3 × forward). Prints a table and writes CSV (``--out``).
+Measured in one process, side by side. Each repetition first times the GEMM peak
+(``torch.mm`` n×n×n at the model's dtype, best of 3), then a few training steps of every
+method and variant in turn, so each step time has a peak measured moments before it:
+utilisation is the median over repetitions of (analytic FLOP/s ÷ that repetition's peak).
+A noisy machine (this project's CPU drifts ±10% within a minute) then moves numerator and
+denominator together; ``util_vs_max_peak`` divides by the best peak seen instead, the
+stricter reading. The training step is the trainer's own (``shared.optim``: fused AdamW,
+gradient clipping, EMA). Sampling at several NFE reports images/s and the share of the time
+spent inside the model. FLOPs are the backbone's analytic count (training = 3 × forward).
+Prints tables and writes a CSV (``--out``).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import os
 import resource
@@ -27,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import methods  # noqa: E402
 from shared.backbone import build_dit  # noqa: E402
 from shared.io import atomic_write_text  # noqa: E402
+from shared.optim import build_adamw, clip_and_step, ema_update  # noqa: E402
 
 METHODS = {"cfm": {}, "purr": {}, "dfm": {"source": "mask"}}
 
@@ -36,11 +43,12 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def gemm_peak(device, dtype, n=2048, reps=5) -> float:
-    """Best of ``reps`` timings of an n×n×n matmul, in FLOP/s."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(2):
+def gemm_peak(device, dtype, n=2048, reps=3, warmup=True) -> float:
+    """Best of ``reps`` timings of an n×n×n matmul on random data, in FLOP/s."""
+    g = torch.Generator(device).manual_seed(n)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    for _ in range(2 if warmup else 0):
         a @ b
     sync(device)
     best = float("inf")
@@ -68,29 +76,36 @@ class TimedModel:
         return out
 
 
-def build(preset, name, codebook, grid, num_classes, device, compile_model):
+def build(preset, name, codebook, grid, num_classes, device, compiled, fused):
     method = methods.build(name, codebook=codebook, **METHODS[name]).to(device)
     model = build_dit(preset, input_size=grid, num_classes=num_classes, **method.model_kwargs())
     model = model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    net = torch.compile(model) if compile_model else model
-    return method, model, net, opt
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = build_adamw(model.parameters(), lr=1e-4, weight_decay=0.01, fused=fused)
+    net = torch.compile(model) if compiled else model
+    return method, model, net, opt, ema
 
 
-def train_step(method, model, net, opt, batch, k, grid, num_classes, device, use_bf16, gen):
+def train_step(method, model, net, opt, ema, batch, k, grid, num_classes, device, use_bf16, gen):
+    """One training step as ``experiments/trainer.py`` runs it (random codes and labels)."""
     c = torch.randint(0, k, (batch, *grid), device=device, generator=gen)
     y = torch.randint(0, num_classes, (batch,), device=device, generator=gen)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
         out = method.loss(net, c, y, generator=gen)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
+    clip_and_step(model, opt, 1.0)
+    ema_update(ema, model, 0.9999)
+
+
+VARIANTS = {"eager": (False, True), "unfused": (False, False), "compiled": (True, True)}
 
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--presets", default="DiT-Mini/1,DiT-S/2")
+    ap.add_argument("--presets", default="DiT-Mini/1,DiT-S/2,DiT-B/2")
+    ap.add_argument("--sample-presets", default="DiT-Mini/1,DiT-S/2",
+                    help="presets whose sampling is timed ('all' = every preset)")  # fmt: skip
     ap.add_argument("--methods", default="cfm,purr,dfm")
     ap.add_argument("--grid", type=int, default=8)
     ap.add_argument("--codes", type=int, default=256)
@@ -101,7 +116,10 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--nfe", default="8,32,100")
     ap.add_argument("--sample-batch", type=int, default=64)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd training")
-    ap.add_argument("--gemm-size", type=int, default=2048, help="n of the n×n×n peak matmul")
+    ap.add_argument("--unfused", action="store_true",
+                    help="also time training with torch's default (unfused) AdamW")  # fmt: skip
+    ap.add_argument("--gemm-size", type=int, default=None,
+                    help="n of the n³ peak matmul (2048 on CPU, 8192 on CUDA)")  # fmt: skip
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="outputs/benchmark.csv")
     args = ap.parse_args(argv)
@@ -111,126 +129,129 @@ def main(argv=None) -> list[dict]:
     )
     use_bf16 = device.type == "cuda"
     dtype = torch.bfloat16 if use_bf16 else torch.float32
+    n_gemm = args.gemm_size or (8192 if device.type == "cuda" else 2048)
     grid, num_classes = (args.grid, args.grid), 10
     names = args.methods.split(",")
+    variants = ["eager"] + ["unfused"] * args.unfused + ["compiled"] * args.compile
     gen = torch.Generator(device).manual_seed(0)
     codebook = torch.randn(args.codes, args.code_dim, generator=torch.Generator().manual_seed(0))
-    peaks = [gemm_peak(device, dtype, args.gemm_size)]
+    peaks = [gemm_peak(device, dtype, n_gemm)]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
-        f"device {device} ({'bf16 autocast' if use_bf16 else 'fp32'}), "
-        f"{torch.get_num_threads()} threads; GEMM peak {peaks[0] / 1e9:.1f} GFLOP/s"
+        f"device {device} ({name}, {'bf16 autocast' if use_bf16 else 'fp32'}), "
+        f"{torch.get_num_threads()} threads; GEMM {n_gemm}³ peak {peaks[0] / 1e9:.1f} GFLOP/s"
     )
     results = []
-    variants = [False, True] if args.compile else [False]
     for preset in args.presets.split(","):
-        for compiled in variants:
-            built = {
-                n: build(preset, n, codebook, grid, num_classes, device, compiled) for n in names
-            }
+        built = {}
+        for v in variants:
+            compiled, fused = VARIANTS[v]
+            for n in names:
+                built[v, n] = build(preset, n, codebook, grid, num_classes, device, compiled, fused)
 
-            def step(n, built=built):
-                train_step(
-                    *built[n], args.batch, args.codes, grid, num_classes, device, use_bf16, gen
-                )
+        def step(key, built=built):
+            train_step(
+                *built[key], args.batch, args.codes, grid, num_classes, device, use_bf16, gen
+            )
 
-            for n in names:  # warm-up (and compilation)
-                for _ in range(2):
-                    step(n)
-            times = {n: [] for n in names}
-            for _ in range(args.reps):  # interleaved: every method sees the same machine state
-                for n in names:
+        t0 = time.perf_counter()
+        for key in built:  # warm-up (and compilation)
+            for _ in range(2):
+                step(key)
+        print(f"{preset}: built and warmed up in {time.perf_counter() - t0:.0f} s", flush=True)
+        times = {key: [] for key in built}
+        rep_peaks = []
+        for _ in range(args.reps):  # interleaved: every variant sees the same machine state
+            rep_peaks.append(gemm_peak(device, dtype, n_gemm, warmup=False))
+            for key in built:
+                sync(device)
+                t0 = time.perf_counter()
+                for _ in range(args.steps_per_rep):
+                    step(key)
+                sync(device)
+                times[key].append((time.perf_counter() - t0) / args.steps_per_rep)
+        peaks += rep_peaks
+        for (v, n), ts in times.items():
+            model = built[v, n][1]
+            flops = model.train_flops(args.batch)
+            t = statistics.median(ts)
+            results.append(
+                {
+                    "kind": "train", "preset": preset, "method": n, "variant": v,
+                    "compiled": VARIANTS[v][0], "fused_adamw": VARIANTS[v][1],
+                    "batch": args.batch, "params": model.num_params(),
+                    "gflop_per_step": flops / 1e9, "step_s": t, "images_per_s": args.batch / t,
+                    "gflop_per_s": flops / t / 1e9,
+                    "utilisation": statistics.median(
+                        flops / tr / pk for tr, pk in zip(ts, rep_peaks, strict=True)
+                    ),
+                }
+            )  # fmt: skip
+        if not (args.sample_presets == "all" or preset in args.sample_presets.split(",")):
+            continue
+        for nfe in [int(x) for x in args.nfe.split(",")]:
+            rate_peak = gemm_peak(device, dtype, n_gemm, warmup=False)
+            peaks.append(rate_peak)
+            for n in names:
+                method, model = built["eager", n][0], built["eager", n][1]
+                model.eval()
+                timed = TimedModel(model, device)
+                y = torch.arange(args.sample_batch, device=device) % num_classes
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    method.sample(timed, 4, grid, 2, y=y[:4], generator=gen)  # warm-up
+                    timed.seconds, timed.calls = 0.0, 0
                     sync(device)
                     t0 = time.perf_counter()
-                    for _ in range(args.steps_per_rep):
-                        step(n)
+                    out = method.sample(timed, args.sample_batch, grid, nfe, y=y, generator=gen)
                     sync(device)
-                    times[n].append((time.perf_counter() - t0) / args.steps_per_rep)
-            peaks.append(gemm_peak(device, dtype, args.gemm_size))
-            for n in names:
-                method, model = built[n][0], built[n][1]
-                t = statistics.median(times[n])
-                flops = model.train_flops(args.batch)
+                total = time.perf_counter() - t0
+                model.train()
+                rate = model.flops(args.sample_batch) * out.nfe / total
                 results.append(
                     {
-                        "kind": "train",
-                        "preset": preset,
-                        "method": n,
-                        "compiled": compiled,
-                        "batch": args.batch,
-                        "params": model.num_params(),
-                        "gflop_per_step": flops / 1e9,
-                        "step_s": t,
-                        "images_per_s": args.batch / t,
-                        "gflop_per_s": flops / t / 1e9,
+                        "kind": "sample", "preset": preset, "method": n, "variant": "eager",
+                        "compiled": False, "batch": args.sample_batch, "nfe": out.nfe,
+                        "sample_s": total, "images_per_s": args.sample_batch / total,
+                        "in_model_fraction": timed.seconds / total, "gflop_per_s": rate / 1e9,
+                        "utilisation": rate / rate_peak,
                     }
-                )
-            if compiled:
-                continue
-            for nfe in [int(x) for x in args.nfe.split(",")]:
-                for n in names:
-                    method, model = built[n][0], built[n][1]
-                    model.eval()
-                    timed = TimedModel(model, device)
-                    y = torch.arange(args.sample_batch, device=device) % num_classes
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                        method.sample(timed, 4, grid, 2, y=y[:4], generator=gen)  # warm-up
-                        timed.seconds, timed.calls = 0.0, 0
-                        sync(device)
-                        t0 = time.perf_counter()
-                        out = method.sample(timed, args.sample_batch, grid, nfe, y=y, generator=gen)
-                        sync(device)
-                    total = time.perf_counter() - t0
-                    model.train()
-                    results.append(
-                        {
-                            "kind": "sample",
-                            "preset": preset,
-                            "method": n,
-                            "compiled": False,
-                            "batch": args.sample_batch,
-                            "nfe": out.nfe,
-                            "sample_s": total,
-                            "images_per_s": args.sample_batch / total,
-                            "in_model_fraction": timed.seconds / total,
-                            "gflop_per_s": model.flops(args.sample_batch) * out.nfe / total / 1e9,
-                        }
-                    )
+                )  # fmt: skip
     peak = max(peaks)
     for r in results:
         r["gemm_peak_gflop_per_s"] = peak / 1e9
-        r["utilisation"] = r["gflop_per_s"] * 1e9 / peak
+        r["util_vs_max_peak"] = r["gflop_per_s"] * 1e9 / peak
     if device.type == "cuda":
         mem = torch.cuda.max_memory_allocated(device) / 2**30
     else:
         mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
-    report(results, peak, mem, device)
+    report(results, peaks, mem, device)
     write(results, args.out)
     return results
 
 
-def report(results, peak, mem, device) -> None:
+def report(results, peaks, mem, device) -> None:
     print(
-        f"\nGEMM peak (best of all measurements): {peak / 1e9:.1f} GFLOP/s; peak memory "
+        f"\nGEMM peak: best {max(peaks) / 1e9:.1f}, median {statistics.median(peaks) / 1e9:.1f}, "
+        f"lowest {min(peaks) / 1e9:.1f} GFLOP/s over {len(peaks)} measurements; peak memory "
         f"{mem:.2f} GiB ({'CUDA allocated' if device.type == 'cuda' else 'process RSS'})"
     )
     train = [r for r in results if r["kind"] == "train"]
-    print("\ntraining (median over interleaved repetitions)")
+    print("\ntraining (median over interleaved repetitions; util = vs the peak of the same rep)")
     print(
-        f"{'preset':12s} {'method':6s} {'compiled':8s} {'GFLOP/step':>10s} {'step s':>8s} "
-        f"{'img/s':>7s} {'GFLOP/s':>8s} {'util':>6s} {'time/cfm':>8s} {'FLOP/cfm':>8s}"
+        f"{'preset':12s} {'method':6s} {'variant':8s} {'GFLOP/step':>10s} {'step s':>8s} "
+        f"{'img/s':>7s} {'GFLOP/s':>8s} {'util':>6s} {'vs max':>6s} {'time/cfm':>8s} "
+        f"{'FLOP/cfm':>8s}"
     )
     for r in train:
         base = next(
             b
             for b in train
-            if b["preset"] == r["preset"]
-            and b["method"] == "cfm"
-            and b["compiled"] == r["compiled"]
+            if b["preset"] == r["preset"] and b["method"] == "cfm" and b["variant"] == r["variant"]
         )
         print(
-            f"{r['preset']:12s} {r['method']:6s} {str(r['compiled']):8s} "
+            f"{r['preset']:12s} {r['method']:6s} {r['variant']:8s} "
             f"{r['gflop_per_step']:10.1f} {r['step_s']:8.3f} {r['images_per_s']:7.1f} "
-            f"{r['gflop_per_s']:8.1f} {r['utilisation']:6.1%} "
+            f"{r['gflop_per_s']:8.1f} {r['utilisation']:6.1%} {r['util_vs_max_peak']:6.1%} "
             f"{r['step_s'] / base['step_s']:8.3f} "
             f"{r['gflop_per_step'] / base['gflop_per_step']:8.3f}"
         )

@@ -91,6 +91,7 @@ class OptimConfig:
     ema_decay: float = 0.99
     ema_warmup: bool = True  # decay min(ema_decay, (1+n)/(10+n)), as torch_ema
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16
+    fused: bool = True  # AdamW's single-kernel implementation (same update, fewer passes)
 
 
 # -------------------------------------------------------------------------------- eval

@@ -37,6 +37,7 @@ from shared.backbone import build_dit
 from shared.data import InfiniteSampler
 from shared.images import save_grid
 from shared.io import atomic_torch_save, atomic_write_text
+from shared.optim import build_adamw, clip_and_step, ema_decay, ema_update
 
 METRIC_COLUMNS = [
     "method", "seed", "step", "total_steps", "images_seen", "train_flops", "budget_fraction",
@@ -260,8 +261,8 @@ def run(cfg, run_dir: str) -> dict:
     total_steps = steps_for_budget(cfg.budget, flops_per_step)
     evals = eval_steps(total_steps, cfg.eval.points, cfg.eval.spacing)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                            weight_decay=cfg.optim.weight_decay)  # fmt: skip
+    ocfg = cfg.optim
+    opt = build_adamw(model.parameters(), ocfg.lr, ocfg.betas, ocfg.weight_decay, fused=ocfg.fused)
     warm = max(1, cfg.optim.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
     net = model
@@ -358,15 +359,9 @@ def run(cfg, run_dir: str) -> dict:
                 out = method.loss(net, c, y, generator=gen)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            opt.step()
+            clip_and_step(model, opt, cfg.optim.grad_clip)
             sched.step()
-            n = state["step"]
-            decay = min(cfg.optim.ema_decay, (1 + n) / (10 + n)) if cfg.optim.ema_warmup \
-                else cfg.optim.ema_decay  # fmt: skip
-            with torch.no_grad():
-                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+            ema_update(ema, model, ema_decay(state["step"], ocfg.ema_decay, ocfg.ema_warmup))
             pending = pending + out.loss.detach().float()
             pending_n += 1
             state["step"] += 1

@@ -25,6 +25,9 @@ def test_benchmark_tiny(tmp_path, capsys):
             "4",
             "--device",
             "cpu",
+            "--sample-presets",
+            "all",
+            "--unfused",
             "--gemm-size",
             "256",
             "--out",
@@ -34,9 +37,15 @@ def test_benchmark_tiny(tmp_path, capsys):
     train = [r for r in results if r["kind"] == "train"]
     sample = [r for r in results if r["kind"] == "sample"]
     assert {r["method"] for r in train} == {"cfm", "purr", "dfm"}
+    assert {(r["variant"], r["fused_adamw"]) for r in train} == {
+        ("eager", True),
+        ("unfused", False),
+    }
     assert {r["nfe"] for r in sample} == {2, 3}  # the NFE actually taken
     for r in results:
         assert 0 < r["utilisation"] < 1.5 and r["images_per_s"] > 0
+        # the best peak of the run is at least every per-repetition peak
+        assert r["util_vs_max_peak"] <= r["utilisation"] * (1 + 1e-9) or r["kind"] == "train"
     for r in sample:
         assert 0 < r["in_model_fraction"] <= 1
     # categorical heads cost more FLOPs than CFM's d-channel head
