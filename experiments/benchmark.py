@@ -4,13 +4,14 @@
     python experiments/benchmark.py --presets DiT-B/2,DiT-XL/2 --grid 32 --codes 16384
     python experiments/benchmark.py --compile --unfused             # + torch.compile, + loop AdamW
 
-Measured in one process, side by side. Each repetition first times the GEMM peak
-(``torch.mm`` n×n×n at the model's dtype, best of 3), then a few training steps of every
-method and variant in turn, so each step time has a peak measured moments before it:
-utilisation is the median over repetitions of (analytic FLOP/s ÷ that repetition's peak).
-A noisy machine (this project's CPU drifts ±10% within a minute) then moves numerator and
-denominator together; ``util_vs_max_peak`` divides by the best peak seen instead, the
-stricter reading. The training step is the trainer's own (``shared.optim``: fused AdamW,
+Measured in one process, side by side. Each repetition times a few training steps of every
+method and variant in turn, and the GEMM peak (``torch.mm`` n×n×n at the model's dtype,
+best of 3) between consecutive blocks, so every block of steps is bracketed by two peak
+measurements: utilisation is the median over repetitions of (analytic FLOP/s ÷ the mean of
+the two peaks around that block). On a noisy machine (this project's 2-core VM swung from 91
+to 169 GFLOP/s within one run) numerator and denominator then move together;
+``util_vs_max_peak`` divides by the best peak of the whole run instead, the stricter reading.
+The training step is the trainer's own (``shared.optim``: fused AdamW,
 gradient clipping, EMA). Sampling at several NFE reports images/s and the share of the time
 spent inside the model. FLOPs are the backbone's analytic count (training = 3 × forward).
 Prints tables and writes a CSV (``--out``).
@@ -160,9 +161,10 @@ def main(argv=None) -> list[dict]:
                 step(key)
         print(f"{preset}: built and warmed up in {time.perf_counter() - t0:.0f} s", flush=True)
         times = {key: [] for key in built}
-        rep_peaks = []
+        block_peaks = {key: [] for key in built}  # the GEMM rate around each timed block
         for _ in range(args.reps):  # interleaved: every variant sees the same machine state
-            rep_peaks.append(gemm_peak(device, dtype, n_gemm, warmup=False))
+            before = gemm_peak(device, dtype, n_gemm, warmup=False)
+            peaks.append(before)
             for key in built:
                 sync(device)
                 t0 = time.perf_counter()
@@ -170,7 +172,10 @@ def main(argv=None) -> list[dict]:
                     step(key)
                 sync(device)
                 times[key].append((time.perf_counter() - t0) / args.steps_per_rep)
-        peaks += rep_peaks
+                after = gemm_peak(device, dtype, n_gemm, warmup=False)
+                peaks.append(after)
+                block_peaks[key].append((before + after) / 2)
+                before = after
         for (v, n), ts in times.items():
             model = built[v, n][1]
             flops = model.train_flops(args.batch)
@@ -183,7 +188,7 @@ def main(argv=None) -> list[dict]:
                     "gflop_per_step": flops / 1e9, "step_s": t, "images_per_s": args.batch / t,
                     "gflop_per_s": flops / t / 1e9,
                     "utilisation": statistics.median(
-                        flops / tr / pk for tr, pk in zip(ts, rep_peaks, strict=True)
+                        flops / tr / pk for tr, pk in zip(ts, block_peaks[v, n], strict=True)
                     ),
                 }
             )  # fmt: skip
@@ -236,7 +241,7 @@ def report(results, peaks, mem, device) -> None:
         f"{mem:.2f} GiB ({'CUDA allocated' if device.type == 'cuda' else 'process RSS'})"
     )
     train = [r for r in results if r["kind"] == "train"]
-    print("\ntraining (median over interleaved repetitions; util = vs the peak of the same rep)")
+    print("\ntraining (median over interleaved repetitions; util = vs the peaks around each block)")
     print(
         f"{'preset':12s} {'method':6s} {'variant':8s} {'GFLOP/step':>10s} {'step s':>8s} "
         f"{'img/s':>7s} {'GFLOP/s':>8s} {'util':>6s} {'vs max':>6s} {'time/cfm':>8s} "

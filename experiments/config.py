@@ -127,6 +127,9 @@ class RunConfig:
     checkpoint_every: int = 100  # steps; also after every evaluation
     resume: bool = True
     compile: bool = False
+    # bitwise-repeatable CUDA runs (same seed → same numbers): deterministic kernels and a
+    # fixed cuBLAS workspace; slower. CPU runs are repeatable without it.
+    deterministic: bool = False
     progress: bool = True
     preset_name: str = "fashion"
 

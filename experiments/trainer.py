@@ -228,8 +228,23 @@ def load_trained(run_dir: str, device="cpu"):
 
 
 # ------------------------------------------------------------------------------- run
+def set_deterministic() -> None:
+    """Deterministic kernels for this process (``deterministic=true``).
+
+    cuBLAS needs a fixed workspace for repeatable results; PyTorch reads
+    CUBLAS_WORKSPACE_CONFIG when it first uses cuBLAS, so a run sets it before touching CUDA
+    (an already-set value is kept). An op with no deterministic kernel warns (naming itself)
+    rather than stopping a run.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
 def run(cfg, run_dir: str) -> dict:
     check_inputs(cfg)
+    if cfg.deterministic:
+        set_deterministic()
     device_kind = (
         ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     )

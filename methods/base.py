@@ -73,10 +73,12 @@ def categorical(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """softmax(logits/τ) over dim 1 (B,K,H,W); τ=0 is the one-hot argmax."""
     if temperature < 0:
         raise ValueError(f"temperature must be ≥ 0, got {temperature}")
-    logits = logits.float()
     if temperature == 0:
         return F.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).float()
-    return torch.softmax(logits / temperature, dim=1)
+    if temperature != 1:
+        logits = logits.float() / temperature
+    # dtype= upcasts inside the kernel: no float32 copy of (bf16) logits on CUDA
+    return torch.softmax(logits, dim=1, dtype=torch.float32)
 
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

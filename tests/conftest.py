@@ -18,8 +18,20 @@ TINY = [
     "backbone=dit_nano_1", "budget.train_flops=null", "budget.images=128", "budget.batch_size=16",
     "eval.points=2", "eval.num_samples=20", "eval.batch_size=20", "eval.steps=4",
     "eval.reference_n=32", "eval.grid_samples=10", "checkpoint_every=3", "log_every=2",
-    "progress=false",
+    "progress=false", "deterministic=true",  # exact comparisons hold on CUDA too
 ]  # fmt: skip
+# cuBLAS reads this when first used; set before any test touches CUDA (deterministic=true)
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@pytest.fixture(autouse=True)
+def _restore_deterministic_flag():
+    """A run with deterministic=true sets a process-wide flag; keep it out of other tests."""
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
 
 
 @pytest.fixture(scope="session")
