@@ -300,3 +300,35 @@ def test_sample_categorical_matches_probabilities():
     assert (draws != 3).all() and 0.5 * (freq - probs.flatten()).abs().sum() < 0.02
     one_hot = torch.nn.functional.one_hot(torch.tensor([[[5]]]), K).permute(0, 3, 1, 2).float()
     assert sample_categorical(one_hot, g).item() == 5
+
+
+def test_categorical_pieces_match_float64_reference():
+    """Posterior, CE + z-loss and posterior mean against plain float64 formulas on (B,K,H,W)."""
+    from methods.base import categorical_loss
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 11, 4, 5, generator=g) * 3
+    idx = torch.randint(0, 11, (3, 4, 5), generator=g)
+    ref64 = logits.double()
+    for tau in (1.0, 0.6):
+        post = categorical(logits, tau)
+        assert post.shape == logits.shape and post.dtype == torch.float32
+        torch.testing.assert_close(post.double(), torch.softmax(ref64 / tau, 1), atol=1e-6, rtol=0)
+    # bf16 logits (CUDA autocast) give a float32 posterior of the bf16 values
+    torch.testing.assert_close(
+        categorical(logits.bfloat16()).double(), torch.softmax(logits.bfloat16().double(), 1),
+        atol=1e-6, rtol=0,
+    )  # fmt: skip
+    out = categorical_loss(logits, idx, 0.1)
+    logp = torch.log_softmax(ref64, 1)
+    ce = -logp.gather(1, idx[:, None]).mean()
+    zl = torch.logsumexp(ref64, 1).pow(2).mean()
+    assert abs(out.logs["ce"].item() - ce.item()) < 1e-5
+    assert abs(out.logs["z_loss"].item() - zl.item()) < 1e-4
+    assert abs(out.loss.item() - (ce + 0.1 * zl).item()) < 1e-4
+    # posterior mean Σ_k π_k e_k (one matmul per image)
+    cb, z = torch.randn(11, 2, generator=g), torch.randn(3, 2, 4, 5, generator=g)
+    post = categorical(logits)
+    v = velocity_from_posterior(post, cb, z, torch.tensor(0.25))
+    mu = torch.einsum("bkhw,kd->bdhw", torch.softmax(ref64, 1), cb.double())
+    torch.testing.assert_close(v.double(), (mu - z.double()) / 0.25, atol=1e-5, rtol=0)
