@@ -11,10 +11,10 @@ measurements: utilisation is the median over repetitions of (analytic FLOP/s ÷ 
 the two peaks around that block). On a noisy machine (this project's 2-core VM swung from 91
 to 169 GFLOP/s within one run) numerator and denominator then move together;
 ``util_vs_max_peak`` divides by the best peak of the whole run instead, the stricter reading.
-The training step is the trainer's own (``shared.optim``: fused AdamW,
-gradient clipping, EMA). Sampling at several NFE reports images/s and the share of the time
-spent inside the model. FLOPs are the backbone's analytic count (training = 3 × forward).
-Prints tables and writes a CSV (``--out``).
+The training step is the trainer's own (``shared.optim``: fused AdamW, gradient clipping,
+EMA). Sampling at several NFE reports images/s and the share of the time spent inside the
+model (its utilisation against one peak measured just before). FLOPs are the backbone's
+analytic count (training = 3 × forward). Prints tables and writes a CSV (``--out``).
 """
 
 from __future__ import annotations

@@ -278,7 +278,7 @@ def run(cfg, run_dir: str) -> dict:
 
     ocfg = cfg.optim
     opt = build_adamw(model.parameters(), ocfg.lr, ocfg.betas, ocfg.weight_decay, fused=ocfg.fused)
-    warm = max(1, cfg.optim.warmup_steps)
+    warm = max(1, ocfg.warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
     net = model
     if dd.world > 1:
@@ -374,7 +374,7 @@ def run(cfg, run_dir: str) -> dict:
                 out = method.loss(net, c, y, generator=gen)
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
-            clip_and_step(model, opt, cfg.optim.grad_clip)
+            clip_and_step(model, opt, ocfg.grad_clip)
             sched.step()
             ema_update(ema, model, ema_decay(state["step"], ocfg.ema_decay, ocfg.ema_warmup))
             pending = pending + out.loss.detach().float()
