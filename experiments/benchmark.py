@@ -32,9 +32,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import methods  # noqa: E402
+from experiments.train_loop import train_step  # noqa: E402
 from shared.backbone import build_dit  # noqa: E402
 from shared.io import atomic_write_text  # noqa: E402
-from shared.optim import build_adamw, clip_and_step, ema_update  # noqa: E402
+from shared.optim import build_adamw  # noqa: E402
 
 METHODS = {"cfm": {}, "purr": {}, "dfm": {"source": "mask"}}
 
@@ -87,16 +88,13 @@ def build(preset, name, codebook, grid, num_classes, device, compiled, fused):
     return method, model, net, opt, ema
 
 
-def train_step(method, model, net, opt, ema, batch, k, grid, num_classes, device, use_bf16, gen):
-    """One training step as ``experiments/trainer.py`` runs it (random codes and labels)."""
+def random_batch_step(method, model, net, opt, ema, batch, k, grid, num_classes, device,
+                      use_bf16, gen):  # fmt: skip
+    """The trainer's own step (``experiments/train_loop.train_step``) on random codes/labels."""
     c = torch.randint(0, k, (batch, *grid), device=device, generator=gen)
     y = torch.randint(0, num_classes, (batch,), device=device, generator=gen)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        out = method.loss(net, c, y, generator=gen)
-    opt.zero_grad(set_to_none=True)
-    out.loss.backward()
-    clip_and_step(model, opt, 1.0)
-    ema_update(ema, model, 0.9999)
+    train_step(method, model, net, opt, ema, c, y, gen, lr=1e-4, grad_clip=1.0,
+               ema_decay=0.9999, use_bf16=use_bf16)  # fmt: skip
 
 
 VARIANTS = {"eager": (False, True), "unfused": (False, False), "compiled": (True, True)}
@@ -151,7 +149,7 @@ def main(argv=None) -> list[dict]:
                 built[v, n] = build(preset, n, codebook, grid, num_classes, device, compiled, fused)
 
         def step(key, built=built):
-            train_step(
+            random_batch_step(
                 *built[key], args.batch, args.codes, grid, num_classes, device, use_bf16, gen
             )
 

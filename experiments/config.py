@@ -126,6 +126,9 @@ class RunConfig:
     log_every: int = 10
     checkpoint_every: int = 100  # steps; also after every evaluation
     resume: bool = True
+    # training-config keys a relaunch may change on resume, e.g. [optim.lr] after a
+    # non-finite stop; any other change to a training key is refused (experiments/checkpoint.py)
+    allow_changes: list[str] = field(default_factory=list)
     compile: bool = False
     # bitwise-repeatable CUDA runs (same seed → same numbers): deterministic kernels and a
     # fixed cuBLAS workspace; slower. CPU runs are repeatable without it.

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from shared.backbone.dit import NULL_LABEL
+from shared.codebook import lookup, nearest_code  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -105,22 +106,6 @@ def categorical_loss(logits: torch.Tensor, indices: torch.Tensor, z_loss_weight:
     return LossOutput(loss, {"loss": loss.detach(), "ce": ce.detach(), "z_loss": zl.detach()})
 
 
-def lookup(codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """indices (B,H,W) → z (B,d,H,W) = E[indices]."""
-    return codebook[indices.long()].permute(0, 3, 1, 2).contiguous()
-
-
-def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """z (B,d,H,W) → indices (B,H,W) of the L2-nearest codebook row.
-
-    For a unit-norm codebook (LlamaGen) this equals the cosine nearest neighbour.
-    """
-    b, d, h, w = z.shape
-    flat = z.permute(0, 2, 3, 1).reshape(-1, d).to(codebook.dtype)
-    dist = (flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.T) + codebook.pow(2).sum(1)
-    return dist.argmin(1).view(b, h, w)
-
-
 def check_steps(steps: int) -> None:
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -132,6 +117,7 @@ class Method(nn.Module):
     name: str = ""
     input_kind: str = ""  # "latent" | "tokens"
     categorical_posterior: bool = False
+    solvers: tuple[str, ...] = ()  # the ``solver`` values ``sample`` accepts
 
     def __init__(self, codebook: torch.Tensor, time_sampling: str = "uniform", t_min=1e-3,
                  t_mean: float = 0.0, t_std: float = 1.0):  # fmt: skip

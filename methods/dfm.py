@@ -30,6 +30,7 @@ from .base import (
 
 class DFM(Method):
     name = "dfm"
+    solvers = ("euler",)  # discrete Euler jumps
     input_kind = "tokens"
     categorical_posterior = True
 

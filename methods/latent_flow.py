@@ -25,6 +25,7 @@ SOLVERS = ("euler", "heun", "midpoint")
 
 class LatentFlowMethod(Method):
     input_kind = "latent"
+    solvers = SOLVERS
 
     @staticmethod
     def interpolate(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -1,15 +1,29 @@
 """Atomic file writes: a crash never leaves a half-written result behind.
 
-Everything is written to a temporary file in the destination's folder, flushed and
-fsync'ed, then moved into place with ``os.replace`` (atomic on POSIX file systems).
+Everything is written to a temporary file ``.<name>.<random>.tmp`` in the destination's
+folder, flushed and fsync'ed, given the mode a plain ``open`` would give it (0666 minus the
+umask), then moved into place with ``os.replace`` (atomic on POSIX file systems). A process
+killed mid-write (SIGKILL, OOM, node failure) leaves its temporary behind;
+:func:`remove_stale_temporaries` deletes those once their writer is known to be dead (the
+trainer calls it while it holds its run directory's lock).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
+
+TMP_SUFFIX = ".tmp"
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -17,8 +31,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=TMP_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp creates 0600; respect the umask
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -40,3 +55,17 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
 
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = True) -> list[str]:
+    """Delete the temporaries of interrupted atomic writes under ``folder``; returns them.
+
+    Only call this when no other process can be writing there (e.g. under a run lock).
+    """
+    pattern = os.path.join(os.fspath(folder), "**" if recursive else "", f".*{TMP_SUFFIX}")
+    removed = []
+    for path in glob.glob(pattern, recursive=recursive):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+            removed.append(path)
+    return removed

@@ -137,10 +137,58 @@ def finalize(out_dir: str) -> dict | None:
     return manifest
 
 
-class IndexShards(torch.utils.data.Dataset):
-    """Memory-mapped (indices long (H, W), label int) pairs from an extraction folder."""
+def verify_shard(
+    idx: np.ndarray,
+    lbl: np.ndarray,
+    sha256: str,
+    num_codes: int,
+    num_classes: int | None,
+    name: str,
+    chunk: int = 1 << 16,
+) -> None:
+    """One pass over a shard: its checksum, every index in [0, num_codes) and every label in
+    [0, num_classes). Raises ShardError naming ``name`` and the first bad row."""
+    h = hashlib.sha256()
+    for a in (idx, lbl):  # same byte stream as _sha256(idx, lbl), read chunk by chunk
+        for i in range(0, len(a), chunk):
+            h.update(np.ascontiguousarray(a[i : i + chunk]).tobytes())
+    if h.hexdigest() != sha256:
+        raise ShardError(
+            f"{name} fails its sha256 check (the file changed after extraction); delete it and "
+            "re-run `python experiments/extract_latents.py`"
+        )
+    for i in range(0, len(idx), chunk):
+        part = idx[i : i + chunk]
+        if part.size and int(part.max()) >= num_codes:
+            row = i + int(np.argmax(part.reshape(len(part), -1).max(1) >= num_codes))
+            raise ShardError(f"{name} row {row} holds code {int(idx[row].max())}, outside "
+                             f"[0, {num_codes}) of the tokenizer; re-extract it")  # fmt: skip
+    if num_classes is not None and len(lbl):
+        bad = np.flatnonzero((lbl < 0) | (lbl >= num_classes))
+        if len(bad):
+            raise ShardError(f"{name} row {int(bad[0])} has label {int(lbl[bad[0]])}, outside "
+                             f"[0, {num_classes}) (data.num_classes); fix data.num_classes or "
+                             "re-extract")  # fmt: skip
 
-    def __init__(self, folder: str, verify: bool = False):
+
+def _open_array(path: str, s: int, folder: str) -> np.ndarray:
+    """Memory-map one array of shard ``s`` (never unpickles: object arrays are refused)."""
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ShardError(f"cannot read shard {s} of {folder} ({path}): {e}") from e
+
+
+class IndexShards(torch.utils.data.Dataset):
+    """Memory-mapped (indices long (H, W), label int) pairs from an extraction folder.
+
+    ``verify`` (the trainer's default) checks every shard's sha256 and the ranges of its
+    indices (< K) and labels (< ``num_classes``) when the folder is opened, so corruption
+    fails at start-up naming the shard, not when a bad row happens to be drawn.
+    """
+
+    def __init__(self, folder: str, verify: bool = False, num_classes: int | None = None,
+                 progress: bool = False):  # fmt: skip
         self.folder = folder
         self.manifest = _read_json(os.path.join(folder, "manifest.json"))
         if self.manifest is None:
@@ -149,17 +197,17 @@ class IndexShards(torch.utils.data.Dataset):
                 "`python experiments/extract_latents.py` (it resumes where it stopped)"
             )
         self.indices, self.labels = [], []
-        for s, info in enumerate(self.manifest["shards"]):
-            idx_p, lbl_p, _ = shard_paths(folder, s)
-            try:
-                idx, lbl = np.load(idx_p, mmap_mode="r"), np.load(lbl_p, mmap_mode="r")
-            except (OSError, ValueError) as e:
-                raise ShardError(f"cannot read shard {s} of {folder}: {e}") from e
+        shards = self.manifest["shards"]
+        for s, info in enumerate(tqdm(shards, desc="verify shards", unit="shard",
+                                      disable=not (verify and progress))):  # fmt: skip
+            idx, lbl = (_open_array(p, s, folder) for p in shard_paths(folder, s)[:2])
             if len(idx) != info["count"] or len(lbl) != info["count"]:
                 raise ShardError(f"shard {s} of {folder} holds {len(idx)} rows, manifest says "
                                  f"{info['count']}; re-run the extraction")  # fmt: skip
-            if verify and _sha256(idx, lbl) != info["sha256"]:
-                raise ShardError(f"shard {s} of {folder} fails its checksum; delete it and re-run")
+            if verify:
+                name = f"shard {shard_paths(folder, s)[0]}"
+                verify_shard(idx, lbl, info["sha256"], self.manifest["num_codes"], num_classes,
+                             name)  # fmt: skip
             self.indices.append(idx)
             self.labels.append(lbl)
         self.offsets = np.cumsum([0] + [len(a) for a in self.indices])

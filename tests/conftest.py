@@ -78,3 +78,47 @@ def run_in_process(env, overrides, run_dir, monkeypatch):
 
     monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
     return run(compose(env["overrides"] + overrides), str(run_dir))
+
+
+class CodePayload:
+    """Unpickling this runs ``touch <marker>``: the classic ``__reduce__`` attack."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def payload(tmp_path):
+    """write(path, wrap=...) puts a code-running pickle at ``path``; ``ran()`` says whether
+    any load executed it."""
+    import torch
+
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def write(self, path, wrap=lambda p: {"model": p}):
+            os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+            torch.save(wrap(CodePayload(marker)), str(path))
+            return str(path)
+
+        def ran(self):
+            return marker.exists()
+
+    return Payload()
+
+
+def ensure_latents(env) -> str:
+    """The env's index shards (extracted on first use, like a run does); returns the folder."""
+    from experiments.build import Dist, load_tokenizer, prepare_latents
+
+    cfg = compose(env["overrides"] + ["method=cfm"])
+    old = os.environ.get("VQBENCH_CACHE")
+    os.environ["VQBENCH_CACHE"] = env["cache"]
+    try:
+        prepare_latents(cfg, load_tokenizer(cfg), Dist())
+    finally:
+        os.environ.pop("VQBENCH_CACHE") if old is None else os.environ.update(VQBENCH_CACHE=old)
+    return str(env["base"] / "lat")

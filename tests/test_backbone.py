@@ -57,10 +57,22 @@ def test_labels_null_class_and_dropout():
     uncond = net(x, t, None)
     torch.testing.assert_close(net(x, t, torch.full_like(y, NULL_LABEL)), uncond)
     assert not torch.allclose(net(x, t, y), uncond)
-    net.train()
+    net.train()  # the forward pass draws no random numbers, in training mode too
+    torch.manual_seed(0)
+    a = net(x, t, y)
+    torch.manual_seed(1)
+    torch.testing.assert_close(net(x, t, y), a, rtol=0, atol=0)
     net.y_embedder.class_dropout = 1.0  # every label dropped → the null class is trained
-    torch.testing.assert_close(net(x, t, y), uncond)
+    torch.testing.assert_close(net(x, t, net.drop_labels(y)), uncond)
+    net.y_embedder.class_dropout = 0.5  # the mask comes from the generator alone
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    y_long = torch.arange(4000) % 5
+    dropped = net.drop_labels(y_long, g())
+    assert torch.equal(dropped, net.drop_labels(y_long, g()))
+    assert set(dropped.unique().tolist()) <= set(range(5)) | {NULL_LABEL}
+    assert abs((dropped == NULL_LABEL).float().mean().item() - 0.5) < 0.03
     net.y_embedder.class_dropout = 0.0
+    assert torch.equal(net.drop_labels(y, g()), y)
     torch.testing.assert_close(net(x, t, y), net.eval()(x, t, y))
     with pytest.raises(ValueError, match="out of range"):
         net(x, t, torch.full_like(y, 5))

@@ -97,7 +97,7 @@ def test_validation_errors(setup, tmp_path):
     arr = np.load(idx_p)
     arr[0, 0, 0] ^= 1
     np.save(idx_p, arr)
-    with pytest.raises(ShardError, match="fails its checksum"):
+    with pytest.raises(ShardError, match="shard_00002.indices.npy fails its sha256 check"):
         IndexShards(str(tmp_path), verify=True)
     with open(tmp_path / "manifest.json") as f:
         assert json.load(f)["shards"][2]["count"] == 5

@@ -88,6 +88,17 @@ def test_reference_cache_reused_and_rebuilt(cache, extractor, monkeypatch, capsy
     assert "stale or corrupt" in capsys.readouterr().out
 
 
+@needs_data
+def test_reference_cache_never_runs_code(cache, extractor, payload, capsys):
+    reference_features("fashion", split="test", n=50, extractor=extractor, progress=False)
+    (path,) = (cache / "metrics" / "refs").iterdir()
+    payload.write(path, wrap=lambda p: {"key": p, "features": {}, "sha256": ""})
+    rebuilt = reference_features("fashion", split="test", n=50, extractor=extractor, progress=False)
+    out = capsys.readouterr().out
+    assert not payload.ran() and str(path) in out and "could run code" in out
+    assert len(rebuilt["features"]["feat"]) == 50
+
+
 def test_bad_inputs(extractor):
     from shared.metrics import extract_features
 

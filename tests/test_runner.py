@@ -35,7 +35,9 @@ def test_matched_compute_steps_differ_by_head(env, monkeypatch):
 
     assert eval_steps(10, 4, "linear") == [2, 5, 8, 10]
     assert eval_steps(1000, 4, "log") == [125, 250, 500, 1000]
-    from experiments.trainer import build_dit, methods, steps_for_budget
+    import methods
+    from experiments.trainer import steps_for_budget
+    from shared.backbone import build_dit
 
     steps = {}
     for m in ("cfm", "purr", "dfm"):

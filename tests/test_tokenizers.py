@@ -1,5 +1,10 @@
 """Every tokenizer backend passes one contract; converters reproduce the original forward."""
 
+import argparse
+import contextlib
+import sys
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -25,15 +30,35 @@ def ref_checkpoint(tmp_path, layout):
     kw = dict(z_ch=4, embed_dim=4) if layout == "ldm" else dict(z_ch=8, embed_dim=8)
     ref = RefVQ(layout, ch=32, ch_mult=(1, 2), n_res=1, n_embed=64, **kw).eval()
     sd = dict(ref.state_dict())
-    if layout == "ldm":  # Lightning checkpoint with the discriminator/LPIPS alongside
+    if layout == "ldm":  # Lightning checkpoint: discriminator/LPIPS alongside, callback state
         sd["loss.discriminator.main.0.weight"] = torch.zeros(3)
         path = tmp_path / "model.ckpt"
-        torch.save({"state_dict": sd, "global_step": 7}, path)
-    else:
+        with lightning_module() as ModelCheckpoint:
+            torch.save({"state_dict": sd, "global_step": 7, "pytorch-lightning_version": "1.4.2",
+                        "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.5)}}},
+                       path)  # fmt: skip
+    else:  # LlamaGen's training checkpoints keep their argparse args
         sd["quantize.codebook_used"] = torch.zeros(65536)
         path = tmp_path / "vq_ds8_c2i.pt"
-        torch.save({"model": sd}, path)
+        torch.save({"model": sd, "steps": 7, "args": argparse.Namespace(codebook_size=64)}, path)
     return ref, str(path)
+
+
+@contextlib.contextmanager
+def lightning_module():
+    """A stand-in ``pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint`` class, so a
+    checkpoint can name it the way real Lightning checkpoints do (the package is not here)."""
+    names = ["pytorch_lightning", "pytorch_lightning.callbacks",
+             "pytorch_lightning.callbacks.model_checkpoint"]  # fmt: skip
+    mods = {n: types.ModuleType(n) for n in names}
+    cls = type("ModelCheckpoint", (), {"__module__": names[-1]})
+    mods[names[-1]].ModelCheckpoint = cls
+    sys.modules.update(mods)
+    try:
+        yield cls
+    finally:
+        for n in names:
+            sys.modules.pop(n, None)
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,11 @@ One backbone serves every method; only the input adapter and the head width diff
 Time ``t ∈ [0, 1]`` (0 = noise, 1 = data) is embedded in float32 as sinusoids of
 ``time_scale·t`` (×1000 by default, so the frequencies span the DiT range). Labels: an
 embedding table of ``num_classes + 1`` rows, the last being the null class; a label < 0
-(``NULL_LABEL``) or ``y=None`` selects it, and during training each label is replaced by
-it with probability ``class_dropout`` so that the unconditional branch CFG uses is trained.
+(``NULL_LABEL``) or ``y=None`` selects it. Class dropout (each training label replaced by it
+with probability ``class_dropout``, so that the unconditional branch CFG uses is trained) is
+``drop_labels(y, generator)``, called by the training step with the run's own generator: the
+forward pass itself draws no random numbers, so training randomness never depends on the
+global RNG or on what else a process built first.
 
 Attention and MLP are timm's ``Attention`` and ``Mlp``. ``flops(batch)`` is the analytic
 forward count (2 FLOPs per multiply-add, matmuls and convolutions only — the same terms
@@ -80,11 +83,14 @@ class LabelEmbedder(nn.Module):
             raise ValueError(f"labels y must have shape ({batch},), got {tuple(y.shape)}")
         if (y >= self.num_classes).any():
             raise ValueError(f"label {int(y.max())} is out of range [0, {self.num_classes})")
-        y = torch.where(y < 0, null, y)
-        if self.training and self.class_dropout > 0:
-            drop = torch.rand(batch, device=device) < self.class_dropout
-            y = torch.where(drop, null, y)
-        return self.table(y)
+        return self.table(torch.where(y < 0, null, y))
+
+    def drop_labels(self, y: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Each label → NULL_LABEL with probability ``class_dropout`` (training only)."""
+        if self.class_dropout <= 0:
+            return y
+        u = torch.rand(y.shape, device=y.device, generator=generator)
+        return torch.where(u < self.class_dropout, torch.full_like(y, NULL_LABEL), y)
 
 
 #################################################################################
@@ -255,6 +261,12 @@ class DiT(nn.Module):
         per_sample += L * block
         per_sample += 2 * D * 2 * D + 2 * T * D * p * p * self.out_channels  # final layer
         return batch_size * per_sample
+
+    def drop_labels(self, y: torch.Tensor | None, generator: torch.Generator | None = None):
+        """Class dropout for a training batch, drawn from ``generator`` (see module docs)."""
+        if y is None or self.y_embedder is None:
+            return y
+        return self.y_embedder.drop_labels(y, generator)
 
     def train_flops(self, batch_size: int = 1) -> int:
         """Forward + backward ≈ 3× forward (backward costs two matmuls per forward matmul)."""

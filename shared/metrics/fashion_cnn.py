@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..io import atomic_torch_save, atomic_write_text
 from ..paths import cache_root, config_hash
+from ..safe_load import load_torch_file
 
 EXTRACTOR_NAME = "fashion-cnn"
 
@@ -121,7 +122,7 @@ def load_classifier(cfg: FashionCNNConfig | None = None, train_if_missing=True) 
         print(f"training the in-domain metric classifier into {path}")
         train_classifier(cfg)
     net = FashionCNN(cfg.widths, cfg.feat_dim)
-    net.load_state_dict(torch.load(os.path.join(path, "model.pt"), map_location="cpu"))
+    net.load_state_dict(load_torch_file(os.path.join(path, "model.pt"), "metric classifier"))
     with open(os.path.join(path, "meta.json")) as f:
         net.meta = json.load(f)
     return net.eval()

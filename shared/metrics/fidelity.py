@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ..io import atomic_torch_save
 from ..paths import cache_root, config_hash
+from ..safe_load import FileLoadError, load_torch_file
 from .fashion_cnn import EXTRACTOR_NAME, FeatureExtractorFashionCNN
 from .inception import inception_weights_path
 
@@ -128,15 +129,16 @@ def reference_features(kind: str = "fashion", dataset: str = "fashion-mnist", sp
     path = cache_root() / "metrics" / "refs" / f"{kind}-{split}-{size}-n{n}-{config_hash(key)}.pt"
     if path.is_file():
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            blob = load_torch_file(path, "reference statistics")
             feats = blob["features"]
             ok = (blob["key"] == key and _digest(feats) == blob["sha256"]
                   and (n is None or all(len(v) == n for v in feats.values())))  # fmt: skip
-        except Exception:  # unreadable / truncated file
-            ok = False
+            why = "stale (another key or checksum)"
+        except (FileLoadError, KeyError, TypeError) as e:  # unreadable, truncated or unsafe
+            ok, why = False, str(e)
         if ok:
             return {"key": key, "features": feats}
-        print(f"reference statistics {path} are stale or corrupt; rebuilding")
+        print(f"reference statistics {path} are stale or corrupt; rebuilding them ({why})")
     if dataset == "fashion-mnist":
         images, _ = load_fashion_mnist(data_root, split, size)
         total, get = len(images), images.__getitem__

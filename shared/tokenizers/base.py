@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from methods.base import lookup, nearest_code
+from ..codebook import lookup, nearest_code
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:

@@ -84,7 +84,9 @@ class FashionVQ(Tokenizer):
 
         with open(meta_path) as f:
             meta = json.load(f)
-        vq = VQModel.from_pretrained(os.path.join(path, "model"), low_cpu_mem_usage=False)
+        vq = VQModel.from_pretrained(
+            os.path.join(path, "model"), low_cpu_mem_usage=False, use_safetensors=True
+        )
         return cls(vq, meta["config"]["image_size"], meta["id"], meta)
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 
 import torch
 
+from ..safe_load import PRETRAINED_ALLOWLIST, load_torch_file
 from .base import Tokenizer
 from .convert import convert_taming_to_diffusers, load_into_vqmodel
 
@@ -32,11 +32,9 @@ LLAMAGEN_HINT = (
 
 
 def _load_checkpoint(path: str) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError):
-        # Lightning checkpoints pickle extra objects; the file is the user's own download.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """The state dict of a public checkpoint: weights_only, with the few extra objects such
+    files carry (Lightning callbacks, training args) loaded as inert placeholders."""
+    ckpt = load_torch_file(path, "tokenizer checkpoint", allow=PRETRAINED_ALLOWLIST)
     if isinstance(ckpt, dict):
         for key in ("state_dict", "model", "ema"):
             if key in ckpt and isinstance(ckpt[key], dict):

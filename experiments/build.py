@@ -1,0 +1,134 @@
+"""Building a run's parts from its config: process group, tokenizer, index shards, method
+and DiT — and the same for a finished run, for the analysis scripts (:func:`load_trained`)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch.distributed as dist
+from omegaconf import OmegaConf
+
+import methods
+from shared.backbone import build_dit
+
+from . import checkpoint
+from .errors import RunError
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def setup_distributed(device_kind: str) -> Dist:
+    """torchrun (RANK/WORLD_SIZE) or submitit with several tasks → process group."""
+    if "WORLD_SIZE" not in os.environ and "SLURM_NTASKS" in os.environ:
+        if int(os.environ["SLURM_NTASKS"]) > 1:
+            import submitit
+
+            submitit.helpers.TorchDistributedEnvironment().export()
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def load_tokenizer(cfg):
+    from shared.tokenizers import FashionVQ, load_tokenizer
+
+    if cfg.tokenizer.backend == "fashion-vq" and cfg.tokenizer.path:
+        return FashionVQ.load(cfg.tokenizer.path)
+    return load_tokenizer(cfg.tokenizer.backend, cfg.tokenizer.path, cfg.tokenizer.image_size)
+
+
+def prepare_latents(cfg, tok, dd: Dist):
+    """Index shards of the training split (extracted once, shared by every run), verified:
+    checksums and index/label ranges, naming the shard on failure."""
+    from experiments.extract_latents import default_out
+    from shared.data import FashionMNIST, ImageFolder
+    from shared.latents import IndexShards, ShardError, extract
+
+    if cfg.data.dataset == "fashion":
+        ds_id = "fashion-mnist-train"
+        make = lambda: FashionMNIST(cfg.data.root, "train", size=tok.image_size)  # noqa: E731
+    else:
+        ds_id = f"imagefolder-{os.path.basename(os.path.normpath(cfg.data.root))}"
+        make = lambda: ImageFolder(cfg.data.root, size=tok.image_size)  # noqa: E731
+    folder = cfg.data.latents_dir or default_out(tok.tokenizer_id, ds_id)
+    if not os.path.isfile(os.path.join(folder, "manifest.json")):
+        if not cfg.data.extract_if_missing:
+            raise RunError(
+                f"no index shards in {folder}; run `python experiments/extract_latents.py` "
+                "or set data.extract_if_missing=true"
+            )
+        if dd.main:
+            print(f"extracting latents into {folder}")
+            extract(make(), tok, folder, ds_id, progress=cfg.progress)
+        dd.barrier()
+    try:
+        shards = IndexShards(
+            folder, verify=True, num_classes=cfg.data.num_classes, progress=cfg.progress and dd.main
+        )
+    except ShardError as e:
+        raise RunError(str(e)) from None
+    if shards.manifest["tokenizer_id"] != tok.tokenizer_id:
+        raise RunError(
+            f"{folder} was extracted with {shards.manifest['tokenizer_id']}, "
+            f"not {tok.tokenizer_id}; delete it or set data.latents_dir"
+        )
+    return shards
+
+
+def build_method_and_model(cfg, tok, device):
+    """The method (with the tokenizer's codebook) and its DiT, as configured."""
+    mcfg = {k: v for k, v in OmegaConf.to_container(cfg.method).items() if k != "name"}
+    method = methods.build(cfg.method.name, codebook=tok.codebook.detach(), **mcfg).to(device)
+    model = build_dit(
+        cfg.backbone.preset,
+        input_size=tok.grid,
+        num_classes=cfg.data.num_classes,
+        class_dropout=cfg.backbone.class_dropout,
+        pos_embed=cfg.backbone.pos_embed,
+        **method.model_kwargs(),
+    ).to(device)
+    return method, model
+
+
+def unflatten(flat: dict) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def load_trained(run_dir: str, device="cpu"):
+    """(cfg, tokenizer, method, EMA model) of a run directory, for analysis scripts.
+
+    The config is the one stored in the checkpoint (what the weights were trained with), not
+    whatever a later launch left in ``.hydra/``."""
+    path = os.path.join(run_dir, "checkpoints", "last.pt")
+    if not os.path.isfile(path):
+        raise RunError(f"{run_dir} is not a trained run: {path} is missing")
+    ck = checkpoint.load(path, map_location=device)
+    cfg = OmegaConf.create(unflatten(ck["config"]))
+    tok = load_tokenizer(cfg).to(device)
+    method, model = build_method_and_model(cfg, tok, device)
+    model.load_state_dict(ck["ema"])
+    return cfg, tok, method, model.eval().requires_grad_(False)

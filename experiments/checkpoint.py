@@ -1,0 +1,123 @@
+"""What a checkpoint holds, and when a run directory may resume from one.
+
+``checkpoints/last.pt`` is a plain dict of tensors and values (loaded ``weights_only``):
+
+    model, ema, opt        state dicts
+    progress               step, loss_sum/loss_count (since the last evaluation), wall_s
+    total_steps            the budget in steps
+    config                 the resolved run config as dotted keys
+    identity               tokenizer id and index-shard checksum the run trained on
+
+No RNG state is stored: training randomness is a function of (seed, rank, step) (see
+``experiments/train_loop.py``), and the learning rate a function of (config, step), so the
+step counter is all a resume needs. A relaunch whose *training* config differs from the
+checkpoint's is refused, naming the keys, unless ``allow_changes`` lists them (for example
+``optim.lr`` after a non-finite stop); keys that only decide evaluation, logging or
+execution (``checks.NON_TRAINING_KEYS``) may change and are recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from shared.io import atomic_torch_save
+from shared.safe_load import load_torch_file
+
+from .checks import NON_TRAINING_KEYS, flat_keys
+from .errors import RunRefused
+
+FORMAT = 2
+
+
+@dataclass
+class Progress:
+    step: int = 0
+    loss_sum: float = 0.0  # since the last evaluation
+    loss_count: int = 0
+    wall_s: float = 0.0  # training wall-clock, evaluations excluded
+
+    def mean_loss(self) -> float:
+        return self.loss_sum / max(1, self.loss_count)
+
+
+def is_training_key(key: str) -> bool:
+    return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NON_TRAINING_KEYS)
+
+
+def save(
+    path: str, model, ema, opt, progress: Progress, total_steps: int, config: dict, identity: dict
+) -> None:
+    atomic_torch_save(
+        {
+            "format": FORMAT,
+            "model": model.state_dict(),
+            "ema": ema.state_dict(),
+            "opt": opt.state_dict(),
+            "progress": asdict(progress),
+            "total_steps": total_steps,
+            "config": config,
+            "identity": identity,
+        },
+        path,
+    )
+
+
+def load(path: str, map_location="cpu") -> dict:
+    """A checkpoint written by :func:`save`; refuses anything else, naming the file."""
+    ck = load_torch_file(path, "checkpoint", map_location=map_location)
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        found = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
+        raise RunRefused(
+            f"{path} is not a checkpoint of this trainer (format {found!r}, "
+            f"expected {FORMAT}); move it away or use another run directory"
+        )
+    return ck
+
+
+def changes(saved: dict, current: dict) -> dict[str, tuple]:
+    """{key: (saved value, current value)} for every dotted key that differs."""
+    keys = sorted(set(saved) | set(current))
+    return {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
+
+
+def check_resume(path: str, ck: dict, cfg, total_steps: int | None = None) -> dict:
+    """Refuse (RunRefused, listing the keys) a relaunch whose training config differs from
+    the checkpoint's, unless ``cfg.allow_changes`` names each key. Returns every accepted
+    change {key: [old, new]} so the run can record it."""
+    diff = changes(ck["config"], flat_keys(cfg))
+    allowed = set(cfg.get("allow_changes") or ())
+    refused = {k: v for k, v in diff.items() if is_training_key(k) and k not in allowed}
+    if refused:
+        lines = "\n  ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in refused.items())
+        keys = ",".join(refused)
+        raise RunRefused(
+            f"{path} was trained with a different config:\n  {lines}\nRelaunch with the "
+            f"checkpoint's values, use a new run directory, or accept the change explicitly "
+            f"with 'allow_changes=[{keys}]'."
+        )
+    if total_steps is not None and ck["total_steps"] != total_steps:
+        raise RunRefused(
+            f"{path} has a budget of {ck['total_steps']} steps, this config "
+            f"{total_steps}; use a new run directory"
+        )
+    return {k: list(v) for k, v in diff.items()}
+
+
+def check_identity(path: str, ck: dict, identity: dict) -> None:
+    """The tokenizer and training data must be the ones the checkpoint trained on."""
+    for key, now in identity.items():
+        then = ck["identity"].get(key)
+        if then != now:
+            raise RunRefused(
+                f"{path} trained on {key} {then!r}, this launch has {now!r}; "
+                "resume with the same tokenizer and index shards"
+            )
+
+
+@torch.no_grad()
+def all_finite(*modules) -> bool:
+    """Every parameter of every module finite (one host sync)."""
+    flags = [torch.isfinite(p).all() for m in modules for p in m.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True

@@ -1,0 +1,201 @@
+"""Start-up checks: every config value in its allowed range, and the input files present.
+
+``validate(cfg)`` inspects the composed config only (no torch work, well under a second) and
+reports every bad value at once, naming the key, the value and what is allowed, so that a
+typo never costs a minute of training before the first evaluation finds it.
+``check_inputs(cfg)`` then checks that the dataset and tokenizer it names exist.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from omegaconf import OmegaConf
+
+from .errors import RunError
+
+# keys that may change when a run directory is relaunched: they decide how a run is
+# evaluated, logged or executed, not what it trains (see experiments/checkpoint.py)
+NON_TRAINING_KEYS = (
+    "eval.",
+    "progress",
+    "log_every",
+    "checkpoint_every",
+    "resume",
+    "allow_changes",
+    "compile",
+    "deterministic",
+    "data.extract_if_missing",
+    "data.latents_dir",
+    "tokenizer.path",
+    "preset_name",
+)
+
+ENUMS = {
+    "method.time_sampling": ("uniform", "logit_normal"),
+    "backbone.pos_embed": ("sincos", "learned"),
+    "tokenizer.backend": ("fashion-vq", "sd-vq-f8", "llamagen-vq-ds8"),
+    "data.dataset": ("fashion", "imagefolder"),
+    "optim.precision": ("auto", "fp32", "bf16"),
+    "eval.spacing": ("linear", "log"),
+    "eval.extractor": ("fashion", "inception"),
+    "eval.reference_split": ("train", "test"),
+    "device": ("auto", "cpu", "cuda"),
+}
+# key → (low, high, low inclusive, high inclusive); None = unbounded
+RANGES = {
+    "method.t_min": (0, 1, True, False),
+    "method.t_std": (0, None, False, False),
+    "method.z_loss_weight": (0, None, True, False),
+    "method.kappa_power": (0, None, False, False),
+    "backbone.class_dropout": (0, 1, True, False),
+    "tokenizer.image_size": (1, None, True, False),
+    "data.num_classes": (1, None, True, False),
+    "budget.train_flops": (0, None, False, False),
+    "budget.images": (1, None, True, False),
+    "budget.batch_size": (1, None, True, False),
+    "optim.lr": (0, None, False, False),
+    "optim.weight_decay": (0, None, True, False),
+    "optim.grad_clip": (0, None, True, False),
+    "optim.warmup_steps": (0, None, True, False),
+    "optim.ema_decay": (0, 1, True, False),
+    "eval.points": (1, None, True, False),
+    "eval.num_samples": (1, None, True, False),
+    "eval.steps": (1, None, True, False),
+    "eval.temperature": (0, None, True, False),
+    "eval.cfg_scale": (0, None, True, False),
+    "eval.reference_n": (2, None, True, False),
+    "eval.batch_size": (1, None, True, False),
+    "eval.grid_samples": (0, None, True, False),
+    "seed": (0, None, True, False),
+    "log_every": (1, None, True, False),
+    "checkpoint_every": (1, None, True, False),
+}
+
+
+def _describe(lo, hi, lo_in, hi_in) -> str:
+    if hi is None:
+        return f"{'≥' if lo_in else '>'} {lo}"
+    return f"{'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+
+
+def _in_range(v, lo, hi, lo_in, hi_in) -> bool:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return False
+    ok_lo = v >= lo if lo_in else v > lo
+    ok_hi = hi is None or (v <= hi if hi_in else v < hi)
+    return ok_lo and ok_hi
+
+
+def validation_errors(cfg) -> list[str]:
+    """Every problem with ``cfg``, one line each (empty when the config is sound)."""
+    import methods
+    from shared.backbone import DiT_models
+
+    errors = []
+
+    def get(key):
+        return OmegaConf.select(cfg, key, default=None)
+
+    def bad(key, allowed):
+        errors.append(f"{key}={get(key)!r} is not allowed; expected {allowed}")
+
+    for key, choices in ENUMS.items():
+        if get(key) is not None and get(key) not in choices:
+            bad(key, "one of " + ", ".join(choices))
+    for key, (lo, hi, lo_in, hi_in) in RANGES.items():
+        v = get(key)
+        if v is not None and not _in_range(v, lo, hi, lo_in, hi_in):
+            bad(key, f"a number {_describe(lo, hi, lo_in, hi_in)}")
+    for i, beta in enumerate(get("optim.betas") or ()):
+        if not _in_range(beta, 0, 1, True, False):
+            errors.append(f"optim.betas[{i}]={beta!r} is not allowed; expected a number in [0, 1)")
+    if (get("budget.train_flops") is None) == (get("budget.images") is None):
+        errors.append(
+            "set exactly one of budget.train_flops and budget.images (got "
+            f"train_flops={get('budget.train_flops')}, images={get('budget.images')})"
+        )
+    if get("backbone.preset") not in DiT_models:
+        bad("backbone.preset", "one of " + ", ".join(DiT_models))
+
+    name = get("method.name")
+    if name not in methods.METHODS:
+        bad("method.name", "one of " + ", ".join(methods.METHODS))
+    else:
+        cls = methods.METHODS[name]
+        if get("method.source") is not None and get("method.source") not in ("mask", "uniform"):
+            bad("method.source", "one of mask, uniform")
+        if get("eval.solver") not in cls.solvers:
+            bad("eval.solver", f"one of {', '.join(cls.solvers)} (the samplers of {name})")
+        if not cls.categorical_posterior and get("eval.temperature") != 1.0:
+            bad("eval.temperature", f"1.0: {name} has no categorical posterior to temper")
+    if get("eval.cfg_scale") not in (None, 1.0) and not (get("backbone.class_dropout") or 0) > 0:
+        errors.append(
+            f"eval.cfg_scale={get('eval.cfg_scale')} needs a trained null class, but "
+            "backbone.class_dropout=0 never trains it; set backbone.class_dropout>0 "
+            "(0.1 in the paper) or eval.cfg_scale=1"
+        )
+    if get("eval.extractor") == "fashion" and get("data.dataset") != "fashion":
+        errors.append(
+            "eval.extractor=fashion measures Fashion-MNIST features only; use "
+            "eval.extractor=inception for other datasets"
+        )
+    if get("device") == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            errors.append("device='cuda' but no CUDA device is visible; use device=cpu or auto")
+    allowed = set(flat_keys(cfg)) - {"allow_changes"}
+    for key in get("allow_changes") or ():
+        if key not in allowed:
+            errors.append(f"allow_changes names {key!r}, which is not a config key")
+    return errors
+
+
+def validate(cfg) -> None:
+    """Raise RunError listing every bad config value (see :func:`validation_errors`)."""
+    errors = validation_errors(cfg)
+    if errors:
+        raise RunError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def flat_keys(cfg, prefix: str = "") -> dict:
+    """{'optim.lr': 0.001, …}: the config as dotted keys → plain values."""
+    tree = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_inputs(cfg) -> None:
+    """Fail fast (before torch-heavy work) on a missing dataset or tokenizer."""
+    if cfg.data.dataset == "fashion":
+        from shared.data.fashion_mnist import FILES, missing_data_message, resolve_root
+
+        root = resolve_root(cfg.data.root)
+        if not all(os.path.isfile(os.path.join(root, f)) for pair in FILES.values() for f in pair):
+            raise RunError(missing_data_message(root))
+    elif not cfg.data.root or not os.path.isdir(cfg.data.root):
+        raise RunError(
+            f"data.root={cfg.data.root!r} is not a folder; point it at an ImageNet-style "
+            "train folder (root/<class>/<image>)"
+        )
+    if cfg.tokenizer.backend == "fashion-vq":
+        from shared.tokenizers.fashion import FashionVQConfig, tokenizer_dir
+
+        path = cfg.tokenizer.path or tokenizer_dir(FashionVQConfig())
+        if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+            raise RunError(
+                f"no trained Fashion-MNIST tokenizer at {path}; train it first with "
+                "`python experiments/train_tokenizer.py` (≈4 min, cached) or set tokenizer.path"
+            )
+    elif not cfg.tokenizer.path or not os.path.exists(cfg.tokenizer.path):
+        from shared.tokenizers.pretrained import LLAMAGEN_HINT, SD_HINT
+
+        hint = SD_HINT if cfg.tokenizer.backend == "sd-vq-f8" else LLAMAGEN_HINT
+        raise RunError(f"tokenizer weights {cfg.tokenizer.path!r} not found: {hint}")

@@ -1,0 +1,118 @@
+"""Evaluation under a fixed protocol, and the metrics file it fills.
+
+Every evaluation samples ``eval.num_samples`` class-balanced images with the EMA weights,
+from the same noise (``eval.seed``) for every method and step, decodes them with the
+tokenizer and scores them against cached reference features (``shared/metrics``).
+``metrics.csv`` gets one row per evaluation (:data:`METRIC_COLUMNS`), rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+
+import torch
+
+from shared.images import save_grid
+from shared.io import atomic_write_text
+
+METRIC_COLUMNS = [
+    "method", "seed", "step", "total_steps", "images_seen", "train_flops", "budget_fraction",
+    "wall_s", "loss", "fd_fashion", "fid_inception", "kid", "kid_std", "precision", "recall",
+    "inception_score", "nfe", "nfe_rows", "sample_steps", "solver", "temperature", "cfg_scale",
+    "num_samples", "extractor", "eval_s",
+]  # fmt: skip
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_csv(path: str) -> list[dict]:
+    if not os.path.isfile(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class Evaluator:
+    """Samples with the EMA model under a fixed protocol and scores them (rank 0)."""
+
+    def __init__(self, cfg, tok, method, device, run_dir):
+        from shared.metrics import build_extractor, reference_features
+
+        self.cfg, self.tok, self.method = cfg, tok, method
+        self.device, self.run_dir = device, run_dir
+        e = cfg.eval
+        dataset = ("fashion-mnist" if cfg.data.dataset == "fashion"
+                   else f"imagefolder:{cfg.data.root}")  # fmt: skip
+        self.extractor = build_extractor(e.extractor, device)
+        self.reference = reference_features(e.extractor, dataset, split=e.reference_split,
+                                            size=tok.image_size, n=e.reference_n,
+                                            data_root=cfg.data.root, extractor=self.extractor,
+                                            progress=cfg.progress)  # fmt: skip
+        self.last_grid = None
+
+    @torch.no_grad()
+    def sample_images(self, ema, temperature=None, cfg_scale=None, trace=False):
+        """The protocol's class-balanced samples as uint8 images (and the last SampleOutput)."""
+        e = self.cfg.eval
+        g = torch.Generator(self.device).manual_seed(e.seed)  # same noise for every method/step
+        labels = torch.arange(e.num_samples, device=self.device) % self.cfg.data.num_classes
+        images = []
+        for i in range(0, e.num_samples, e.batch_size):
+            y = labels[i : i + e.batch_size]
+            out = self.method.sample(
+                ema, len(y), self.tok.grid, e.steps, y=y, solver=e.solver,
+                temperature=e.temperature if temperature is None else temperature,
+                cfg_scale=e.cfg_scale if cfg_scale is None else cfg_scale, generator=g,
+                trace=trace,
+            )  # fmt: skip
+            images.append(self.tok.decode(out.indices).cpu())
+        return torch.cat(images), labels.cpu(), out
+
+    def save_grid(self, images, labels, path):
+        k = min(self.cfg.eval.grid_samples, len(images))
+        order = torch.argsort(labels[:k], stable=True)  # one class per row block
+        save_grid(images[:k][order], path, nrow=self.cfg.data.num_classes)
+
+    def score(self, images) -> dict:
+        from shared.metrics import compute_metrics
+
+        return compute_metrics(images, self.reference, self.extractor)
+
+    @torch.no_grad()
+    def __call__(self, ema, step, total_steps, batch, flops_per_step, wall_s, loss) -> dict:
+        e, t0 = self.cfg.eval, time.time()
+        images, labels, out = self.sample_images(ema)
+        grid_path = os.path.join(self.run_dir, "samples", f"step_{step:07d}.png")
+        self.save_grid(images, labels, grid_path)
+        self.last_grid = grid_path
+        m = self.score(images)
+        nfe, rows = out.nfe, out.nfe_rows
+        kind = e.extractor
+        return {
+            "method": self.cfg.method.name, "seed": self.cfg.seed, "step": step,
+            "total_steps": total_steps, "images_seen": step * batch,
+            "train_flops": step * flops_per_step, "budget_fraction": step / total_steps,
+            "wall_s": round(wall_s, 3), "loss": loss,
+            "fd_fashion": m.get("fd_fashion"), "fid_inception": m.get("fid_inception"),
+            "kid": m.get(f"kid_{kind}"), "kid_std": m.get(f"kid_{kind}_std"),
+            "precision": m.get(f"precision_{kind}"), "recall": m.get(f"recall_{kind}"),
+            "inception_score": m.get(f"is_{kind}"), "nfe": nfe, "nfe_rows": rows,
+            "sample_steps": e.steps, "solver": e.solver, "temperature": e.temperature,
+            "cfg_scale": e.cfg_scale, "num_samples": e.num_samples, "extractor": kind,
+            "eval_s": round(time.time() - t0, 2),
+        }  # fmt: skip
+
+    def describe(self, row) -> str:
+        fd = row["fd_fashion"] if row["fd_fashion"] is not None else row["fid_inception"]
+        return (f"[eval] {row['method']} step {row['step']}/{row['total_steps']}: loss "
+                f"{row['loss']:.4f}, FD {fd:.3f}, precision {row['precision']:.3f}, recall "
+                f"{row['recall']:.3f} ({row['eval_s']:.1f} s)")  # fmt: skip

@@ -1,0 +1,110 @@
+"""A run directory and who may write to it.
+
+    <run dir>/.lock              held (flock) by the one process writing here; names it
+    <run dir>/.run/hydra/        the .hydra/ files of the launch that owns the directory
+    <run dir>/summary.json       status: running | finished | interrupted | failed
+
+Hydra writes ``.hydra/config.yaml`` for every launch before any of our code runs, so a launch
+that is then refused (directory locked, config differs from the checkpoint's) would leave a
+finished run described by a config it never ran. ``RunDir.refuse`` puts the owner's copy
+back. The lock is advisory ``flock``: the kernel releases it when its holder dies (SIGKILL,
+node failure), so a preempted run never blocks its own requeue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+
+from shared.io import atomic_write_text, remove_stale_temporaries
+
+from .errors import RunRefused
+
+
+class RunDir:
+    def __init__(self, path: str):
+        self.path = path
+        self.metrics = os.path.join(path, "metrics.csv")
+        self.summary_path = os.path.join(path, "summary.json")
+        self.checkpoint = os.path.join(path, "checkpoints", "last.pt")
+        self.hydra = os.path.join(path, ".hydra")
+        self.hydra_copy = os.path.join(path, ".run", "hydra")
+        self._lock_file = None
+
+    # ------------------------------------------------------------------ lock
+    def lock(self) -> None:
+        """Take the directory's lock or refuse at once, naming the holder."""
+        os.makedirs(self.path, exist_ok=True)
+        f = open(os.path.join(self.path, ".lock"), "a+")  # noqa: SIM115 (held until release)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunRefused(
+                f"{self.path} is in use by {holder}; wait for that run to end (or stop it), or "
+                "launch into another directory"
+            ) from None
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "slurm_job": os.environ.get("SLURM_JOB_ID"),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps(holder))
+        f.flush()
+        self._lock_file = f
+
+    @property
+    def locked(self) -> bool:
+        return self._lock_file is not None
+
+    def release(self) -> None:
+        if self._lock_file is not None:
+            with contextlib.suppress(OSError):
+                self._lock_file.seek(0)
+                self._lock_file.truncate()
+            self._lock_file.close()  # closing the descriptor drops the flock
+            self._lock_file = None
+
+    # --------------------------------------------------------- ownership of .hydra
+    def accept(self) -> list[str]:
+        """This launch owns the directory: keep a copy of its .hydra files, and delete the
+        temporaries that killed writers left behind. Returns the deleted temporaries."""
+        if os.path.isdir(self.hydra):
+            tmp = self.hydra_copy + ".new"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(self.hydra, tmp)
+            shutil.rmtree(self.hydra_copy, ignore_errors=True)
+            os.replace(tmp, self.hydra_copy)
+        return remove_stale_temporaries(self.path)
+
+    def refuse(self) -> None:
+        """Undo what Hydra wrote for a refused launch: restore the owner's .hydra files."""
+        if os.path.isdir(self.hydra_copy):
+            for name in os.listdir(self.hydra_copy):
+                src = os.path.join(self.hydra_copy, name)
+                with open(src, "rb") as f:
+                    data = f.read()
+                dst = os.path.join(self.hydra, name)
+                with contextlib.suppress(OSError):
+                    atomic_write_text(dst, data.decode())
+
+    # --------------------------------------------------------------- summary.json
+    def read_summary(self) -> dict | None:
+        try:
+            with open(self.summary_path) as f:
+                return json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_text(self.summary_path, json.dumps(summary, indent=2, default=str))

@@ -1,0 +1,309 @@
+"""The training loop: the loop decides *when* (log, evaluate, checkpoint, stop); the step
+and the checkpoint decide *how*.
+
+Randomness and learning rate are functions of the step, so a resumed run continues exactly
+as an uninterrupted one, whatever else the process built (or drew random numbers for) first:
+
+    generator of step s = seeded from (seed, rank, s)      time, noise, corruption, class dropout
+    lr(s)               = optim.lr · min(1, (s+1)/warmup)
+    data rows of step s = positions s·B … (s+1)·B−1 of the seeded stream (InfiniteSampler)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from shared.data import InfiniteSampler
+from shared.optim import clip_and_step, ema_decay, ema_update
+
+from . import checkpoint
+from .checks import flat_keys
+from .errors import NonFiniteLossError, RunInterrupted
+from .evaluation import write_csv
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """A 63-bit seed for (run seed, rank, step); distinct triples give unrelated streams."""
+    digest = hashlib.sha256(f"vqbench/{seed}/{rank}/{step}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def lr_at(step: int, lr: float, warmup_steps: int) -> float:
+    """Linear warm-up over ``warmup_steps`` optimiser steps, then constant (0-based step)."""
+    return lr * min(1.0, (step + 1) / max(1, warmup_steps))
+
+
+def train_step(
+    method,
+    model,
+    net,
+    opt,
+    ema,
+    c,
+    y,
+    gen,
+    *,
+    lr: float,
+    grad_clip: float,
+    ema_decay: float,
+    use_bf16: bool,
+) -> torch.Tensor:
+    """One optimiser step (the trainer's and the benchmark's): class dropout and the method's
+    loss drawn from ``gen``, AdamW at ``lr`` with clipping, then the EMA. Returns the loss
+    (detached, on device: no host sync)."""
+    model.train()
+    y = model.drop_labels(y, gen)
+    with torch.autocast(c.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        out = method.loss(net, c, y, generator=gen)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    for group in opt.param_groups:
+        group["lr"] = lr
+    clip_and_step(model, opt, grad_clip)
+    ema_update(ema, model, ema_decay)
+    return out.loss.detach().float()
+
+
+class StopSignals:
+    """SIGTERM (SLURM's warning before a kill) and SIGINT set a flag that the loop reads at a
+    step boundary; a second SIGINT interrupts at once. Handlers are restored on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        return False
+
+
+@dataclass
+class Parts:
+    """What the loop works on, built by ``experiments/trainer.py``."""
+
+    method: object
+    model: torch.nn.Module
+    net: torch.nn.Module  # model, wrapped by DDP / torch.compile
+    ema: torch.nn.Module
+    opt: torch.optim.Optimizer
+    shards: object
+    evaluator: object  # None on ranks > 0
+    device: torch.device
+    use_bf16: bool
+    flops_per_step: int
+    total_steps: int
+    evals: list[int]
+    identity: dict
+
+
+class Loop:
+    """Runs ``parts`` from ``progress.step`` to ``total_steps``; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg,
+        parts: Parts,
+        progress: checkpoint.Progress,
+        rows: list,
+        rundir,
+        dd,
+        stop: StopSignals,
+        checkpoint_step: int | None,
+    ):
+        self.cfg, self.p, self.progress, self.rows = cfg, parts, progress, rows
+        self.rundir, self.dd, self.stop = rundir, dd, stop
+        self.checkpoint_step = checkpoint_step  # step of the last finite checkpoint on disk
+        self.save_seconds: float | None = None
+        self.config = flat_keys(cfg)
+        self.pending = torch.zeros((), device=parts.device)  # loss sum since the last sync
+        self.pending_n, self.synced_step = 0, progress.step
+
+    def run(self) -> None:
+        cfg, p, prog = self.cfg, self.p, self.progress
+        batch, local_batch = cfg.budget.batch_size, cfg.budget.batch_size // self.dd.world
+        stream = iter(
+            InfiniteSampler(
+                len(p.shards),
+                seed=cfg.seed,
+                start=prog.step * batch,
+                rank=self.dd.rank,
+                world_size=self.dd.world,
+            )
+        )
+        gen = torch.Generator(p.device)
+        bar = tqdm(
+            total=p.total_steps,
+            initial=prog.step,
+            unit="step",
+            dynamic_ncols=True,
+            desc=f"{cfg.method.name} s{cfg.seed}",
+            disable=not (self.dd.main and cfg.progress),
+        )
+        t_seg = time.time()
+        try:
+            while prog.step < p.total_steps:
+                rows = np.fromiter((next(stream) for _ in range(local_batch)), np.int64)
+                c, y = p.shards.gather(rows)
+                c, y = c.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
+                gen.manual_seed(step_seed(cfg.seed, self.dd.rank, prog.step))
+                loss = train_step(
+                    p.method,
+                    p.model,
+                    p.net,
+                    p.opt,
+                    p.ema,
+                    c,
+                    y,
+                    gen,
+                    lr=lr_at(prog.step, cfg.optim.lr, cfg.optim.warmup_steps),
+                    grad_clip=cfg.optim.grad_clip,
+                    use_bf16=p.use_bf16,
+                    ema_decay=ema_decay(prog.step, cfg.optim.ema_decay, cfg.optim.ema_warmup),
+                )
+                self.pending, self.pending_n = self.pending + loss, self.pending_n + 1
+                prog.step += 1
+                step = prog.step
+                bar.update()
+                is_eval, is_ckpt = step in p.evals, step % cfg.checkpoint_every == 0
+                if step % cfg.log_every == 0 or is_eval or is_ckpt:
+                    self.sync_losses(step)
+                    if self.dd.main and cfg.progress:
+                        rate = bar.format_dict.get("rate") or 0.0  # steps/s (tqdm's smoothed)
+                        bar.set_postfix(
+                            loss=f"{prog.mean_loss():.4f}",
+                            img_s=f"{batch * rate:.0f}",
+                            refresh=False,
+                        )
+                if is_eval or is_ckpt:
+                    prog.wall_s += time.time() - t_seg
+                    if is_eval:
+                        self.evaluate(step, bar)
+                    self.save()
+                    t_seg = time.time()  # evaluation and checkpoint time are not training time
+                if self.stop_requested(step):
+                    prog.wall_s += time.time() - t_seg
+                    self.stop_now(step)
+        finally:
+            bar.close()
+
+    # ---------------------------------------------------------------- pieces
+    def sync_losses(self, step: int) -> None:
+        if self.pending_n == 0:
+            return
+        total = self.pending.item()
+        if not math.isfinite(total):
+            raise NonFiniteLossError(
+                f"non-finite loss between steps {self.synced_step + 1} and {step}. "
+                + self.resume_hint()
+            )
+        self.progress.loss_sum += total
+        self.progress.loss_count += self.pending_n
+        self.pending = torch.zeros((), device=self.p.device)
+        self.pending_n, self.synced_step = 0, step
+
+    def evaluate(self, step: int, bar) -> None:
+        p, prog = self.p, self.progress
+        if self.dd.main:
+            row = p.evaluator(
+                p.ema,
+                step,
+                p.total_steps,
+                self.cfg.budget.batch_size,
+                p.flops_per_step,
+                prog.wall_s,
+                prog.mean_loss(),
+            )
+            self.rows.append(row)
+            write_csv(self.rundir.metrics, self.rows)
+            bar.write(p.evaluator.describe(row))
+        prog.loss_sum, prog.loss_count = 0.0, 0
+        self.dd.barrier()
+
+    def save(self) -> None:
+        """Checkpoint the current step, unless its weights are non-finite (then stop)."""
+        p, step = self.p, self.progress.step
+        if not checkpoint.all_finite(p.model, p.ema):
+            raise NonFiniteLossError(
+                f"the weights became non-finite by step {step}; they were not saved. "
+                + self.resume_hint()
+            )
+        t0 = time.time()
+        if self.dd.main:
+            checkpoint.save(
+                self.rundir.checkpoint,
+                p.model,
+                p.ema,
+                p.opt,
+                self.progress,
+                p.total_steps,
+                self.config,
+                p.identity,
+            )
+        self.dd.barrier()
+        self.save_seconds, self.checkpoint_step = time.time() - t0, step
+
+    def resume_hint(self) -> str:
+        if self.checkpoint_step is None:
+            return (
+                "No checkpoint was written before that; relaunch with a lower optim.lr (or "
+                "check the data)."
+            )
+        return (
+            f"The last finite checkpoint is {self.rundir.checkpoint} (step "
+            f"{self.checkpoint_step}). To resume from it with a lower learning rate, relaunch "
+            f"into the same directory with optim.lr=<lower> 'allow_changes=[optim.lr]' "
+            f"(now optim.lr={self.cfg.optim.lr})."
+        )
+
+    def stop_requested(self, step: int) -> bool:
+        if self.dd.world == 1:
+            return self.stop.signum is not None
+        if step % self.cfg.log_every:  # ranks agree at sync points only
+            return False
+        flag = torch.tensor(float(self.stop.signum or 0), device=self.p.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.stop.signum = int(flag.item()) or None
+        return self.stop.signum is not None
+
+    def stop_now(self, step: int) -> None:
+        """Checkpoint when cheap (not already saved, last save under 10 s), then stop."""
+        saved = self.checkpoint_step == step
+        if not saved and (self.save_seconds is None or self.save_seconds < 10):
+            self.sync_losses(step)
+            self.save()
+            saved = True
+        name = signal.Signals(self.stop.signum).name
+        if saved:
+            where = f"checkpoint at step {step}"
+        elif self.checkpoint_step is not None:
+            where = f"last checkpoint at step {self.checkpoint_step}"
+        else:
+            where = "no checkpoint yet"
+        raise RunInterrupted(
+            f"stopped by {name} at step {step} ({where}); relaunch the same command to resume",
+            self.stop.signum,
+        )

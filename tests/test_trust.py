@@ -1,0 +1,149 @@
+"""No file a user points at can run code; shards are verified; files respect the umask."""
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ensure_latents, run_in_process
+
+from shared.io import atomic_write_text, remove_stale_temporaries
+from shared.latents import IndexShards, ShardError, shard_paths
+from shared.safe_load import FileLoadError, UnsafeFileError
+from shared.tokenizers import SDVQF8, FashionVQ, LlamaGenVQ
+
+
+def test_pretrained_tokenizer_loaders_refuse_code(tmp_path, payload):
+    for loader, name in ((SDVQF8, "model.ckpt"), (LlamaGenVQ, "vq_ds8_c2i.pt")):
+        path = payload.write(tmp_path / name, wrap=lambda p: {"state_dict": {}, "cb": p})
+        with pytest.raises(UnsafeFileError, match=f"{path}.*posix.system.*could run code"):
+            loader.load(path, image_size=16)
+        assert not payload.ran()
+    # a diffusers folder is read from safetensors only, never from a pickled .bin
+    folder = tmp_path / "fashion"
+    (folder / "model").mkdir(parents=True)
+    (folder / "tokenizer.json").write_text(json.dumps({"config": {"image_size": 32}, "id": "x"}))
+    (folder / "model" / "config.json").write_text(json.dumps({"_class_name": "VQModel"}))
+    payload.write(folder / "model" / "diffusion_pytorch_model.bin", wrap=lambda p: {"w": p})
+    with pytest.raises(Exception):  # noqa: B017 (diffusers' own "no safetensors file" error)
+        FashionVQ.load(str(folder))
+    assert not payload.ran()
+
+
+def test_trainer_loaders_refuse_code(env, tmp_path, monkeypatch, payload):
+    from experiments.trainer import load_trained
+
+    run_dir = tmp_path / "run"
+    ckpt = payload.write(run_dir / "checkpoints" / "last.pt")
+    with pytest.raises(UnsafeFileError, match=f"checkpoint {ckpt}"):
+        run_in_process(env, ["method=cfm"], run_dir, monkeypatch)
+    with pytest.raises(UnsafeFileError, match=f"checkpoint {ckpt}"):
+        load_trained(str(run_dir))
+    assert not payload.ran()
+    # the metric classifier's weights
+    from shared.metrics.fashion_cnn import FashionCNNConfig, classifier_dir, load_classifier
+
+    monkeypatch.setenv("VQBENCH_CACHE", str(tmp_path / "cache"))
+    net_dir = classifier_dir(FashionCNNConfig())
+    payload.write(os.path.join(net_dir, "model.pt"), wrap=lambda p: {"feat.weight": p})
+    atomic_write_text(os.path.join(net_dir, "meta.json"), "{}")
+    with pytest.raises(UnsafeFileError, match="metric classifier .*model.pt"):
+        load_classifier(train_if_missing=False)
+    assert not payload.ran()
+
+
+def test_truncated_file_is_named(tmp_path):
+    from shared.safe_load import load_torch_file
+
+    path = tmp_path / "x.pt"
+    torch.save({"a": torch.ones(3)}, path)
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(FileLoadError, match=f"cannot read checkpoint {path}"):
+        load_torch_file(path, "checkpoint")
+
+
+def copy_shards(env, tmp_path):
+    src, dst = Path(ensure_latents(env)), tmp_path / "lat"
+    dst.mkdir(parents=True)
+    for f in os.listdir(src):
+        (dst / f).write_bytes((src / f).read_bytes())
+    return dst
+
+
+def rewrite_shard(folder, s, idx=None, lbl=None, fix_checksum=True):
+    """Replace shard ``s``'s arrays; with ``fix_checksum`` its recorded sha256 follows, as if
+    a buggy extractor (not a disk fault) had written the values."""
+    from shared.latents import _sha256, finalize
+
+    idx_p, lbl_p, meta_p = shard_paths(str(folder), s)
+    idx = np.load(idx_p) if idx is None else idx
+    lbl = np.load(lbl_p) if lbl is None else lbl
+    np.save(idx_p, idx)
+    np.save(lbl_p, lbl)
+    if fix_checksum:
+        meta = json.loads(open(meta_p).read())
+        meta["sha256"] = _sha256(idx, lbl)
+        atomic_write_text(meta_p, json.dumps(meta))
+        os.remove(os.path.join(folder, "manifest.json"))
+        finalize(str(folder))
+
+
+def test_training_verifies_shards_at_start(env, tmp_path, monkeypatch, payload):
+    run = lambda lat, d: run_in_process(env, ["method=cfm", f"data.latents_dir={lat}"],  # noqa: E731
+                                        tmp_path / d, monkeypatch)  # fmt: skip
+    from experiments.trainer import RunError
+
+    lat = copy_shards(env, tmp_path)
+    idx_p, lbl_p, _ = shard_paths(str(lat), 0)
+    idx = np.load(idx_p)
+    idx[3, 0, 0] ^= 1  # a flipped bit on disk
+    rewrite_shard(lat, 0, idx=idx, fix_checksum=False)
+    with pytest.raises(RunError, match=f"shard {idx_p} fails its sha256 check"):
+        run(lat, "a")
+    assert not (tmp_path / "a" / "metrics.csv").exists()  # refused before any training
+
+    lat = copy_shards(env, tmp_path / "b")
+    idx = np.load(shard_paths(str(lat), 0)[0])
+    idx[5, 1, 1] = 300  # K = 256
+    rewrite_shard(lat, 0, idx=idx)
+    with pytest.raises(RunError, match=r"row 5 holds code 300, outside \[0, 256\)"):
+        run(lat, "b")
+    lat = copy_shards(env, tmp_path / "c")
+    lbl = np.load(shard_paths(str(lat), 0)[1])
+    lbl[7] = 12
+    rewrite_shard(lat, 0, lbl=lbl)
+    with pytest.raises(RunError, match=r"row 7 has label 12, outside \[0, 10\)"):
+        run(lat, "c")
+    # a shard holding a pickled object array is refused without unpickling it
+    lat = copy_shards(env, tmp_path / "d")
+    bad = np.empty(1, dtype=object)
+    bad[0] = payload.write(tmp_path / "unused.pt")  # any object: an object array needs pickle
+    np.save(shard_paths(str(lat), 0)[1], bad, allow_pickle=True)
+    with pytest.raises(ShardError, match="cannot read shard 0 .*labels.npy"):
+        IndexShards(str(lat))
+    assert not payload.ran()
+
+
+def test_atomic_files_respect_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        os.umask(0o077)
+        atomic_write_text(tmp_path / "b.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "b.txt").st_mode) == 0o600
+
+
+def test_stale_temporaries_are_removed(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    orphan = tmp_path / "checkpoints" / ".last.pt.abc123.tmp"
+    orphan.write_bytes(b"partial")
+    keep = tmp_path / "checkpoints" / "last.pt"
+    keep.write_bytes(b"ok")
+    assert remove_stale_temporaries(tmp_path) == [str(orphan)]
+    assert keep.exists() and not orphan.exists()
