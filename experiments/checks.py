@@ -77,7 +77,7 @@ RANGES = {
 def _describe(lo, hi, lo_in, hi_in) -> str:
     if hi is None:
         return f"{'≥' if lo_in else '>'} {lo}"
-    return f"{'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
+    return f"in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
 
 
 def _in_range(v, lo, hi, lo_in, hi_in) -> bool:

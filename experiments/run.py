@@ -9,7 +9,10 @@
         data.root=/data/imagenet/train tokenizer.path=vq-f8/model.ckpt   # DDP, one node
 
 A run resumes from ``<run dir>/checkpoints/last.pt`` when relaunched in the same directory
-(``hydra.run.dir=...`` or, for a sweep, ``hydra.sweep.dir=...``). Results: metrics.csv,
+(``hydra.run.dir=...`` or, for a sweep, ``hydra.sweep.dir=...``); a relaunch whose training
+config differs is refused, naming the keys (``'allow_changes=[optim.lr]'`` accepts a change
+explicitly). SIGTERM/SIGINT checkpoint and exit with 128+signal; exit code 2 is a refused or
+failed start (the message says why). Results: metrics.csv,
 samples/, summary.json in each run directory; ``python analysis/convergence_plot.py`` reads
 the latest sweep.
 """
@@ -30,12 +33,16 @@ register()
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg) -> float | None:
-    from experiments.trainer import RunError, run
+    from experiments.trainer import RunError, RunInterrupted, run
+    from shared.safe_load import FileLoadError
 
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         summary = run(cfg, run_dir)
-    except RunError as e:
+    except RunInterrupted as e:  # SIGTERM/SIGINT: checkpointed; exit as the signal would
+        print(f"interrupted: {e}", file=sys.stderr)
+        raise SystemExit(128 + e.signum) from None
+    except (RunError, FileLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     final = summary.get("final") or {}

@@ -144,60 +144,26 @@ class Loop:
 
     def run(self) -> None:
         cfg, p, prog = self.cfg, self.p, self.progress
-        batch, local_batch = cfg.budget.batch_size, cfg.budget.batch_size // self.dd.world
-        stream = iter(
-            InfiniteSampler(
-                len(p.shards),
-                seed=cfg.seed,
-                start=prog.step * batch,
-                rank=self.dd.rank,
-                world_size=self.dd.world,
-            )
-        )
+        batch = cfg.budget.batch_size
+        stream = iter(InfiniteSampler(len(p.shards), seed=cfg.seed, start=prog.step * batch,
+                                      rank=self.dd.rank, world_size=self.dd.world))  # fmt: skip
         gen = torch.Generator(p.device)
-        bar = tqdm(
-            total=p.total_steps,
-            initial=prog.step,
-            unit="step",
-            dynamic_ncols=True,
-            desc=f"{cfg.method.name} s{cfg.seed}",
-            disable=not (self.dd.main and cfg.progress),
-        )
+        bar = tqdm(total=p.total_steps, initial=prog.step, unit="step", dynamic_ncols=True,
+                   desc=f"{cfg.method.name} s{cfg.seed}",
+                   disable=not (self.dd.main and cfg.progress))  # fmt: skip
         t_seg = time.time()
         try:
             while prog.step < p.total_steps:
-                rows = np.fromiter((next(stream) for _ in range(local_batch)), np.int64)
-                c, y = p.shards.gather(rows)
-                c, y = c.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
-                gen.manual_seed(step_seed(cfg.seed, self.dd.rank, prog.step))
-                loss = train_step(
-                    p.method,
-                    p.model,
-                    p.net,
-                    p.opt,
-                    p.ema,
-                    c,
-                    y,
-                    gen,
-                    lr=lr_at(prog.step, cfg.optim.lr, cfg.optim.warmup_steps),
-                    grad_clip=cfg.optim.grad_clip,
-                    use_bf16=p.use_bf16,
-                    ema_decay=ema_decay(prog.step, cfg.optim.ema_decay, cfg.optim.ema_warmup),
-                )
-                self.pending, self.pending_n = self.pending + loss, self.pending_n + 1
-                prog.step += 1
-                step = prog.step
+                self.step(stream, gen)
                 bar.update()
+                step = prog.step
                 is_eval, is_ckpt = step in p.evals, step % cfg.checkpoint_every == 0
                 if step % cfg.log_every == 0 or is_eval or is_ckpt:
                     self.sync_losses(step)
                     if self.dd.main and cfg.progress:
                         rate = bar.format_dict.get("rate") or 0.0  # steps/s (tqdm's smoothed)
-                        bar.set_postfix(
-                            loss=f"{prog.mean_loss():.4f}",
-                            img_s=f"{batch * rate:.0f}",
-                            refresh=False,
-                        )
+                        bar.set_postfix(loss=f"{prog.mean_loss():.4f}",
+                                        img_s=f"{batch * rate:.0f}", refresh=False)  # fmt: skip
                 if is_eval or is_ckpt:
                     prog.wall_s += time.time() - t_seg
                     if is_eval:
@@ -209,6 +175,23 @@ class Loop:
                     self.stop_now(step)
         finally:
             bar.close()
+
+    def step(self, stream, gen: torch.Generator) -> None:
+        """The next global batch from the data stream, one train_step, step counter + 1."""
+        cfg, p, step = self.cfg, self.p, self.progress.step
+        local_batch = cfg.budget.batch_size // self.dd.world
+        rows = np.fromiter((next(stream) for _ in range(local_batch)), np.int64, local_batch)
+        c, y = p.shards.gather(rows)
+        c, y = c.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
+        gen.manual_seed(step_seed(cfg.seed, self.dd.rank, step))
+        loss = train_step(
+            p.method, p.model, p.net, p.opt, p.ema, c, y, gen,
+            lr=lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps), grad_clip=cfg.optim.grad_clip,
+            ema_decay=ema_decay(step, cfg.optim.ema_decay, cfg.optim.ema_warmup),
+            use_bf16=p.use_bf16,
+        )  # fmt: skip
+        self.pending, self.pending_n = self.pending + loss, self.pending_n + 1
+        self.progress.step += 1
 
     # ---------------------------------------------------------------- pieces
     def sync_losses(self, step: int) -> None:

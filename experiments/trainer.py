@@ -176,90 +176,90 @@ def describe(cfg, p: Parts, dd: Dist) -> dict:
     }
 
 
+def open_run_dir(cfg, rundir: RunDir, dd: Dist) -> tuple[dict | None, dict]:
+    """One writer per directory; a checkpoint there is resumed only under the same training
+    config. Returns (checkpoint or None, the accepted config changes)."""
+    if dd.main:
+        rundir.lock()
+    if not (cfg.resume and os.path.isfile(rundir.checkpoint)):
+        return None, {}
+    saved = checkpoint.load(rundir.checkpoint)
+    return saved, checkpoint.check_resume(rundir.checkpoint, saved, cfg)
+
+
+def restore(parts: Parts, saved: dict | None, rundir: RunDir) -> checkpoint.Progress:
+    """Weights, EMA, optimiser and counters from the checkpoint (after checking that it was
+    trained on this tokenizer and these shards)."""
+    if saved is None:
+        return checkpoint.Progress()
+    checkpoint.check_identity(rundir.checkpoint, saved, parts.identity)
+    parts.model.load_state_dict(saved["model"])
+    parts.ema.load_state_dict(saved["ema"])
+    parts.opt.load_state_dict(saved["opt"])
+    return checkpoint.Progress(**saved["progress"])
+
+
+def start_launch(rundir: RunDir, info: dict, step: int, changed: dict) -> None:
+    """The launch owns the directory now: record it (and what it cleaned up) in summary.json."""
+    removed = rundir.accept()
+    launch = {"start_step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "changed": changed, "removed_temporaries": removed}  # fmt: skip
+    info["launches"] = (rundir.read_summary() or {}).get("launches", []) + [launch]
+    rundir.write_summary({**info, "status": "running", "step": step})
+
+
+def record_stop(rundir: RunDir, e: BaseException, info: dict, step: int | None) -> None:
+    """summary.json after a stop: 'interrupted' (signal) or 'failed', with the reason."""
+    stopped = isinstance(e, RunInterrupted | KeyboardInterrupt)
+    summary = {**(rundir.read_summary() or {}), **info,
+               "status": "interrupted" if stopped else "failed",
+               "error": f"{type(e).__name__}: {e}"}  # fmt: skip
+    if step is not None:
+        summary["step"] = step
+    rundir.write_summary(summary)
+
+
 def run(cfg, run_dir: str) -> dict:
     # checks: every config value, then the input files (seconds, before any model work)
     validate(cfg)
     check_inputs(cfg)
+    # environment
     dd, device, run_dir = environment(cfg, run_dir)
     rundir, t_start = RunDir(run_dir), time.time()
-    accepted, info = False, {}
+    info, progress = {}, None
     try:
-        # run directory: one writer; a relaunch resumes only an identical training config
-        if dd.main:
-            rundir.lock()
-        saved, changed = None, {}
-        if cfg.resume and os.path.isfile(rundir.checkpoint):
-            saved = checkpoint.load(rundir.checkpoint)
-            changed = checkpoint.check_resume(rundir.checkpoint, saved, cfg)
+        # run directory: lock; a relaunch resumes only an identical training config
+        saved, changed = open_run_dir(cfg, rundir, dd)
         with StopSignals() as stop:
-            # build
+            # build, restore
             parts = build(cfg, dd, device, rundir)
-            if saved is not None:
-                checkpoint.check_identity(rundir.checkpoint, saved, parts.identity)
-            # restore
-            progress = checkpoint.Progress()
-            if saved is not None:
-                parts.model.load_state_dict(saved["model"])
-                parts.ema.load_state_dict(saved["ema"])
-                parts.opt.load_state_dict(saved["opt"])
-                progress = checkpoint.Progress(**saved["progress"])
-            accepted = True
+            progress = restore(parts, saved, rundir)
+            del saved
             info = describe(cfg, parts, dd)
             rows = [r for r in read_csv(rundir.metrics) if int(r["step"]) <= progress.step]
             if dd.main:
-                removed = rundir.accept()
-                previous = (rundir.read_summary() or {}).get("launches", [])
-                launch = {
-                    "start_step": progress.step,
-                    "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    "changed": changed,
-                    "removed_temporaries": removed,
-                }
-                info["launches"] = previous + [launch]
-                rundir.write_summary({**info, "status": "running", "step": progress.step})
-                if saved is not None:
+                start_launch(rundir, info, progress.step, changed)
+                if progress.step:
                     print(f"resuming {run_dir} at step {progress.step}/{parts.total_steps}")
-            del saved
             # train
-            Loop(
-                cfg,
-                parts,
-                progress,
-                rows,
-                rundir,
-                dd,
-                stop,
-                checkpoint_step=progress.step if progress.step else None,
-            ).run()
+            last_ckpt = progress.step or None
+            Loop(cfg, parts, progress, rows, rundir, dd, stop, last_ckpt).run()
         # finish
-        summary = {
-            **info,
-            "status": "finished",
-            "step": progress.step,
-            "train_wall_s": progress.wall_s,
-            "total_wall_s": time.time() - t_start,
-            "final": rows[-1] if rows else None,
-        }
+        summary = {**info, "status": "finished", "step": progress.step,
+                   "train_wall_s": progress.wall_s, "total_wall_s": time.time() - t_start,
+                   "final": rows[-1] if rows else None}  # fmt: skip
         if dd.main:
             rundir.write_summary(summary)
-            last = parts.evaluator.last_grid
-            if last:
-                shutil.copyfile(last, os.path.join(run_dir, "samples_final.png"))
+            if parts.evaluator.last_grid:
+                shutil.copyfile(
+                    parts.evaluator.last_grid, os.path.join(run_dir, "samples_final.png")
+                )
         return summary
     except BaseException as e:
-        if dd.main and not accepted:
-            rundir.refuse()  # a refused launch leaves the owner's files as they were
+        if dd.main and not info:
+            rundir.refuse()  # a launch that never started leaves the owner's files as they were
         if dd.main and rundir.locked and not isinstance(e, RunRefused):
-            stopped = isinstance(e, RunInterrupted | KeyboardInterrupt)
-            summary = {
-                **(rundir.read_summary() or {}),
-                **info,
-                "status": "interrupted" if stopped else "failed",
-                "error": f"{type(e).__name__}: {e}",
-            }
-            if accepted:
-                summary["step"] = progress.step
-            rundir.write_summary(summary)
+            record_stop(rundir, e, info, progress.step if info else None)
         raise
     finally:
         rundir.release()

@@ -1,0 +1,184 @@
+"""Run lifecycle: exact resume after real kills, relaunch safety, non-finite stops, start-up
+validation, signals and failure status.
+
+The kill test runs the real ``experiments/run.py`` in subprocesses (tests/launch_with_fault.py
+injects one fault per launch) and compares with an uninterrupted run made in this process:
+resume must not depend on what a process built, or drew random numbers for, before training.
+"""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import compose, run_in_process
+from test_runner import metric_rows
+
+from experiments import checkpoint
+from experiments.checks import validation_errors
+from experiments.errors import NonFiniteLossError, RunRefused
+from experiments.rundir import RunDir
+from shared.paths import REPO_ROOT
+
+FAULT = [sys.executable, str(REPO_ROOT / "tests" / "launch_with_fault.py")]
+
+
+def launch(env, run_dir, mode="none", n=0, extra=()):
+    cmd = FAULT + [mode, str(n), "--", "method=purr", f"hydra.run.dir={run_dir}"]
+    cmd += env["overrides"] + list(extra)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=env["base"], timeout=300,
+                          env={**os.environ, "VQBENCH_CACHE": env["cache"]})  # fmt: skip
+
+
+def temporaries(run_dir):
+    return glob.glob(os.path.join(run_dir, "**", ".*.tmp"), recursive=True)
+
+
+def summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_killed_and_relaunched_run_equals_uninterrupted(env, tmp_path, monkeypatch):
+    full = run_in_process(env, ["method=purr"], tmp_path / "full", monkeypatch)
+    reference = metric_rows(tmp_path / "full")
+    assert full["total_steps"] == 8 and [int(r["step"]) for r in reference] == [4, 8]
+    d = tmp_path / "run"  # checkpoints at steps 3, 4 (evaluation), 6, 8
+    p = launch(env, d, "kill-at-step", 2)  # before any checkpoint
+    assert p.returncode == -9 and not (d / "checkpoints" / "last.pt").exists()
+    p = launch(env, d, "kill-in-checkpoint", 2)  # writing step 4's, after its evaluation row
+    assert p.returncode == -9 and len(temporaries(d)) == 1
+    assert [int(r["step"]) for r in metric_rows(d)] == [4]
+    assert checkpoint.load(str(d / "checkpoints" / "last.pt"))["progress"]["step"] == 3
+    p = launch(env, d, "term-at-step", 2)  # resumes at 3; SIGTERM in step 5
+    assert p.returncode == 128 + 15, p.stderr[-2000:]
+    assert "stopped by SIGTERM at step 5 (checkpoint at step 5)" in p.stderr
+    assert summary(d)["status"] == "interrupted" and summary(d)["step"] == 5
+    assert temporaries(d) == []  # the orphan of the killed write is gone
+    p = launch(env, d, "kill-at-step", 2)  # resumes at 5; killed in step 7
+    assert p.returncode == -9
+    p = launch(env, d)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert metric_rows(d) == reference
+    assert summary(d)["status"] == "finished" and temporaries(d) == []
+    assert [x["start_step"] for x in summary(d)["launches"]] == [0, 0, 3, 5, 6]
+
+    # a refused relaunch (training config changed) touches nothing, .hydra/ included
+    before = {f: (d / f).read_bytes() for f in (".hydra/config.yaml", "summary.json",
+                                                "metrics.csv", "checkpoints/last.pt")}  # fmt: skip
+    p = launch(env, d, extra=["optim.lr=0.5", "method.z_loss_weight=0.1"])
+    assert p.returncode == 2
+    assert "optim.lr: checkpoint 0.001, now 0.5" in p.stderr
+    assert "method.z_loss_weight" in p.stderr and "allow_changes=[" in p.stderr
+    assert {f: (d / f).read_bytes() for f in before} == before
+
+
+def test_relaunch_rules(env, tmp_path, monkeypatch):
+    d = tmp_path / "run"
+    run_in_process(env, ["method=purr"], d, monkeypatch)
+    rows = metric_rows(d)
+    with pytest.raises(RunRefused, match="method.name: checkpoint 'purr', now 'dfm'"):
+        run_in_process(env, ["method=dfm"], d, monkeypatch)
+    with pytest.raises(RunRefused, match="optim.weight_decay: checkpoint 0.01, now 0.1"):
+        run_in_process(env, ["method=purr", "optim.weight_decay=0.1"], d, monkeypatch)
+    assert metric_rows(d) == rows and summary(d)["status"] == "finished"
+    # evaluation-only keys may change; the change is recorded
+    run_in_process(env, ["method=purr", "eval.steps=2"], d, monkeypatch)
+    assert summary(d)["launches"][-1]["changed"] == {"eval.steps": [4, 2]}
+    assert metric_rows(d) == rows
+    # one writer at a time: a held lock refuses a second launch at once, naming the holder
+    holder = RunDir(str(d))
+    holder.lock()
+    try:
+        with pytest.raises(RunRefused, match=f'in use by .*"pid": {os.getpid()}'):
+            run_in_process(env, ["method=purr"], d, monkeypatch)
+    finally:
+        holder.release()
+    assert summary(d)["status"] == "finished"
+
+
+def test_nonfinite_weights_are_never_checkpointed(env, tmp_path, monkeypatch):
+    import experiments.train_loop as tl
+
+    real, calls = tl.clip_and_step, {"n": 0}
+
+    def poison_at_6(model, opt, clip):  # step 6's update makes the weights NaN (loss was fine)
+        real(model, opt, clip)
+        calls["n"] += 1
+        if calls["n"] == 6:
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+
+    monkeypatch.setattr(tl, "clip_and_step", poison_at_6)
+    d = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError) as err:
+        run_in_process(env, ["method=cfm"], d, monkeypatch)
+    msg = str(err.value)
+    assert "non-finite by step 6" in msg and f"{d}/checkpoints/last.pt (step 4)" in msg
+    assert "optim.lr=<lower> 'allow_changes=[optim.lr]'" in msg
+    ck = checkpoint.load(str(d / "checkpoints" / "last.pt"))
+    assert ck["progress"]["step"] == 4
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert summary(d)["status"] == "failed" and "NonFiniteLossError" in summary(d)["error"]
+    monkeypatch.setattr(tl, "clip_and_step", real)
+    with pytest.raises(RunRefused, match="optim.lr"):  # a silent LR change is refused
+        run_in_process(env, ["method=cfm", "optim.lr=5e-4"], d, monkeypatch)
+    done = run_in_process(env, ["method=cfm", "optim.lr=5e-4", "allow_changes=[optim.lr]"], d,
+                          monkeypatch)  # fmt: skip
+    assert done["status"] == "finished"
+    assert done["launches"][-1]["changed"]["optim.lr"] == [1e-3, 5e-4]
+
+
+def test_failure_while_building_is_recorded(env, tmp_path, monkeypatch):
+    import experiments.trainer as trainer
+
+    def broken(*a, **k):
+        raise RuntimeError("reference set unreadable")
+
+    monkeypatch.setattr(trainer, "Evaluator", broken)
+    with pytest.raises(RuntimeError, match="reference set unreadable"):
+        run_in_process(env, ["method=cfm"], tmp_path / "r", monkeypatch)
+    s = summary(tmp_path / "r")
+    assert s["status"] == "failed" and "reference set unreadable" in s["error"]
+
+
+@pytest.mark.parametrize(
+    "overrides,expect",
+    [
+        (["budget.batch_size=0"], "budget.batch_size=0"),
+        (["eval.points=0"], "eval.points=0"),
+        (["log_every=0"], "log_every=0"),
+        (["checkpoint_every=0"], "checkpoint_every=0"),
+        (["eval.batch_size=0"], "eval.batch_size=0"),
+        (["eval.num_samples=0"], "eval.num_samples=0"),
+        (["eval.temperature=-0.5"], "eval.temperature=-0.5"),
+        (["eval.steps=0"], "eval.steps=0"),
+        (["eval.solver=rk4"], "eval.solver='rk4' is not allowed; expected one of euler, heun"),
+        (["method=dfm", "eval.solver=heun"], "expected one of euler (the samplers of dfm)"),
+        (["method=cfm", "eval.temperature=0.5"], "cfm has no categorical posterior"),
+        (["eval.spacing=cubic"], "eval.spacing='cubic'"),
+        (["optim.precision=fp16"], "optim.precision='fp16' is not allowed; expected one of auto"),
+        (["device=tpu"], "device='tpu'"),
+        (["optim.ema_decay=2"], "optim.ema_decay=2.0 is not allowed; expected a number in [0, 1)"),
+        (["optim.lr=nan"], "optim.lr=nan"),
+        (["optim.betas=[0.9,1.5]"], "optim.betas[1]=1.5"),
+        (["eval.cfg_scale=2", "backbone.class_dropout=0"], "never trains it"),
+        (["backbone.preset=DiT-Q/3"], "backbone.preset='DiT-Q/3'"),
+        (["budget.images=100"], "set exactly one of budget.train_flops and budget.images"),
+        (["allow_changes=[optim.lrr]"], "allow_changes names 'optim.lrr'"),
+    ],
+)
+def test_every_setting_is_validated_at_startup(overrides, expect):
+    errors = validation_errors(compose(["method=purr"] + overrides))
+    assert any(expect in e for e in errors), errors
+
+
+def test_default_and_paper_configs_validate():
+    assert validation_errors(compose(["method=purr"])) == []
+    for m in ("cfm", "dfm", "dfm-uniform", "cfm-endpoint"):
+        assert validation_errors(compose([f"method={m}"])) == []
+    for preset in ("imagenet_sd_xl2", "imagenet_llamagen_b2"):
+        cfg = compose(["method=purr", f"preset={preset}", "data.root=/x", "device=auto"])
+        assert validation_errors(cfg) == []
