@@ -147,3 +147,11 @@ def test_stale_temporaries_are_removed(tmp_path):
     keep.write_bytes(b"ok")
     assert remove_stale_temporaries(tmp_path) == [str(orphan)]
     assert keep.exists() and not orphan.exists()
+
+
+def test_shard_verification_cost_script(tmp_path):
+    from experiments import shard_verify_cost
+
+    out = shard_verify_cost.main(["--rows", "2500", "--grid", "4", "--codes", "16",
+                                  "--classes", "3", "--reps", "1", "--dir", str(tmp_path)])  # fmt: skip
+    assert out["bytes"] > 2500 * 16 * 2 and out["verify_s"] > 0 and os.listdir(tmp_path) == []
