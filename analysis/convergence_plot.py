@@ -7,6 +7,10 @@ One line per method: the mean over seeds with a 95% bootstrap confidence band (s
 Writes convergence.{png,pdf}, convergence_metrics.{png,pdf} (KID, precision, recall),
 convergence_data.csv (the plotted rows) and summary tables; prints "compute to reach FD X"
 and the final metrics per method. Failed or unfinished runs are drawn and named as such.
+Horizontal lines: the FD of held-out real images and of the tokenizer's reconstructions of
+them, at the same number of samples (the floor, and this tokenizer's ceiling for a perfect
+generator). Runs measured with different tokenizers, metric networks or reference sets are
+refused (``analysis/sweeps.check_comparable``).
 """
 
 from __future__ import annotations
@@ -64,6 +68,22 @@ def final_table(metrics: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     return agg
 
 
+BASELINES = {"fd_recon": ("tokenizer ceiling: its reconstructions of real images", "--"),
+             "fd_real": ("real images", ":")}  # fmt: skip
+
+
+def draw_baselines(ax, data: pd.DataFrame, metric: str) -> None:
+    """Horizontal lines: what real images and the tokenizer's reconstructions of real images
+    score under the same protocol and n (the best a generator can do through this tokenizer)."""
+    if metric not in ("fd_fashion", "fid_inception"):
+        return
+    for col, (label, style) in BASELINES.items():
+        values = data[col].dropna().unique() if col in data else []
+        if len(values) == 1:  # one protocol (n) for every run; else no single line exists
+            ax.axhline(values[0], color="0.35", ls=style, lw=1.2,
+                       label=f"{label} ({values[0]:.1f})")  # fmt: skip
+
+
 def plot(metrics, runs, metric, out_dir, title) -> list[str]:
     labels = status_labels(runs)
     data = metrics.assign(label=metrics["method"].map(labels))
@@ -78,6 +98,7 @@ def plot(metrics, runs, metric, out_dir, title) -> list[str]:
         else:
             sns.lineplot(data=data, x=x, y=metric, hue="label", hue_order=order, marker="o",
                          errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax)  # fmt: skip
+        draw_baselines(ax, data, metric)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(LABELS.get(metric, metric))
         if x == "train_flops":

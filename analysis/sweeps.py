@@ -57,7 +57,36 @@ def load_sweep(sweep_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not runs:
         raise FileNotFoundError(f"{sweep_dir} holds no run directories with summary.json")
     metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    check_comparable(metrics)
     return metrics, pd.DataFrame(runs)
+
+
+# what produced a results row; rows that differ in any of these are not comparable
+IDENTITY = ("tokenizer_sha256", "metric_net_sha256", "reference_sha256", "extractor")
+
+
+class NotComparableError(ValueError):
+    pass
+
+
+def check_comparable(metrics: pd.DataFrame, what: str = "runs") -> None:
+    """Refuse, naming the runs of each group, when rows were produced by different
+    tokenizers, metric networks or reference sets (or some recorded it and some did not)."""
+    cols = [c for c in IDENTITY if c in metrics]
+    if metrics.empty or not cols:
+        return
+    ident = metrics[cols].astype("string").fillna("unrecorded").agg(" ".join, axis=1)
+    groups = metrics.assign(_identity=ident).groupby("_identity")["run"].unique()
+    if len(groups) > 1:
+        lines = "\n  ".join(
+            f"{', '.join(cols)} = {key}: {', '.join(sorted(map(str, grp)))}"
+            for key, grp in groups.items()
+        )
+        raise NotComparableError(
+            f"these {what} were measured differently and cannot be drawn in one comparison:\n"
+            f"  {lines}\nPlot each group on its own (or rerun with the shipped tokenizer and "
+            "metric network)."
+        )
 
 
 def headline_metric(metrics: pd.DataFrame) -> str:

@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sweeps import latest_sweep, save_figure  # noqa: E402
+from analysis.sweeps import check_comparable, latest_sweep, save_figure  # noqa: E402
 from experiments.trainer import Evaluator, load_trained  # noqa: E402
 from shared.images import save_grid  # noqa: E402
 
@@ -61,7 +61,8 @@ def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu") -> pd.Data
                      "seed": cfg.seed, "temperature": tau, "nfe": out.nfe,
                      "fd": m.get("fd_fashion", m.get("fid_inception")),
                      "kid": m.get(f"kid_{kind}"), "precision": m.get(f"precision_{kind}"),
-                     "recall": m.get(f"recall_{kind}"), "extractor": kind})  # fmt: skip
+                     "recall": m.get(f"recall_{kind}"), "extractor": kind,
+                     **ev.identity})  # fmt: skip
         print(f"{cfg.method.name} τ={tau:g}: FD {rows[-1]['fd']:.3f}, precision "
               f"{rows[-1]['precision']:.3f}, recall {rows[-1]['recall']:.3f}")  # fmt: skip
         order = torch.argsort(labels[:per_row], stable=True)
@@ -108,6 +109,7 @@ def main(argv=None) -> None:
     os.makedirs(out_dir, exist_ok=True)
     taus = [float(t) for t in args.taus.split(",")]
     df = pd.concat([sweep_run(r, taus, out_dir, args.num_samples) for r in runs])
+    check_comparable(df, "runs of the temperature sweep")
     df.to_csv(os.path.join(out_dir, "temperature_sweep.csv"), index=False)
     print("wrote " + ", ".join(plot(df, out_dir)))
 

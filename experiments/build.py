@@ -47,10 +47,9 @@ def setup_distributed(device_kind: str) -> Dist:
 
 
 def load_tokenizer(cfg):
-    from shared.tokenizers import FashionVQ, load_tokenizer
+    """The configured tokenizer; ``tokenizer.path`` unset = the shipped Fashion-MNIST one."""
+    from shared.tokenizers import load_tokenizer
 
-    if cfg.tokenizer.backend == "fashion-vq" and cfg.tokenizer.path:
-        return FashionVQ.load(cfg.tokenizer.path)
     return load_tokenizer(cfg.tokenizer.backend, cfg.tokenizer.path, cfg.tokenizer.image_size)
 
 

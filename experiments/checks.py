@@ -185,14 +185,23 @@ def check_inputs(cfg) -> None:
             f"data.root={cfg.data.root!r} is not a folder; point it at an ImageNet-style "
             "train folder (root/<class>/<image>)"
         )
+    if cfg.eval.metric_net and not os.path.isfile(os.path.join(cfg.eval.metric_net, "meta.json")):
+        raise RunError(f"eval.metric_net={cfg.eval.metric_net!r} holds no network (meta.json + "
+                       "model.safetensors); unset it for the shipped one")  # fmt: skip
     if cfg.tokenizer.backend == "fashion-vq":
-        from shared.tokenizers.fashion import FashionVQConfig, tokenizer_dir
+        from shared.artifacts import METRIC_NET, TOKENIZER, ArtifactError, shipped
 
-        path = cfg.tokenizer.path or tokenizer_dir(FashionVQConfig())
+        try:  # the shipped artifacts this run would use: present and unchanged
+            path = cfg.tokenizer.path or shipped(TOKENIZER)
+            if cfg.eval.extractor == "fashion" and not cfg.eval.metric_net:
+                shipped(METRIC_NET)
+        except ArtifactError as e:
+            raise RunError(str(e)) from None
         if not os.path.isfile(os.path.join(path, "tokenizer.json")):
             raise RunError(
-                f"no trained Fashion-MNIST tokenizer at {path}; train it first with "
-                "`python experiments/train_tokenizer.py` (≈4 min, cached) or set tokenizer.path"
+                f"no Fashion-MNIST tokenizer at {path} (tokenizer.json missing); leave "
+                "tokenizer.path unset for the shipped one, or rebuild one with "
+                "`python experiments/build_artifacts.py`"
             )
     elif not cfg.tokenizer.path or not os.path.exists(cfg.tokenizer.path):
         from shared.tokenizers.pretrained import LLAMAGEN_HINT, SD_HINT

@@ -105,6 +105,7 @@ class EvalConfig:
     temperature: float = 1.0
     cfg_scale: float = 1.0
     extractor: str = "fashion"  # fashion (fd_fashion, fast) | inception (fid_inception)
+    metric_net: str | None = None  # a rebuilt fd_fashion network's folder; None = the shipped one
     reference_split: str = "train"
     reference_n: int = 1000
     seed: int = 1234  # sampling seed, the same for every method and evaluation

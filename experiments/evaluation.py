@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import time
 
@@ -17,12 +18,17 @@ import torch
 
 from shared.images import save_grid
 from shared.io import atomic_write_text
+from shared.paths import cache_root, config_hash
 
 METRIC_COLUMNS = [
     "method", "seed", "step", "total_steps", "images_seen", "train_flops", "budget_fraction",
     "wall_s", "loss", "fd_fashion", "fid_inception", "kid", "kid_std", "precision", "recall",
     "inception_score", "nfe", "nfe_rows", "sample_steps", "solver", "temperature", "cfg_scale",
     "num_samples", "extractor", "eval_s",
+    # baselines at the same n: held-out real images, and their tokenizer reconstructions
+    "fd_real", "fd_recon",
+    # identity: what produced the row (analysis refuses to compare rows that differ here)
+    "tokenizer_sha256", "metric_net_sha256", "reference", "reference_sha256",
 ]  # fmt: skip
 
 
@@ -42,22 +48,78 @@ def read_csv(path: str) -> list[dict]:
 
 
 class Evaluator:
-    """Samples with the EMA model under a fixed protocol and scores them (rank 0)."""
+    """Samples with the EMA model under a fixed protocol and scores them (rank 0).
+
+    ``identity`` names what produced every row (tokenizer weights, metric network, reference
+    images); ``baselines`` are what real images (``fd_real``) and the tokenizer's
+    reconstructions of real images (``fd_recon``: a perfect generator seen through this
+    tokenizer) score under the same protocol, with the same number of samples.
+    """
 
     def __init__(self, cfg, tok, method, device, run_dir):
-        from shared.metrics import build_extractor, reference_features
+        from shared.metrics import build_extractor, load_classifier, reference_features
 
         self.cfg, self.tok, self.method = cfg, tok, method
         self.device, self.run_dir = device, run_dir
         e = cfg.eval
-        dataset = ("fashion-mnist" if cfg.data.dataset == "fashion"
-                   else f"imagefolder:{cfg.data.root}")  # fmt: skip
-        self.extractor = build_extractor(e.extractor, device)
-        self.reference = reference_features(e.extractor, dataset, split=e.reference_split,
+        self.dataset = ("fashion-mnist" if cfg.data.dataset == "fashion"
+                        else f"imagefolder:{cfg.data.root}")  # fmt: skip
+        net = load_classifier(e.metric_net) if e.extractor == "fashion" and e.metric_net else None
+        self.extractor = build_extractor(e.extractor, device, net=net)
+        self.reference = reference_features(e.extractor, self.dataset, split=e.reference_split,
                                             size=tok.image_size, n=e.reference_n,
                                             data_root=cfg.data.root, extractor=self.extractor,
                                             progress=cfg.progress)  # fmt: skip
+        self.identity = {
+            "tokenizer_sha256": (tok.weights_sha256 or "unknown")[:16],
+            "metric_net_sha256": self.extractor.sha256[:16],
+            "reference": f"{self.dataset.split(':')[0]}/{e.reference_split} n={e.reference_n}",
+            "reference_sha256": self.reference["images_sha256"][:16],
+        }
+        self.baselines = self.compute_baselines()
         self.last_grid = None
+
+    def comparability_warnings(self) -> list[str]:
+        """Loud lines when a Fashion run measures with rebuilt (not shipped) artifacts."""
+        from shared.artifacts import METRIC_NET, TOKENIZER, not_comparable_warning
+
+        if self.cfg.data.dataset != "fashion":
+            return []
+        found = [not_comparable_warning("tokenizer", self.tok.weights_sha256 or "", TOKENIZER)]
+        if self.cfg.eval.extractor == "fashion":
+            found.append(not_comparable_warning("fd_fashion network", self.extractor.sha256,
+                                                METRIC_NET))  # fmt: skip
+        return [w for w in found if w]
+
+    @torch.no_grad()
+    def compute_baselines(self) -> dict:
+        """FD of held-out real images and of their reconstructions, at n = eval.num_samples
+        (cached per identity): the floor of the curves and this tokenizer's ceiling."""
+        from shared.metrics import compute_metrics
+        from shared.metrics.fidelity import FD_KEY, held_out_images
+
+        e = self.cfg.eval
+        key = {**self.identity, "n": e.num_samples, "split": e.reference_split}
+        path = cache_root() / "metrics" / "baselines" / f"{config_hash(key)}.json"
+        if path.is_file():
+            with open(path) as f:
+                return json.load(f)
+        out = {"fd_real": None, "fd_recon": None}
+        real = None
+        if e.reference_n is not None:
+            real = held_out_images(
+                self.dataset, e.reference_split, self.tok.image_size, e.reference_n,
+                e.num_samples, data_root=self.cfg.data.root,
+            )  # fmt: skip
+        if real is not None:
+            fd = FD_KEY[e.extractor]
+            recon = torch.cat([self.tok.decode(self.tok.encode(real[i : i + e.batch_size])).cpu()
+                               for i in range(0, len(real), e.batch_size)])  # fmt: skip
+            for name, images in (("fd_real", real), ("fd_recon", recon)):
+                m = compute_metrics(images, self.reference, self.extractor, which=("fd",))
+                out[name] = m[fd]
+        atomic_write_text(path, json.dumps(out))
+        return out
 
     @torch.no_grad()
     def sample_images(self, ema, temperature=None, cfg_scale=None, trace=False):
@@ -108,7 +170,7 @@ class Evaluator:
             "inception_score": m.get(f"is_{kind}"), "nfe": nfe, "nfe_rows": rows,
             "sample_steps": e.steps, "solver": e.solver, "temperature": e.temperature,
             "cfg_scale": e.cfg_scale, "num_samples": e.num_samples, "extractor": kind,
-            "eval_s": round(time.time() - t0, 2),
+            "eval_s": round(time.time() - t0, 2), **self.baselines, **self.identity,
         }  # fmt: skip
 
     def describe(self, row) -> str:

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
 
 from shared.data import InfiniteSampler
 from shared.optim import clip_and_step, ema_decay, ema_update
+from shared.progress import progress_bar
 
 from . import checkpoint
 from .checks import flat_keys
@@ -148,7 +148,7 @@ class Loop:
         stream = iter(InfiniteSampler(len(p.shards), seed=cfg.seed, start=prog.step * batch,
                                       rank=self.dd.rank, world_size=self.dd.world))  # fmt: skip
         gen = torch.Generator(p.device)
-        bar = tqdm(total=p.total_steps, initial=prog.step, unit="step", dynamic_ncols=True,
+        bar = progress_bar(total=p.total_steps, initial=prog.step, unit="step", dynamic_ncols=True,
                    desc=f"{cfg.method.name} s{cfg.seed}",
                    disable=not (self.dd.main and cfg.progress))  # fmt: skip
         t_seg = time.time()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import sys
 import time
 
 import numpy as np
@@ -156,7 +157,15 @@ def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
 
 
 def describe(cfg, p: Parts, dd: Dist) -> dict:
+    """summary.json's description of the run, with the identity of what measures it."""
+    ev = {}
+    if p.evaluator is not None:
+        ev = {"identity": p.evaluator.identity, "baselines": p.evaluator.baselines,
+              "warnings": p.evaluator.comparability_warnings()}  # fmt: skip
+        for w in ev["warnings"]:
+            print(f"\n{'!' * 100}\n{w}\n{'!' * 100}\n", file=sys.stderr)
     return {
+        **ev,
         "method": cfg.method.name,
         "seed": cfg.seed,
         "preset": cfg.preset_name,

@@ -21,9 +21,9 @@ import os
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .io import atomic_open, atomic_write_text
+from .progress import progress_bar
 
 
 class ShardError(ValueError):
@@ -95,7 +95,9 @@ def extract(dataset, tokenizer, out_dir: str, dataset_id: str, shard_size: int =
     mine = [s for s in range(num_shards) if s % world_size == rank]
     todo = [s for s in mine if not _shard_done(out_dir, s, min(shard_size, n - s * shard_size))]
     total = sum(min(shard_size, n - s * shard_size) for s in todo)
-    bar = tqdm(total=total, desc=f"extract[{rank}/{world_size}]", unit="img", disable=not progress)
+    bar = progress_bar(
+        total=total, desc=f"extract[{rank}/{world_size}]", unit="img", disable=not progress
+    )
     for s in todo:
         start, stop = s * shard_size, min(n, (s + 1) * shard_size)
         idx_out = np.empty((stop - start, *tokenizer.grid), dtype=plan["dtype"])
@@ -198,7 +200,7 @@ class IndexShards(torch.utils.data.Dataset):
             )
         self.indices, self.labels = [], []
         shards = self.manifest["shards"]
-        for s, info in enumerate(tqdm(shards, desc="verify shards", unit="shard",
+        for s, info in enumerate(progress_bar(shards, desc="verify shards", unit="shard",
                                       disable=not (verify and progress))):  # fmt: skip
             idx, lbl = (_open_array(p, s, folder) for p in shard_paths(folder, s)[:2])
             if len(idx) != info["count"] or len(lbl) != info["count"]:

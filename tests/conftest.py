@@ -1,5 +1,5 @@
 """Shared fixtures: a tiny but complete runner environment (synthetic data, tiny tokenizer,
-private cache holding the metric classifier)."""
+private cache; the shipped metric network)."""
 
 import os
 import sys
@@ -10,8 +10,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from test_data import make_fmnist  # noqa: E402
 
-from shared.metrics.fashion_cnn import FashionCNNConfig, classifier_dir  # noqa: E402
-from shared.paths import REPO_ROOT, cache_root  # noqa: E402
+from shared.paths import REPO_ROOT  # noqa: E402
 from shared.tokenizers import FashionVQConfig, train_fashion_vq  # noqa: E402
 
 TINY = [
@@ -36,16 +35,11 @@ def _restore_deterministic_flag():
 
 @pytest.fixture(scope="session")
 def env(tmp_path_factory):
-    """Synthetic data, a tiny tokenizer, and a private cache holding the metric classifier."""
+    """Synthetic data, a tiny tokenizer, and a private cache (the metric network is the
+    shipped one)."""
     base = tmp_path_factory.mktemp("runner")
-    real_classifier = classifier_dir(FashionCNNConfig())
-    if not os.path.isfile(os.path.join(real_classifier, "meta.json")):
-        pytest.fail(f"metric classifier missing at {real_classifier}: run "
-                    "`python experiments/prepare_metrics.py` (make test does)")  # fmt: skip
     cache = base / "cache"
-    dest = cache / os.path.relpath(real_classifier, cache_root())
-    dest.parent.mkdir(parents=True)
-    os.symlink(real_classifier, dest)
+    cache.mkdir()
     data = base / "data"
     data.mkdir()
     make_fmnist(data, n_train=64, n_test=16)

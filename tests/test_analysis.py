@@ -118,3 +118,41 @@ def test_temperature_sweep_and_entropy_maps_on_trained_runs(env, tmp_path, monke
         assert (out / f).stat().st_size > 0
     grid = sample_grids.main([str(sweep), "--out", str(out)])
     assert os.path.getsize(grid) > 0
+
+
+def test_runs_measured_differently_are_never_compared(tmp_path):
+    import pytest
+
+    from analysis.sweeps import NotComparableError
+
+    sweep = write_sweep(tmp_path)
+    for i, run in enumerate(sorted(sweep.glob("*_seed[01]"))):
+        df = pd.read_csv(run / "metrics.csv")
+        df["tokenizer_sha256"], df["reference_sha256"] = "tok-a", "ref-a"
+        df["metric_net_sha256"] = "net-b" if i == 4 else "net-a"  # one run: another network
+        df.to_csv(run / "metrics.csv", index=False)
+    with pytest.raises(NotComparableError, match=r"net-b[^\n]*: 4_purr_seed0"):
+        load_sweep(str(sweep))
+    df = pd.read_csv(sweep / "4_purr_seed0" / "metrics.csv").assign(metric_net_sha256="net-a")
+    df.to_csv(sweep / "4_purr_seed0" / "metrics.csv", index=False)
+    metrics, _ = load_sweep(str(sweep))  # one identity: fine
+    assert set(metrics["metric_net_sha256"]) == {"net-a"}
+    df.drop(columns=["metric_net_sha256"]).to_csv(sweep / "4_purr_seed0" / "metrics.csv")
+    with pytest.raises(NotComparableError, match="unrecorded"):  # recorded vs not recorded
+        load_sweep(str(sweep))
+
+
+def test_baseline_lines_on_the_fd_axes():
+    import matplotlib.pyplot as plt
+
+    data = pd.DataFrame({"fd_fashion": [50.0, 40.0], "fd_real": [9.5, 9.5],
+                         "fd_recon": [14.0, 14.0]})  # fmt: skip
+    fig, ax = plt.subplots()
+    convergence_plot.draw_baselines(ax, data, "fd_fashion")
+    assert sorted(line.get_ydata()[0] for line in ax.lines) == [9.5, 14.0]
+    labels = [line.get_label() for line in ax.lines]
+    assert any("tokenizer ceiling" in lab for lab in labels)
+    fig2, ax2 = plt.subplots()
+    convergence_plot.draw_baselines(ax2, data.assign(fd_real=[9.5, 8.0]), "fd_fashion")
+    assert len(ax2.lines) == 1  # two protocols (n) in one plot: no single real-image line
+    plt.close("all")

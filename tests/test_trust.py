@@ -48,10 +48,11 @@ def test_trainer_loaders_refuse_code(env, tmp_path, monkeypatch, payload):
 
     monkeypatch.setenv("VQBENCH_CACHE", str(tmp_path / "cache"))
     net_dir = classifier_dir(FashionCNNConfig())
-    payload.write(os.path.join(net_dir, "model.pt"), wrap=lambda p: {"feat.weight": p})
-    atomic_write_text(os.path.join(net_dir, "meta.json"), "{}")
-    with pytest.raises(UnsafeFileError, match="metric classifier .*model.pt"):
-        load_classifier(train_if_missing=False)
+    weights = payload.write(os.path.join(net_dir, "model.safetensors"), wrap=lambda p: {"w": p})
+    meta = {"config": {"widths": [16, 32, 64], "feat_dim": 128}}
+    atomic_write_text(os.path.join(net_dir, "meta.json"), json.dumps(meta))
+    with pytest.raises(FileLoadError, match=f"cannot read metric network {weights}"):
+        load_classifier(net_dir)
     assert not payload.ran()
 
 
@@ -152,6 +153,6 @@ def test_stale_temporaries_are_removed(tmp_path):
 def test_shard_verification_cost_script(tmp_path):
     from experiments import shard_verify_cost
 
-    out = shard_verify_cost.main(["--rows", "2500", "--grid", "4", "--codes", "16",
-                                  "--classes", "3", "--reps", "1", "--dir", str(tmp_path)])  # fmt: skip
+    args = "--rows 2500 --grid 4 --codes 16 --classes 3 --reps 1 --dir".split() + [str(tmp_path)]
+    out = shard_verify_cost.main(args)
     assert out["bytes"] > 2500 * 16 * 2 and out["verify_s"] > 0 and os.listdir(tmp_path) == []

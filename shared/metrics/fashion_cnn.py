@@ -16,12 +16,14 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from tqdm import tqdm
 
-from ..io import atomic_torch_save, atomic_write_text
+from ..io import atomic_open, atomic_write_text
 from ..paths import cache_root, config_hash
-from ..safe_load import load_torch_file
+from ..progress import progress_bar
+from ..safe_load import FileLoadError
 
 EXTRACTOR_NAME = "fashion-cnn"
 
@@ -65,25 +67,38 @@ class FashionCNN(nn.Module):
 
 
 def classifier_dir(cfg: FashionCNNConfig) -> str:
+    """Where ``train_classifier`` writes a rebuilt network (the cache; never the shipped one)."""
     d = asdict(cfg)
     d["widths"] = list(d["widths"])
     return str(cache_root() / "metrics" / f"fashion-cnn-{config_hash(d)}")
 
 
-def train_classifier(cfg: FashionCNNConfig, data_root: str | None = None, progress=True) -> str:
+@torch.no_grad()
+def test_accuracy(net: FashionCNN, data_root: str | None = None) -> float:
+    """Accuracy on the 10k Fashion-MNIST test images (the number the manifest records)."""
     from ..data import load_fashion_mnist
 
-    out = classifier_dir(cfg)
+    xt, yt = load_fashion_mnist(data_root, "test", 32)
+    net.eval()
+    pred = torch.cat([net(xt[i : i + 1000])[1].argmax(1) for i in range(0, len(xt), 1000)])
+    return round((pred == yt).float().mean().item(), 4)
+
+
+def train_classifier(cfg: FashionCNNConfig, data_root: str | None = None, progress=True,
+                     out: str | None = None) -> str:  # fmt: skip
+    """Train the network with its seeded recipe into ``out`` (default: the cache)."""
+    from ..data import load_fashion_mnist
+
+    out = out or classifier_dir(cfg)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     x, y = load_fashion_mnist(data_root, "train", 32)
-    xt, yt = load_fashion_mnist(data_root, "test", 32)
     net = FashionCNN(cfg.widths, cfg.feat_dim)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     steps = cfg.epochs * (len(x) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=steps)
     t0 = time.time()
-    bar = tqdm(total=steps, desc="fashion-cnn", unit="step", disable=not progress)
+    bar = progress_bar(total=steps, desc="fashion-cnn", unit="step", disable=not progress)
     for _ in range(cfg.epochs):
         perm = torch.randperm(len(x), generator=g)
         for i in range(len(x) // cfg.batch_size):
@@ -99,32 +114,38 @@ def train_classifier(cfg: FashionCNNConfig, data_root: str | None = None, progre
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
-    net.eval()
-    with torch.no_grad():
-        pred = torch.cat([net(xt[i : i + 1000])[1].argmax(1) for i in range(0, len(xt), 1000)])
-    acc = (pred == yt).float().mean().item()
-    meta = {"config": {**asdict(cfg), "widths": list(cfg.widths)}, "test_accuracy": round(acc, 4),
+    meta = {"config": {**asdict(cfg), "widths": list(cfg.widths)},
+            "test_accuracy": test_accuracy(net, data_root),
             "train_seconds": round(time.time() - t0, 1)}  # fmt: skip
-    atomic_torch_save(net.state_dict(), os.path.join(out, "model.pt"))
+    os.makedirs(out, exist_ok=True)
+    with atomic_open(os.path.join(out, "model.safetensors"), "wb") as f:
+        f.write(save_safetensors({k: v.contiguous() for k, v in net.state_dict().items()}))
     atomic_write_text(os.path.join(out, "meta.json"), json.dumps(meta, indent=2))
     return out
 
 
-def load_classifier(cfg: FashionCNNConfig | None = None, train_if_missing=True) -> FashionCNN:
-    cfg = cfg or FashionCNNConfig()
-    path = classifier_dir(cfg)
-    if not os.path.isfile(os.path.join(path, "meta.json")):
-        if not train_if_missing:
-            raise FileNotFoundError(
-                f"no Fashion-MNIST classifier at {path}; train it with "
-                "`python experiments/train_classifier.py`"
-            )
-        print(f"training the in-domain metric classifier into {path}")
-        train_classifier(cfg)
-    net = FashionCNN(cfg.widths, cfg.feat_dim)
-    net.load_state_dict(load_torch_file(os.path.join(path, "model.pt"), "metric classifier"))
+def load_classifier(path: str | None = None) -> FashionCNN:
+    """The ``fd_fashion`` network: the shipped one (checksums verified), or a rebuilt one at
+    ``path``. ``net.sha256`` is the identity of its weights."""
+    from ..artifacts import METRIC_NET, shipped, state_digest
+
+    path = path or shipped(METRIC_NET)
+    weights = os.path.join(path, "model.safetensors")
+    if not os.path.isfile(weights) or not os.path.isfile(os.path.join(path, "meta.json")):
+        raise FileNotFoundError(
+            f"no Fashion-MNIST classifier at {path} (model.safetensors + meta.json); rebuild one "
+            "with `python experiments/build_artifacts.py` or use the shipped one"
+        )
     with open(os.path.join(path, "meta.json")) as f:
-        net.meta = json.load(f)
+        meta = json.load(f)
+    cfg = meta["config"]
+    net = FashionCNN(tuple(cfg["widths"]), cfg["feat_dim"])
+    try:  # safetensors: tensors only, nothing to unpickle
+        state = load_safetensors(weights)
+    except Exception as e:
+        raise FileLoadError(f"cannot read metric network {weights}: {e}") from None
+    net.load_state_dict(state)
+    net.meta, net.sha256 = meta, state_digest(net)
     return net.eval()
 
 
@@ -133,7 +154,6 @@ class FeatureExtractorFashionCNN(FeatureExtractorBase):
 
     def __init__(self, name, features_list, net: FashionCNN | None = None, **kwargs):
         super().__init__(name, features_list)
-        self.custom_net = net is not None  # tests pass their own network
         self.net = net if net is not None else load_classifier()
 
     @staticmethod

@@ -26,10 +26,11 @@ from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor
-from tqdm import tqdm
 
+from ..artifacts import state_digest
 from ..io import atomic_torch_save
 from ..paths import cache_root, config_hash
+from ..progress import progress_bar
 from ..safe_load import FileLoadError, load_torch_file
 from .fashion_cnn import EXTRACTOR_NAME, FeatureExtractorFashionCNN
 from .inception import inception_weights_path
@@ -65,6 +66,8 @@ def build_extractor(kind: str, device="cpu", inception_weights: str = "auto", ne
     else:
         raise ValueError(f"unknown feature extractor {kind!r}; choose one of {KINDS}")
     fe.kind = kind
+    # the identity of the network that measures: results are comparable only under the same one
+    fe.sha256 = state_digest(fe.net if kind == "fashion" else fe)
     return fe.to("cuda" if cuda else "cpu")
 
 
@@ -80,7 +83,7 @@ def extract_features(extractor, images: torch.Tensor | Iterable[torch.Tensor], b
     device = next(extractor.parameters()).device
     out: dict[str, list] = {}
     total = len(images) if torch.is_tensor(images) else None
-    for batch in tqdm(batches, total=None if total is None else -(-total // batch_size),
+    for batch in progress_bar(batches, total=None if total is None else -(-total // batch_size),
                       desc=f"features[{extractor.kind}]", disable=not progress):  # fmt: skip
         if batch.dtype != torch.uint8:
             raise TypeError(f"metrics take uint8 images, got {batch.dtype}")
@@ -101,66 +104,87 @@ def _digest(features: dict) -> str:
     return h.hexdigest()
 
 
+def image_source(dataset: str, split: str, size: int, data_root: str | None = None):
+    """(number of images, index → uint8 image) of a reference dataset split."""
+    if dataset == "fashion-mnist":
+        from ..data import load_fashion_mnist
+
+        images, _ = load_fashion_mnist(data_root, split, size)
+        return len(images), images.__getitem__
+    from ..data import ImageFolder  # an ImageNet-style folder, read lazily
+
+    folder = ImageFolder(dataset.split(":", 1)[1], size)
+    return len(folder), lambda i: folder[i][0]
+
+
+def reference_order(total: int, seed: int) -> torch.Tensor:
+    """The seeded order reference sets are drawn from: the first n are the reference set of
+    size n; the ones after it are held out from it (``held_out_images``)."""
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+
+
+def held_out_images(dataset: str, split: str, size: int, n_ref: int, n: int, seed: int = 0,
+                    data_root: str | None = None) -> torch.Tensor | None:  # fmt: skip
+    """n real images disjoint from the reference set of size n_ref (same seed), or None when
+    the split is too small: the real-vs-real and tokenizer-ceiling baselines use them."""
+    total, get = image_source(dataset, split, size, data_root)
+    if n_ref + n > total:
+        return None
+    pick = reference_order(total, seed)[n_ref : n_ref + n].sort().values
+    return torch.stack([get(int(i)) for i in pick])
+
+
 def reference_features(kind: str = "fashion", dataset: str = "fashion-mnist", split="train",
                        size: int = 32, n: int | None = 1000, seed: int = 0,
                        data_root: str | None = None, device="cpu", extractor=None,
                        progress: bool = True) -> dict:  # fmt: skip
-    """Features of a real reference set, computed once and cached per
-    (dataset, split, size, extractor, n, seed); a stale or corrupt cache file is rebuilt."""
-    from ..data import load_fashion_mnist
-
+    """Features of a real reference set, computed once and cached per (dataset, split, size,
+    extractor network, n, seed); a stale or corrupt cache file is rebuilt. Also returns the
+    sha256 of the reference images themselves (``images_sha256``)."""
     if dataset != "fashion-mnist" and not dataset.startswith("imagefolder:"):
         raise ValueError(f"reference set {dataset!r}: use 'fashion-mnist' or 'imagefolder:<root>'")
-    ext_id = kind
-    if kind == "fashion" and extractor is not None and getattr(extractor, "custom_net", False):
-        ext_id = "fashion-custom"  # a test's network: never share a cache entry with the real one
+    extractor = extractor or build_extractor(kind, device)
     if dataset == "fashion-mnist":  # the folder is part of the identity of the reference set
         from ..data.fashion_mnist import resolve_root
 
         dataset_id = f"fashion-mnist:{os.path.abspath(resolve_root(data_root))}"
     else:
         dataset_id = f"imagefolder:{os.path.abspath(dataset.split(':', 1)[1])}"
-    key = {"dataset": dataset_id, "split": split, "size": size, "extractor": ext_id, "n": n,
-           "seed": seed}  # fmt: skip
-    if ext_id == "fashion-custom":
-        key["net"] = hashlib.sha256(
-            b"".join(p.detach().numpy().tobytes() for p in extractor.net.parameters())
-        ).hexdigest()[:16]
+    key = {"dataset": dataset_id, "split": split, "size": size, "extractor": kind, "n": n,
+           "seed": seed, "net": extractor.sha256}  # fmt: skip
     path = cache_root() / "metrics" / "refs" / f"{kind}-{split}-{size}-n{n}-{config_hash(key)}.pt"
     if path.is_file():
         try:
             blob = load_torch_file(path, "reference statistics")
             feats = blob["features"]
             ok = (blob["key"] == key and _digest(feats) == blob["sha256"]
+                  and "images_sha256" in blob
                   and (n is None or all(len(v) == n for v in feats.values())))  # fmt: skip
             why = "stale (another key or checksum)"
         except (FileLoadError, KeyError, TypeError) as e:  # unreadable, truncated or unsafe
             ok, why = False, str(e)
         if ok:
-            return {"key": key, "features": feats}
+            return {"key": key, "features": feats, "images_sha256": blob["images_sha256"]}
         print(f"reference statistics {path} are stale or corrupt; rebuilding them ({why})")
-    if dataset == "fashion-mnist":
-        images, _ = load_fashion_mnist(data_root, split, size)
-        total, get = len(images), images.__getitem__
-    else:  # an ImageNet-style folder, read lazily in batches
-        from ..data import ImageFolder
-
-        folder = ImageFolder(dataset.split(":", 1)[1], size)
-        total, get = len(folder), lambda i: folder[i][0]
+    total, get = image_source(dataset, split, size, data_root)
     pick = torch.arange(total)
     if n is not None:
         if n > total:
             raise ValueError(f"asked for n={n} reference images but {dataset} has {total}")
-        pick = (
-            torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        )
-    batches = (
-        torch.stack([get(int(i)) for i in pick[j : j + 250]]) for j in range(0, len(pick), 250)
-    )
-    extractor = extractor or build_extractor(kind, device)
-    feats = extract_features(extractor, batches, progress=progress)
-    atomic_torch_save({"key": key, "features": feats, "sha256": _digest(feats)}, path)
-    return {"key": key, "features": feats}
+        pick = reference_order(total, seed)[:n].sort().values
+    images_sha = hashlib.sha256()  # the identity of the reference images themselves
+
+    def batches():
+        for j in range(0, len(pick), 250):
+            batch = torch.stack([get(int(i)) for i in pick[j : j + 250]])
+            images_sha.update(batch.numpy().tobytes())
+            yield batch
+
+    feats = extract_features(extractor, batches(), progress=progress)
+    blob = {"key": key, "features": feats, "sha256": _digest(feats),
+            "images_sha256": images_sha.hexdigest()}  # fmt: skip
+    atomic_torch_save(blob, path)
+    return {"key": key, "features": feats, "images_sha256": blob["images_sha256"]}
 
 
 def metrics_from_features(
@@ -200,7 +224,7 @@ def compute_metrics(generated, reference: dict, extractor=None, which=("fd", "ki
                     kid_subset_size: int | None = None, device="cpu") -> dict:  # fmt: skip
     """Metrics of generated uint8 images (tensor or iterable of batches) against reference
     features from :func:`reference_features` (same extractor kind)."""
-    kind = reference["key"]["extractor"].replace("-custom", "")
+    kind = reference["key"]["extractor"]
     extractor = extractor or build_extractor(kind, device)
     gen = extract_features(extractor, generated)
     return metrics_from_features(gen, reference["features"], kind, which, kid_subset_size)

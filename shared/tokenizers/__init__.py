@@ -1,22 +1,23 @@
 """Tokenizers: one interface (``Tokenizer``), three backends, all on diffusers VQModel."""
 
 from .base import Tokenizer, to_float, to_uint8
-from .fashion import FashionVQ, FashionVQConfig, get_fashion_tokenizer, train_fashion_vq
+from .fashion import FashionVQ, FashionVQConfig, shipped_fashion_tokenizer, train_fashion_vq
 from .pretrained import SDVQF8, LlamaGenVQ
 
 BACKENDS = {"fashion-vq": FashionVQ, "sd-vq-f8": SDVQF8, "llamagen-vq-ds8": LlamaGenVQ}
 
 
 def load_tokenizer(backend: str, path: str | None = None, image_size: int | None = None):
-    """Load a tokenizer by backend name; the Fashion one is trained on first use."""
+    """Load a tokenizer by backend name; without a path the Fashion one is the shipped one."""
     if backend == "fashion-vq":
-        return FashionVQ.load(path) if path else get_fashion_tokenizer()
+        return FashionVQ.load(path) if path else shipped_fashion_tokenizer()
     if backend not in BACKENDS:
         raise ValueError(f"unknown tokenizer backend {backend!r}; choose one of {list(BACKENDS)}")
     return BACKENDS[backend].load(path, image_size or 256)
 
 
 __all__ = [
-    "Tokenizer", "to_float", "to_uint8", "FashionVQ", "FashionVQConfig", "get_fashion_tokenizer",
-    "train_fashion_vq", "SDVQF8", "LlamaGenVQ", "BACKENDS", "load_tokenizer",
+    "Tokenizer", "to_float", "to_uint8", "FashionVQ", "FashionVQConfig",
+    "shipped_fashion_tokenizer", "train_fashion_vq", "SDVQF8", "LlamaGenVQ", "BACKENDS",
+    "load_tokenizer",
 ]  # fmt: skip

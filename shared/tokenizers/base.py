@@ -46,6 +46,11 @@ class Tokenizer(nn.Module):
             raise ValueError(f"image size {image_size} is not divisible by f={self.downsample}")
 
     @property
+    def weights_sha256(self) -> str | None:
+        """Identity of the weights this tokenizer was loaded from (a content hash)."""
+        return self.info.get("sha256")
+
+    @property
     def codebook(self) -> torch.Tensor:
         return self.vq.quantize.embedding.weight
 

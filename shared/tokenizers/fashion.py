@@ -21,10 +21,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from ..artifacts import folder_digest
 from ..images import save_grid
 from ..paths import cache_root, config_hash
+from ..progress import progress_bar
 from .base import Tokenizer, to_float
 
 
@@ -87,7 +88,10 @@ class FashionVQ(Tokenizer):
         vq = VQModel.from_pretrained(
             os.path.join(path, "model"), low_cpu_mem_usage=False, use_safetensors=True
         )
-        return cls(vq, meta["config"]["image_size"], meta["id"], meta)
+        meta["sha256"] = sha = folder_digest(os.path.join(path, "model"))  # the weights' identity
+        # the id names the weights, not the config: a retrained tokenizer never shares index
+        # shards (keyed by id) with another
+        return cls(vq, meta["config"]["image_size"], f"fashion-vq-{sha[:12]}", meta)
 
 
 def tokenizer_dir(cfg: FashionVQConfig) -> str:
@@ -133,7 +137,7 @@ def train_fashion_vq(cfg: FashionVQConfig, out_dir: str | None = None, progress=
     )
     used = torch.zeros(cfg.num_codes, dtype=torch.bool)
     t0 = time.time()
-    bar = tqdm(range(cfg.steps), desc="tokenizer", disable=not progress, unit="step")
+    bar = progress_bar(range(cfg.steps), desc="tokenizer", disable=not progress, unit="step")
     for step in bar:
         x = to_float(train[torch.randint(0, len(train), (cfg.batch_size,), generator=g)])
         h = vq.encode(x).latents  # (B, d, H, W)
@@ -173,6 +177,7 @@ def train_fashion_vq(cfg: FashionVQConfig, out_dir: str | None = None, progress=
     tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-tokenizer-")
     try:
         vq.save_pretrained(os.path.join(tmp, "model"))
+        meta["id"] = f"fashion-vq-{folder_digest(os.path.join(tmp, 'model'))[:12]}"
         with open(os.path.join(tmp, "tokenizer.json"), "w") as f:
             json.dump(meta, f, indent=2)
         originals = test[:16]  # top row: test images, bottom row: their reconstructions
@@ -186,11 +191,8 @@ def train_fashion_vq(cfg: FashionVQConfig, out_dir: str | None = None, progress=
     return out_dir
 
 
-def get_fashion_tokenizer(cfg: FashionVQConfig | None = None, progress=True) -> FashionVQ:
-    """Load the cached tokenizer for this config, training it first when absent."""
-    cfg = cfg or FashionVQConfig()
-    path = tokenizer_dir(cfg)
-    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
-        print(f"training the Fashion-MNIST tokenizer into {path}")
-        train_fashion_vq(cfg, path, progress)
-    return FashionVQ.load(path)
+def shipped_fashion_tokenizer() -> FashionVQ:
+    """The shipped Fashion-MNIST tokenizer (checksums verified; never retrained)."""
+    from ..artifacts import TOKENIZER, shipped
+
+    return FashionVQ.load(shipped(TOKENIZER))

@@ -11,11 +11,11 @@ Weights cannot be downloaded at run time; point the loader at a local copy:
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import torch
 
+from ..artifacts import folder_digest, sha256_file
 from ..safe_load import PRETRAINED_ALLOWLIST, load_torch_file
 from .base import Tokenizer
 from .convert import convert_taming_to_diffusers, load_into_vqmodel
@@ -44,13 +44,6 @@ def _load_checkpoint(path: str) -> dict:
     return ckpt
 
 
-def _file_id(path: str) -> str:
-    st = os.stat(path)
-    return hashlib.sha1(
-        f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}".encode()
-    ).hexdigest()[:10]
-
-
 class SDVQF8(Tokenizer):
     backend = "sd-vq-f8"
 
@@ -64,10 +57,12 @@ class SDVQF8(Tokenizer):
             from diffusers import VQModel
 
             vq = VQModel.from_pretrained(path, low_cpu_mem_usage=False)
+            sha = folder_digest(path)
         else:
             sd, config = convert_taming_to_diffusers(_load_checkpoint(path), "ldm")
             vq = load_into_vqmodel(sd, config, path)
-        return cls(vq, image_size, f"sd-vq-f8:{_file_id(path)}")
+            sha = sha256_file(path)
+        return cls(vq, image_size, f"sd-vq-f8-{sha[:12]}", {"sha256": sha})
 
 
 class LlamaGenVQ(Tokenizer):
@@ -79,4 +74,5 @@ class LlamaGenVQ(Tokenizer):
             raise FileNotFoundError(f"LlamaGen tokenizer not found at {path!r}: {LLAMAGEN_HINT}")
         sd, config = convert_taming_to_diffusers(_load_checkpoint(path), "llamagen")
         vq = load_into_vqmodel(sd, config, path)
-        return cls(vq, image_size, f"llamagen-vq-ds8:{_file_id(path)}")
+        sha = sha256_file(path)
+        return cls(vq, image_size, f"llamagen-vq-ds8-{sha[:12]}", {"sha256": sha})

@@ -1,0 +1,128 @@
+"""Build the fixed artifacts with the project's seeded recipes, and compare or install them.
+
+    python experiments/build_artifacts.py            # rebuild into the cache, compare
+    python experiments/build_artifacts.py --install  # maintainers: ship the rebuilt ones
+
+The shipped Fashion-MNIST tokenizer and ``fd_fashion`` network live in ``shared/artifacts/``
+with their sha256 checksums and the numbers they reproduce (``manifest.json``); runs never
+retrain them. Rebuilding on another machine gives other weights (CPU training is not
+bit-reproducible across machines), so a run that points ``tokenizer.path`` or
+``eval.metric_net`` at a rebuilt one warns that its numbers are not comparable with the
+shipped ones. ``--install`` replaces the shipped artifacts and their manifest: every number
+measured with the old ones stops being comparable, so do it deliberately and say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from shared import artifacts  # noqa: E402
+from shared.data import load_fashion_mnist  # noqa: E402
+from shared.io import atomic_write_text  # noqa: E402
+from shared.metrics.fashion_cnn import (  # noqa: E402
+    FashionCNNConfig,
+    classifier_dir,
+    load_classifier,
+    test_accuracy,
+    train_classifier,
+)
+from shared.tokenizers.fashion import (  # noqa: E402
+    FashionVQ,
+    FashionVQConfig,
+    evaluate_reconstruction,
+    tokenizer_dir,
+    train_fashion_vq,
+)
+
+# what each artifact ships (paths relative to its folder); identities cover the weights only
+FILES = {
+    artifacts.TOKENIZER: ["model/config.json", "model/diffusion_pytorch_model.safetensors",
+                          "tokenizer.json"],
+    artifacts.METRIC_NET: ["model.safetensors", "meta.json"],
+}  # fmt: skip
+
+
+def tokenizer_numbers(path: str, data_root=None) -> dict:
+    """PSNR, code usage and perplexity on the 10k test images (what the manifest records)."""
+    tok = FashionVQ.load(path)
+    test, _ = load_fashion_mnist(data_root, "test", tok.image_size)
+    return evaluate_reconstruction(tok, test)
+
+
+def build(force: bool, data_root=None) -> dict[str, str]:
+    tok_cfg, net_cfg = FashionVQConfig(data_root=data_root), FashionCNNConfig()
+    tok_dir, net_dir = tokenizer_dir(tok_cfg), classifier_dir(net_cfg)
+    if force or not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+        print(f"==> training the Fashion-MNIST tokenizer into {tok_dir} (≈4 min on 2 cores)")
+        train_fashion_vq(tok_cfg, tok_dir)
+    if force or not os.path.isfile(os.path.join(net_dir, "model.safetensors")):
+        print(f"==> training the fd_fashion network into {net_dir} (≈1 min on 2 cores)")
+        train_classifier(net_cfg, data_root, out=net_dir)
+    return {artifacts.TOKENIZER: tok_dir, artifacts.METRIC_NET: net_dir}
+
+
+def describe(built: dict[str, str], data_root=None) -> dict:
+    t0 = time.time()
+    tok = FashionVQ.load(built[artifacts.TOKENIZER])
+    net = load_classifier(built[artifacts.METRIC_NET])
+    out = {
+        artifacts.TOKENIZER: {"digest": tok.weights_sha256,
+                              "recorded": tokenizer_numbers(built[artifacts.TOKENIZER], data_root)},
+        artifacts.METRIC_NET: {"digest": net.sha256,
+                               "recorded": {"test_accuracy": test_accuracy(net, data_root)}},
+    }  # fmt: skip
+    print(f"(evaluated in {time.time() - t0:.1f} s)")
+    return out
+
+
+def install(built: dict[str, str], described: dict) -> None:
+    entries = {}
+    for name, folder in built.items():
+        dest = artifacts.ARTIFACTS_DIR / name
+        shutil.rmtree(dest, ignore_errors=True)
+        files = {}
+        for rel in FILES[name]:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(os.path.join(folder, rel), dest / rel)
+            if rel == "tokenizer.json":  # its id names the weights (as FashionVQ.load does)
+                meta = json.loads((dest / rel).read_text())
+                meta["id"] = f"fashion-vq-{described[name]['digest'][:12]}"
+                (dest / rel).write_text(json.dumps(meta, indent=2) + "\n")
+            files[rel] = artifacts.sha256_file(dest / rel)
+        size = sum(os.path.getsize(dest / rel) for rel in files)
+        entries[name] = {**described[name], "files": files, "bytes": size,
+                         "built_by": "python experiments/build_artifacts.py --install",
+                         "built_on": time.strftime("%Y-%m-%d")}  # fmt: skip
+    atomic_write_text(artifacts.MANIFEST, json.dumps(entries, indent=2) + "\n")
+    print(f"installed into {artifacts.ARTIFACTS_DIR}; commit shared/artifacts/")
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--force", action="store_true", help="retrain even when cached")
+    ap.add_argument("--install", action="store_true", help="replace the shipped artifacts")
+    ap.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: Debian's)")
+    args = ap.parse_args(argv)
+    built = build(args.force, args.data_root)
+    described = describe(built, args.data_root)
+    for name, d in described.items():
+        try:
+            same = d["digest"] == artifacts.shipped_digest(name)
+        except (artifacts.ArtifactError, KeyError):
+            same = None
+        verdict = {True: "identical to the shipped one", False: "DIFFERS from the shipped one",
+                   None: "no shipped one yet"}[same]  # fmt: skip
+        print(f"{name}: {d['digest'][:12]} {verdict}; {json.dumps(d['recorded'])}")
+    if args.install:
+        install(built, described)
+    return described
+
+
+if __name__ == "__main__":
+    main()
