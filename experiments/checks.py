@@ -30,6 +30,7 @@ NON_TRAINING_KEYS = (
     "data.latents_dir",
     "tokenizer.path",
     "preset_name",
+    "live_figure",
 )
 
 ENUMS = {

@@ -135,6 +135,8 @@ class RunConfig:
     # fixed cuBLAS workspace; slower. CPU runs are repeatable without it.
     deterministic: bool = False
     progress: bool = True
+    # redraw <sweep dir>/analysis/convergence.png after every evaluation (make demo sets it)
+    live_figure: bool = False
     preset_name: str = "fashion"
 
 

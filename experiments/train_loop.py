@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import signal
 import threading
 import time
@@ -223,6 +224,12 @@ class Loop:
             self.rows.append(row)
             write_csv(self.rundir.metrics, self.rows)
             bar.write(p.evaluator.describe(row))
+            if self.cfg.live_figure:  # the sweep's figure, redrawn with this evaluation
+                from analysis.convergence_plot import refresh
+
+                path = refresh(os.path.dirname(os.path.abspath(self.rundir.path)))
+                if path:
+                    bar.write(f"[figure] {path}")
         prog.loss_sum, prog.loss_count = 0.0, 0
         self.dd.barrier()
 

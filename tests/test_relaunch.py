@@ -182,3 +182,21 @@ def test_default_and_paper_configs_validate():
     for preset in ("imagenet_sd_xl2", "imagenet_llamagen_b2"):
         cfg = compose(["method=purr", f"preset={preset}", "data.root=/x", "device=auto"])
         assert validation_errors(cfg) == []
+
+
+def test_rows_name_what_measured_them_and_the_live_figure(env, tmp_path, monkeypatch):
+    from shared import artifacts
+    from shared.tokenizers import FashionVQ
+
+    run_dir = tmp_path / "sweep" / "0_purr_seed0"
+    s = run_in_process(env, ["method=purr", "live_figure=true"], run_dir, monkeypatch)
+    assert (tmp_path / "sweep" / "analysis" / "convergence.png").stat().st_size > 0
+    tok_path = next(o for o in env["overrides"] if o.startswith("tokenizer.path="))
+    tok = FashionVQ.load(tok_path.split("=", 1)[1])
+    for row in metric_rows(run_dir):
+        assert row["tokenizer_sha256"] == tok.weights_sha256[:16]
+        assert row["metric_net_sha256"] == artifacts.shipped_digest("fashion-cnn")[:16]
+        assert row["reference"] == "fashion-mnist/train n=32" and len(row["reference_sha256"]) == 16
+        assert 0 < float(row["fd_real"]) and 0 < float(row["fd_recon"])
+    # this test's tokenizer is not the shipped one: the run says its numbers are not comparable
+    assert len(s["warnings"]) == 1 and "tokenizer of this run" in s["warnings"][0]
