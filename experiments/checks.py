@@ -89,9 +89,25 @@ def _in_range(v, lo, hi, lo_in, hi_in) -> bool:
     return ok_lo and ok_hi
 
 
+def _method_errors(get, bad) -> None:
+    """The method exists, and the sampler options suit it (solver, temperature)."""
+    import methods
+
+    name = get("method.name")
+    if name not in methods.METHODS:
+        bad("method.name", "one of " + ", ".join(methods.METHODS))
+        return
+    cls = methods.METHODS[name]
+    if get("method.source") is not None and get("method.source") not in ("mask", "uniform"):
+        bad("method.source", "one of mask, uniform")
+    if get("eval.solver") not in cls.solvers:
+        bad("eval.solver", f"one of {', '.join(cls.solvers)} (the samplers of {name})")
+    if not cls.categorical_posterior and get("eval.temperature") != 1.0:
+        bad("eval.temperature", f"1.0: {name} has no categorical posterior to temper")
+
+
 def validation_errors(cfg) -> list[str]:
     """Every problem with ``cfg``, one line each (empty when the config is sound)."""
-    import methods
     from shared.backbone import DiT_models
 
     errors = []
@@ -120,17 +136,7 @@ def validation_errors(cfg) -> list[str]:
     if get("backbone.preset") not in DiT_models:
         bad("backbone.preset", "one of " + ", ".join(DiT_models))
 
-    name = get("method.name")
-    if name not in methods.METHODS:
-        bad("method.name", "one of " + ", ".join(methods.METHODS))
-    else:
-        cls = methods.METHODS[name]
-        if get("method.source") is not None and get("method.source") not in ("mask", "uniform"):
-            bad("method.source", "one of mask, uniform")
-        if get("eval.solver") not in cls.solvers:
-            bad("eval.solver", f"one of {', '.join(cls.solvers)} (the samplers of {name})")
-        if not cls.categorical_posterior and get("eval.temperature") != 1.0:
-            bad("eval.temperature", f"1.0: {name} has no categorical posterior to temper")
+    _method_errors(get, bad)
     if get("eval.cfg_scale") not in (None, 1.0) and not (get("backbone.class_dropout") or 0) > 0:
         errors.append(
             f"eval.cfg_scale={get('eval.cfg_scale')} needs a trained null class, but "
