@@ -200,3 +200,29 @@ def test_rows_name_what_measured_them_and_the_live_figure(env, tmp_path, monkeyp
         assert 0 < float(row["fd_real"]) and 0 < float(row["fd_recon"])
     # this test's tokenizer is not the shipped one: the run says its numbers are not comparable
     assert len(s["warnings"]) == 1 and "tokenizer of this run" in s["warnings"][0]
+
+
+def test_two_rank_ddp_run_stops_on_sigterm_and_resumes_exactly(env, tmp_path):
+    """torchrun, 2 CPU ranks (gloo): SIGTERM reaches both ranks in step 3; they agree to stop
+    at the next log boundary (step 4), checkpoint, and the relaunch ends identical to an
+    uninterrupted 2-rank run."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2"]  # fmt: skip
+
+    def launch2(run_dir, mode="none"):
+        cmd = torchrun + [str(REPO_ROOT / "tests" / "launch_with_fault.py"), mode, "3", "--",
+                          "method=dfm", f"hydra.run.dir={run_dir}"] + env["overrides"]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=env["base"], timeout=120,
+                              env={**os.environ, "VQBENCH_CACHE": env["cache"],
+                                   "OMP_NUM_THREADS": "1"})  # fmt: skip
+
+    p = launch2(tmp_path / "full")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert summary(tmp_path / "full")["world_size"] == 2
+    d = tmp_path / "stopped"
+    p = launch2(d, "term-at-step")
+    assert p.returncode != 0 and "stopped by SIGTERM at step 4" in p.stderr, p.stderr[-3000:]
+    assert summary(d)["status"] == "interrupted" and summary(d)["step"] == 4
+    p = launch2(d)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert metric_rows(d) == metric_rows(tmp_path / "full")
