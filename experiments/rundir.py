@@ -51,6 +51,9 @@ class RunDir:
                 f"{self.path} is in use by {holder}; wait for that run to end (or stop it), or "
                 "launch into another directory"
             ) from None
+        except OSError as e:  # e.g. Lustre mounted without flock support: warn, do not fail
+            print(f"warning: cannot lock {self.path} ({e}); this file system does not support "
+                  "flock, so a second launch into this directory would not be stopped")  # fmt: skip
         holder = {
             "host": socket.gethostname(),
             "pid": os.getpid(),

@@ -226,3 +226,17 @@ def test_two_rank_ddp_run_stops_on_sigterm_and_resumes_exactly(env, tmp_path):
     p = launch2(d)
     assert p.returncode == 0, p.stderr[-3000:]
     assert metric_rows(d) == metric_rows(tmp_path / "full")
+
+
+def test_lock_on_a_file_system_without_flock_warns(tmp_path, monkeypatch, capsys):
+    import errno
+    import fcntl
+
+    def no_flock(*a):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    rd = RunDir(str(tmp_path / "run"))
+    rd.lock()  # Lustre without -o flock: the run goes on, with a warning
+    assert "does not support flock" in capsys.readouterr().out
+    rd.release()
