@@ -48,9 +48,8 @@ FILES = {
 }  # fmt: skip
 
 
-def tokenizer_numbers(path: str, data_root=None) -> dict:
+def tokenizer_numbers(tok, data_root=None) -> dict:
     """PSNR, code usage and perplexity on the 10k test images (what the manifest records)."""
-    tok = FashionVQ.load(path)
     test, _ = load_fashion_mnist(data_root, "test", tok.image_size)
     return evaluate_reconstruction(tok, test)
 
@@ -73,7 +72,7 @@ def describe(built: dict[str, str], data_root=None) -> dict:
     net = load_classifier(built[artifacts.METRIC_NET])
     out = {
         artifacts.TOKENIZER: {"digest": tok.weights_sha256,
-                              "recorded": tokenizer_numbers(built[artifacts.TOKENIZER], data_root)},
+                              "recorded": tokenizer_numbers(tok, data_root)},
         artifacts.METRIC_NET: {"digest": net.sha256,
                                "recorded": {"test_accuracy": test_accuracy(net, data_root)}},
     }  # fmt: skip

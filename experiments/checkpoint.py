@@ -82,7 +82,7 @@ def changes(saved: dict, current: dict) -> dict[str, tuple]:
     return {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
 
 
-def check_resume(path: str, ck: dict, cfg, total_steps: int | None = None) -> dict:
+def check_resume(path: str, ck: dict, cfg) -> dict:
     """Refuse (RunRefused, listing the keys) a relaunch whose training config differs from
     the checkpoint's, unless ``cfg.allow_changes`` names each key. Returns every accepted
     change {key: [old, new]} so the run can record it."""
@@ -96,11 +96,6 @@ def check_resume(path: str, ck: dict, cfg, total_steps: int | None = None) -> di
             f"{path} was trained with a different config:\n  {lines}\nRelaunch with the "
             f"checkpoint's values, use a new run directory, or accept the change explicitly "
             f"with 'allow_changes=[{keys}]'."
-        )
-    if total_steps is not None and ck["total_steps"] != total_steps:
-        raise RunRefused(
-            f"{path} has a budget of {ck['total_steps']} steps, this config "
-            f"{total_steps}; use a new run directory"
         )
     return {k: list(v) for k, v in diff.items()}
 

@@ -21,7 +21,7 @@ import shutil
 import socket
 import time
 
-from shared.io import atomic_write_text, remove_stale_temporaries
+from shared.io import atomic_open, atomic_write_text, remove_stale_temporaries
 
 from .errors import RunRefused
 
@@ -94,12 +94,10 @@ class RunDir:
         """Undo what Hydra wrote for a refused launch: restore the owner's .hydra files."""
         if os.path.isdir(self.hydra_copy):
             for name in os.listdir(self.hydra_copy):
-                src = os.path.join(self.hydra_copy, name)
-                with open(src, "rb") as f:
+                with open(os.path.join(self.hydra_copy, name), "rb") as f:
                     data = f.read()
-                dst = os.path.join(self.hydra, name)
-                with contextlib.suppress(OSError):
-                    atomic_write_text(dst, data.decode())
+                with contextlib.suppress(OSError), atomic_open(os.path.join(self.hydra, name)) as f:
+                    f.write(data)
 
     # --------------------------------------------------------------- summary.json
     def read_summary(self) -> dict | None:

@@ -51,16 +51,10 @@ def weight_files(folder: str | os.PathLike) -> dict[str, str]:
     return out
 
 
-def digest(files: dict[str, str]) -> str:
-    """One identity for a set of files: sha256 over the sorted (path, sha256) pairs."""
-    return hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()
-
-
-def folder_digest(folder: str | os.PathLike, only: tuple[str, ...] | None = None) -> str:
-    files = weight_files(folder)
-    if only is not None:
-        files = {k: v for k, v in files.items() if k in only}
-    return digest(files)
+def folder_digest(folder: str | os.PathLike) -> str:
+    """One identity for a folder's weights and configs: sha256 over the sorted
+    (path, sha256) pairs of :func:`weight_files`."""
+    return hashlib.sha256(json.dumps(sorted(weight_files(folder).items())).encode()).hexdigest()
 
 
 def state_digest(module) -> str:

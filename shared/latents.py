@@ -30,10 +30,13 @@ class ShardError(ValueError):
     pass
 
 
-def _sha256(*arrays: np.ndarray) -> str:
+def _sha256(*arrays: np.ndarray, chunk: int = 1 << 16) -> str:
+    """sha256 of the arrays' bytes in order, read ``chunk`` rows at a time (memory-mapped
+    shards are never copied whole)."""
     h = hashlib.sha256()
     for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
+        for i in range(0, len(a), chunk):
+            h.update(np.ascontiguousarray(a[i : i + chunk]).tobytes())
     return h.hexdigest()
 
 
@@ -150,11 +153,7 @@ def verify_shard(
 ) -> None:
     """One pass over a shard: its checksum, every index in [0, num_codes) and every label in
     [0, num_classes). Raises ShardError naming ``name`` and the first bad row."""
-    h = hashlib.sha256()
-    for a in (idx, lbl):  # same byte stream as _sha256(idx, lbl), read chunk by chunk
-        for i in range(0, len(a), chunk):
-            h.update(np.ascontiguousarray(a[i : i + chunk]).tobytes())
-    if h.hexdigest() != sha256:
+    if _sha256(idx, lbl, chunk=chunk) != sha256:
         raise ShardError(
             f"{name} fails its sha256 check (the file changed after extraction); delete it and "
             "re-run `python experiments/extract_latents.py`"

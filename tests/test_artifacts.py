@@ -57,9 +57,10 @@ def test_shipped_artifacts_reproduce_their_recorded_numbers():
     from experiments.build_artifacts import tokenizer_numbers
     from shared.metrics import load_classifier
     from shared.metrics.fashion_cnn import test_accuracy
+    from shared.tokenizers import shipped_fashion_tokenizer
 
     rec = artifacts.recorded(TOKENIZER)
-    got = tokenizer_numbers(artifacts.shipped(TOKENIZER))
+    got = tokenizer_numbers(shipped_fashion_tokenizer())
     assert got["n_images"] == rec["n_images"] == 10000
     assert abs(got["psnr_db"] - rec["psnr_db"]) <= 0.002
     assert got["codebook_usage"] == rec["codebook_usage"]
