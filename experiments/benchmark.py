@@ -3,6 +3,7 @@
     python experiments/benchmark.py                                  # CPU here: fp32
     python experiments/benchmark.py --presets DiT-B/2,DiT-XL/2 --grid 32 --codes 16384
     python experiments/benchmark.py --compile --unfused             # + torch.compile, + loop AdamW
+    python experiments/benchmark.py --heads chunked,full             # categorical heads: both paths
 
 Measured in one process, side by side. Each repetition times a few training steps of every
 method and variant in turn, and the GEMM peak (``torch.mm`` n×n×n at the model's dtype,
@@ -15,6 +16,13 @@ The training step is the trainer's own (``shared.optim``: fused AdamW, gradient 
 EMA). Sampling at several NFE reports images/s and the share of the time spent inside the
 model (its utilisation against one peak measured just before). FLOPs are the backbone's
 analytic count (training = 3 × forward). Prints tables and writes a CSV (``--out``).
+
+``--heads chunked,full`` times the categorical methods (purr, dfm) both ways side by side:
+``chunked`` computes loss, posterior mean and draws from the head's hidden states
+(``methods/head.py``), ``full`` materialises the (B, K, H, W) logits (the reference path, and
+the code before the chunked head). Memory per variant: on CUDA the peak allocated during its
+timed steps; on CPU the largest single tensor one step creates (the logit map, on the full
+path at large K), measured once outside the timing.
 """
 
 from __future__ import annotations
@@ -31,8 +39,11 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
 import methods  # noqa: E402
 from experiments.train_loop import train_step  # noqa: E402
+from methods.head import DEFAULT_CHUNK  # noqa: E402
 from shared.backbone import build_dit  # noqa: E402
 from shared.io import atomic_write_text  # noqa: E402
 from shared.optim import build_adamw  # noqa: E402
@@ -68,18 +79,21 @@ class TimedModel:
     def __init__(self, model, device):
         self.model, self.device, self.seconds, self.calls = model, device, 0.0, 0
 
-    def __call__(self, x, t, y):
+    def __call__(self, x, t, y, **kw):
         sync(self.device)
         t0 = time.perf_counter()
-        out = self.model(x, t, y)
+        out = self.model(x, t, y, **kw)
         sync(self.device)
         self.seconds += time.perf_counter() - t0
         self.calls += 1
         return out
 
 
-def build(preset, name, codebook, grid, num_classes, device, compiled, fused):
-    method = methods.build(name, codebook=codebook, **METHODS[name]).to(device)
+def build(preset, name, codebook, grid, num_classes, device, compiled, fused, head="chunked"):
+    kw = dict(METHODS[name])
+    if methods.METHODS[name].categorical_posterior:
+        kw.update(head=head, head_chunk=DEFAULT_CHUNK)
+    method = methods.build(name, codebook=codebook, **kw).to(device)
     model = build_dit(preset, input_size=grid, num_classes=num_classes, **method.model_kwargs())
     model = model.to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -98,6 +112,26 @@ def random_batch_step(method, model, net, opt, ema, batch, k, grid, num_classes,
 
 
 VARIANTS = {"eager": (False, True), "unfused": (False, False), "compiled": (True, True)}
+
+
+class LargestTensor(TorchDispatchMode):
+    """The largest tensor (bytes) any op creates while active: the logit map, if one is."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for o in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(o, torch.Tensor):
+                self.bytes = max(self.bytes, o.numel() * o.element_size())
+        return out
+
+
+def head_of(name: str, heads: list[str]) -> list[str]:
+    """The head variants a method is timed with (CFM has no categorical head)."""
+    return heads if methods.METHODS[name].categorical_posterior else ["-"]
 
 
 def main(argv=None) -> list[dict]:
@@ -119,6 +153,8 @@ def main(argv=None) -> list[dict]:
                     help="also time training with torch's default (unfused) AdamW")  # fmt: skip
     ap.add_argument("--gemm-size", type=int, default=None,
                     help="n of the n³ peak matmul (2048 on CPU, 8192 on CUDA)")  # fmt: skip
+    ap.add_argument("--heads", default="chunked",
+                    help="categorical head paths to time: chunked, full or both")  # fmt: skip
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="outputs/benchmark.csv")
     args = ap.parse_args(argv)
@@ -131,6 +167,9 @@ def main(argv=None) -> list[dict]:
     n_gemm = args.gemm_size or (8192 if device.type == "cuda" else 2048)
     grid, num_classes = (args.grid, args.grid), 10
     names = args.methods.split(",")
+    heads = args.heads.split(",")
+    if not set(heads) <= {"chunked", "full"}:
+        ap.error(f"--heads takes chunked and/or full, got {args.heads!r}")
     variants = ["eager"] + ["unfused"] * args.unfused + ["compiled"] * args.compile
     gen = torch.Generator(device).manual_seed(0)
     codebook = torch.randn(args.codes, args.code_dim, generator=torch.Generator().manual_seed(0))
@@ -146,7 +185,10 @@ def main(argv=None) -> list[dict]:
         for v in variants:
             compiled, fused = VARIANTS[v]
             for n in names:
-                built[v, n] = build(preset, n, codebook, grid, num_classes, device, compiled, fused)
+                for hd in head_of(n, heads):
+                    head = "chunked" if hd == "-" else hd
+                    built[v, n, hd] = build(preset, n, codebook, grid, num_classes, device,
+                                            compiled, fused, head)  # fmt: skip
 
         def step(key, built=built):
             random_batch_step(
@@ -158,6 +200,13 @@ def main(argv=None) -> list[dict]:
             for _ in range(2):
                 step(key)
         print(f"{preset}: built and warmed up in {time.perf_counter() - t0:.0f} s", flush=True)
+        largest = {}
+        if device.type == "cpu":
+            for key in built:
+                with LargestTensor() as probe:
+                    step(key)
+                largest[key] = probe.bytes
+        peak_mem = {key: [] for key in built}
         times = {key: [] for key in built}
         block_peaks = {key: [] for key in built}  # the GEMM rate around each timed block
         for _ in range(args.reps):  # interleaved: every variant sees the same machine state
@@ -165,28 +214,35 @@ def main(argv=None) -> list[dict]:
             peaks.append(before)
             for key in built:
                 sync(device)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
                 t0 = time.perf_counter()
                 for _ in range(args.steps_per_rep):
                     step(key)
                 sync(device)
                 times[key].append((time.perf_counter() - t0) / args.steps_per_rep)
+                if device.type == "cuda":
+                    peak_mem[key].append(torch.cuda.max_memory_allocated(device) / 2**30)
                 after = gemm_peak(device, dtype, n_gemm, warmup=False)
                 peaks.append(after)
                 block_peaks[key].append((before + after) / 2)
                 before = after
-        for (v, n), ts in times.items():
-            model = built[v, n][1]
+        for (v, n, hd), ts in times.items():
+            key = v, n, hd
+            model = built[key][1]
             flops = model.train_flops(args.batch)
             t = statistics.median(ts)
             results.append(
                 {
                     "kind": "train", "preset": preset, "method": n, "variant": v,
-                    "compiled": VARIANTS[v][0], "fused_adamw": VARIANTS[v][1],
+                    "head": hd, "compiled": VARIANTS[v][0], "fused_adamw": VARIANTS[v][1],
                     "batch": args.batch, "params": model.num_params(),
+                    "peak_mem_gib": max(peak_mem[key]) if peak_mem[key] else None,
+                    "largest_tensor_mib": largest[key] / 2**20 if key in largest else None,
                     "gflop_per_step": flops / 1e9, "step_s": t, "images_per_s": args.batch / t,
                     "gflop_per_s": flops / t / 1e9,
                     "utilisation": statistics.median(
-                        flops / tr / pk for tr, pk in zip(ts, block_peaks[v, n], strict=True)
+                        flops / tr / pk for tr, pk in zip(ts, block_peaks[key], strict=True)
                     ),
                 }
             )  # fmt: skip
@@ -195,8 +251,8 @@ def main(argv=None) -> list[dict]:
         for nfe in [int(x) for x in args.nfe.split(",")]:
             rate_peak = gemm_peak(device, dtype, n_gemm, warmup=False)
             peaks.append(rate_peak)
-            for n in names:
-                method, model = built["eager", n][0], built["eager", n][1]
+            for n, hd in [(m, hd) for m in names for hd in head_of(m, heads)]:
+                method, model = built["eager", n, hd][0], built["eager", n, hd][1]
                 model.eval()
                 timed = TimedModel(model, device)
                 y = torch.arange(args.sample_batch, device=device) % num_classes
@@ -213,7 +269,7 @@ def main(argv=None) -> list[dict]:
                 results.append(
                     {
                         "kind": "sample", "preset": preset, "method": n, "variant": "eager",
-                        "compiled": False, "batch": args.sample_batch, "nfe": out.nfe,
+                        "head": hd, "compiled": False, "batch": args.sample_batch, "nfe": out.nfe,
                         "sample_s": total, "images_per_s": args.sample_batch / total,
                         "in_model_fraction": timed.seconds / total, "gflop_per_s": rate / 1e9,
                         "utilisation": rate / rate_peak,
@@ -241,9 +297,9 @@ def report(results, peaks, mem, device) -> None:
     train = [r for r in results if r["kind"] == "train"]
     print("\ntraining (median over interleaved repetitions; util = vs the peaks around each block)")
     print(
-        f"{'preset':12s} {'method':6s} {'variant':8s} {'GFLOP/step':>10s} {'step s':>8s} "
-        f"{'img/s':>7s} {'GFLOP/s':>8s} {'util':>6s} {'vs max':>6s} {'time/cfm':>8s} "
-        f"{'FLOP/cfm':>8s}"
+        f"{'preset':12s} {'method':6s} {'head':7s} {'variant':8s} {'GFLOP/step':>10s} "
+        f"{'step s':>8s} {'img/s':>7s} {'GFLOP/s':>8s} {'util':>6s} {'vs max':>6s} "
+        f"{'time/cfm':>8s} {'FLOP/cfm':>8s} {'memory':>12s}"
     )
     for r in train:
         base = next(
@@ -251,22 +307,28 @@ def report(results, peaks, mem, device) -> None:
             for b in train
             if b["preset"] == r["preset"] and b["method"] == "cfm" and b["variant"] == r["variant"]
         )
+        if r["peak_mem_gib"] is not None:
+            mem = f"{r['peak_mem_gib']:.2f} GiB"
+        else:
+            mem = f"{r['largest_tensor_mib']:.1f} MiB max"
         print(
-            f"{r['preset']:12s} {r['method']:6s} {r['variant']:8s} "
+            f"{r['preset']:12s} {r['method']:6s} {r['head']:7s} {r['variant']:8s} "
             f"{r['gflop_per_step']:10.1f} {r['step_s']:8.3f} {r['images_per_s']:7.1f} "
             f"{r['gflop_per_s']:8.1f} {r['utilisation']:6.1%} {r['util_vs_max_peak']:6.1%} "
             f"{r['step_s'] / base['step_s']:8.3f} "
-            f"{r['gflop_per_step'] / base['gflop_per_step']:8.3f}"
+            f"{r['gflop_per_step'] / base['gflop_per_step']:8.3f} {mem:>12s}"
         )
     sample = [r for r in results if r["kind"] == "sample"]
     if sample:
         print("\nsampling (Euler; images/s at batch size; share of time inside the model)")
         print(
-            f"{'preset':12s} {'method':6s} {'NFE':>4s} {'img/s':>8s} {'in model':>8s} {'util':>6s}"
+            f"{'preset':12s} {'method':6s} {'head':7s} {'NFE':>4s} {'img/s':>8s} {'in model':>8s} "
+            f"{'util':>6s}"
         )
         for r in sample:
             print(
-                f"{r['preset']:12s} {r['method']:6s} {r['nfe']:4d} {r['images_per_s']:8.1f} "
+                f"{r['preset']:12s} {r['method']:6s} {r['head']:7s} {r['nfe']:4d} "
+                f"{r['images_per_s']:8.1f} "
                 f"{r['in_model_fraction']:8.1%} {r['utilisation']:6.1%}"
             )
 

@@ -31,10 +31,13 @@ NON_TRAINING_KEYS = (
     "tokenizer.path",
     "preset_name",
     "live_figure",
+    "method.head",  # the same loss and posterior, computed chunk-wise or in full (rounding)
+    "method.head_chunk",
 )
 
 ENUMS = {
     "method.time_sampling": ("uniform", "logit_normal"),
+    "method.head": ("chunked", "full"),
     "backbone.pos_embed": ("sincos", "learned"),
     "tokenizer.backend": ("fashion-vq", "sd-vq-f8", "llamagen-vq-ds8"),
     "data.dataset": ("fashion", "imagefolder"),
@@ -50,6 +53,7 @@ RANGES = {
     "method.t_std": (0, None, False, False),
     "method.z_loss_weight": (0, None, True, False),
     "method.kappa_power": (0, None, False, False),
+    "method.head_chunk": (1, None, True, False),
     "backbone.class_dropout": (0, 1, True, False),
     "tokenizer.image_size": (1, None, True, False),
     "data.num_classes": (1, None, True, False),

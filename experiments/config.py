@@ -33,13 +33,21 @@ class CFMEndpointConfig(MethodConfig):
 
 
 @dataclass
-class PurrConfig(MethodConfig):
+class CategoricalHeadConfig(MethodConfig):
+    # chunked: loss and posterior from the head's hidden states, never the (B,K,H,W) logits;
+    # full: the reference path that materialises them (methods/head.py)
+    head: str = "chunked"
+    head_chunk: int = 1 << 24  # logits alive at once
+
+
+@dataclass
+class PurrConfig(CategoricalHeadConfig):
     name: str = "purr"
     z_loss_weight: float = 1e-5
 
 
 @dataclass
-class DFMConfig(MethodConfig):
+class DFMConfig(CategoricalHeadConfig):
     name: str = "dfm"
     source: str = "mask"  # mask | uniform
     z_loss_weight: float = 1e-5

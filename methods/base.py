@@ -53,18 +53,20 @@ class TimeSampler:
         return t.clamp(self.t_min, math.nextafter(1.0, 0.0))
 
 
-def guided_forward(model, x, t, y, cfg_scale: float = 1.0) -> tuple[torch.Tensor, int]:
+def guided_forward(model, x, t, y, cfg_scale: float = 1.0, **kw) -> tuple[torch.Tensor, int]:
     """Model output with classifier-free guidance ``out_u + s·(out_c − out_u)``.
 
     One batched call over the conditional and unconditional halves; returns the output and
     the batch multiplier (1 without guidance, 2 with it). Scale 1 is the conditional model.
+    ``kw`` goes to the model (``features=True``: the head's hidden states, which guidance may
+    mix because the head is affine — ``methods/head.py``).
     """
     if cfg_scale == 1.0:
-        return model(x, t, y), 1
+        return model(x, t, y, **kw), 1
     if y is None:
         raise ValueError(f"cfg_scale={cfg_scale} needs class labels y (got y=None)")
     out = model(
-        torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, NULL_LABEL)])
+        torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, NULL_LABEL)]), **kw
     )
     out_c, out_u = out.chunk(2)
     return out_u + cfg_scale * (out_c - out_u), 2
@@ -76,30 +78,44 @@ def categorical(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         raise ValueError(f"temperature must be ≥ 0, got {temperature}")
     if temperature == 0:
         return F.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).float()
+    acc = torch.promote_types(logits.dtype, torch.float32)  # float64 stays float64 (tests)
     if temperature != 1:
-        logits = logits.float() / temperature
+        logits = logits.to(acc) / temperature
     # dtype= upcasts inside the kernel: no float32 copy of (bf16) logits on CUDA
-    return torch.softmax(logits, dim=1, dtype=torch.float32)
+    return torch.softmax(logits, dim=1, dtype=acc)
 
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Draw one index per position from probs (B,K,H,W) → (B,H,W) long."""
     b, k, h, w = probs.shape
-    # inverse-CDF sampling: the first index whose cumulative mass exceeds u·total; ~25× faster
-    # than torch.multinomial on CPU for K=256, and never lands on a zero-probability entry
-    cdf = probs.permute(0, 2, 3, 1).reshape(-1, k).float().cumsum(1)
-    u = torch.rand(cdf.shape[0], 1, device=cdf.device, generator=generator) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).clamp_max(k - 1).view(b, h, w)
+    u = torch.rand(b * h * w, 1, device=probs.device, generator=generator)
+    return inverse_cdf(probs.permute(0, 2, 3, 1).reshape(-1, k), u).view(b, h, w)
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Rows of probs (N, K) and uniforms u (N, 1) → (N,): the first index whose cumulative
+    mass exceeds u·total. ~25× faster than torch.multinomial on CPU for K=256, and never
+    lands on a zero-probability entry."""
+    cdf = probs.to(torch.promote_types(probs.dtype, torch.float32)).cumsum(1)
+    return (
+        torch.searchsorted(cdf, u.to(cdf.dtype) * cdf[:, -1:], right=True)
+        .clamp_max(probs.shape[1] - 1)
+        .squeeze(1)
+    )
+
+
+def _acc(x: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def z_loss(logits: torch.Tensor) -> torch.Tensor:
     """mean over positions of logsumexp_k(logits)² (PaLM's z-loss; keeps logits anchored)."""
-    return torch.logsumexp(logits.float(), dim=1).pow(2).mean()
+    return torch.logsumexp(logits.to(_acc(logits)), dim=1).pow(2).mean()
 
 
 def categorical_loss(logits: torch.Tensor, indices: torch.Tensor, z_loss_weight: float):
     """CE(logits, c) + λ·z-loss over all positions; logits (B,K,H,W), indices (B,H,W)."""
-    logits = logits.float()
+    logits = logits.to(_acc(logits))
     ce = F.cross_entropy(logits, indices.long())
     zl = z_loss(logits)
     loss = ce + z_loss_weight * zl if z_loss_weight else ce

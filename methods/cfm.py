@@ -26,7 +26,7 @@ class CFM(LatentFlowMethod):
         mse = (v - (z1 - z0)).pow(2).mean()
         return LossOutput(mse, {"loss": mse.detach(), "mse": mse.detach()})
 
-    def velocity(self, model, z, t, y, temperature=1.0, cfg_scale=1.0):
+    def velocity(self, model, z, t, y, temperature=1.0, cfg_scale=1.0, need_posterior=False):
         v, mult = guided_forward(model, z, t, y, cfg_scale)
         return v.float(), None, mult
 
@@ -43,6 +43,6 @@ class CFMEndpoint(LatentFlowMethod):
         mse = (model(z_t, t, y).float() - z1).pow(2).mean()
         return LossOutput(mse, {"loss": mse.detach(), "mse": mse.detach()})
 
-    def velocity(self, model, z, t, y, temperature=1.0, cfg_scale=1.0):
+    def velocity(self, model, z, t, y, temperature=1.0, cfg_scale=1.0, need_posterior=False):
         mu, mult = guided_forward(model, z, t, y, cfg_scale)
         return (mu.float() - z) / self.one_minus_t(t), None, mult

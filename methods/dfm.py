@@ -9,7 +9,9 @@
         (κ(t+h) − κ(t))/(1 − κ(t))   [= h·κ̇/(1−κ) for κ(t)=t, the rate κ̇/(1−κ)·(p_θ − δ_{x_t})]
     to a token drawn from p_θ = softmax(ℓ/τ). The last step has probability 1, so every
     position ends on a real code and no mask id survives.
-κ(t) = t^power (power 1 by default). CFG acts on ℓ before τ.
+κ(t) = t^power (power 1 by default). CFG acts on ℓ before τ. With a DiT, the loss and the
+draws come from the head's hidden states a chunk at a time (``methods/head.py``), never
+materialising (B, K, H, W) logits; the draws use the same uniforms as the full path.
 """
 
 from __future__ import annotations
@@ -21,22 +23,24 @@ from .base import (
     Method,
     SampleOutput,
     categorical,
-    categorical_loss,
     check_steps,
     guided_forward,
     sample_categorical,
 )
+from .head import DEFAULT_CHUNK, CategoricalHead
 
 
-class DFM(Method):
+class DFM(CategoricalHead, Method):
     name = "dfm"
     solvers = ("euler",)  # discrete Euler jumps
     input_kind = "tokens"
     categorical_posterior = True
 
     def __init__(self, codebook, source: str = "mask", z_loss_weight: float = 1e-5,
-                 kappa_power: float = 1.0, **kw):  # fmt: skip
+                 kappa_power: float = 1.0, head: str = "chunked", head_chunk: int = DEFAULT_CHUNK,
+                 **kw):  # fmt: skip
         super().__init__(codebook, **kw)
+        self.init_head(head, head_chunk)
         if source not in ("mask", "uniform"):
             raise ValueError(f"dfm source must be 'mask' or 'uniform', got {source!r}")
         if kappa_power <= 0:
@@ -74,12 +78,21 @@ class DFM(Method):
     def loss(self, model, indices, y=None, generator=None) -> LossOutput:
         t = self.time_sampler(indices.shape[0], indices.device, generator)
         x_t = self.corrupt(indices, t, generator)
-        logits = model(x_t, t, y)  # (B, K, H, W)
-        return categorical_loss(logits, indices, self.z_loss_weight)
+        return self.categorical_loss_of(model, x_t, t, y, indices)
 
     def posterior(self, model, x_t, t, y=None, temperature: float = 1.0, cfg_scale=1.0):
         logits, _ = guided_forward(model, x_t, t, y, cfg_scale)
         return categorical(logits, temperature)
+
+    def draw(self, model, x, t, y, temperature, cfg_scale, generator, need_posterior=False):
+        """One draw c ~ p_θ(·|x_t) per position → (codes (B,H,W), posterior or None, mult)."""
+        head = None if need_posterior else self.head_for(model)
+        if head is not None:
+            hidden, mult = guided_forward(model, x, t, y, cfg_scale, features=True)
+            return head.sample(hidden, temperature, generator), None, mult
+        logits, mult = guided_forward(model, x, t, y, cfg_scale)
+        post = categorical(logits, temperature)
+        return sample_categorical(post, generator), post, mult
 
     @torch.no_grad()
     def sample(self, model, num_samples, grid, steps, y=None, solver="euler", temperature=1.0,
@@ -94,14 +107,13 @@ class DFM(Method):
         for i in range(steps):
             t, t_next = ts[i], ts[i + 1]
             tt = torch.full((num_samples,), t, device=dev, dtype=torch.float32)
-            logits, mult = guided_forward(model, x, tt, y, cfg_scale)
+            proposal, post, mult = self.draw(model, x, tt, y, temperature, cfg_scale, generator,
+                                             trace)  # fmt: skip
             nfe, rows = nfe + 1, rows + mult
-            post = categorical(logits, temperature)
             if trace:
                 records.append({"t": t, "state": x.clone(), "posterior": post})
             k_t, k_next = self.kappa(t), self.kappa(t_next)
             jump_p = 1.0 if i == steps - 1 else (k_next - k_t) / (1.0 - k_t)
-            proposal = sample_categorical(post, generator)
             if jump_p >= 1.0:
                 x = proposal
             else:

@@ -26,14 +26,16 @@ SOLVERS = ("euler", "heun", "midpoint")
 class LatentFlowMethod(Method):
     input_kind = "latent"
     solvers = SOLVERS
+    snap_chunk = 1 << 24  # distances alive at once when snapping to the nearest code
 
     @staticmethod
     def interpolate(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = t.view(-1, *([1] * (z1.ndim - 1)))
         return t * z1 + (1 - t) * z0
 
-    def velocity(self, model, z, t, y, temperature=1.0, cfg_scale=1.0):
-        """→ (velocity (B,d,H,W), posterior (B,K,H,W) or None, batch multiplier)."""
+    def velocity(self, model, z, t, y, temperature=1.0, cfg_scale=1.0, need_posterior=False):
+        """→ (velocity (B,d,H,W), posterior (B,K,H,W) or None, batch multiplier); the
+        posterior may be None unless ``need_posterior``."""
         raise NotImplementedError
 
     def posterior(self, model, x_t, t, y=None, temperature: float = 1.0):
@@ -55,14 +57,14 @@ class LatentFlowMethod(Method):
             raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
         dev = self.codebook.device
         shape = (num_samples, self.code_dim, *grid)
-        z = torch.randn(shape, device=dev, generator=generator)
+        z = torch.randn(shape, device=dev, generator=generator, dtype=self.codebook.dtype)
         ts = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
         nfe, rows, records = 0, 0, [] if trace else None
 
         def v_at(z, t):
             nonlocal nfe, rows
             tt = torch.full((num_samples,), t, device=dev, dtype=torch.float32)
-            v, post, mult = self.velocity(model, z, tt, y, temperature, cfg_scale)
+            v, post, mult = self.velocity(model, z, tt, y, temperature, cfg_scale, trace)
             nfe, rows = nfe + 1, rows + mult
             return v, post
 
@@ -79,7 +81,7 @@ class LatentFlowMethod(Method):
             else:  # midpoint
                 v2, _ = v_at(z + 0.5 * h * v, t + 0.5 * h)
                 z = z + h * v2
-        indices = nearest_code(z, self.codebook)
+        indices = nearest_code(z, self.codebook, self.snap_chunk)
         if trace:
             records.append({"t": 1.0, "state": z.clone(), "posterior": None})
         return SampleOutput(indices, nfe, rows, records)

@@ -5,14 +5,17 @@ The model predicts logits ℓ_θ(z_t, t) ∈ R^{K} per latent position.
     training:  L = CE(ℓ_θ, c) + λ · mean(logsumexp_k ℓ_θ)²          (z-loss, λ = 1e-5)
     sampling:  π = softmax(ℓ/τ),  μ_t = Σ_k π_k e_k = π·E,  v = (μ_t − z_t)/(1 − t)
 τ trades fidelity (τ<1) for diversity (τ>1); τ=0 uses the argmax code. CFG acts on ℓ
-before τ.
+before τ. With a DiT, loss and μ_t come from the head's hidden states a chunk at a time,
+never materialising (B, K, H, W) logits (``methods/head.py``; ``head="full"`` is the
+reference path).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .base import LossOutput, categorical, categorical_loss, guided_forward
+from .base import LossOutput, categorical, guided_forward
+from .head import DEFAULT_CHUNK, CategoricalHead
 from .latent_flow import LatentFlowMethod
 
 
@@ -24,13 +27,15 @@ def velocity_from_posterior(posterior, codebook, z_t, t_col):
     return (mu - z_t) / t_col
 
 
-class Purrception(LatentFlowMethod):
+class Purrception(CategoricalHead, LatentFlowMethod):
     name = "purr"
     categorical_posterior = True
 
-    def __init__(self, codebook, z_loss_weight: float = 1e-5, **kw):
+    def __init__(self, codebook, z_loss_weight: float = 1e-5, head: str = "chunked",
+                 head_chunk: int = DEFAULT_CHUNK, **kw):  # fmt: skip
         super().__init__(codebook, **kw)
         self.z_loss_weight = z_loss_weight
+        self.init_head(head, head_chunk)
 
     @property
     def out_channels(self) -> int:
@@ -38,14 +43,18 @@ class Purrception(LatentFlowMethod):
 
     def loss(self, model, indices, y=None, generator=None) -> LossOutput:
         z_t, _, _, t = self.noisy_latents(indices, generator)
-        logits = model(z_t, t, y)  # (B, K, H, W)
-        return categorical_loss(logits, indices, self.z_loss_weight)
+        return self.categorical_loss_of(model, z_t, t, y, indices)
 
     def posterior(self, model, x_t, t, y=None, temperature: float = 1.0, cfg_scale=1.0):
         logits, _ = guided_forward(model, x_t, t, y, cfg_scale)
         return categorical(logits, temperature)
 
-    def velocity(self, model, z, t, y, temperature=1.0, cfg_scale=1.0):
+    def velocity(self, model, z, t, y, temperature=1.0, cfg_scale=1.0, need_posterior=False):
+        head = None if need_posterior else self.head_for(model)
+        if head is not None:
+            hidden, mult = guided_forward(model, z, t, y, cfg_scale, features=True)
+            mu = head.posterior_mean(hidden, self.codebook, temperature).to(z.dtype)
+            return (mu - z) / self.one_minus_t(t), None, mult
         logits, mult = guided_forward(model, z, t, y, cfg_scale)
         post = categorical(logits, temperature)
         return velocity_from_posterior(post, self.codebook, z, self.one_minus_t(t)), post, mult

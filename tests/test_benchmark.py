@@ -28,6 +28,8 @@ def test_benchmark_tiny(tmp_path, capsys):
             "--sample-presets",
             "all",
             "--unfused",
+            "--heads",
+            "chunked,full",
             "--gemm-size",
             "256",
             "--out",
@@ -42,6 +44,23 @@ def test_benchmark_tiny(tmp_path, capsys):
         ("unfused", False),
     }
     assert {r["nfe"] for r in sample} == {2, 3}  # the NFE actually taken
+    # both head paths of every categorical method, trained and sampled; one CFM
+    assert {(r["method"], r["head"]) for r in train if r["variant"] == "eager"} == {
+        ("cfm", "-"),
+        ("purr", "chunked"),
+        ("purr", "full"),
+        ("dfm", "chunked"),
+        ("dfm", "full"),
+    }
+    assert {(r["method"], r["head"]) for r in sample} == {
+        ("cfm", "-"),
+        ("purr", "chunked"),
+        ("purr", "full"),
+        ("dfm", "chunked"),
+        ("dfm", "full"),
+    }
+    for r in train:  # CPU: the largest tensor a step creates, measured; the same FLOPs
+        assert r["largest_tensor_mib"] > 0 and r["peak_mem_gib"] is None
     for r in results:
         assert 0 < r["utilisation"] < 1.5 and r["images_per_s"] > 0
         # the best peak of the run is at least every per-repetition peak
@@ -50,6 +69,7 @@ def test_benchmark_tiny(tmp_path, capsys):
         assert 0 < r["in_model_fraction"] <= 1
     # categorical heads cost more FLOPs than CFM's d-channel head
     flops = {r["method"]: r["gflop_per_step"] for r in train}
+    assert len({r["gflop_per_step"] for r in train if r["method"] == "purr"}) == 1
     assert flops["purr"] > flops["cfm"] and flops["dfm"] > flops["cfm"]
     with open(out) as f:
         rows = list(csv.DictReader(f))

@@ -125,12 +125,21 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The head's input: adaLN-modulated, normalised hidden states (B, T, D)."""
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm(x), shift, scale))  # (B, T, p²·out)
+        return modulate(self.norm(x), shift, scale)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(x, c))  # (B, T, p²·out)
 
 
 class DiT(nn.Module):
+    # the output is an affine map of the final hidden states (``forward(..., features=True)``)
+    # through ``final_layer.linear``: methods/head.py computes categorical losses and
+    # posteriors from them without the (B, out, H, W) logit map
+    has_linear_head = True
+
     def __init__(
         self,
         input_size: int | tuple[int, int] = 8,
@@ -232,8 +241,11 @@ class DiT(nn.Module):
             raise TypeError(f"latent input must be float (B,d,H,W), got {x.dtype}")
         return self.x_embedder(x) + self.pos_embed  # (B, T, D), T = H·W/p²
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None):
-        """x: (B,d,H,W) float or (B,H,W) long; t: (B,) in [0,1]; y: (B,) long or None."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                features: bool = False):  # fmt: skip
+        """x: (B,d,H,W) float or (B,H,W) long; t: (B,) in [0,1]; y: (B,) long or None.
+
+        ``features=True`` returns the final layer's input (B, T, D) instead of its output."""
         b = x.shape[0]
         if t.ndim == 0:
             t = t.expand(b)
@@ -243,6 +255,8 @@ class DiT(nn.Module):
             c = c + self.y_embedder(y, b, x.device)
         for block in self.blocks:
             h = block(h, c)  # (B, T, D)
+        if features:
+            return self.final_layer.features(h, c)
         h = self.final_layer(h, c)  # (B, T, p²·out)
         return self.unpatchify(h)  # (B, out, H, W)
 

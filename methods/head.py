@@ -1,0 +1,243 @@
+"""Categorical heads without the (B, K, H, W) logit map.
+
+The DiT's head is affine: for token n (of T = H·W/p² per image), patch sub-position
+s = pi·p + qi and code k, the logit is
+
+    ℓ[n, s, k] = h_n · W[s·K + k] + b[s·K + k],      h_n = modulate(LayerNorm(x_n), shift, scale)
+
+(``shared/backbone/dit.py``: ``FinalLayer``; channel index (pi·p+qi)·K + k, as ``unpatchify``
+reads it). So everything the categorical methods need can be computed from the final hidden
+states h (B, T, D) and the head's (W, b), a chunk of tokens at a time, channel-last, with at
+most ``chunk`` logits alive at once:
+
+- training: ``loss`` = mean CE(ℓ, c) + λ·mean(logsumexp_k ℓ)², a custom autograd function.
+  Its forward computes the loss and, when gradients are needed, the gradients of h, W and b
+  in the same pass (d loss/dℓ = (1 + 2λ·lse)·softmax(ℓ) − onehot(c), over the number of
+  positions); backward only scales them by the incoming gradient. Three matmuls per chunk,
+  as the full-logit path's forward and backward.
+- sampling: ``posterior_mean`` = softmax(ℓ/τ)·E, attention with queries h, keys W_s, values
+  E and additive bias b_s, scale 1/τ; ``sample`` draws c ~ softmax(ℓ/τ) by the inverse CDF
+  of the same uniforms as ``methods.base.sample_categorical`` (so both paths draw the same
+  codes from the same generator).
+- classifier-free guidance acts on logits, ℓ_u + s(ℓ_c − ℓ_u); because ℓ is affine in h with
+  the same (W, b) for both branches, that equals the head applied to h_u + s(h_c − h_u) (the
+  bias enters with weight 1 − s + s = 1). Mixing hidden states before the head is exact.
+
+Under autocast the matmuls run in the autocast dtype with float32 logits and softmax; the
+sums of the loss are accumulated in float32 (float64 inputs stay float64: the exactness
+tests compare against the full-logit path in float64).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .base import LossOutput, categorical_loss, inverse_cdf
+
+HEADS = ("chunked", "full")
+DEFAULT_CHUNK = 1 << 24  # logits alive at once: 64 MiB of float32
+
+
+def linear_head(model):
+    """The module behind ``model`` (DDP ``.module``, compiled ``._orig_mod``, a timing or
+    test wrapper's ``.model``) that exposes a linear categorical head, or None."""
+    m = model
+    for _ in range(5):
+        if m is None:
+            return None
+        if getattr(m, "has_linear_head", False):
+            return m
+        m = next(
+            (v for a in ("module", "_orig_mod", "model") if (v := getattr(m, a, None)) is not None),
+            None,
+        )
+    return None
+
+
+def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, H, W, *rest) → (B·T, p², *rest) in the head's (token, sub-position) order."""
+    b, h, w = x.shape[:3]
+    rest = x.shape[3:]
+    x = x.reshape(b, h // p, p, w // p, p, *rest).transpose(2, 3)
+    return x.reshape(b * (h // p) * (w // p), p * p, *rest)
+
+
+def unpatchify(x: torch.Tensor, batch: int, grid: tuple[int, int], p: int) -> torch.Tensor:
+    """Inverse of ``patchify``: (B·T, p², *rest) → (B, H, W, *rest)."""
+    h, w = grid
+    rest = x.shape[2:]
+    x = x.reshape(batch, h // p, w // p, p, p, *rest).transpose(2, 3)
+    return x.reshape(batch, h, w, *rest)
+
+
+def _compute_dtype(h: torch.Tensor) -> torch.dtype:
+    dev = h.device.type
+    if torch.is_autocast_enabled(dev) and h.dtype in (torch.float32, torch.bfloat16):
+        return torch.get_autocast_dtype(dev)
+    return h.dtype
+
+
+def _chunk_rows(n: int, width: int, chunk: int) -> int:
+    return max(1, min(n, chunk // max(width, 1)))
+
+
+class _ChunkedCategoricalLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, w, b, target, z_weight, chunk, compute_dtype, grads):
+        # h (N, D), w (P·K, D), b (P·K,), target (N, P) long
+        n, p = target.shape
+        k = w.shape[0] // p
+        acc = torch.promote_types(compute_dtype, torch.float32)
+        total = n * p
+        ce_sum = torch.zeros((), dtype=acc, device=h.device)
+        z_sum = torch.zeros((), dtype=acc, device=h.device)
+        hc, wc, bc = h.to(compute_dtype), w.to(compute_dtype), b.to(acc)
+        if grads:
+            gh = torch.empty(h.shape, dtype=acc, device=h.device)
+            gw = torch.zeros(w.shape, dtype=acc, device=h.device)
+            gb = torch.zeros(b.shape, dtype=acc, device=h.device)
+        rows = _chunk_rows(n, p * k, chunk)
+        with torch.autocast(h.device.type, enabled=False):
+            for s in range(0, n, rows):
+                hs = hc[s : s + rows]
+                logits = (hs @ wc.t()).to(acc).add_(bc).view(-1, p, k)  # (r, P, K)
+                tgt = target[s : s + rows].unsqueeze(-1)
+                lse = torch.logsumexp(logits, dim=-1)  # (r, P)
+                ce_sum += (lse - logits.gather(-1, tgt).squeeze(-1)).sum()
+                z_sum += lse.square().sum()
+                if not grads:
+                    continue
+                # d/dℓ [(CE + λ·lse²)/total] = ((1 + 2λ·lse)·softmax − onehot)/total, in place
+                g = logits.sub_(lse.unsqueeze(-1)).exp_()
+                g.mul_(((1 + 2 * z_weight * lse) / total).unsqueeze(-1))
+                g.scatter_add_(
+                    -1, tgt, torch.full(tgt.shape, -1.0 / total, dtype=acc, device=g.device)
+                )
+                g = g.view(hs.shape[0], p * k)
+                gc = g.to(compute_dtype)
+                gh[s : s + rows] = gc @ wc
+                gw += gc.t() @ hs
+                gb += g.sum(0)
+        ce, zl = ce_sum / total, z_sum / total
+        loss = ce + z_weight * zl if z_weight else ce.clone()
+        if grads:
+            ctx.save_for_backward(gh.to(h.dtype), gw.to(w.dtype), gb.to(b.dtype))
+        ctx.mark_non_differentiable(ce, zl)
+        return loss, ce, zl
+
+    @staticmethod
+    def backward(ctx, g_loss, _g_ce, _g_z):
+        gh, gw, gb = ctx.saved_tensors
+        return gh * g_loss, gw * g_loss, gb * g_loss, None, None, None, None, None
+
+
+@dataclass
+class LinearHead:
+    """(W, b) of a DiT head for K codes at patch size p, over a latent grid (H, W)."""
+
+    weight: torch.Tensor  # (p²·K, D)
+    bias: torch.Tensor  # (p²·K,)
+    patch: int
+    grid: tuple[int, int]
+    chunk: int = DEFAULT_CHUNK
+
+    @classmethod
+    def of(cls, model, chunk: int = DEFAULT_CHUNK) -> LinearHead | None:
+        m = linear_head(model)
+        if m is None:
+            return None
+        lin = m.final_layer.linear
+        return cls(lin.weight, lin.bias, m.patch_size, tuple(m.grid), chunk)
+
+    @property
+    def num_codes(self) -> int:
+        return self.weight.shape[0] // self.patch**2
+
+    def loss(self, hidden, indices, z_loss_weight: float):
+        """(loss, ce, z_loss) for hidden (B, T, D) and target codes (B, H, W)."""
+        h = hidden.reshape(-1, hidden.shape[-1])
+        target = patchify(indices.long(), self.patch)  # (B·T, p²)
+        grads = torch.is_grad_enabled() and (
+            h.requires_grad or self.weight.requires_grad or self.bias.requires_grad
+        )
+        fn = _ChunkedCategoricalLoss.apply
+        return fn(h, self.weight, self.bias, target, float(z_loss_weight), self.chunk,
+                  _compute_dtype(h), grads)  # fmt: skip
+
+    def _chunks(self, hidden, temperature):
+        """Yield (first position, probabilities (r·p², K) or argmax (r·p²,)) per chunk."""
+        h = hidden.reshape(-1, hidden.shape[-1])
+        dt = _compute_dtype(h)
+        acc = torch.promote_types(dt, torch.float32)
+        wc, bc = self.weight.to(dt), self.bias.to(acc)
+        k, p2 = self.num_codes, self.patch**2
+        rows = _chunk_rows(h.shape[0], p2 * k, self.chunk)
+        with torch.autocast(h.device.type, enabled=False):
+            for s in range(0, h.shape[0], rows):
+                logits = (h[s : s + rows].to(dt) @ wc.t()).to(acc).add_(bc).view(-1, k)
+                if temperature == 0:
+                    yield s * p2, logits.argmax(-1)
+                    continue
+                if temperature != 1:
+                    logits.div_(temperature)
+                yield s * p2, torch.softmax(logits, dim=-1)
+
+    def posterior_mean(self, hidden, codebook, temperature: float = 1.0) -> torch.Tensor:
+        """μ = softmax(ℓ/τ)·E as (B, d, H, W); τ = 0 takes the argmax code's vector."""
+        b, p2 = hidden.shape[0], self.patch**2
+        rows = hidden.shape[0] * hidden.shape[1]
+        e = codebook.to(torch.promote_types(_compute_dtype(hidden), torch.float32))
+        mu = torch.empty(rows * p2, e.shape[1], device=hidden.device, dtype=e.dtype)
+        for start, out in self._chunks(hidden, temperature):
+            mu[start : start + out.shape[0]] = e[out] if temperature == 0 else out @ e
+        mu = unpatchify(mu.view(rows, p2, -1), b, self.grid, self.patch)  # (B, H, W, d)
+        return mu.permute(0, 3, 1, 2)
+
+    def sample(self, hidden, temperature: float, generator) -> torch.Tensor:
+        """c ~ softmax(ℓ/τ) per position → (B, H, W), drawing the same uniforms (one per
+        position, in (B, H, W) order) as ``sample_categorical``."""
+        b = hidden.shape[0]
+        h, w = self.grid
+        u = torch.rand(b * h * w, 1, device=hidden.device, generator=generator)
+        u = patchify(u.view(b, h, w, 1), self.patch).reshape(-1, 1)  # head order
+        out = torch.empty(u.shape[0], dtype=torch.long, device=hidden.device)
+        p2 = self.patch**2
+        for start, probs in self._chunks(hidden, temperature):
+            part = slice(start, start + probs.shape[0])
+            out[part] = probs if temperature == 0 else inverse_cdf(probs, u[part])
+        return unpatchify(out.view(-1, p2), b, self.grid, self.patch)
+
+
+class CategoricalHead:
+    """Mixin of the methods whose model outputs logits over the codebook (purr, dfm, …).
+
+    ``head="chunked"`` (default) computes loss, posterior mean and samples from the hidden
+    states whenever the model exposes a linear head (the DiT); ``"full"`` always materialises
+    the (B, K, H, W) logits (the reference path). Models without a linear head (oracles,
+    wrappers of other networks) always take the full path. Entropy maps (``posterior``,
+    ``trace=True``) need the full posterior and take the full path.
+    """
+
+    head: str = "chunked"
+    head_chunk: int = DEFAULT_CHUNK
+    z_loss_weight: float = 0.0
+
+    def init_head(self, head: str, head_chunk: int) -> None:
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if not isinstance(head_chunk, int) or head_chunk < 1:
+            raise ValueError(f"head_chunk must be a positive number of logits, got {head_chunk!r}")
+        self.head, self.head_chunk = head, head_chunk
+
+    def head_for(self, model) -> LinearHead | None:
+        return None if self.head == "full" else LinearHead.of(model, self.head_chunk)
+
+    def categorical_loss_of(self, model, x, t, y, indices) -> LossOutput:
+        """CE + z-loss of the model's logits at (x, t, y) against the codes ``indices``."""
+        head = self.head_for(model)
+        if head is None:
+            return categorical_loss(model(x, t, y), indices, self.z_loss_weight)
+        loss, ce, zl = head.loss(model(x, t, y, features=True), indices, self.z_loss_weight)
+        return LossOutput(loss, {"loss": loss.detach(), "ce": ce, "z_loss": zl})
