@@ -38,6 +38,9 @@ NON_TRAINING_KEYS = (
 ENUMS = {
     "method.time_sampling": ("uniform", "logit_normal"),
     "method.head": ("chunked", "full"),
+    "method.weighting": ("none", "mdlm"),
+    "method.maskgit_schedule": ("cosine", "linear", "square", "sqrt"),
+    "method.distance": ("l2", "sqeuclidean"),
     "backbone.pos_embed": ("sincos", "learned"),
     "tokenizer.backend": ("fashion-vq", "sd-vq-f8", "llamagen-vq-ds8"),
     "data.dataset": ("fashion", "imagefolder"),
@@ -54,6 +57,10 @@ RANGES = {
     "method.z_loss_weight": (0, None, True, False),
     "method.kappa_power": (0, None, False, False),
     "method.head_chunk": (1, None, True, False),
+    "method.maskgit_choice_temperature": (0, None, True, False),
+    "method.maskgit_confidence_temperature": (0, None, False, False),
+    "method.beta_scale": (0, None, False, False),
+    "method.beta_power": (1, None, True, False),
     "backbone.class_dropout": (0, 1, True, False),
     "tokenizer.image_size": (1, None, True, False),
     "data.num_classes": (1, None, True, False),
@@ -93,6 +100,19 @@ def _in_range(v, lo, hi, lo_in, hi_in) -> bool:
     return ok_lo and ok_hi
 
 
+def method_label(cfg) -> str:
+    """The name results are grouped under: the method plus the variant options that make it
+    a different baseline (``dfm-uniform``, ``dfm-mdlm``, ``dfm-maskgit``, …)."""
+    parts = [cfg.method.name]
+    if OmegaConf.select(cfg, "method.source", default=None) == "uniform":
+        parts.append("uniform")
+    if OmegaConf.select(cfg, "method.weighting", default=None) == "mdlm":
+        parts.append("mdlm")
+    if OmegaConf.select(cfg, "eval.solver", default=None) == "maskgit":
+        parts.append("maskgit")
+    return "-".join(parts)
+
+
 def _method_errors(get, bad) -> None:
     """The method exists, and the sampler options suit it (solver, temperature)."""
     import methods
@@ -106,6 +126,10 @@ def _method_errors(get, bad) -> None:
         bad("method.source", "one of mask, uniform")
     if get("eval.solver") not in cls.solvers:
         bad("eval.solver", f"one of {', '.join(cls.solvers)} (the samplers of {name})")
+    elif get("eval.solver") == "maskgit" and get("method.source") != "mask":
+        bad("eval.solver", "euler: maskgit unmasks tokens and needs method.source=mask")
+    if get("method.weighting") == "mdlm" and get("method.source") != "mask":
+        bad("method.weighting", "none: the MDLM weight is for the masked source only")
     if not cls.categorical_posterior and get("eval.temperature") != 1.0:
         bad("eval.temperature", f"1.0: {name} has no categorical posterior to temper")
 

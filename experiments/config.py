@@ -52,6 +52,20 @@ class DFMConfig(CategoricalHeadConfig):
     source: str = "mask"  # mask | uniform
     z_loss_weight: float = 1e-5
     kappa_power: float = 1.0
+    weighting: str = "none"  # none | mdlm (the masked-diffusion ELBO weight; masked source)
+    # eval.solver=maskgit (masked source): unmasking schedule and confidence randomness
+    maskgit_schedule: str = "cosine"  # cosine | linear | square | sqrt
+    maskgit_choice_temperature: float = 4.5  # Gumbel noise on confidence × (1 − r)
+    maskgit_confidence_temperature: float = 1.0  # confidence = log softmax(ℓ/this)[drawn code]
+
+
+@dataclass
+class DFMMetricConfig(CategoricalHeadConfig):
+    name: str = "dfm-metric"
+    beta_scale: float = 10.0  # β_t = beta_scale · (t/(1−t))^beta_power
+    beta_power: float = 1.0
+    distance: str = "l2"  # l2 | sqeuclidean, between codebook vectors (mean-normalised)
+    z_loss_weight: float = 1e-5
 
 
 # --------------------------------------------------------------------------- backbone
@@ -160,7 +174,8 @@ def register() -> None:
     cs.store(name="run_schema", node=RunConfig)
     options = {
         "method": {"cfm": CFMConfig, "cfm-endpoint": CFMEndpointConfig, "purr": PurrConfig,
-                   "dfm": DFMConfig, "dfm-uniform": DFMConfig(source="uniform")},
+                   "dfm": DFMConfig, "dfm-uniform": DFMConfig(source="uniform"),
+                   "dfm-mdlm": DFMConfig(weighting="mdlm"), "dfm-metric": DFMMetricConfig},
         "backbone": {name.lower().replace("-", "_").replace("/", "_"): BackboneConfig(preset=name)
                      for name in DiT_models},
         "tokenizer": {"fashion": TokenizerConfig(),

@@ -20,6 +20,8 @@ from shared.images import save_grid
 from shared.io import atomic_write_text
 from shared.paths import cache_root, config_hash
 
+from .checks import method_label
+
 METRIC_COLUMNS = [
     "method", "seed", "step", "total_steps", "images_seen", "train_flops", "budget_fraction",
     "wall_s", "loss", "fd_fashion", "fid_inception", "kid", "kid_std", "precision", "recall",
@@ -160,7 +162,7 @@ class Evaluator:
         nfe, rows = out.nfe, out.nfe_rows
         kind = e.extractor
         return {
-            "method": self.cfg.method.name, "seed": self.cfg.seed, "step": step,
+            "method": method_label(self.cfg), "seed": self.cfg.seed, "step": step,
             "total_steps": total_steps, "images_seen": step * batch,
             "train_flops": step * flops_per_step, "budget_fraction": step / total_steps,
             "wall_s": round(wall_s, 3), "loss": loss,

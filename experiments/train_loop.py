@@ -28,7 +28,7 @@ from shared.optim import clip_and_step, ema_decay, ema_update
 from shared.progress import progress_bar
 
 from . import checkpoint
-from .checks import flat_keys
+from .checks import flat_keys, method_label
 from .errors import NonFiniteLossError, RunInterrupted
 from .evaluation import write_csv
 
@@ -150,7 +150,7 @@ class Loop:
                                       rank=self.dd.rank, world_size=self.dd.world))  # fmt: skip
         gen = torch.Generator(p.device)
         bar = progress_bar(total=p.total_steps, initial=prog.step, unit="step", dynamic_ncols=True,
-                   desc=f"{cfg.method.name} s{cfg.seed}",
+                   desc=f"{method_label(cfg)} s{cfg.seed}",
                    disable=not (self.dd.main and cfg.progress))  # fmt: skip
         t_seg = time.time()
         try:

@@ -43,7 +43,7 @@ from .build import (
     prepare_latents,
     setup_distributed,
 )
-from .checks import check_inputs, validate
+from .checks import check_inputs, method_label, validate
 from .errors import NonFiniteLossError, RunError, RunInterrupted, RunRefused
 from .evaluation import METRIC_COLUMNS, Evaluator, read_csv
 from .rundir import RunDir
@@ -166,7 +166,7 @@ def describe(cfg, p: Parts, dd: Dist) -> dict:
             print(f"\n{'!' * 100}\n{w}\n{'!' * 100}\n", file=sys.stderr)
     return {
         **ev,
-        "method": cfg.method.name,
+        "method": method_label(cfg),
         "seed": cfg.seed,
         "preset": cfg.preset_name,
         "backbone": cfg.backbone.preset,

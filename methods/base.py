@@ -44,6 +44,18 @@ class TimeSampler:
             raise ValueError(f"t_min must lie in [0, 1), got {t_min}")
         self.kind, self.t_min, self.mean, self.std = kind, t_min, mean, std
 
+    def quantile(self, q: torch.Tensor) -> torch.Tensor:
+        """The t below which a fraction q of draws fall (for expectations by quadrature)."""
+        if self.kind == "uniform":
+            return self.t_min + (1.0 - self.t_min) * q
+        t = torch.sigmoid(self.mean + self.std * torch.special.ndtri(q))
+        return t.clamp(self.t_min, math.nextafter(1.0, 0.0))
+
+    def expectation(self, f, n: int = 100_000) -> float:
+        """E_t[f(t)] under this sampler: the midpoint rule over n quantiles, in float64."""
+        q = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+        return float(f(self.quantile(q)).mean())
+
     def __call__(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.kind == "uniform":
             u = torch.rand(n, device=device, generator=generator, dtype=torch.float32)
@@ -113,12 +125,16 @@ def z_loss(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits.to(_acc(logits)), dim=1).pow(2).mean()
 
 
-def categorical_loss(logits: torch.Tensor, indices: torch.Tensor, z_loss_weight: float):
-    """CE(logits, c) + λ·z-loss over all positions; logits (B,K,H,W), indices (B,H,W)."""
+def categorical_loss(logits: torch.Tensor, indices: torch.Tensor, z_loss_weight: float,
+                     weight: torch.Tensor | None = None):  # fmt: skip
+    """mean(w·CE(logits, c)) + λ·z-loss over all positions; logits (B,K,H,W), indices and the
+    optional per-position weights w (B,H,W). The logged ``ce`` is the unweighted mean."""
     logits = logits.to(_acc(logits))
-    ce = F.cross_entropy(logits, indices.long())
+    ce_pos = F.cross_entropy(logits, indices.long(), reduction="none")
+    ce = ce_pos.mean()
     zl = z_loss(logits)
-    loss = ce + z_loss_weight * zl if z_loss_weight else ce
+    loss = ce if weight is None else (weight.to(ce_pos.dtype) * ce_pos).mean()
+    loss = loss + z_loss_weight * zl if z_loss_weight else loss
     return LossOutput(loss, {"loss": loss.detach(), "ce": ce.detach(), "z_loss": zl.detach()})
 
 

@@ -9,12 +9,26 @@
         (κ(t+h) − κ(t))/(1 − κ(t))   [= h·κ̇/(1−κ) for κ(t)=t, the rate κ̇/(1−κ)·(p_θ − δ_{x_t})]
     to a token drawn from p_θ = softmax(ℓ/τ). The last step has probability 1, so every
     position ends on a real code and no mask id survives.
-κ(t) = t^power (power 1 by default). CFG acts on ℓ before τ. With a DiT, the loss and the
+κ(t) = t^power (power 1 by default). CFG acts on ℓ before τ.
+
+Options for the masked source:
+- ``weighting="mdlm"`` (MDLM, Sahoo et al. 2024; MD4, Shi et al. 2024): the ELBO weight
+  w(t) = κ̇(t)/(1 − κ(t)) on masked positions, 0 on unmasked ones, divided by E_t[κ̇(t)]
+  under the time sampler, so that E[w·1_masked] = 1 per position and the loss keeps the
+  scale of the unweighted CE (for uniform t on [0, 1) and any κ the divisor is 1).
+- ``solver="maskgit"`` (Chang et al. 2022): start all masked; at step i of n, draw a code
+  c ~ softmax(ℓ/τ) at every masked position, score it by its log-probability under
+  softmax(ℓ/τ_conf) plus Gumbel noise × choice_temperature·(1 − r), r = (i+1)/n, and keep
+  the ⌊N·γ(r)⌋ lowest-scoring positions masked (at least one fewer than before; none after
+  the last step), γ the unmasking schedule (cosine: cos(πr/2)). The model sees the time
+  t = κ⁻¹(fraction unmasked). One model call per step. With a DiT, the loss and the
 draws come from the head's hidden states a chunk at a time (``methods/head.py``), never
 materialising (B, K, H, W) logits; the draws use the same uniforms as the full path.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -25,22 +39,45 @@ from .base import (
     categorical,
     check_steps,
     guided_forward,
-    sample_categorical,
 )
 from .head import DEFAULT_CHUNK, CategoricalHead
+
+SCHEDULES = {  # γ(r): the fraction of positions still masked after a fraction r of steps
+    "cosine": lambda r: math.cos(math.pi / 2 * r),
+    "linear": lambda r: 1.0 - r,
+    "square": lambda r: 1.0 - r * r,
+    "sqrt": lambda r: 1.0 - math.sqrt(r),
+}
+WEIGHTINGS = ("none", "mdlm")
 
 
 class DFM(CategoricalHead, Method):
     name = "dfm"
-    solvers = ("euler",)  # discrete Euler jumps
+    solvers = ("euler", "maskgit")  # discrete Euler jumps; MaskGIT (masked source only)
     input_kind = "tokens"
     categorical_posterior = True
 
     def __init__(self, codebook, source: str = "mask", z_loss_weight: float = 1e-5,
-                 kappa_power: float = 1.0, head: str = "chunked", head_chunk: int = DEFAULT_CHUNK,
-                 **kw):  # fmt: skip
+                 kappa_power: float = 1.0, weighting: str = "none", maskgit_schedule="cosine",
+                 maskgit_choice_temperature: float = 4.5, maskgit_confidence_temperature=1.0,
+                 head: str = "chunked", head_chunk: int = DEFAULT_CHUNK, **kw):  # fmt: skip
         super().__init__(codebook, **kw)
         self.init_head(head, head_chunk)
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"dfm weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if weighting == "mdlm" and source != "mask":
+            raise ValueError(
+                "weighting='mdlm' is the masked-diffusion ELBO: it needs source='mask'"
+            )
+        if maskgit_schedule not in SCHEDULES:
+            raise ValueError(
+                f"maskgit_schedule must be one of {', '.join(SCHEDULES)}, got {maskgit_schedule!r}"
+            )
+        if maskgit_choice_temperature < 0 or maskgit_confidence_temperature <= 0:
+            raise ValueError("maskgit choice temperature must be ≥ 0, confidence temperature > 0")
+        self.weighting, self.maskgit_schedule = weighting, maskgit_schedule
+        self.choice_temperature = maskgit_choice_temperature
+        self.confidence_temperature = maskgit_confidence_temperature
         if source not in ("mask", "uniform"):
             raise ValueError(f"dfm source must be 'mask' or 'uniform', got {source!r}")
         if kappa_power <= 0:
@@ -63,6 +100,19 @@ class DFM(CategoricalHead, Method):
         """Scheduler κ(t) = t^power: probability that a position already holds its data token."""
         return t**self.kappa_power
 
+    def kappa_dot(self, t):
+        return self.kappa_power * t ** (self.kappa_power - 1)
+
+    def kappa_inverse(self, k):
+        return k ** (1.0 / self.kappa_power)
+
+    def mdlm_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """w(t) = κ̇/(1 − κ) / E_t[κ̇]: the weight of a masked position at time t (B,)."""
+        if not hasattr(self, "_mdlm_norm"):
+            self._mdlm_norm = self.time_sampler.expectation(self.kappa_dot)
+        t = t.double()
+        return (self.kappa_dot(t) / (1 - self.kappa(t)) / self._mdlm_norm).float()
+
     def source_tokens(self, shape, device, generator=None) -> torch.Tensor:
         if self.source == "mask":
             return torch.full(shape, self.num_codes, dtype=torch.long, device=device)
@@ -78,28 +128,25 @@ class DFM(CategoricalHead, Method):
     def loss(self, model, indices, y=None, generator=None) -> LossOutput:
         t = self.time_sampler(indices.shape[0], indices.device, generator)
         x_t = self.corrupt(indices, t, generator)
-        return self.categorical_loss_of(model, x_t, t, y, indices)
+        weight = None
+        if self.weighting == "mdlm":
+            w = self.mdlm_weight(t).to(x_t.device).view(-1, 1, 1)
+            weight = (x_t == self.mask_id) * w
+        return self.categorical_loss_of(model, x_t, t, y, indices, weight)
 
     def posterior(self, model, x_t, t, y=None, temperature: float = 1.0, cfg_scale=1.0):
         logits, _ = guided_forward(model, x_t, t, y, cfg_scale)
         return categorical(logits, temperature)
 
-    def draw(self, model, x, t, y, temperature, cfg_scale, generator, need_posterior=False):
-        """One draw c ~ p_θ(·|x_t) per position → (codes (B,H,W), posterior or None, mult)."""
-        head = None if need_posterior else self.head_for(model)
-        if head is not None:
-            hidden, mult = guided_forward(model, x, t, y, cfg_scale, features=True)
-            return head.sample(hidden, temperature, generator), None, mult
-        logits, mult = guided_forward(model, x, t, y, cfg_scale)
-        post = categorical(logits, temperature)
-        return sample_categorical(post, generator), post, mult
-
     @torch.no_grad()
     def sample(self, model, num_samples, grid, steps, y=None, solver="euler", temperature=1.0,
                cfg_scale=1.0, generator=None, trace=False) -> SampleOutput:  # fmt: skip
         check_steps(steps)
-        if solver != "euler":
-            raise ValueError(f"dfm samples with discrete Euler jumps only; got solver={solver!r}")
+        if solver not in self.solvers:
+            raise ValueError(f"dfm samples with {' or '.join(self.solvers)}; got solver={solver!r}")
+        if solver == "maskgit":
+            return self.sample_maskgit(model, num_samples, grid, steps, y, temperature, cfg_scale,
+                                       generator, trace)  # fmt: skip
         dev = self.codebook.device
         x = self.source_tokens((num_samples, *grid), dev, generator)
         ts = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
@@ -107,8 +154,8 @@ class DFM(CategoricalHead, Method):
         for i in range(steps):
             t, t_next = ts[i], ts[i + 1]
             tt = torch.full((num_samples,), t, device=dev, dtype=torch.float32)
-            proposal, post, mult = self.draw(model, x, tt, y, temperature, cfg_scale, generator,
-                                             trace)  # fmt: skip
+            proposal, _, post, mult = self.draw(model, x, tt, y, temperature, cfg_scale,
+                                                generator, trace)  # fmt: skip
             nfe, rows = nfe + 1, rows + mult
             if trace:
                 records.append({"t": t, "state": x.clone(), "posterior": post})
@@ -119,6 +166,47 @@ class DFM(CategoricalHead, Method):
             else:
                 jump = torch.rand(x.shape, device=dev, generator=generator) < jump_p
                 x = torch.where(jump, proposal, x)
+        if trace:
+            records.append({"t": 1.0, "state": x.clone(), "posterior": None})
+        return SampleOutput(x, nfe, rows, records)
+
+    def maskgit_masked(self, num_positions: int, step: int, steps: int, masked_now: int) -> int:
+        """How many positions stay masked after ``step`` (0-based) of ``steps``."""
+        if step == steps - 1:
+            return 0
+        keep = math.floor(num_positions * SCHEDULES[self.maskgit_schedule]((step + 1) / steps))
+        return max(0, min(keep, masked_now - 1))
+
+    @torch.no_grad()
+    def sample_maskgit(self, model, num_samples, grid, steps, y, temperature, cfg_scale,
+                       generator, trace) -> SampleOutput:  # fmt: skip
+        if self.source != "mask":
+            raise ValueError("solver='maskgit' unmasks tokens: it needs dfm source='mask'")
+        dev = self.codebook.device
+        n = grid[0] * grid[1]
+        x = self.source_tokens((num_samples, *grid), dev, generator)
+        nfe, rows, records = 0, 0, [] if trace else None
+        for i in range(steps):
+            masked = x == self.mask_id
+            masked_now = int(masked[0].sum())  # the same for every sample: one schedule
+            t = self.kappa_inverse(torch.full((num_samples,), 1.0 - masked_now / n, device=dev))
+            codes, score, post, mult = self.draw(
+                model, x, t, y, temperature, cfg_scale, generator, trace,
+                score_temperature=self.confidence_temperature,
+            )  # fmt: skip
+            nfe, rows = nfe + 1, rows + mult
+            if trace:
+                records.append({"t": float(t[0]), "state": x.clone(), "posterior": post})
+            keep = self.maskgit_masked(n, i, steps, masked_now)
+            u = torch.rand(x.shape, device=dev, generator=generator).clamp_(1e-20, 1.0)
+            noise = self.choice_temperature * (1.0 - (i + 1) / steps)
+            conf = score.float() - noise * torch.log(-torch.log(u))  # + scaled Gumbel noise
+            conf = torch.where(masked, conf, torch.full_like(conf, math.inf)).view(num_samples, n)
+            x = torch.where(masked, codes, x).view(num_samples, n)
+            if keep > 0:
+                remask = conf.topk(keep, dim=1, largest=False).indices
+                x.scatter_(1, remask, self.mask_id)
+            x = x.view(num_samples, *grid)
         if trace:
             records.append({"t": 1.0, "state": x.clone(), "posterior": None})
         return SampleOutput(x, nfe, rows, records)

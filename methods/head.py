@@ -16,9 +16,9 @@ most ``chunk`` logits alive at once:
   positions); backward only scales them by the incoming gradient. Three matmuls per chunk,
   as the full-logit path's forward and backward.
 - sampling: ``posterior_mean`` = softmax(ℓ/τ)·E, attention with queries h, keys W_s, values
-  E and additive bias b_s, scale 1/τ; ``sample`` draws c ~ softmax(ℓ/τ) by the inverse CDF
-  of the same uniforms as ``methods.base.sample_categorical`` (so both paths draw the same
-  codes from the same generator).
+  E and additive bias b_s, scale 1/τ; ``draw`` draws c ~ softmax(ℓ/τ) by the inverse CDF
+  of the same uniforms as the full path's ``draw_from_logits`` (so both paths draw the
+  same codes from the same generator).
 - classifier-free guidance acts on logits, ℓ_u + s(ℓ_c − ℓ_u); because ℓ is affine in h with
   the same (W, b) for both branches, that equals the head applied to h_u + s(h_c − h_u) (the
   bias enters with weight 1 − s + s = 1). Mixing hidden states before the head is exact.
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import LossOutput, categorical_loss, inverse_cdf
+from .base import LossOutput, categorical, categorical_loss, guided_forward, inverse_cdf
 
 HEADS = ("chunked", "full")
 DEFAULT_CHUNK = 1 << 24  # logits alive at once: 64 MiB of float32
@@ -85,14 +85,13 @@ def _chunk_rows(n: int, width: int, chunk: int) -> int:
 
 class _ChunkedCategoricalLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, w, b, target, z_weight, chunk, compute_dtype, grads):
-        # h (N, D), w (P·K, D), b (P·K,), target (N, P) long
+    def forward(ctx, h, w, b, target, weight, z_weight, chunk, compute_dtype, grads):
+        # h (N, D), w (P·K, D), b (P·K,), target (N, P) long, weight (N, P) or None
         n, p = target.shape
         k = w.shape[0] // p
         acc = torch.promote_types(compute_dtype, torch.float32)
         total = n * p
-        ce_sum = torch.zeros((), dtype=acc, device=h.device)
-        z_sum = torch.zeros((), dtype=acc, device=h.device)
+        ce_sum, wce_sum, z_sum = (torch.zeros((), dtype=acc, device=h.device) for _ in range(3))
         hc, wc, bc = h.to(compute_dtype), w.to(compute_dtype), b.to(acc)
         if grads:
             gh = torch.empty(h.shape, dtype=acc, device=h.device)
@@ -104,24 +103,26 @@ class _ChunkedCategoricalLoss(torch.autograd.Function):
                 hs = hc[s : s + rows]
                 logits = (hs @ wc.t()).to(acc).add_(bc).view(-1, p, k)  # (r, P, K)
                 tgt = target[s : s + rows].unsqueeze(-1)
+                wt = None if weight is None else weight[s : s + rows].to(acc)  # (r, P)
                 lse = torch.logsumexp(logits, dim=-1)  # (r, P)
-                ce_sum += (lse - logits.gather(-1, tgt).squeeze(-1)).sum()
+                ce = lse - logits.gather(-1, tgt).squeeze(-1)
+                ce_sum += ce.sum()
+                wce_sum += ce.sum() if wt is None else (wt * ce).sum()
                 z_sum += lse.square().sum()
                 if not grads:
                     continue
-                # d/dℓ [(CE + λ·lse²)/total] = ((1 + 2λ·lse)·softmax − onehot)/total, in place
+                # d/dℓ [(w·CE + λ·lse²)/total] = ((w + 2λ·lse)·softmax − w·onehot)/total
+                wt = torch.ones_like(lse) if wt is None else wt
                 g = logits.sub_(lse.unsqueeze(-1)).exp_()
-                g.mul_(((1 + 2 * z_weight * lse) / total).unsqueeze(-1))
-                g.scatter_add_(
-                    -1, tgt, torch.full(tgt.shape, -1.0 / total, dtype=acc, device=g.device)
-                )
+                g.mul_(((wt + 2 * z_weight * lse) / total).unsqueeze(-1))
+                g.scatter_add_(-1, tgt, (-wt / total).unsqueeze(-1))
                 g = g.view(hs.shape[0], p * k)
                 gc = g.to(compute_dtype)
                 gh[s : s + rows] = gc @ wc
                 gw += gc.t() @ hs
                 gb += g.sum(0)
         ce, zl = ce_sum / total, z_sum / total
-        loss = ce + z_weight * zl if z_weight else ce.clone()
+        loss = wce_sum / total + z_weight * zl
         if grads:
             ctx.save_for_backward(gh.to(h.dtype), gw.to(w.dtype), gb.to(b.dtype))
         ctx.mark_non_differentiable(ce, zl)
@@ -130,7 +131,35 @@ class _ChunkedCategoricalLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_loss, _g_ce, _g_z):
         gh, gw, gb = ctx.saved_tensors
-        return gh * g_loss, gw * g_loss, gb * g_loss, None, None, None, None, None
+        return gh * g_loss, gw * g_loss, gb * g_loss, None, None, None, None, None, None
+
+
+def draw_rows(logits, u, temperature: float, score_temperature: float | None = None):
+    """Rows of logits (N, K) → (codes (N,), scores (N,) or None): c ~ softmax(ℓ/τ) by the
+    inverse CDF of the uniforms u (N, 1) (τ = 0: the argmax), and, if asked, the code's
+    log-probability under softmax(ℓ/τ_score) (MaskGIT's confidence). The full and the chunked
+    path both draw through here."""
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    if temperature == 0:
+        codes = logits.argmax(-1)
+    else:
+        scaled = logits.to(acc) / temperature if temperature != 1 else logits.to(acc)
+        codes = inverse_cdf(torch.softmax(scaled, dim=-1), u)
+    if score_temperature is None:
+        return codes, None
+    scaled = logits.to(acc) / score_temperature if score_temperature != 1 else logits.to(acc)
+    score = scaled.gather(-1, codes[:, None]).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
+    return codes, score
+
+
+def draw_from_logits(logits, temperature, generator, score_temperature=None):
+    """The full path: logits (B, K, H, W) → codes (B, H, W) (and scores), drawing one uniform
+    per position in (B, H, W) order."""
+    b, k, h, w = logits.shape
+    u = torch.rand(b * h * w, 1, device=logits.device, generator=generator)
+    codes, score = draw_rows(logits.permute(0, 2, 3, 1).reshape(-1, k), u, temperature,
+                             score_temperature)  # fmt: skip
+    return codes.view(b, h, w), None if score is None else score.view(b, h, w)
 
 
 @dataclass
@@ -155,19 +184,23 @@ class LinearHead:
     def num_codes(self) -> int:
         return self.weight.shape[0] // self.patch**2
 
-    def loss(self, hidden, indices, z_loss_weight: float):
-        """(loss, ce, z_loss) for hidden (B, T, D) and target codes (B, H, W)."""
+    def loss(self, hidden, indices, z_loss_weight: float, weight=None):
+        """(loss, ce, z_loss) for hidden (B, T, D) and target codes (B, H, W); ``weight``
+        (B, H, W) scales each position's CE (the z-loss is unweighted); ce is unweighted."""
         h = hidden.reshape(-1, hidden.shape[-1])
         target = patchify(indices.long(), self.patch)  # (B·T, p²)
+        if weight is not None:
+            weight = patchify(weight, self.patch)
         grads = torch.is_grad_enabled() and (
             h.requires_grad or self.weight.requires_grad or self.bias.requires_grad
         )
         fn = _ChunkedCategoricalLoss.apply
-        return fn(h, self.weight, self.bias, target, float(z_loss_weight), self.chunk,
+        return fn(h, self.weight, self.bias, target, weight, float(z_loss_weight), self.chunk,
                   _compute_dtype(h), grads)  # fmt: skip
 
-    def _chunks(self, hidden, temperature):
-        """Yield (first position, probabilities (r·p², K) or argmax (r·p²,)) per chunk."""
+    def logit_chunks(self, hidden):
+        """Yield (first position, logits (r·p², K)) per chunk of tokens, positions in head
+        order, in float32 (float64 for float64 inputs)."""
         h = hidden.reshape(-1, hidden.shape[-1])
         dt = _compute_dtype(h)
         acc = torch.promote_types(dt, torch.float32)
@@ -176,13 +209,7 @@ class LinearHead:
         rows = _chunk_rows(h.shape[0], p2 * k, self.chunk)
         with torch.autocast(h.device.type, enabled=False):
             for s in range(0, h.shape[0], rows):
-                logits = (h[s : s + rows].to(dt) @ wc.t()).to(acc).add_(bc).view(-1, k)
-                if temperature == 0:
-                    yield s * p2, logits.argmax(-1)
-                    continue
-                if temperature != 1:
-                    logits.div_(temperature)
-                yield s * p2, torch.softmax(logits, dim=-1)
+                yield s * p2, (h[s : s + rows].to(dt) @ wc.t()).to(acc).add_(bc).view(-1, k)
 
     def posterior_mean(self, hidden, codebook, temperature: float = 1.0) -> torch.Tensor:
         """μ = softmax(ℓ/τ)·E as (B, d, H, W); τ = 0 takes the argmax code's vector."""
@@ -190,24 +217,35 @@ class LinearHead:
         rows = hidden.shape[0] * hidden.shape[1]
         e = codebook.to(torch.promote_types(_compute_dtype(hidden), torch.float32))
         mu = torch.empty(rows * p2, e.shape[1], device=hidden.device, dtype=e.dtype)
-        for start, out in self._chunks(hidden, temperature):
-            mu[start : start + out.shape[0]] = e[out] if temperature == 0 else out @ e
+        for start, logits in self.logit_chunks(hidden):
+            part = slice(start, start + logits.shape[0])
+            if temperature == 0:
+                mu[part] = e[logits.argmax(-1)]
+            else:
+                mu[part] = torch.softmax(logits.div_(temperature), dim=-1) @ e
         mu = unpatchify(mu.view(rows, p2, -1), b, self.grid, self.patch)  # (B, H, W, d)
         return mu.permute(0, 3, 1, 2)
 
-    def sample(self, hidden, temperature: float, generator) -> torch.Tensor:
-        """c ~ softmax(ℓ/τ) per position → (B, H, W), drawing the same uniforms (one per
-        position, in (B, H, W) order) as ``sample_categorical``."""
+    def draw(self, hidden, temperature: float, generator, score_temperature=None):
+        """c ~ softmax(ℓ/τ) per position → (codes (B, H, W), scores or None), drawing the same
+        uniforms (one per position, in (B, H, W) order) as ``draw_from_logits``."""
         b = hidden.shape[0]
         h, w = self.grid
         u = torch.rand(b * h * w, 1, device=hidden.device, generator=generator)
         u = patchify(u.view(b, h, w, 1), self.patch).reshape(-1, 1)  # head order
-        out = torch.empty(u.shape[0], dtype=torch.long, device=hidden.device)
+        codes = torch.empty(u.shape[0], dtype=torch.long, device=hidden.device)
+        scores = None if score_temperature is None else torch.empty(u.shape[0], device=u.device)
+        for start, logits in self.logit_chunks(hidden):
+            part = slice(start, start + logits.shape[0])
+            c, sc = draw_rows(logits, u[part], temperature, score_temperature)
+            codes[part] = c
+            if scores is not None:
+                scores[part] = sc
         p2 = self.patch**2
-        for start, probs in self._chunks(hidden, temperature):
-            part = slice(start, start + probs.shape[0])
-            out[part] = probs if temperature == 0 else inverse_cdf(probs, u[part])
-        return unpatchify(out.view(-1, p2), b, self.grid, self.patch)
+        codes = unpatchify(codes.view(-1, p2), b, self.grid, self.patch)
+        if scores is not None:
+            scores = unpatchify(scores.view(-1, p2), b, self.grid, self.patch)
+        return codes, scores
 
 
 class CategoricalHead:
@@ -234,10 +272,27 @@ class CategoricalHead:
     def head_for(self, model) -> LinearHead | None:
         return None if self.head == "full" else LinearHead.of(model, self.head_chunk)
 
-    def categorical_loss_of(self, model, x, t, y, indices) -> LossOutput:
-        """CE + z-loss of the model's logits at (x, t, y) against the codes ``indices``."""
+    def categorical_loss_of(self, model, x, t, y, indices, weight=None) -> LossOutput:
+        """CE (× ``weight`` per position, if given) + z-loss of the model's logits at
+        (x, t, y) against the codes ``indices``."""
         head = self.head_for(model)
         if head is None:
-            return categorical_loss(model(x, t, y), indices, self.z_loss_weight)
-        loss, ce, zl = head.loss(model(x, t, y, features=True), indices, self.z_loss_weight)
+            return categorical_loss(model(x, t, y), indices, self.z_loss_weight, weight)
+        hidden = model(x, t, y, features=True)
+        loss, ce, zl = head.loss(hidden, indices, self.z_loss_weight, weight)
         return LossOutput(loss, {"loss": loss.detach(), "ce": ce, "z_loss": zl})
+
+    def draw(self, model, x, t, y, temperature, cfg_scale, generator, need_posterior=False,
+             score_temperature=None):  # fmt: skip
+        """One draw c ~ softmax(ℓ_θ(x, t, y)/τ) per position (ℓ guided at ``cfg_scale``) →
+        (codes (B,H,W), scores (B,H,W) or None, posterior (B,K,H,W) or None, multiplier).
+        The posterior is returned on the full path only (``need_posterior`` forces it)."""
+        head = None if need_posterior else self.head_for(model)
+        if head is not None:
+            hidden, mult = guided_forward(model, x, t, y, cfg_scale, features=True)
+            codes, scores = head.draw(hidden, temperature, generator, score_temperature)
+            return codes, scores, None, mult
+        logits, mult = guided_forward(model, x, t, y, cfg_scale)
+        codes, scores = draw_from_logits(logits, temperature, generator, score_temperature)
+        post = categorical(logits, temperature) if need_posterior else None
+        return codes, scores, post, mult

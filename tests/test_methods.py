@@ -17,6 +17,8 @@ VARIANTS = {
     "purr": ("purr", {}),
     "dfm-mask": ("dfm", {"source": "mask"}),
     "dfm-uniform": ("dfm", {"source": "uniform"}),
+    "dfm-mdlm": ("dfm", {"source": "mask", "weighting": "mdlm"}),
+    "dfm-metric": ("dfm-metric", {}),
 }
 LATENT_SOLVERS = [("euler", 50), ("heun", 25), ("midpoint", 25)]
 CASES = [(v, s, n) for v in VARIANTS if not v.startswith("dfm") for s, n in LATENT_SOLVERS]
@@ -31,7 +33,8 @@ def build(variant):
 
 def oracle(variant, probs=PROBS):
     name, kw = VARIANTS[variant]
-    return Oracle("dfm" if name == "dfm" else name, kw.get("source", "mask"), probs)
+    method = build(variant) if name == "dfm-metric" else None
+    return Oracle(name, kw.get("source", "mask"), probs, method=method)
 
 
 @pytest.mark.parametrize("variant,solver,steps", CASES)
@@ -51,8 +54,9 @@ def test_oracle_reproduces_distribution_and_wrong_model_fails(variant, solver, s
 def test_interface(variant):
     m = build(variant)
     assert m.input_kind == ("tokens" if variant.startswith("dfm") else "latent")
-    assert m.out_channels == (K if variant in ("purr", "dfm-mask", "dfm-uniform") else 2)
-    assert m.vocab_size == {"dfm-mask": K + 1, "dfm-uniform": K}.get(variant)
+    assert m.out_channels == (2 if variant.startswith("cfm") else K)
+    assert m.vocab_size == {"dfm-mask": K + 1, "dfm-mdlm": K + 1, "dfm-uniform": K,
+                            "dfm-metric": K}.get(variant)  # fmt: skip
     x = torch.randint(0, K, (3, *GRID)) if m.input_kind == "tokens" else torch.randn(3, 2, *GRID)
     post = m.posterior(oracle(variant), x, torch.full((3,), 0.5))
     if m.categorical_posterior:
@@ -260,7 +264,9 @@ def test_z_loss_is_added_for_categorical_methods(variant):
     l0 = methods.build(name, codebook=E, z_loss_weight=0.0, **kw).loss(
         model, c, generator=torch.Generator().manual_seed(0)
     )
-    torch.testing.assert_close(lw.loss, l0.logs["ce"] + 0.5 * l0.logs["z_loss"])
+    torch.testing.assert_close(lw.loss, l0.loss + 0.5 * l0.logs["z_loss"])
+    if "weighting" not in kw:
+        torch.testing.assert_close(l0.loss, l0.logs["ce"])
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

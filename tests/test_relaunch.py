@@ -156,7 +156,18 @@ def test_failure_while_building_is_recorded(env, tmp_path, monkeypatch):
         (["eval.temperature=-0.5"], "eval.temperature=-0.5"),
         (["eval.steps=0"], "eval.steps=0"),
         (["eval.solver=rk4"], "eval.solver='rk4' is not allowed; expected one of euler, heun"),
-        (["method=dfm", "eval.solver=heun"], "expected one of euler (the samplers of dfm)"),
+        (
+            ["method=dfm", "eval.solver=heun"],
+            "expected one of euler, maskgit (the samplers of dfm)",
+        ),
+        (["method=dfm-uniform", "eval.solver=maskgit"], "maskgit unmasks tokens"),
+        (["method=dfm-uniform", "method.weighting=mdlm"], "MDLM weight is for the masked source"),
+        (["method=dfm", "method.maskgit_schedule=exp"], "method.maskgit_schedule='exp'"),
+        (["method=dfm-metric", "method.beta_power=0.5"], "method.beta_power=0.5"),
+        (["method=dfm-metric", "method.distance=cosine"], "method.distance='cosine'"),
+        (["method=dfm-metric", "eval.solver=maskgit"], "(the samplers of dfm-metric)"),
+        (["method.head=fused"], "method.head='fused'"),
+        (["method.head_chunk=0"], "method.head_chunk=0"),
         (["method=cfm", "eval.temperature=0.5"], "cfm has no categorical posterior"),
         (["eval.spacing=cubic"], "eval.spacing='cubic'"),
         (["optim.precision=fp16"], "optim.precision='fp16' is not allowed; expected one of auto"),
@@ -177,8 +188,9 @@ def test_every_setting_is_validated_at_startup(overrides, expect):
 
 def test_default_and_paper_configs_validate():
     assert validation_errors(compose(["method=purr"])) == []
-    for m in ("cfm", "dfm", "dfm-uniform", "cfm-endpoint"):
+    for m in ("cfm", "dfm", "dfm-uniform", "cfm-endpoint", "dfm-mdlm", "dfm-metric"):
         assert validation_errors(compose([f"method={m}"])) == []
+    assert validation_errors(compose(["method=dfm", "eval.solver=maskgit"])) == []
     for preset in ("imagenet_sd_xl2", "imagenet_llamagen_b2"):
         cfg = compose(["method=purr", f"preset={preset}", "data.root=/x", "device=auto"])
         assert validation_errors(cfg) == []

@@ -174,3 +174,20 @@ def test_sweep_through_submitit(env, tmp_path, launcher, request):
     if launcher == "slurm":  # the jobs really went through SLURM (an array of two)
         logs = glob.glob(str(sweep / ".submitit" / "*" / "*_log.out"))
         assert len(logs) == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "label"),
+    [
+        (["method=dfm-metric"], "dfm-metric"),
+        (["method=dfm-mdlm", "eval.solver=maskgit"], "dfm-mdlm-maskgit"),
+    ],
+)
+def test_new_baselines_run_end_to_end(env, tmp_path, monkeypatch, overrides, label):
+    """The metric-path DFM and the MDLM-weighted masked DFM sampled by MaskGIT train and
+    evaluate through the runner; their rows carry a label that keeps them apart in figures."""
+    summary = run_in_process(env, overrides, tmp_path / "run", monkeypatch)
+    assert summary["status"] == "finished" and summary["method"] == label
+    rows = metric_rows(tmp_path / "run")
+    assert [r["method"] for r in rows] == [label, label]
+    assert all(float(r["fd_fashion"]) > 0 and int(r["nfe"]) > 0 for r in rows)

@@ -3,7 +3,8 @@
 K=8 codes on a circle of radius 2 in d=2; six joint configurations with correlated
 positions. For the continuous path z_t = t·z1 + (1−t)·z0 the posterior over
 configurations is w_m ∝ π_m · N(z_t; t·E[c_m], (1−t)² I); for the mixture path it is
-w_m ∝ π_m · Π_pos p(x_t | c_m) with p(x|c) = κ·1[x=c] + (1−κ)·source(x).
+w_m ∝ π_m · Π_pos p(x_t | c_m) with p(x|c) = κ·1[x=c] + (1−κ)·source(x); for the metric
+path p(x|c) = softmax_x(−β_t·d(x, c)).
 Per-position marginals of w give the exact categorical posterior each method learns.
 """
 
@@ -54,15 +55,32 @@ def token_weights(x, t, source: str, kappa=lambda t: t, probs=PROBS) -> torch.Te
     return torch.softmax(logw, dim=1)
 
 
+def metric_weights(x, t, method, probs=PROBS) -> torch.Tensor:
+    """Posterior over configurations for the metric path of ``method`` (a MetricDFM):
+    w_m ∝ π_m · Π_pos p_t(x_t | c_m) with p_t(·|c) = softmax(−β_t d(·, c))."""
+    codes = torch.arange(K)
+    out = []
+    for b in range(x.shape[0]):
+        logp = method.path_logprobs(codes, t[b].expand(K)).double()  # (c, x): log p_t(x | c)
+        lik = logp[CONFIGS, x[b][None]]  # (M, H, W)
+        out.append(probs.log() + lik.flatten(1).sum(1))
+    return torch.softmax(torch.stack(out), dim=1)
+
+
 class Oracle:
     """model(x, t, y) returning what a perfectly trained network of a method would return."""
 
-    def __init__(self, kind: str, source: str = "mask", probs=PROBS, kappa=lambda t: t):
+    def __init__(self, kind: str, source: str = "mask", probs=PROBS, kappa=lambda t: t,
+                 method=None):  # fmt: skip
         self.kind, self.source, self.probs, self.kappa = kind, source, probs, kappa
+        self.method = method  # the MetricDFM whose path the "dfm-metric" oracle inverts
         self.calls = 0
 
     def __call__(self, x, t, y=None):
         self.calls += 1
+        if self.kind == "dfm-metric":
+            post = marginal(metric_weights(x, t, self.method, self.probs))
+            return post.clamp_min(1e-30).log().float()
         if self.kind == "dfm":
             post = marginal(token_weights(x, t, self.source, self.kappa, self.probs))
             return post.clamp_min(1e-30).log().float()
