@@ -2,6 +2,7 @@
 
     python analysis/convergence_plot.py                       # the latest sweep in outputs/sweeps
     python analysis/convergence_plot.py outputs/sweeps/X --targets 50,30 --out figs/
+    python analysis/convergence_plot.py outputs/sweeps/X outputs/sweeps/Y --out figs/  # together
 
 One line per method: the mean over seeds with a 95% bootstrap confidence band (seaborn).
 Writes convergence.{png,pdf}, convergence_metrics.{png,pdf} (KID, precision, recall),
@@ -148,16 +149,18 @@ def refresh(sweep_dir: str) -> str | None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("sweep", nargs="?", default=None, help="sweep directory (default: latest)")
+    ap.add_argument("sweep", nargs="*", default=None,
+                    help="sweep directories, drawn together (default: the latest)")  # fmt: skip
     ap.add_argument("--metric", default=None, help="fd_fashion | fid_inception (default: auto)")
     ap.add_argument("--targets", default=None, help="comma-separated FD/FID levels to reach")
     ap.add_argument("--out", default=None, help="output folder (default: <sweep>/analysis)")
     args = ap.parse_args(argv)
-    sweep = args.sweep or latest_sweep()
-    metrics, runs = load_sweep(sweep)
+    sweeps = args.sweep or [latest_sweep()]
+    sweep = sweeps[0]
+    metrics, runs = load_sweep(sweeps)
     out_dir = args.out or os.path.join(sweep, "analysis")
     os.makedirs(out_dir, exist_ok=True)
-    print(f"sweep {sweep}: {len(runs)} runs")
+    print(f"sweep {' + '.join(sweeps)}: {len(runs)} runs")
     print(
         runs[["run", "method", "seed", "status", "evaluations", "total_steps"]].to_string(
             index=False
@@ -176,7 +179,8 @@ def main(argv=None) -> None:
     metrics[["run", "method", "seed", "step", "images_seen", "train_flops", "wall_s", "loss",
              *cols]].to_csv(os.path.join(out_dir, "convergence_data.csv"), index=False)  # fmt: skip
     seeds = metrics.groupby("method")["seed"].nunique().to_dict()
-    title = (f"{os.path.basename(os.path.normpath(sweep))}: {metric} vs compute "
+    names = " + ".join(os.path.basename(os.path.normpath(d)) for d in sweeps)
+    title = (f"{names}: {metric} vs compute "
              f"(mean over seeds, 95% CI; seeds per method {seeds})")  # fmt: skip
     paths = plot(metrics, runs, metric, out_dir, title)
     finished = runs.loc[runs["status"] == "finished", "run"]

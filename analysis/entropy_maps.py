@@ -29,6 +29,7 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from analysis.sweeps import latest_sweep, save_figure  # noqa: E402
 from analysis.temperature_sweep import default_runs  # noqa: E402
+from experiments.checks import method_label  # noqa: E402
 from experiments.trainer import load_trained  # noqa: E402
 
 
@@ -100,7 +101,7 @@ def main(argv=None) -> None:
     curves, written = [], []
     for run in runs:
         cfg, k, times, ent, guesses, final = trace_run(run, args.samples, args.seed)
-        name = cfg.method.name
+        name = method_label(cfg)
         path = os.path.join(out_dir, f"entropy_maps_{name}.png")
         plot_maps(name, k, times, ent, guesses, final, args.times, path)
         written.append(path)

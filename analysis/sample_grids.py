@@ -26,19 +26,20 @@ from analysis.sweeps import headline_metric, latest_sweep, load_sweep  # noqa: E
 
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("sweep", nargs="?", default=None)
+    ap.add_argument("sweep", nargs="*", default=None, help="sweep folders (default: the latest)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    sweep = args.sweep or latest_sweep()
-    metrics, runs = load_sweep(sweep)
+    sweeps = args.sweep or [latest_sweep()]
+    sweep = sweeps[0]
+    metrics, runs = load_sweep(sweeps)
     runs = runs[runs["seed"] == args.seed].sort_values("method")
     if runs.empty:
         raise SystemExit(f"no runs with seed {args.seed} in {sweep}")
     metric = headline_metric(metrics) if not metrics.empty else None
     cells = {}
     for _, r in runs.iterrows():
-        grids = sorted(glob.glob(os.path.join(sweep, r["run"], "samples", "step_*.png")))
+        grids = sorted(glob.glob(os.path.join(r["path"], "samples", "step_*.png")))
         cells[r["method"]] = grids
     cols = max(len(g) for g in cells.values())
     fig, axes = plt.subplots(

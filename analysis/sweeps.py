@@ -27,10 +27,14 @@ def latest_sweep(root: str = SWEEPS_ROOT) -> str:
     return max(candidates, key=os.path.getmtime)
 
 
-def load_sweep(sweep_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(metrics: one row per evaluation of every run, runs: one row per run directory)."""
+def load_sweep(sweep_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(metrics: one row per evaluation of every run, runs: one row per run directory).
+
+    ``sweep_dir`` may be a list of sweep folders (e.g. the main sweep and a sampler variant's
+    sweep); their runs are then named ``<sweep>/<run>``, and must be comparable."""
+    dirs = [sweep_dir] if isinstance(sweep_dir, str) else list(sweep_dir)
     runs, frames = [], []
-    for run_dir in sorted(glob.glob(os.path.join(sweep_dir, "*"))):
+    for run_dir in sorted(r for d in dirs for r in glob.glob(os.path.join(d, "*"))):
         summary_path = os.path.join(run_dir, "summary.json")
         if not os.path.isfile(summary_path):
             continue
@@ -44,21 +48,26 @@ def load_sweep(sweep_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         if os.path.isfile(metrics_path):
             df = pd.read_csv(metrics_path)
             if len(df):
-                df["run"] = os.path.basename(run_dir)
+                df["run"] = run_name(run_dir, len(dirs))
                 frames.append(df)
                 n_rows = len(df)
         runs.append({
-            "run": os.path.basename(run_dir), "method": summary.get("method"),
+            "run": run_name(run_dir, len(dirs)), "path": run_dir, "method": summary.get("method"),
             "seed": summary.get("seed"), "status": summary.get("status", "unknown"),
             "evaluations": n_rows, "total_steps": summary.get("total_steps"),
             "train_flops_per_step": summary.get("train_flops_per_step"),
             "params": summary.get("params"), "error": summary.get("error"),
         })  # fmt: skip
     if not runs:
-        raise FileNotFoundError(f"{sweep_dir} holds no run directories with summary.json")
+        raise FileNotFoundError(f"{', '.join(dirs)} hold no run directories with summary.json")
     metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     check_comparable(metrics)
     return metrics, pd.DataFrame(runs)
+
+
+def run_name(run_dir: str, num_sweeps: int) -> str:
+    parts = os.path.normpath(run_dir).split(os.sep)
+    return parts[-1] if num_sweeps == 1 else "/".join(parts[-2:])
 
 
 # what produced a results row; rows that differ in any of these are not comparable

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import sys
 
@@ -25,23 +26,30 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from analysis.sweeps import check_comparable, latest_sweep, save_figure  # noqa: E402
+from experiments.checks import method_label  # noqa: E402
 from experiments.trainer import Evaluator, load_trained  # noqa: E402
 from shared.images import save_grid  # noqa: E402
 
-CATEGORICAL = ("purr", "dfm")
+CATEGORICAL = ("purr", "dfm", "dfm-metric")
 
 
 def default_runs(sweep: str) -> list[str]:
-    """The seed-0 (else first) finished purr and dfm runs of a sweep."""
-    runs = []
-    for method in CATEGORICAL:
-        cands = sorted(glob.glob(os.path.join(sweep, f"*_{method}_seed*")))
-        cands = [c for c in cands if os.path.isfile(os.path.join(c, "checkpoints", "last.pt"))]
-        if cands:
-            runs.append(cands[0])
-    if not runs:
-        raise FileNotFoundError(f"no trained purr/dfm run in {sweep}")
-    return runs
+    """The seed-0 (else lowest-seed) trained purr, dfm and dfm-metric runs of a sweep, by the
+    label in their summary.json (so a dfm-mdlm run is not taken for dfm)."""
+    found = {}
+    for run in glob.glob(os.path.join(sweep, "*_seed*")):
+        try:
+            with open(os.path.join(run, "summary.json")) as f:
+                summary = json.load(f)
+        except (OSError, ValueError):
+            continue
+        label = summary.get("method")
+        if label in CATEGORICAL and os.path.isfile(os.path.join(run, "checkpoints", "last.pt")):
+            key = (summary.get("seed", 0), run)
+            found[label] = min(found.get(label, key), key)
+    if not found:
+        raise FileNotFoundError(f"no trained {'/'.join(CATEGORICAL)} run in {sweep}")
+    return [found[m][1] for m in CATEGORICAL if m in found]
 
 
 def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu") -> pd.DataFrame:
@@ -57,17 +65,17 @@ def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu") -> pd.Data
         images, labels, out = ev.sample_images(model, temperature=tau)
         m = ev.score(images)
         kind = cfg.eval.extractor
-        rows.append({"run": os.path.basename(run_dir), "method": cfg.method.name,
+        rows.append({"run": os.path.basename(run_dir), "method": method_label(cfg),
                      "seed": cfg.seed, "temperature": tau, "nfe": out.nfe,
                      "fd": m.get("fd_fashion", m.get("fid_inception")),
                      "kid": m.get(f"kid_{kind}"), "precision": m.get(f"precision_{kind}"),
                      "recall": m.get(f"recall_{kind}"), "extractor": kind,
                      **ev.identity})  # fmt: skip
-        print(f"{cfg.method.name} τ={tau:g}: FD {rows[-1]['fd']:.3f}, precision "
+        print(f"{method_label(cfg)} τ={tau:g}: FD {rows[-1]['fd']:.3f}, precision "
               f"{rows[-1]['precision']:.3f}, recall {rows[-1]['recall']:.3f}")  # fmt: skip
         order = torch.argsort(labels[:per_row], stable=True)
         grid.append(images[:per_row][order])  # one image per class, same noise across τ
-    save_grid(torch.cat(grid), os.path.join(out_dir, f"temperature_grid_{cfg.method.name}.png"),
+    save_grid(torch.cat(grid), os.path.join(out_dir, f"temperature_grid_{method_label(cfg)}.png"),
               nrow=per_row)  # fmt: skip
     return pd.DataFrame(rows)
 

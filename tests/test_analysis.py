@@ -156,3 +156,40 @@ def test_baseline_lines_on_the_fd_axes():
     convergence_plot.draw_baselines(ax2, data.assign(fd_real=[9.5, 8.0]), "fd_fashion")
     assert len(ax2.lines) == 1  # two protocols (n) in one plot: no single real-image line
     plt.close("all")
+
+
+def test_two_sweeps_drawn_together_keep_runs_apart(tmp_path, capsys):
+    """A variant's sweep (e.g. MaskGIT sampling) is drawn with the main one: runs with the
+    same folder name in both stay distinct, and the labels group them."""
+    main = write_sweep(tmp_path)
+    variant = tmp_path / "sweeps" / "variant"
+    run = variant / "1_dfm_seed0"  # the same folder name as a run of the main sweep
+    run.mkdir(parents=True)
+    rows = [{"method": "dfm-maskgit", "seed": 0, "step": s, "images_seen": 64 * s,
+             "train_flops": 1.02e9 * s, "wall_s": s, "loss": 1 / s, "fd_fashion": 40.0 - s / 10,
+             "kid": 0.1, "precision": 0.5, "recall": 0.3} for s in (25, 50, 75, 100)]  # fmt: skip
+    pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
+    (run / "summary.json").write_text(json.dumps({"method": "dfm-maskgit", "seed": 0,
+                                                  "status": "finished"}))  # fmt: skip
+    metrics, runs = load_sweep([str(main), str(variant)])
+    assert len(runs) == 8 and runs["run"].is_unique
+    assert {"2026-01-01_00-00-00/2_dfm_seed0", "variant/1_dfm_seed0"} <= set(runs["run"])
+    out = tmp_path / "out"
+    convergence_plot.main([str(main), str(variant), "--out", str(out), "--targets", "50"])
+    final = pd.read_csv(out / "final_metrics.csv", index_col=0)
+    assert "dfm-maskgit" in final.index and "dfm" in final.index
+
+
+def test_default_categorical_runs_are_chosen_by_label_and_seed(tmp_path):
+    from analysis.temperature_sweep import default_runs
+
+    for name, label, seed in [("1_purr_seed1", "purr", 1), ("10_purr_seed0", "purr", 0),
+                              ("4_dfm_seed0", "dfm-mdlm", 0), ("12_dfm_seed0", "dfm", 0),
+                              ("3_dfm-metric_seed2", "dfm-metric", 2), ("0_cfm_seed0", "cfm", 0),
+                              ("5_dfm_seed1", "dfm", 1)]:  # fmt: skip
+        run = tmp_path / name
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "last.pt").write_bytes(b"")
+        (run / "summary.json").write_text(json.dumps({"method": label, "seed": seed}))
+    got = [os.path.basename(r) for r in default_runs(str(tmp_path))]
+    assert got == ["10_purr_seed0", "12_dfm_seed0", "3_dfm-metric_seed2"]
