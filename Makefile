@@ -55,12 +55,12 @@ assets: setup data
 demo:
 	@python3 experiments/demo_plan.py
 	@$(MAKE) --no-print-directory assets
-	@echo "==> main job on the default: the Fashion-MNIST sweep of cfm, dfm, purr"
-	$(PY) experiments/run.py -m method=cfm,dfm,purr hydra.sweep.dir=$(DEMO) live_figure=true
+	@echo "==> main job on the default: the Fashion-MNIST sweep of cfm, dfm, dfm-metric, purr"
+	$(PY) experiments/run.py -m method=cfm,dfm,dfm-metric,purr hydra.sweep.dir=$(DEMO) live_figure=true
 	@echo "==> figures of that sweep (written to its analysis/ folder)"
 	$(PY) analysis/convergence_plot.py $(DEMO)
-	$(PY) analysis/temperature_sweep.py $(DEMO)/2_purr_seed0 $(DEMO)/1_dfm_seed0
-	$(PY) analysis/entropy_maps.py $(DEMO)/2_purr_seed0 $(DEMO)/1_dfm_seed0
+	$(PY) analysis/temperature_sweep.py $(DEMO)/3_purr_seed0 $(DEMO)/1_dfm_seed0 $(DEMO)/2_dfm-metric_seed0
+	$(PY) analysis/entropy_maps.py $(DEMO)/3_purr_seed0 $(DEMO)/1_dfm_seed0 $(DEMO)/2_dfm-metric_seed0
 	$(PY) analysis/sample_grids.py $(DEMO)
 
 lint: setup

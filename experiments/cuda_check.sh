@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot checks on a CUDA machine: the runner's tests with device=auto (→ CUDA, bf16
 # autocast) and the benchmark tables at ImageNet-256 scale (SD vq-f8 latents: 32×32 grid,
-# K=16384, d=4), eager and torch.compile'd. Sized to finish in about 8 minutes on one H200.
+# K=16384, d=4), eager and torch.compile'd, the chunked and the full-logit categorical head
+# side by side. Sized to finish in about 10 minutes on one H200 (not yet run in this form).
 #
 #     OUT=outputs/cuda_check bash experiments/cuda_check.sh
 #
@@ -26,12 +27,17 @@ timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_runner.py tests/test
     -k "not sweep" 2>&1 | tee "$OUT/pytest.log"
 
 echo "== benchmark, eager (bf16 autocast)"
-timeout 220 $PY experiments/benchmark.py --presets DiT-B/2,DiT-XL/2 --sample-presets all \
-    --grid 32 --codes 16384 --code-dim 4 --batch 32 --out "$OUT/bench_eager.csv" 2>&1 \
+timeout 280 $PY experiments/benchmark.py --presets DiT-B/2,DiT-XL/2 --sample-presets all \
+    --grid 32 --codes 16384 --code-dim 4 --batch 32 --heads chunked,full --out "$OUT/bench_eager.csv" 2>&1 \
     | tee "$OUT/bench_eager.log"
+
+echo "== memory: DiT-B/2 at batch 256, chunked heads (issue #15 target: < 80 GiB)"
+timeout 120 $PY experiments/benchmark.py --presets DiT-B/2 --sample-presets none --grid 32 \
+    --codes 16384 --code-dim 4 --batch 256 --heads chunked --reps 2 --steps-per-rep 1 \
+    --out "$OUT/bench_b2_b256.csv" 2>&1 | tee "$OUT/bench_b2_b256.log"
 
 [ "${SKIP_COMPILE:-0}" = 1 ] && exit 0
 echo "== benchmark, torch.compile (DiT-B/2)"
 timeout 170 $PY experiments/benchmark.py --presets DiT-B/2 --sample-presets none --compile \
-    --grid 32 --codes 16384 --code-dim 4 --batch 128 --out "$OUT/bench_compile.csv" 2>&1 \
+    --grid 32 --codes 16384 --code-dim 4 --batch 128 --heads chunked,full --out "$OUT/bench_compile.csv" 2>&1 \
     | tee "$OUT/bench_compile.log"

@@ -44,7 +44,7 @@ def stages() -> list[tuple[str, float, bool]]:
         ("check the shipped tokenizer and fd_fashion network (sha256)", MEASURED["verify"], False),
         ("index shards of the 60k training images (cached)", MEASURED["extract"], shards_done),
     ]
-    for m in ("cfm", "dfm", "purr"):
+    for m in ("cfm", "dfm", "dfm-metric", "purr"):
         done = any(_finished(p) for p in glob.glob(os.path.join(SWEEP, f"*_{m}_seed0")))
         out.append((f"train + evaluate {m} (DiT-Mini/1, 20 TFLOP, 4 evaluations)",
                     MEASURED["run"][m], done))  # fmt: skip

@@ -1,9 +1,10 @@
 """Train and evaluate one method at a fixed compute budget; sweep with Hydra multirun.
 
     python experiments/run.py                                   # purr, Fashion-MNIST (CPU default)
-    python experiments/run.py -m method=cfm,dfm,purr            # the default sweep (≈20 min, CPU)
-    python experiments/run.py -m method=cfm,dfm,purr seed=0,1,2 # with seeds
-    python experiments/run.py -m method=cfm,dfm,purr hydra/launcher=slurm \\
+    python experiments/run.py -m method=cfm,dfm,dfm-metric,purr   # the default sweep (CPU)
+    python experiments/run.py -m method=cfm,dfm,dfm-metric,purr seed=0,1,2     # with seeds
+    python experiments/run.py -m method=dfm-mdlm,dfm eval.solver=maskgit   # masked DFM variants
+    python experiments/run.py -m method=cfm,dfm,dfm-metric,purr hydra/launcher=slurm \\
         hydra.launcher.partition=gpu hydra.launcher.gpus_per_node=1   # the same on SLURM
     torchrun --nproc_per_node=8 experiments/run.py preset=imagenet_sd_xl2 \\
         data.root=/data/imagenet/train tokenizer.path=vq-f8/model.ckpt   # DDP, one node
