@@ -41,6 +41,7 @@ ENUMS = {
     "method.weighting": ("none", "mdlm"),
     "method.maskgit_schedule": ("cosine", "linear", "square", "sqrt"),
     "method.distance": ("l2", "sqeuclidean"),
+    "method.latent_scale": ("none", "unit"),
     "backbone.pos_embed": ("sincos", "learned"),
     "tokenizer.backend": ("fashion-vq", "sd-vq-f8", "llamagen-vq-ds8"),
     "data.dataset": ("fashion", "imagefolder"),
@@ -108,6 +109,8 @@ def method_label(cfg) -> str:
         parts.append("uniform")
     if OmegaConf.select(cfg, "method.weighting", default=None) == "mdlm":
         parts.append("mdlm")
+    if OmegaConf.select(cfg, "method.latent_scale", default=None) == "unit":
+        parts.append("unit")
     if OmegaConf.select(cfg, "eval.solver", default=None) == "maskgit":
         parts.append("maskgit")
     return "-".join(parts)

@@ -23,12 +23,17 @@ class MethodConfig:
 
 
 @dataclass
-class CFMConfig(MethodConfig):
+class LatentConfig(MethodConfig):
+    latent_scale: str = "none"  # none | unit: the flow on the standardised codebook
+
+
+@dataclass
+class CFMConfig(LatentConfig):
     name: str = "cfm"
 
 
 @dataclass
-class CFMEndpointConfig(MethodConfig):
+class CFMEndpointConfig(LatentConfig):
     name: str = "cfm-endpoint"
 
 
@@ -44,6 +49,7 @@ class CategoricalHeadConfig(MethodConfig):
 class PurrConfig(CategoricalHeadConfig):
     name: str = "purr"
     z_loss_weight: float = 1e-5
+    latent_scale: str = "none"  # none | unit: the flow on the standardised codebook
 
 
 @dataclass

@@ -8,6 +8,12 @@ t_i = i/steps (i = 0..steps), i.e. exactly ``steps`` steps, with
 - heun:     z' = z + h·v(z, t);  z ← z + h/2·(v(z,t) + v(z', t+h))  (NFE = 2·steps − 1)
 - midpoint: z ← z + h·v(z + h/2·v(z,t), t + h/2)               (NFE = 2·steps)
 
+``latent_scale="unit"`` runs the flow on the standardised codebook E' = (E − mean)/std (one
+scalar std over all entries, after centring each dimension), so that data latents have the
+scale of the N(0, I) noise (the shipped Fashion codebook's std is ≈0.4). The map is affine
+with one scale, so nearest codes, posterior means and indices are unchanged in meaning;
+only the signal-to-noise ratio along the path changes. Off by default.
+
 Velocities of the form (μ − z)/(1−t) are singular at t=1, so no method is ever evaluated
 there: Heun's correction is skipped on the final step (as in EDM), which makes the last
 step of an endpoint/posterior method land exactly on its predicted endpoint μ. The final
@@ -23,10 +29,25 @@ from .base import Method, SampleOutput, check_steps, nearest_code
 SOLVERS = ("euler", "heun", "midpoint")
 
 
+LATENT_SCALES = ("none", "unit")
+
+
+def standardise(codebook: torch.Tensor) -> torch.Tensor:
+    """(E − mean over codes) / std over all entries of the centred codebook."""
+    centred = codebook - codebook.mean(0, keepdim=True)
+    return centred / centred.pow(2).mean().sqrt()
+
+
 class LatentFlowMethod(Method):
     input_kind = "latent"
     solvers = SOLVERS
     snap_chunk = 1 << 24  # distances alive at once when snapping to the nearest code
+
+    def __init__(self, codebook, latent_scale: str = "none", **kw):
+        if latent_scale not in LATENT_SCALES:
+            raise ValueError(f"latent_scale must be one of {LATENT_SCALES}, got {latent_scale!r}")
+        super().__init__(standardise(codebook) if latent_scale == "unit" else codebook, **kw)
+        self.latent_scale = latent_scale
 
     @staticmethod
     def interpolate(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

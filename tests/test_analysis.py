@@ -1,5 +1,6 @@
 """Analysis scripts on a synthetic sweep the test writes (with a failed run and a gap)."""
 
+import itertools
 import json
 import os
 
@@ -193,3 +194,36 @@ def test_default_categorical_runs_are_chosen_by_label_and_seed(tmp_path):
         (run / "summary.json").write_text(json.dumps({"method": label, "seed": seed}))
     got = [os.path.basename(r) for r in default_runs(str(tmp_path))]
     assert got == ["10_purr_seed0", "12_dfm_seed0", "3_dfm-metric_seed2"]
+
+
+def test_ranking_vs_budget_finds_the_crossing_and_both_views(tmp_path, capsys):
+    """Two methods whose curves cross: 'slow' starts lower and ends higher than 'fast'. The
+    crossing lies between the points where the mean order flips, in both views; the p-value
+    agrees with the t table (p(t_{0.975,df}) = 0.05)."""
+    from analysis import ranking_vs_budget as rvb
+
+    for df in (2, 4, 10, 30):
+        assert abs(rvb.t_two_sided_p(rvb.t975(df), df) - 0.05) < 2e-3
+    sweep = tmp_path / "sweeps" / "s"
+    rng = np.random.default_rng(0)
+    steps = {"fast": [10, 20, 40, 80], "slow": [11, 22, 44, 88]}  # fast: dearer steps
+    for job, (method, seed) in enumerate(itertools.product(("fast", "slow"), range(3))):
+        run = sweep / f"{job}_{method}_seed{seed}"
+        run.mkdir(parents=True)
+        rows = []
+        for k, s in enumerate(steps[method]):
+            fd = (200 * 0.5**k if method == "fast" else 120 * 0.8**k) + rng.normal(0, 1)
+            rows.append({"method": method, "seed": seed, "step": s, "train_flops": 1e9 * 2**k,
+                         "images_seen": s, "wall_s": s, "fd_fashion": fd})  # fmt: skip
+        pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
+        (run / "summary.json").write_text(json.dumps({"method": method, "seed": seed,
+                                                      "status": "finished"}))  # fmt: skip
+    res = rvb.main([str(sweep), "--out", str(tmp_path / "out")])
+    flop = res["FLOP-matched"]
+    # fast: 200, 100, 50, 25; slow: 120, 96, 76.8, 61.4 → order flips between points 1 and 2
+    assert [c["between_k"] for c in flop["crossings"]] == ["1-2"]
+    assert 2e9 < flop["crossings"][0]["at"] < 4e9 and flop["crossings"][0]["ahead_after"] == "fast"
+    assert flop["ranking"][0][2] == "slow < fast" and flop["ranking"][-1][2] == "fast < slow"
+    assert len(res["iteration-matched"]["ranking"]) == 4  # at fast's steps 10…80
+    for f in ("ranking_vs_budget.png", "ranking_vs_budget.csv", "crossings.csv"):
+        assert (tmp_path / "out" / f).stat().st_size > 0

@@ -167,6 +167,7 @@ def test_failure_while_building_is_recorded(env, tmp_path, monkeypatch):
         (["method=dfm-metric", "method.distance=cosine"], "method.distance='cosine'"),
         (["method=dfm-metric", "eval.solver=maskgit"], "(the samplers of dfm-metric)"),
         (["method.head=fused"], "method.head='fused'"),
+        (["method.latent_scale=global"], "method.latent_scale='global'"),
         (["method.head_chunk=0"], "method.head_chunk=0"),
         (["method=cfm", "eval.temperature=0.5"], "cfm has no categorical posterior"),
         (["eval.spacing=cubic"], "eval.spacing='cubic'"),
@@ -191,6 +192,7 @@ def test_default_and_paper_configs_validate():
     for m in ("cfm", "dfm", "dfm-uniform", "cfm-endpoint", "dfm-mdlm", "dfm-metric"):
         assert validation_errors(compose([f"method={m}"])) == []
     assert validation_errors(compose(["method=dfm", "eval.solver=maskgit"])) == []
+    assert validation_errors(compose(["method=cfm", "method.latent_scale=unit"])) == []
     for preset in ("imagenet_sd_xl2", "imagenet_llamagen_b2"):
         cfg = compose(["method=purr", f"preset={preset}", "data.root=/x", "device=auto"])
         assert validation_errors(cfg) == []

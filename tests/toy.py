@@ -34,9 +34,9 @@ def marginal(w: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bm,mkhw->bkhw", w, config_onehot())
 
 
-def latent_weights(z, t, probs=PROBS) -> torch.Tensor:
+def latent_weights(z, t, probs=PROBS, codebook=CODEBOOK) -> torch.Tensor:
     z, t = z.double(), t.double().view(-1, 1)
-    z1 = CODEBOOK[CONFIGS].permute(0, 3, 1, 2)  # (M, d, H, W)
+    z1 = codebook[CONFIGS].permute(0, 3, 1, 2)  # (M, d, H, W)
     diff = z[:, None] - t.view(-1, 1, 1, 1, 1) * z1[None]  # (B, M, d, H, W)
     sq = diff.pow(2).flatten(2).sum(-1)  # (B, M)
     logw = probs.log()[None] - sq / (2 * (1 - t).pow(2))
@@ -71,9 +71,10 @@ class Oracle:
     """model(x, t, y) returning what a perfectly trained network of a method would return."""
 
     def __init__(self, kind: str, source: str = "mask", probs=PROBS, kappa=lambda t: t,
-                 method=None):  # fmt: skip
+                 method=None, codebook=CODEBOOK):  # fmt: skip
         self.kind, self.source, self.probs, self.kappa = kind, source, probs, kappa
         self.method = method  # the MetricDFM whose path the "dfm-metric" oracle inverts
+        self.codebook = codebook.double()  # the latent methods' codebook (E, or standardised)
         self.calls = 0
 
     def __call__(self, x, t, y=None):
@@ -84,10 +85,10 @@ class Oracle:
         if self.kind == "dfm":
             post = marginal(token_weights(x, t, self.source, self.kappa, self.probs))
             return post.clamp_min(1e-30).log().float()
-        post = marginal(latent_weights(x, t, self.probs))
+        post = marginal(latent_weights(x, t, self.probs, self.codebook))
         if self.kind == "purr":
             return post.clamp_min(1e-30).log().float()
-        mu = torch.einsum("bkhw,kd->bdhw", post, CODEBOOK)
+        mu = torch.einsum("bkhw,kd->bdhw", post, self.codebook)
         if self.kind == "cfm-endpoint":
             return mu.float()
         return ((mu - x.double()) / (1 - t.double()).view(-1, 1, 1, 1)).float()  # cfm
