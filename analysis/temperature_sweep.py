@@ -111,12 +111,17 @@ def main(argv=None) -> None:
     ap.add_argument("--taus", default="0.5,0.75,1.0,1.25,1.5")
     ap.add_argument("--num-samples", type=int, default=None, help="default: the run's protocol")
     ap.add_argument("--out", default=None, help="default: <sweep>/analysis")
+    ap.add_argument("--sweep", default=None, help="take the default runs from this sweep")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     args = ap.parse_args(argv)
-    runs = args.runs or default_runs(latest_sweep())
+    runs = args.runs or default_runs(args.sweep or latest_sweep())
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(runs[0])), "analysis")
     os.makedirs(out_dir, exist_ok=True)
     taus = [float(t) for t in args.taus.split(",")]
-    df = pd.concat([sweep_run(r, taus, out_dir, args.num_samples) for r in runs])
+    df = pd.concat([sweep_run(r, taus, out_dir, args.num_samples, device) for r in runs])
     check_comparable(df, "runs of the temperature sweep")
     df.to_csv(os.path.join(out_dir, "temperature_sweep.csv"), index=False)
     print("wrote " + ", ".join(plot(df, out_dir)))

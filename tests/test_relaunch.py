@@ -193,6 +193,7 @@ def test_default_and_paper_configs_validate():
         assert validation_errors(compose([f"method={m}"])) == []
     assert validation_errors(compose(["method=dfm", "eval.solver=maskgit"])) == []
     assert validation_errors(compose(["method=cfm", "method.latent_scale=unit"])) == []
+    assert validation_errors(compose(["method=purr", "preset=fashion_gpu"])) == []
     for preset in ("imagenet_sd_xl2", "imagenet_llamagen_b2"):
         cfg = compose(["method=purr", f"preset={preset}", "data.root=/x", "device=auto"])
         assert validation_errors(cfg) == []

@@ -191,3 +191,53 @@ def test_new_baselines_run_end_to_end(env, tmp_path, monkeypatch, overrides, lab
     rows = metric_rows(tmp_path / "run")
     assert [r["method"] for r in rows] == [label, label]
     assert all(float(r["fd_fashion"]) > 0 and int(r["nfe"]) > 0 for r in rows)
+
+
+def test_pack_runs_a_sweep_several_jobs_at_once(env, tmp_path):
+    """experiments/pack.py: two jobs at once, folders named as a Hydra sweep's, both
+    finished, readable by the analysis; a relaunch reuses them and a bad job fails the pack."""
+    from analysis.sweeps import load_sweep
+
+    sweep = tmp_path / "packed"
+    cmd = [sys.executable, str(REPO_ROOT / "experiments" / "pack.py"), "--parallel", "2",
+           "--sweep-dir", str(sweep), "--", *env["overrides"], "method=cfm,purr"]  # fmt: skip
+    penv = {**os.environ, "VQBENCH_CACHE": env["cache"]}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=penv)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [ln.strip() for ln in proc.stdout.splitlines()]
+    first_end = next(i for i, ln in enumerate(lines) if ln.startswith("ended"))
+    assert sum(ln.startswith("started") for ln in lines[:first_end]) == 2  # ran together
+    metrics, runs = load_sweep(str(sweep))
+    assert sorted(runs["run"]) == ["0_cfm_seed0", "1_purr_seed0"]
+    assert set(runs["status"]) == {"finished"} and set(metrics["method"]) == {"cfm", "purr"}
+    again = subprocess.run(cmd, capture_output=True, text=True, env=penv)
+    assert again.returncode == 0 and again.stdout.count("finished") >= 2
+    bad = subprocess.run(cmd[:-1] + ["method=cfm", "eval.steps=0"], capture_output=True,
+                         text=True, env=penv)  # fmt: skip
+    assert bad.returncode == 1 and "did not finish" in bad.stderr
+
+
+def test_gpu_sweep_script_runs_its_whole_path_on_cpu(env, tmp_path):
+    """experiments/gpu_sweep.sh with TINY=1: the packed sweep (2 seeds × cfm, purr, two at
+    once) and every figure it promises, on this machine in seconds."""
+    out = tmp_path / "gpu"
+    extra = " ".join(o for o in env["overrides"] if o.split("=")[0] in
+                     ("data.root", "tokenizer.path", "data.latents_dir"))  # fmt: skip
+    penv = {**os.environ, "VQBENCH_CACHE": env["cache"], "TINY": "1", "OUT": str(out),
+            "SEEDS": "0,1", "METHODS": "cfm,purr", "PARALLEL": "2", "EXTRA": extra,
+            "PYTHON": sys.executable}  # fmt: skip
+    proc = subprocess.run(["bash", str(REPO_ROOT / "experiments" / "gpu_sweep.sh")],
+                          capture_output=True, text=True, env=penv, cwd=REPO_ROOT)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    promised = (
+        "convergence.png",
+        "ranking_vs_budget.png",
+        "ranking_vs_budget.csv",
+        "crossings.csv",
+        "temperature_sweep.csv",
+        "sample_grids.png",
+        "timing.txt",
+    )
+    for f in promised:
+        assert (out / f).stat().st_size > 0, f
+    assert len(list((out / "sweep").glob("*_seed*/summary.json"))) == 4
