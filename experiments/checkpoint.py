@@ -76,10 +76,26 @@ def load(path: str, map_location="cpu") -> dict:
     return ck
 
 
+# Training keys added after checkpoint format 2, with the value that reproduces what a
+# checkpoint written before them trained with: a relaunch of such a checkpoint that leaves
+# them at this value changes nothing, so it is accepted (and recorded) without allow_changes.
+ADDED_KEYS = {
+    "method.weighting": "none",  # dfm: MDLM weighting (issue #16)
+    "method.maskgit_schedule": "cosine",  # dfm: MaskGIT options (sampling only)
+    "method.maskgit_choice_temperature": 4.5,
+    "method.maskgit_confidence_temperature": 1.0,
+    "method.latent_scale": "none",  # cfm, cfm-endpoint, purr (issue #14)
+}
+
+
 def changes(saved: dict, current: dict) -> dict[str, tuple]:
     """{key: (saved value, current value)} for every dotted key that differs."""
     keys = sorted(set(saved) | set(current))
     return {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
+
+
+def _added_with_old_behaviour(key: str, saved: dict, current: dict) -> bool:
+    return key not in saved and key in ADDED_KEYS and current.get(key) == ADDED_KEYS[key]
 
 
 def check_resume(path: str, ck: dict, cfg) -> dict:
@@ -88,7 +104,12 @@ def check_resume(path: str, ck: dict, cfg) -> dict:
     change {key: [old, new]} so the run can record it."""
     diff = changes(ck["config"], flat_keys(cfg))
     allowed = set(cfg.get("allow_changes") or ())
-    refused = {k: v for k, v in diff.items() if is_training_key(k) and k not in allowed}
+    saved, current = ck["config"], flat_keys(cfg)
+    refused = {
+        k: v for k, v in diff.items()
+        if is_training_key(k) and k not in allowed
+        and not _added_with_old_behaviour(k, saved, current)
+    }  # fmt: skip
     if refused:
         lines = "\n  ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in refused.items())
         keys = ",".join(refused)

@@ -255,3 +255,22 @@ def test_lock_on_a_file_system_without_flock_warns(tmp_path, monkeypatch, capsys
     rd.lock()  # Lustre without -o flock: the run goes on, with a warning
     assert "does not support flock" in capsys.readouterr().out
     rd.release()
+
+
+def test_checkpoints_from_before_new_training_keys_resume_unless_the_key_changes():
+    """A checkpoint written before method.weighting / method.latent_scale existed resumes
+    when they keep the value that reproduces its training; any other value is refused."""
+    from experiments.checkpoint import check_resume
+    from experiments.checks import flat_keys
+
+    for method, key, other in (("dfm", "method.weighting", "mdlm"),
+                               ("purr", "method.latent_scale", "unit")):  # fmt: skip
+        old = {k: v for k, v in flat_keys(compose([f"method={method}"])).items()
+               if k not in ("method.weighting", "method.latent_scale")
+               and not k.startswith("method.maskgit")}  # fmt: skip
+        accepted = check_resume("last.pt", {"config": old}, compose([f"method={method}"]))
+        assert key in accepted  # recorded as a change, not refused
+        with pytest.raises(RunRefused, match=key):
+            check_resume(
+                "last.pt", {"config": old}, compose([f"method={method}", f"{key}={other}"])
+            )
