@@ -75,3 +75,17 @@ def test_benchmark_tiny(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == len(results) and "gemm_peak_gflop_per_s" in rows[0]
     assert "GEMM peak" in capsys.readouterr().out
+
+
+def test_head_bench_compares_three_losses_that_agree():
+    from experiments import head_bench
+
+    rows = head_bench.main(["--rows", "64", "--codes", "300", "--dim", "16", "--reps", "1",
+                            "--chunk", "3000"])  # fmt: skip
+    by = {r["variant"]: r for r in rows}
+    assert {"full", "ours"} <= set(by)
+    for r in rows:
+        assert r["ms"] > 0 and r["grad_rel_err"] < 1e-4 and r["loss_abs_err"] < 1e-4
+    # the full path holds the 64×300 logits; ours holds 10 rows of them at a time
+    assert by["full"]["largest_tensor_mib"] * 2**20 >= 64 * 300 * 4
+    assert by["ours"]["largest_tensor_mib"] * 2**20 < 64 * 300 * 4
