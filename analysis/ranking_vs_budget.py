@@ -12,7 +12,8 @@ steps of the method with the fewest and compares there.
 
 For each view and point: mean over seeds, the 95% confidence interval of the mean (Student
 t), and the ranking; where two methods' means swap order between consecutive points the
-crossing is located by interpolation (in log FLOPs or log steps) and marked. Writes
+crossing is located by interpolation (in log FLOPs or log steps); the figure marks those
+with ``--reference`` (purr by default; ``all`` marks every pair). Writes
 ranking_vs_budget.{png,pdf}, ranking_vs_budget.csv (per method and point) and
 crossings.csv, and prints the rankings with the adjacent pairs that a Welch t-test cannot
 separate (p ≥ 0.05) joined by "≈".
@@ -130,13 +131,15 @@ def ranking(points: pd.DataFrame, metric: str, k: int) -> str:
     return text
 
 
-def draw(ax, summary, cross, xlabel, metric, title):
+def draw(ax, summary, cross, xlabel, metric, title, reference=None):
     for method, g in summary.groupby("method"):
         g = g.sort_values("x")
         line = ax.plot(g["x"], g["mean"], marker="o", label=method)[0]
         ci = g["ci95"].fillna(0)
         ax.fill_between(g["x"], g["mean"] - ci, g["mean"] + ci, color=line.get_color(), alpha=0.18)
-    for c in cross:
+    for c in cross:  # the crossings that involve the reference method (all without one)
+        if reference and reference not in c["pair"].split(" / "):
+            continue
         ax.axvline(c["at"], color="0.3", ls=":", lw=1)
         ax.annotate(c["pair"], (c["at"], ax.get_ylim()[1]), rotation=90, fontsize=7,
                     va="top", ha="right", color="0.3")  # fmt: skip
@@ -153,6 +156,8 @@ def main(argv=None) -> dict:
     ap.add_argument("sweep", nargs="*", default=None, help="sweep folders (default: the latest)")
     ap.add_argument("--metric", default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--reference", default="purr",
+                    help="mark only crossings with this method ('all': every pair)")  # fmt: skip
     args = ap.parse_args(argv)
     sweeps = args.sweep or [latest_sweep()]
     metrics, runs = load_sweep(sweeps)
@@ -172,7 +177,13 @@ def main(argv=None) -> dict:
     for ax, (view, (pts, x, xlabel)) in zip(axes, views.items(), strict=True):
         summ = summarise(pts, metric, x)
         cross = crossings(summ)
-        draw(ax, summ, cross, xlabel, metric, f"{view}: mean over seeds, 95% CI")
+        ref = (
+            None
+            if args.reference == "all" or args.reference not in set(summ["method"])
+            else args.reference
+        )
+        marked = f"; dotted: crossings with {ref}" if ref else "; dotted: crossings"
+        draw(ax, summ, cross, xlabel, metric, f"{view}: mean over seeds, 95% CI{marked}", ref)
         tables.append(summ.assign(view=view))
         all_cross += [dict(c, view=view) for c in cross]
         ranks = [(int(k), float(summ.loc[summ["k"] == k, "x"].mean()), ranking(pts, metric, k))

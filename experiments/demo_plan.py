@@ -22,7 +22,7 @@ MEASURED = {
     "data": 10,  # apt-get install dataset-fashion-mnist
     "verify": 5,  # sha256 of the shipped tokenizer and fd_fashion network, Inception weights
     "extract": 45,  # encode the 60k training images into index shards
-    "run": {"cfm": 190, "dfm": 190, "purr": 195},  # one 20-TFLOP run, evaluations included
+    "run": {"cfm": 190, "dfm": 190, "dfm-metric": 190, "purr": 195},  # one 20-TFLOP run + evals
     "first_eval": 60,  # from the start of the first run to the first point of the figure
     "figures": 180,  # temperature sweep (160 s), entropy maps, sample grids
 }
