@@ -24,7 +24,7 @@ MEASURED = {
     "extract": 45,  # encode the 60k training images into index shards
     "run": {"cfm": 190, "dfm": 190, "dfm-metric": 190, "purr": 195},  # one 20-TFLOP run + evals
     "first_eval": 60,  # from the start of the first run to the first point of the figure
-    "figures": 180,  # temperature sweep (160 s), entropy maps, sample grids
+    "figures": 270,  # temperature sweep of 3 runs (≈240 s), entropy maps, sample grids
 }
 
 
