@@ -84,31 +84,29 @@ def guided_forward(model, x, t, y, cfg_scale: float = 1.0, **kw) -> tuple[torch.
     return out_u + cfg_scale * (out_c - out_u), 2
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for bf16/fp16/fp32, float64 for float64 (the exactness tests run in float64)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def categorical(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """softmax(logits/τ) over dim 1 (B,K,H,W); τ=0 is the one-hot argmax."""
     if temperature < 0:
         raise ValueError(f"temperature must be ≥ 0, got {temperature}")
     if temperature == 0:
         return F.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).float()
-    acc = torch.promote_types(logits.dtype, torch.float32)  # float64 stays float64 (tests)
+    acc = accumulation_dtype(logits.dtype)
     if temperature != 1:
         logits = logits.to(acc) / temperature
     # dtype= upcasts inside the kernel: no float32 copy of (bf16) logits on CUDA
     return torch.softmax(logits, dim=1, dtype=acc)
 
 
-def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Draw one index per position from probs (B,K,H,W) → (B,H,W) long."""
-    b, k, h, w = probs.shape
-    u = torch.rand(b * h * w, 1, device=probs.device, generator=generator)
-    return inverse_cdf(probs.permute(0, 2, 3, 1).reshape(-1, k), u).view(b, h, w)
-
-
 def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Rows of probs (N, K) and uniforms u (N, 1) → (N,): the first index whose cumulative
     mass exceeds u·total. ~25× faster than torch.multinomial on CPU for K=256, and never
     lands on a zero-probability entry."""
-    cdf = probs.to(torch.promote_types(probs.dtype, torch.float32)).cumsum(1)
+    cdf = probs.to(accumulation_dtype(probs.dtype)).cumsum(1)
     return (
         torch.searchsorted(cdf, u.to(cdf.dtype) * cdf[:, -1:], right=True)
         .clamp_max(probs.shape[1] - 1)
@@ -116,20 +114,16 @@ def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _acc(x: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(x.dtype, torch.float32)
-
-
 def z_loss(logits: torch.Tensor) -> torch.Tensor:
     """mean over positions of logsumexp_k(logits)² (PaLM's z-loss; keeps logits anchored)."""
-    return torch.logsumexp(logits.to(_acc(logits)), dim=1).pow(2).mean()
+    return torch.logsumexp(logits.to(accumulation_dtype(logits.dtype)), dim=1).pow(2).mean()
 
 
 def categorical_loss(logits: torch.Tensor, indices: torch.Tensor, z_loss_weight: float,
                      weight: torch.Tensor | None = None):  # fmt: skip
     """mean(w·CE(logits, c)) + λ·z-loss over all positions; logits (B,K,H,W), indices and the
     optional per-position weights w (B,H,W). The logged ``ce`` is the unweighted mean."""
-    logits = logits.to(_acc(logits))
+    logits = logits.to(accumulation_dtype(logits.dtype))
     ce_pos = F.cross_entropy(logits, indices.long(), reduction="none")
     ce = ce_pos.mean()
     zl = z_loss(logits)

@@ -21,9 +21,11 @@ Options for the masked source:
   softmax(ℓ/τ_conf) plus Gumbel noise × choice_temperature·(1 − r), r = (i+1)/n, and keep
   the ⌊N·γ(r)⌋ lowest-scoring positions masked (at least one fewer than before; none after
   the last step), γ the unmasking schedule (cosine: cos(πr/2)). The model sees the time
-  t = κ⁻¹(fraction unmasked). One model call per step. With a DiT, the loss and the
-draws come from the head's hidden states a chunk at a time (``methods/head.py``), never
-materialising (B, K, H, W) logits; the draws use the same uniforms as the full path.
+  t = κ⁻¹(fraction unmasked). One model call per step.
+
+With a DiT, the loss and the draws come from the head's hidden states a chunk at a time
+(``methods/head.py``), never materialising (B, K, H, W) logits; the draws use the same
+uniforms as the full path.
 """
 
 from __future__ import annotations
@@ -83,6 +85,10 @@ class DFM(CategoricalHead, Method):
         if kappa_power <= 0:
             raise ValueError(f"kappa_power must be > 0, got {kappa_power}")
         self.source, self.z_loss_weight, self.kappa_power = source, z_loss_weight, kappa_power
+        # E_t[κ̇] under the time sampler: the MDLM weight's divisor, computed once
+        self._mdlm_norm = (
+            self.time_sampler.expectation(self.kappa_dot) if weighting == "mdlm" else None
+        )
 
     @property
     def mask_id(self) -> int | None:
@@ -108,8 +114,6 @@ class DFM(CategoricalHead, Method):
 
     def mdlm_weight(self, t: torch.Tensor) -> torch.Tensor:
         """w(t) = κ̇/(1 − κ) / E_t[κ̇]: the weight of a masked position at time t (B,)."""
-        if not hasattr(self, "_mdlm_norm"):
-            self._mdlm_norm = self.time_sampler.expectation(self.kappa_dot)
         t = t.double()
         return (self.kappa_dot(t) / (1 - self.kappa(t)) / self._mdlm_norm).float()
 

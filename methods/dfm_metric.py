@@ -56,10 +56,13 @@ class MetricDFM(CategoricalHead, Method):
         self.beta_scale, self.beta_power, self.distance = beta_scale, beta_power, distance
         self.z_loss_weight = z_loss_weight
         self.register_buffer("norms", self.codebook.pow(2).sum(1), persistent=False)
-        self.scale = self._mean_distance()
-        table = None
-        if self.num_codes <= TABLE_MAX_CODES:
-            table = self._raw_rows(torch.arange(self.num_codes)) / self.scale
+        k = self.num_codes
+        if k <= TABLE_MAX_CODES:  # the whole table once; its mean is the normaliser
+            raw = self._raw_rows(torch.arange(k))
+            self.scale = float(raw.double().sum()) / (k * (k - 1))
+            table = raw / self.scale
+        else:
+            self.scale, table = self._mean_distance(), None
         self.register_buffer("table", table, persistent=False)
 
     # ------------------------------------------------------------------ the path

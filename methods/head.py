@@ -34,7 +34,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import LossOutput, categorical, categorical_loss, guided_forward, inverse_cdf
+from .base import (
+    LossOutput,
+    accumulation_dtype,
+    categorical,
+    categorical_loss,
+    guided_forward,
+    inverse_cdf,
+)
 
 HEADS = ("chunked", "full")
 DEFAULT_CHUNK = 1 << 24  # logits alive at once: 64 MiB of float32
@@ -89,7 +96,7 @@ class _ChunkedCategoricalLoss(torch.autograd.Function):
         # h (N, D), w (P·K, D), b (P·K,), target (N, P) long, weight (N, P) or None
         n, p = target.shape
         k = w.shape[0] // p
-        acc = torch.promote_types(compute_dtype, torch.float32)
+        acc = accumulation_dtype(compute_dtype)
         total = n * p
         ce_sum, wce_sum, z_sum = (torch.zeros((), dtype=acc, device=h.device) for _ in range(3))
         hc, wc, bc = h.to(compute_dtype), w.to(compute_dtype), b.to(acc)
@@ -139,7 +146,7 @@ def draw_rows(logits, u, temperature: float, score_temperature: float | None = N
     inverse CDF of the uniforms u (N, 1) (τ = 0: the argmax), and, if asked, the code's
     log-probability under softmax(ℓ/τ_score) (MaskGIT's confidence). The full and the chunked
     path both draw through here."""
-    acc = torch.promote_types(logits.dtype, torch.float32)
+    acc = accumulation_dtype(logits.dtype)
     if temperature == 0:
         codes = logits.argmax(-1)
     else:
@@ -203,7 +210,7 @@ class LinearHead:
         order, in float32 (float64 for float64 inputs)."""
         h = hidden.reshape(-1, hidden.shape[-1])
         dt = _compute_dtype(h)
-        acc = torch.promote_types(dt, torch.float32)
+        acc = accumulation_dtype(dt)
         wc, bc = self.weight.to(dt), self.bias.to(acc)
         k, p2 = self.num_codes, self.patch**2
         rows = _chunk_rows(h.shape[0], p2 * k, self.chunk)
@@ -215,7 +222,7 @@ class LinearHead:
         """μ = softmax(ℓ/τ)·E as (B, d, H, W); τ = 0 takes the argmax code's vector."""
         b, p2 = hidden.shape[0], self.patch**2
         rows = hidden.shape[0] * hidden.shape[1]
-        e = codebook.to(torch.promote_types(_compute_dtype(hidden), torch.float32))
+        e = codebook.to(accumulation_dtype(_compute_dtype(hidden)))
         mu = torch.empty(rows * p2, e.shape[1], device=hidden.device, dtype=e.dtype)
         for start, logits in self.logit_chunks(hidden):
             part = slice(start, start + logits.shape[0])

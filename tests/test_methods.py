@@ -294,18 +294,18 @@ def test_tiny_dit_loss_falls(variant):
     assert last < 0.8 * first, f"{variant}: loss {first:.3f} → {last:.3f}"
 
 
-def test_sample_categorical_matches_probabilities():
-    from methods.base import sample_categorical
+def test_inverse_cdf_draws_match_probabilities():
+    from methods.base import inverse_cdf
 
     g = torch.Generator().manual_seed(0)
-    probs = torch.softmax(torch.randn(1, K, 1, 1, generator=g) * 2, dim=1)
+    probs = torch.softmax(torch.randn(1, K, generator=g) * 2, dim=1)
     probs[0, 3] = 0.0  # a zero-probability code is never drawn
     probs = probs / probs.sum(1, keepdim=True)
-    draws = sample_categorical(probs.expand(20000, -1, -1, -1).contiguous(), g).flatten()
+    draws = inverse_cdf(probs.expand(20000, -1), torch.rand(20000, 1, generator=g))
     freq = torch.bincount(draws, minlength=K).float() / len(draws)
     assert (draws != 3).all() and 0.5 * (freq - probs.flatten()).abs().sum() < 0.02
-    one_hot = torch.nn.functional.one_hot(torch.tensor([[[5]]]), K).permute(0, 3, 1, 2).float()
-    assert sample_categorical(one_hot, g).item() == 5
+    one_hot = torch.nn.functional.one_hot(torch.tensor([5]), K).float()
+    assert inverse_cdf(one_hot, torch.rand(1, 1, generator=g)).item() == 5
 
 
 def test_categorical_pieces_match_float64_reference():
