@@ -30,6 +30,19 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
+    def decide(self, value):
+        """Rank 0's ``value``, on every rank.
+
+        A decision that gates a collective ("do I extract, then wait in a barrier?", "is
+        there a checkpoint to resume?") is made once and shared, never re-derived per rank from
+        the file system or a clock: ranks that start at different speeds would otherwise see
+        different answers and enter different collectives (gloo aborts, NCCL hangs)."""
+        if self.world == 1:
+            return value
+        holder = [value if self.main else None]
+        dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
 
 def setup_distributed(device_kind: str) -> Dist:
     """torchrun (RANK/WORLD_SIZE) or submitit with several tasks → process group."""
@@ -67,7 +80,8 @@ def prepare_latents(cfg, tok, dd: Dist):
         ds_id = f"imagefolder-{os.path.basename(os.path.normpath(cfg.data.root))}"
         make = lambda: ImageFolder(cfg.data.root, size=tok.image_size)  # noqa: E731
     folder = cfg.data.latents_dir or default_out(tok.tokenizer_id, ds_id)
-    if not os.path.isfile(os.path.join(folder, "manifest.json")):
+    # rank 0 looks, every rank follows: all of them reach the barrier below, or none does
+    if not dd.decide(os.path.isfile(os.path.join(folder, "manifest.json"))):
         if not cfg.data.extract_if_missing:
             raise RunError(
                 f"no index shards in {folder}; run `python experiments/extract_latents.py` "

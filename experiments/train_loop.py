@@ -196,8 +196,13 @@ class Loop:
 
     # ---------------------------------------------------------------- pieces
     def sync_losses(self, step: int) -> None:
+        """The losses since the last sync, summed over ranks (every rank reaches this at the
+        same steps, so a non-finite loss on any rank stops all of them together)."""
         if self.pending_n == 0:
             return
+        if self.dd.world > 1:
+            dist.all_reduce(self.pending)
+            self.pending /= self.dd.world
         total = self.pending.item()
         if not math.isfinite(total):
             raise NonFiniteLossError(
@@ -282,7 +287,9 @@ class Loop:
     def stop_now(self, step: int) -> None:
         """Checkpoint when cheap (not already saved, last save under 10 s), then stop."""
         saved = self.checkpoint_step == step
-        if not saved and (self.save_seconds is None or self.save_seconds < 10):
+        # the last save's duration differs per rank (each timed its own wait): rank 0 decides
+        cheap = self.dd.decide(self.save_seconds is None or self.save_seconds < 10)
+        if not saved and cheap:
             self.sync_losses(step)
             self.save()
             saved = True

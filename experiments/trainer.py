@@ -188,9 +188,17 @@ def describe(cfg, p: Parts, dd: Dist) -> dict:
 def open_run_dir(cfg, rundir: RunDir, dd: Dist) -> tuple[dict | None, dict]:
     """One writer per directory; a checkpoint there is resumed only under the same training
     config. Returns (checkpoint or None, the accepted config changes)."""
+    refused = None
     if dd.main:
-        rundir.lock()
-    if not (cfg.resume and os.path.isfile(rundir.checkpoint)):
+        try:
+            rundir.lock()
+        except RunRefused as e:
+            refused = str(e)
+    # rank 0 locks and looks; every rank follows its answers (see Dist.decide)
+    refused, resume = dd.decide((refused, cfg.resume and os.path.isfile(rundir.checkpoint)))
+    if refused is not None:
+        raise RunRefused(refused)
+    if not resume:
         return None, {}
     saved = checkpoint.load(rundir.checkpoint)
     return saved, checkpoint.check_resume(rundir.checkpoint, saved, cfg)

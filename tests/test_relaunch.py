@@ -11,10 +11,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 from conftest import compose, run_in_process
+from proc import kill_tree, run_tree
 from test_runner import metric_rows
 
 from experiments import checkpoint
@@ -29,8 +31,8 @@ FAULT = [sys.executable, str(REPO_ROOT / "tests" / "launch_with_fault.py")]
 def launch(env, run_dir, mode="none", n=0, extra=()):
     cmd = FAULT + [mode, str(n), "--", "method=purr", f"hydra.run.dir={run_dir}"]
     cmd += env["overrides"] + list(extra)
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=env["base"], timeout=300,
-                          env={**os.environ, "VQBENCH_CACHE": env["cache"]})  # fmt: skip
+    return run_tree(cmd, cwd=env["base"], timeout=300,
+                    env={**os.environ, "VQBENCH_CACHE": env["cache"]})  # fmt: skip
 
 
 def temporaries(run_dir):
@@ -220,16 +222,18 @@ def test_rows_name_what_measured_them_and_the_live_figure(env, tmp_path, monkeyp
 def test_two_rank_ddp_run_stops_on_sigterm_and_resumes_exactly(env, tmp_path):
     """torchrun, 2 CPU ranks (gloo): SIGTERM reaches both ranks in step 3; they agree to stop
     at the next log boundary (step 4), checkpoint, and the relaunch ends identical to an
-    uninterrupted 2-rank run."""
+    uninterrupted 2-rank run. The first launch extracts the index shards (its own folder), the
+    path on which ranks that start at different speeds once entered different collectives."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node=2"]  # fmt: skip
 
     def launch2(run_dir, mode="none"):
         cmd = torchrun + [str(REPO_ROOT / "tests" / "launch_with_fault.py"), mode, "3", "--",
                           "method=dfm", f"hydra.run.dir={run_dir}"] + env["overrides"]  # fmt: skip
-        return subprocess.run(cmd, capture_output=True, text=True, cwd=env["base"], timeout=120,
-                              env={**os.environ, "VQBENCH_CACHE": env["cache"],
-                                   "OMP_NUM_THREADS": "1"})  # fmt: skip
+        cmd.append(f"data.latents_dir={tmp_path / 'lat'}")  # its own: the first launch extracts
+        return run_tree(cmd, cwd=env["base"], timeout=120,
+                        env={**os.environ, "VQBENCH_CACHE": env["cache"],
+                             "OMP_NUM_THREADS": "1"})  # fmt: skip
 
     p = launch2(tmp_path / "full")
     assert p.returncode == 0, p.stderr[-3000:]
@@ -241,6 +245,58 @@ def test_two_rank_ddp_run_stops_on_sigterm_and_resumes_exactly(env, tmp_path):
     p = launch2(d)
     assert p.returncode == 0, p.stderr[-3000:]
     assert metric_rows(d) == metric_rows(tmp_path / "full")
+
+
+def test_ranks_that_see_different_files_take_the_same_collectives(env, tmp_path):
+    """The root of the 2-rank abort: rank 1 finds the shard manifest that rank 0 has just
+    written, so on its own it would skip the barrier that rank 0 waits in. Rank 0's view
+    decides for both (Dist.decide); both then meet in the next all-reduce."""
+    from omegaconf import OmegaConf
+
+    cfg = compose(env["overrides"] + ["method=cfm", f"data.latents_dir={tmp_path / 'lat'}"])
+    OmegaConf.save(cfg, tmp_path / "cfg.yaml")
+    script = str(REPO_ROOT / "tests" / "two_ranks_latents.py")
+    penv = {**os.environ, "VQBENCH_CACHE": env["cache"], "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen([sys.executable, script, str(tmp_path / "cfg.yaml"),
+                          str(tmp_path / "store")], env={**penv, "RANK": str(r)},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for r in (0, 1)
+    ]  # fmt: skip
+    try:
+        outs = [p.communicate(timeout=90)[0] for p in procs]
+    finally:
+        for p in procs:
+            kill_tree(p.pid)
+    for r, (p, out) in enumerate(zip(procs, outs, strict=True)):
+        assert p.returncode == 0 and f"rank {r}: 64 shard rows, all-reduce 3" in out, out[-3000:]
+
+
+def test_a_timed_out_launch_kills_its_whole_process_tree(tmp_path):
+    """run_tree kills grandchildren in sessions of their own that ignore SIGTERM (as torchrun's
+    ranks, blocked in a collective, do)."""
+    pidfile = tmp_path / "grandchild.pid"
+    child = (
+        "import os, signal, subprocess, sys, time\n"
+        "code = 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "time.sleep(600)'\n"
+        "g = subprocess.Popen([sys.executable, '-c', code], start_new_session=True)\n"
+        f"open({str(pidfile)!r}, 'w').write(str(g.pid))\n"
+        "time.sleep(600)\n"
+    )
+    with pytest.raises(AssertionError, match="process tree was killed"):
+        run_tree([sys.executable, "-c", child], timeout=3)
+    grandchild = int(pidfile.read_text())
+    for _ in range(50):  # SIGKILL is delivered asynchronously
+        try:
+            with open(f"/proc/{grandchild}/stat") as f:
+                if f.read().split(") ")[1][0] == "Z":  # a zombie awaiting its reaper is dead
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"grandchild {grandchild} survived the timeout")
 
 
 def test_lock_on_a_file_system_without_flock_warns(tmp_path, monkeypatch, capsys):

@@ -16,6 +16,7 @@ import time
 import pytest
 import torch
 from conftest import compose, run_in_process
+from proc import run_tree
 
 from shared.paths import REPO_ROOT
 
@@ -121,8 +122,8 @@ def test_bad_config_fails_fast_naming_the_fix(env, args, expect, torch_import_s)
     data = next(o for o in env["overrides"] if o.startswith("data.root="))
     args = [data if a == "DATA" else a for a in args]
     t0 = time.time()
-    proc = subprocess.run(RUN + args, capture_output=True, text=True, cwd=env["base"],
-                          env={**os.environ, "VQBENCH_CACHE": env["cache"]})  # fmt: skip
+    proc = run_tree(RUN + args, cwd=env["base"], timeout=120,
+                    env={**os.environ, "VQBENCH_CACHE": env["cache"]})  # fmt: skip
     assert proc.returncode != 0
     assert expect in proc.stderr + proc.stdout
     # fails before any model, data or tokenizer work: within a few seconds of importing torch
@@ -159,8 +160,8 @@ def test_sweep_through_submitit(env, tmp_path, launcher, request):
                  f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=10",
                  "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
                  "eval.points=1"] + env["overrides"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=env["base"], timeout=600,
-                          env={**os.environ, "VQBENCH_CACHE": env["cache"]})  # fmt: skip
+    proc = run_tree(cmd, cwd=env["base"], timeout=600,
+                    env={**os.environ, "VQBENCH_CACHE": env["cache"]})  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = sorted(glob.glob(str(sweep / "*" / "metrics.csv")))
     assert len(runs) == 2, os.listdir(sweep)
@@ -202,7 +203,7 @@ def test_pack_runs_a_sweep_several_jobs_at_once(env, tmp_path):
     cmd = [sys.executable, str(REPO_ROOT / "experiments" / "pack.py"), "--parallel", "2",
            "--sweep-dir", str(sweep), "--", *env["overrides"], "method=cfm,purr"]  # fmt: skip
     penv = {**os.environ, "VQBENCH_CACHE": env["cache"]}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=penv)
+    proc = run_tree(cmd, env=penv, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [ln.strip() for ln in proc.stdout.splitlines()]
     first_end = next(i for i, ln in enumerate(lines) if ln.startswith("ended"))
@@ -210,10 +211,9 @@ def test_pack_runs_a_sweep_several_jobs_at_once(env, tmp_path):
     metrics, runs = load_sweep(str(sweep))
     assert sorted(runs["run"]) == ["0_cfm_seed0", "1_purr_seed0"]
     assert set(runs["status"]) == {"finished"} and set(metrics["method"]) == {"cfm", "purr"}
-    again = subprocess.run(cmd, capture_output=True, text=True, env=penv)
+    again = run_tree(cmd, env=penv, timeout=300)
     assert again.returncode == 0 and again.stdout.count("finished") >= 2
-    bad = subprocess.run(cmd[:-1] + ["method=cfm", "eval.steps=0"], capture_output=True,
-                         text=True, env=penv)  # fmt: skip
+    bad = run_tree(cmd[:-1] + ["method=cfm", "eval.steps=0"], env=penv, timeout=120)
     assert bad.returncode == 1 and "did not finish" in bad.stderr
 
 
@@ -226,8 +226,8 @@ def test_gpu_sweep_script_runs_its_whole_path_on_cpu(env, tmp_path):
     penv = {**os.environ, "VQBENCH_CACHE": env["cache"], "TINY": "1", "OUT": str(out),
             "SEEDS": "0,1", "METHODS": "cfm,purr", "PARALLEL": "2", "EXTRA": extra,
             "PYTHON": sys.executable}  # fmt: skip
-    proc = subprocess.run(["bash", str(REPO_ROOT / "experiments" / "gpu_sweep.sh")],
-                          capture_output=True, text=True, env=penv, cwd=REPO_ROOT)  # fmt: skip
+    proc = run_tree(["bash", str(REPO_ROOT / "experiments" / "gpu_sweep.sh")],
+                    env=penv, cwd=REPO_ROOT, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     promised = (
         "convergence.png",

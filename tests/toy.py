@@ -58,13 +58,11 @@ def token_weights(x, t, source: str, kappa=lambda t: t, probs=PROBS) -> torch.Te
 def metric_weights(x, t, method, probs=PROBS) -> torch.Tensor:
     """Posterior over configurations for the metric path of ``method`` (a MetricDFM):
     w_m ∝ π_m · Π_pos p_t(x_t | c_m) with p_t(·|c) = softmax(−β_t d(·, c))."""
-    codes = torch.arange(K)
-    out = []
-    for b in range(x.shape[0]):
-        logp = method.path_logprobs(codes, t[b].expand(K)).double()  # (c, x): log p_t(x | c)
-        lik = logp[CONFIGS, x[b][None]]  # (M, H, W)
-        out.append(probs.log() + lik.flatten(1).sum(1))
-    return torch.softmax(torch.stack(out), dim=1)
+    b = x.shape[0]
+    codes, t = torch.arange(K).repeat(b), t.reshape(-1).repeat_interleave(K)
+    logp = method.path_logprobs(codes, t).double().view(b, K, K)  # (B, c, x): log p_t(x | c)
+    lik = logp[torch.arange(b).view(b, 1, 1, 1), CONFIGS[None], x[:, None]]  # (B, M, H, W)
+    return torch.softmax(probs.log()[None] + lik.flatten(2).sum(-1), dim=1)
 
 
 class Oracle:

@@ -1,0 +1,35 @@
+"""One rank of the shard-extraction race test (tests/test_relaunch.py), for tests only.
+
+    RANK=r python tests/two_ranks_latents.py CONFIG.yaml STORE
+
+Rank 1 sees the manifest at once, as it does when rank 0 was quicker to write it than rank 1
+was to look: the ranks' views of the file system differ, and they must still take the same
+path through the collectives (then agree on one all-reduce).
+"""
+
+import datetime
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from experiments.build import Dist, load_tokenizer, prepare_latents  # noqa: E402
+
+config, store = sys.argv[1], sys.argv[2]
+rank = int(os.environ["RANK"])
+dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                        timeout=datetime.timedelta(seconds=30))  # fmt: skip
+if rank == 1:
+    real_isfile = os.path.isfile
+    os.path.isfile = lambda p: str(p).endswith("manifest.json") or real_isfile(p)
+cfg = OmegaConf.load(config)
+shards = prepare_latents(cfg, load_tokenizer(cfg), Dist(rank, 2, 0))
+total = torch.tensor([float(rank + 1)])
+dist.all_reduce(total)
+print(f"rank {rank}: {len(shards)} shard rows, all-reduce {total.item():g}")
+dist.destroy_process_group()
