@@ -29,8 +29,8 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from analysis.sweeps import latest_sweep, save_figure  # noqa: E402
 from analysis.temperature_sweep import default_runs  # noqa: E402
-from experiments.checks import method_label  # noqa: E402
-from experiments.trainer import load_trained  # noqa: E402
+from experiments.runner.checks import method_label  # noqa: E402
+from experiments.runner.trainer import load_trained  # noqa: E402
 
 
 def entropy(post: torch.Tensor) -> torch.Tensor:

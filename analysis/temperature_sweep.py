@@ -26,8 +26,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from analysis.sweeps import check_comparable, latest_sweep, save_figure  # noqa: E402
-from experiments.checks import method_label  # noqa: E402
-from experiments.trainer import Evaluator, load_trained  # noqa: E402
+from experiments.runner.checks import method_label  # noqa: E402
+from experiments.runner.trainer import Evaluator, load_trained  # noqa: E402
 from shared.images import save_grid  # noqa: E402
 
 CATEGORICAL = ("purr", "dfm", "dfm-metric")

@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import methods  # noqa: E402
-from experiments.train_loop import train_step  # noqa: E402
+from experiments.runner.train_loop import train_step  # noqa: E402
 from methods.head import DEFAULT_CHUNK  # noqa: E402
 from shared.backbone import build_dit  # noqa: E402
 from shared.io import atomic_write_text  # noqa: E402

@@ -27,19 +27,34 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.config import register  # noqa: E402
+from experiments.runner.config import register  # noqa: E402
 
 register()
 
 
+def evaluation_hooks(cfg) -> list:
+    """What runs after each evaluation, on rank 0: with ``live_figure=true``, the sweep's
+    convergence figure is redrawn (by the analysis layer, which the runner never imports)."""
+    if not cfg.live_figure:
+        return []
+
+    def live_figure(run_dir: str, row: dict) -> str | None:
+        from analysis.convergence_plot import refresh
+
+        path = refresh(os.path.dirname(os.path.abspath(run_dir)))
+        return f"[figure] {path}" if path else None
+
+    return [live_figure]
+
+
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg) -> float | None:
-    from experiments.trainer import RunError, RunInterrupted, run
+    from experiments.runner.trainer import RunError, RunInterrupted, run
     from shared.safe_load import FileLoadError
 
     run_dir = HydraConfig.get().runtime.output_dir
     try:
-        summary = run(cfg, run_dir)
+        summary = run(cfg, run_dir, on_evaluation=evaluation_hooks(cfg))
     except RunInterrupted as e:  # SIGTERM/SIGINT: checkpointed; exit as the signal would
         print(f"interrupted: {e}", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None

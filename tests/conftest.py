@@ -60,7 +60,7 @@ def compose(overrides):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from experiments.config import register
+    from experiments.runner.config import register
 
     register()
     with initialize_config_dir(str(REPO_ROOT / "experiments" / "conf"), version_base=None):
@@ -68,10 +68,12 @@ def compose(overrides):
 
 
 def run_in_process(env, overrides, run_dir, monkeypatch):
-    from experiments.trainer import run
+    from experiments.run import evaluation_hooks
+    from experiments.runner.trainer import run
 
     monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
-    return run(compose(env["overrides"] + overrides), str(run_dir))
+    cfg = compose(env["overrides"] + overrides)
+    return run(cfg, str(run_dir), on_evaluation=evaluation_hooks(cfg))
 
 
 class CodePayload:
@@ -106,7 +108,7 @@ def payload(tmp_path):
 
 def ensure_latents(env) -> str:
     """The env's index shards (extracted on first use, like a run does); returns the folder."""
-    from experiments.build import Dist, load_tokenizer, prepare_latents
+    from experiments.runner.build import Dist, load_tokenizer, prepare_latents
 
     cfg = compose(env["overrides"] + ["method=cfm"])
     old = os.environ.get("VQBENCH_CACHE")

@@ -15,8 +15,8 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import experiments.checkpoint as checkpoint  # noqa: E402
-import experiments.train_loop as train_loop  # noqa: E402
+import experiments.runner.checkpoint as checkpoint  # noqa: E402
+import experiments.runner.train_loop as train_loop  # noqa: E402
 from shared.io import atomic_open  # noqa: E402
 
 mode, n = sys.argv[1], int(sys.argv[2])

@@ -19,10 +19,10 @@ from conftest import compose, run_in_process
 from proc import kill_tree, run_tree
 from test_runner import metric_rows
 
-from experiments import checkpoint
-from experiments.checks import validation_errors
-from experiments.errors import NonFiniteLossError, RunRefused
-from experiments.rundir import RunDir
+from experiments.runner import checkpoint
+from experiments.runner.checks import validation_errors
+from experiments.runner.errors import NonFiniteLossError, RunRefused
+from experiments.runner.rundir import RunDir
 from shared.paths import REPO_ROOT
 
 FAULT = [sys.executable, str(REPO_ROOT / "tests" / "launch_with_fault.py")]
@@ -102,7 +102,7 @@ def test_relaunch_rules(env, tmp_path, monkeypatch):
 
 
 def test_nonfinite_weights_are_never_checkpointed(env, tmp_path, monkeypatch):
-    import experiments.train_loop as tl
+    import experiments.runner.train_loop as tl
 
     real, calls = tl.clip_and_step, {"n": 0}
 
@@ -134,7 +134,7 @@ def test_nonfinite_weights_are_never_checkpointed(env, tmp_path, monkeypatch):
 
 
 def test_failure_while_building_is_recorded(env, tmp_path, monkeypatch):
-    import experiments.trainer as trainer
+    import experiments.runner.trainer as trainer
 
     def broken(*a, **k):
         raise RuntimeError("reference set unreadable")
@@ -316,8 +316,8 @@ def test_lock_on_a_file_system_without_flock_warns(tmp_path, monkeypatch, capsys
 def test_checkpoints_from_before_new_training_keys_resume_unless_the_key_changes():
     """A checkpoint written before method.weighting / method.latent_scale existed resumes
     when they keep the value that reproduces its training; any other value is refused."""
-    from experiments.checkpoint import check_resume
-    from experiments.checks import flat_keys
+    from experiments.runner.checkpoint import check_resume
+    from experiments.runner.checks import flat_keys
 
     for method, key, other in (("dfm", "method.weighting", "mdlm"),
                                ("purr", "method.latent_scale", "unit")):  # fmt: skip
@@ -330,3 +330,19 @@ def test_checkpoints_from_before_new_training_keys_resume_unless_the_key_changes
             check_resume(
                 "last.pt", {"config": old}, compose([f"method={method}", f"{key}={other}"])
             )
+
+
+def test_the_runner_never_imports_the_analysis_layer():
+    """experiments/runner/ is the library under every command; analysis/ reads its outputs.
+    The dependency runs one way (the live figure is a hook that experiments/run.py wires)."""
+    import ast
+
+    offenders = []
+    for path in sorted((REPO_ROOT / "experiments" / "runner").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "analysis"]
+    assert offenders == []
+    assert len(list((REPO_ROOT / "experiments" / "runner").glob("*.py"))) >= 9

@@ -32,12 +32,12 @@ def metric_rows(run_dir):
 
 
 def test_matched_compute_steps_differ_by_head(env, monkeypatch):
-    from experiments.trainer import eval_steps
+    from experiments.runner.trainer import eval_steps
 
     assert eval_steps(10, 4, "linear") == [2, 5, 8, 10]
     assert eval_steps(1000, 4, "log") == [125, 250, 500, 1000]
     import methods
-    from experiments.trainer import steps_for_budget
+    from experiments.runner.trainer import steps_for_budget
     from shared.backbone import build_dit
 
     steps = {}
@@ -94,7 +94,7 @@ def test_same_seed_same_loss_curve_and_nonfinite_stop(env, tmp_path, monkeypatch
     b = run_in_process(env, ["method=cfm", "eval.points=1"], tmp_path / "b", monkeypatch)
     assert metric_rows(tmp_path / "a") == metric_rows(tmp_path / "b")
     assert a["final"]["loss"] == b["final"]["loss"]
-    from experiments.trainer import NonFiniteLossError
+    from experiments.runner.trainer import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError, match="non-finite loss between steps"):
         run_in_process(env, ["method=cfm", "optim.lr=1e30", "optim.warmup_steps=0"],

@@ -34,7 +34,7 @@ def test_pretrained_tokenizer_loaders_refuse_code(tmp_path, payload):
 
 
 def test_trainer_loaders_refuse_code(env, tmp_path, monkeypatch, payload):
-    from experiments.trainer import load_trained
+    from experiments.runner.trainer import load_trained
 
     run_dir = tmp_path / "run"
     ckpt = payload.write(run_dir / "checkpoints" / "last.pt")
@@ -95,7 +95,7 @@ def rewrite_shard(folder, s, idx=None, lbl=None, fix_checksum=True):
 def test_training_verifies_shards_at_start(env, tmp_path, monkeypatch, payload):
     run = lambda lat, d: run_in_process(env, ["method=cfm", f"data.latents_dir={lat}"],  # noqa: E731
                                         tmp_path / d, monkeypatch)  # fmt: skip
-    from experiments.trainer import RunError
+    from experiments.runner.trainer import RunError
 
     lat = copy_shards(env, tmp_path)
     idx_p, lbl_p, _ = shard_paths(str(lat), 0)

@@ -18,7 +18,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from experiments.build import Dist, load_tokenizer, prepare_latents  # noqa: E402
+from experiments.runner.build import Dist, load_tokenizer, prepare_latents  # noqa: E402
 
 config, store = sys.argv[1], sys.argv[2]
 rank = int(os.environ["RANK"])

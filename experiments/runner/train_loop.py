@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import signal
 import threading
 import time
@@ -104,7 +103,7 @@ class StopSignals:
 
 @dataclass
 class Parts:
-    """What the loop works on, built by ``experiments/trainer.py``."""
+    """What the loop works on, built by ``experiments/runner/trainer.py``."""
 
     method: object
     model: torch.nn.Module
@@ -134,10 +133,12 @@ class Loop:
         dd,
         stop: StopSignals,
         checkpoint_step: int | None,
+        on_evaluation=(),
     ):
         self.cfg, self.p, self.progress, self.rows = cfg, parts, progress, rows
         self.rundir, self.dd, self.stop = rundir, dd, stop
         self.checkpoint_step = checkpoint_step  # step of the last finite checkpoint on disk
+        self.on_evaluation = on_evaluation  # callables (run_dir, row) → message or None
         self.save_seconds: float | None = None
         self.config = flat_keys(cfg)
         self.pending = torch.zeros((), device=parts.device)  # loss sum since the last sync
@@ -229,12 +230,10 @@ class Loop:
             self.rows.append(row)
             write_csv(self.rundir.metrics, self.rows)
             bar.write(p.evaluator.describe(row))
-            if self.cfg.live_figure:  # the sweep's figure, redrawn with this evaluation
-                from analysis.convergence_plot import refresh
-
-                path = refresh(os.path.dirname(os.path.abspath(self.rundir.path)))
-                if path:
-                    bar.write(f"[figure] {path}")
+            for hook in self.on_evaluation:  # e.g. the sweep's live figure (experiments/run.py)
+                message = hook(self.rundir.path, row)
+                if message:
+                    bar.write(message)
         prog.loss_sum, prog.loss_count = 0.0, 0
         self.dd.barrier()
 

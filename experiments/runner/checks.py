@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from .errors import RunError
 
 # keys that may change when a run directory is relaunched: they decide how a run is
-# evaluated, logged or executed, not what it trains (see experiments/checkpoint.py)
+# evaluated, logged or executed, not what it trains (see experiments/runner/checkpoint.py)
 NON_TRAINING_KEYS = (
     "eval.",
     "progress",

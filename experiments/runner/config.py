@@ -156,7 +156,7 @@ class RunConfig:
     checkpoint_every: int = 100  # steps; also after every evaluation
     resume: bool = True
     # training-config keys a relaunch may change on resume, e.g. [optim.lr] after a
-    # non-finite stop; any other change to a training key is refused (experiments/checkpoint.py)
+    # non-finite stop; any other change to a training key is refused (runner/checkpoint.py)
     allow_changes: list[str] = field(default_factory=list)
     compile: bool = False
     # bitwise-repeatable CUDA runs (same seed → same numbers): deterministic kernels and a

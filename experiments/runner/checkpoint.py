@@ -9,7 +9,7 @@
     identity               tokenizer id and index-shard checksum the run trained on
 
 No RNG state is stored: training randomness is a function of (seed, rank, step) (see
-``experiments/train_loop.py``), and the learning rate a function of (config, step), so the
+``experiments/runner/train_loop.py``), and the learning rate a function of (config, step), so the
 step counter is all a resume needs. A relaunch whose *training* config differs from the
 checkpoint's is refused, naming the keys, unless ``allow_changes`` lists them (for example
 ``optim.lr`` after a non-finite stop); keys that only decide evaluation, logging or

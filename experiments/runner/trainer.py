@@ -236,7 +236,10 @@ def record_stop(rundir: RunDir, e: BaseException, info: dict, step: int | None) 
     rundir.write_summary(summary)
 
 
-def run(cfg, run_dir: str) -> dict:
+def run(cfg, run_dir: str, on_evaluation=()) -> dict:
+    """Train and evaluate one run into ``run_dir``; returns its summary. ``on_evaluation``:
+    callables ``(run_dir, metrics row) → message or None`` run on rank 0 after each evaluation
+    (the runner itself never imports the analysis layer; experiments/run.py wires it)."""
     # checks: every config value, then the input files (seconds, before any model work)
     validate(cfg)
     check_inputs(cfg)
@@ -260,7 +263,7 @@ def run(cfg, run_dir: str) -> dict:
                     print(f"resuming {run_dir} at step {progress.step}/{parts.total_steps}")
             # train
             last_ckpt = progress.step or None
-            Loop(cfg, parts, progress, rows, rundir, dd, stop, last_ckpt).run()
+            Loop(cfg, parts, progress, rows, rundir, dd, stop, last_ckpt, on_evaluation).run()
         # finish
         summary = {**info, "status": "finished", "step": progress.step,
                    "train_wall_s": progress.wall_s, "total_wall_s": time.time() - t_start,
