@@ -48,6 +48,7 @@ def load_sweep(sweep_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
         if os.path.isfile(metrics_path):
             df = pd.read_csv(metrics_path)
             if len(df):
+                fill_legacy_precisions(df, summary)
                 df["run"] = run_name(run_dir, len(dirs))
                 frames.append(df)
                 n_rows = len(df)
@@ -70,8 +71,19 @@ def run_name(run_dir: str, num_sweeps: int) -> str:
     return parts[-1] if num_sweeps == 1 else "/".join(parts[-2:])
 
 
-# what produced a results row; rows that differ in any of these are not comparable
-IDENTITY = ("tokenizer_sha256", "metric_net_sha256", "reference_sha256", "extractor")
+# what produced a results row; rows that differ in any of these are not comparable (bf16 and
+# fp32 runs are two experiments: compare them explicitly, never average them as one)
+IDENTITY = ("tokenizer_sha256", "metric_net_sha256", "reference_sha256", "extractor",
+            "train_precision", "eval_precision")  # fmt: skip
+
+
+def fill_legacy_precisions(df: pd.DataFrame, summary: dict) -> None:
+    """Rows written before the precisions were recorded: what that code did (bf16 autocast in
+    training on CUDA, fp32 on CPU; sampling always fp32)."""
+    if "train_precision" not in df:
+        df["train_precision"] = "bf16" if "cuda" in str(summary.get("device", "")) else "fp32"
+    if "eval_precision" not in df:
+        df["eval_precision"] = "fp32"
 
 
 class NotComparableError(ValueError):

@@ -1,6 +1,7 @@
 """Throughput, FLOP utilisation and sampling speed of every method on one backbone.
 
-    python experiments/benchmark.py                                  # CPU here: fp32
+    python experiments/benchmark.py                                  # precision as optim=auto
+    python experiments/benchmark.py --precisions fp32,bf16 --compile # the README's precision table
     python experiments/benchmark.py --presets DiT-B/2,DiT-XL/2 --grid 32 --codes 16384
     python experiments/benchmark.py --compile --unfused             # + torch.compile, + loop AdamW
     python experiments/benchmark.py --heads chunked,full             # categorical heads: both paths
@@ -16,6 +17,12 @@ The training step is the trainer's own (``shared.optim``: fused AdamW, gradient 
 EMA). Sampling at several NFE reports images/s and the share of the time spent inside the
 model (its utilisation against one peak measured just before). FLOPs are the backbone's
 analytic count (training = 3 × forward). Prints tables and writes a CSV (``--out``).
+
+``--precisions fp32,bf16`` times every variant in both (bf16 = autocast, as the trainer's
+``optim.precision=bf16``); each block's utilisation is against the GEMM peak of its own
+dtype, measured around it. ``auto`` (the default) is what ``optim.precision=auto`` resolves to
+on this machine (shared/precision.py). Sampling is timed eager and, with ``--compile``,
+compiled.
 
 ``--heads chunked,full`` times the categorical methods (purr, dfm) both ways side by side:
 ``chunked`` computes loss, posterior mean and draws from the head's hidden states
@@ -47,6 +54,7 @@ from methods.head import DEFAULT_CHUNK  # noqa: E402
 from shared.backbone import build_dit  # noqa: E402
 from shared.io import atomic_write_text  # noqa: E402
 from shared.optim import build_adamw  # noqa: E402
+from shared.precision import autocast, resolve  # noqa: E402
 
 METHODS = {"cfm": {}, "purr": {}, "dfm": {"source": "mask"}}
 
@@ -155,6 +163,11 @@ def main(argv=None) -> list[dict]:
                     help="n of the n³ peak matmul (2048 on CPU, 8192 on CUDA)")  # fmt: skip
     ap.add_argument("--heads", default="chunked",
                     help="categorical head paths to time: chunked, full or both")  # fmt: skip
+    ap.add_argument(
+        "--precisions",
+        default="auto",
+        help="fp32, bf16 and/or auto (what optim.precision=auto resolves to here)",
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default="outputs/benchmark.csv")
     args = ap.parse_args(argv)
@@ -162,8 +175,8 @@ def main(argv=None) -> list[dict]:
     device = torch.device(
         ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     )
-    use_bf16 = device.type == "cuda"
-    dtype = torch.bfloat16 if use_bf16 else torch.float32
+    precs = list(dict.fromkeys(resolve(p, device.type) for p in args.precisions.split(",")))
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     n_gemm = args.gemm_size or (8192 if device.type == "cuda" else 2048)
     grid, num_classes = (args.grid, args.grid), 10
     names = args.methods.split(",")
@@ -173,11 +186,13 @@ def main(argv=None) -> list[dict]:
     variants = ["eager"] + ["unfused"] * args.unfused + ["compiled"] * args.compile
     gen = torch.Generator(device).manual_seed(0)
     codebook = torch.randn(args.codes, args.code_dim, generator=torch.Generator().manual_seed(0))
-    peaks = [gemm_peak(device, dtype, n_gemm)]
+    peaks = {p: [gemm_peak(device, dtypes[p], n_gemm)] for p in precs}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
-        f"device {device} ({name}, {'bf16 autocast' if use_bf16 else 'fp32'}), "
-        f"{torch.get_num_threads()} threads; GEMM {n_gemm}³ peak {peaks[0] / 1e9:.1f} GFLOP/s"
+        f"device {device} ({name}), precisions {', '.join(precs)} (bf16 = autocast), "
+        f"{torch.get_num_threads()} threads; GEMM {n_gemm}³ peak "
+        + ", ".join(f"{p} {v[0] / 1e9:.1f}" for p, v in peaks.items())
+        + " GFLOP/s"
     )
     results = []
     for preset in args.presets.split(","):
@@ -187,13 +202,13 @@ def main(argv=None) -> list[dict]:
             for n in names:
                 for hd in head_of(n, heads):
                     head = "chunked" if hd == "-" else hd
-                    built[v, n, hd] = build(preset, n, codebook, grid, num_classes, device,
-                                            compiled, fused, head)  # fmt: skip
+                    for p in precs:
+                        built[v, n, hd, p] = build(preset, n, codebook, grid, num_classes,
+                                                   device, compiled, fused, head)  # fmt: skip
 
         def step(key, built=built):
-            random_batch_step(
-                *built[key], args.batch, args.codes, grid, num_classes, device, use_bf16, gen
-            )
+            random_batch_step(*built[key], args.batch, args.codes, grid, num_classes, device,
+                              key[3] == "bf16", gen)  # fmt: skip
 
         t0 = time.perf_counter()
         for key in built:  # warm-up (and compilation)
@@ -210,8 +225,10 @@ def main(argv=None) -> list[dict]:
         times = {key: [] for key in built}
         block_peaks = {key: [] for key in built}  # the GEMM rate around each timed block
         for _ in range(args.reps):  # interleaved: every variant sees the same machine state
-            before = gemm_peak(device, dtype, n_gemm, warmup=False)
-            peaks.append(before)
+            before = {}
+            for p in precs:
+                before[p] = gemm_peak(device, dtypes[p], n_gemm, warmup=False)
+                peaks[p].append(before[p])
             for key in built:
                 sync(device)
                 if device.type == "cuda":
@@ -223,19 +240,21 @@ def main(argv=None) -> list[dict]:
                 times[key].append((time.perf_counter() - t0) / args.steps_per_rep)
                 if device.type == "cuda":
                     peak_mem[key].append(torch.cuda.max_memory_allocated(device) / 2**30)
-                after = gemm_peak(device, dtype, n_gemm, warmup=False)
-                peaks.append(after)
-                block_peaks[key].append((before + after) / 2)
-                before = after
-        for (v, n, hd), ts in times.items():
-            key = v, n, hd
+                p = key[3]
+                after = gemm_peak(device, dtypes[p], n_gemm, warmup=False)
+                peaks[p].append(after)
+                block_peaks[key].append((before[p] + after) / 2)
+                before[p] = after
+        for (v, n, hd, p), ts in times.items():
+            key = v, n, hd, p
             model = built[key][1]
             flops = model.train_flops(args.batch)
             t = statistics.median(ts)
             results.append(
                 {
                     "kind": "train", "preset": preset, "method": n, "variant": v,
-                    "head": hd, "compiled": VARIANTS[v][0], "fused_adamw": VARIANTS[v][1],
+                    "precision": p, "head": hd, "compiled": VARIANTS[v][0],
+                    "fused_adamw": VARIANTS[v][1],
                     "batch": args.batch, "params": model.num_params(),
                     "peak_mem_gib": max(peak_mem[key]) if peak_mem[key] else None,
                     "largest_tensor_mib": largest[key] / 2**20 if key in largest else None,
@@ -248,15 +267,19 @@ def main(argv=None) -> list[dict]:
             )  # fmt: skip
         if not (args.sample_presets == "all" or preset in args.sample_presets.split(",")):
             continue
+        sample_variants = [v for v in variants if v != "unfused"]  # AdamW plays no part
         for nfe in [int(x) for x in args.nfe.split(",")]:
-            rate_peak = gemm_peak(device, dtype, n_gemm, warmup=False)
-            peaks.append(rate_peak)
-            for n, hd in [(m, hd) for m in names for hd in head_of(m, heads)]:
-                method, model = built["eager", n, hd][0], built["eager", n, hd][1]
+            rate_peak = {}
+            for p in precs:
+                rate_peak[p] = gemm_peak(device, dtypes[p], n_gemm, warmup=False)
+                peaks[p].append(rate_peak[p])
+            for v, n, hd, p in [(v, m, hd, p) for v in sample_variants for m in names
+                                for hd in head_of(m, heads) for p in precs]:  # fmt: skip
+                method, model, net = built[v, n, hd, p][:3]
                 model.eval()
-                timed = TimedModel(model, device)
+                timed = TimedModel(net, device)
                 y = torch.arange(args.sample_batch, device=device) % num_classes
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                with torch.no_grad(), autocast(device.type, p):
                     method.sample(timed, 4, grid, 2, y=y[:4], generator=gen)  # warm-up
                     timed.seconds, timed.calls = 0.0, 0
                     sync(device)
@@ -268,15 +291,16 @@ def main(argv=None) -> list[dict]:
                 rate = model.flops(args.sample_batch) * out.nfe / total
                 results.append(
                     {
-                        "kind": "sample", "preset": preset, "method": n, "variant": "eager",
-                        "head": hd, "compiled": False, "batch": args.sample_batch, "nfe": out.nfe,
+                        "kind": "sample", "preset": preset, "method": n, "variant": v,
+                        "precision": p, "head": hd, "compiled": VARIANTS[v][0],
+                        "batch": args.sample_batch, "nfe": out.nfe,
                         "sample_s": total, "images_per_s": args.sample_batch / total,
                         "in_model_fraction": timed.seconds / total, "gflop_per_s": rate / 1e9,
-                        "utilisation": rate / rate_peak,
+                        "utilisation": rate / rate_peak[p],
                     }
                 )  # fmt: skip
-    peak = max(peaks)
     for r in results:
+        peak = max(peaks[r["precision"]])
         r["gemm_peak_gflop_per_s"] = peak / 1e9
         r["util_vs_max_peak"] = r["gflop_per_s"] * 1e9 / peak
     if device.type == "cuda":
@@ -289,48 +313,66 @@ def main(argv=None) -> list[dict]:
 
 
 def report(results, peaks, mem, device) -> None:
-    print(
-        f"\nGEMM peak: best {max(peaks) / 1e9:.1f}, median {statistics.median(peaks) / 1e9:.1f}, "
-        f"lowest {min(peaks) / 1e9:.1f} GFLOP/s over {len(peaks)} measurements; peak memory "
-        f"{mem:.2f} GiB ({'CUDA allocated' if device.type == 'cuda' else 'process RSS'})"
-    )
+    for p, ps in peaks.items():
+        print(
+            f"\nGEMM peak {p}: best {max(ps) / 1e9:.1f}, median {statistics.median(ps) / 1e9:.1f}, "
+            f"lowest {min(ps) / 1e9:.1f} GFLOP/s over {len(ps)} measurements"
+        )
+    print(f"peak memory {mem:.2f} GiB ({'CUDA allocated' if device.type == 'cuda' else 'RSS'})")
     train = [r for r in results if r["kind"] == "train"]
     print("\ntraining (median over interleaved repetitions; util = vs the peaks around each block)")
     print(
-        f"{'preset':12s} {'method':6s} {'head':7s} {'variant':8s} {'GFLOP/step':>10s} "
+        f"{'preset':12s} {'method':6s} {'head':7s} {'variant':8s} {'prec':4s} {'GFLOP/step':>10s} "
         f"{'step s':>8s} {'img/s':>7s} {'GFLOP/s':>8s} {'util':>6s} {'vs max':>6s} "
         f"{'time/cfm':>8s} {'FLOP/cfm':>8s} {'memory':>12s}"
     )
     for r in train:
-        base = next(
-            b
-            for b in train
-            if b["preset"] == r["preset"] and b["method"] == "cfm" and b["variant"] == r["variant"]
-        )
+        same = ("preset", "variant", "precision")
+        base = next(b for b in train if b["method"] == "cfm" and all(b[k] == r[k] for k in same))
         if r["peak_mem_gib"] is not None:
             mem = f"{r['peak_mem_gib']:.2f} GiB"
         else:
             mem = f"{r['largest_tensor_mib']:.1f} MiB max"
         print(
             f"{r['preset']:12s} {r['method']:6s} {r['head']:7s} {r['variant']:8s} "
-            f"{r['gflop_per_step']:10.1f} {r['step_s']:8.3f} {r['images_per_s']:7.1f} "
-            f"{r['gflop_per_s']:8.1f} {r['utilisation']:6.1%} {r['util_vs_max_peak']:6.1%} "
-            f"{r['step_s'] / base['step_s']:8.3f} "
+            f"{r['precision']:4s} {r['gflop_per_step']:10.1f} {r['step_s']:8.3f} "
+            f"{r['images_per_s']:7.1f} {r['gflop_per_s']:8.1f} {r['utilisation']:6.1%} "
+            f"{r['util_vs_max_peak']:6.1%} {r['step_s'] / base['step_s']:8.3f} "
             f"{r['gflop_per_step'] / base['gflop_per_step']:8.3f} {mem:>12s}"
         )
     sample = [r for r in results if r["kind"] == "sample"]
     if sample:
         print("\nsampling (Euler; images/s at batch size; share of time inside the model)")
         print(
-            f"{'preset':12s} {'method':6s} {'head':7s} {'NFE':>4s} {'img/s':>8s} {'in model':>8s} "
-            f"{'util':>6s}"
+            f"{'preset':12s} {'method':6s} {'head':7s} {'variant':8s} {'prec':4s} {'NFE':>4s} "
+            f"{'img/s':>8s} {'in model':>8s} {'util':>6s}"
         )
         for r in sample:
             print(
-                f"{r['preset']:12s} {r['method']:6s} {r['head']:7s} {r['nfe']:4d} "
-                f"{r['images_per_s']:8.1f} "
+                f"{r['preset']:12s} {r['method']:6s} {r['head']:7s} {r['variant']:8s} "
+                f"{r['precision']:4s} {r['nfe']:4d} {r['images_per_s']:8.1f} "
                 f"{r['in_model_fraction']:8.1%} {r['utilisation']:6.1%}"
             )
+    speedups(results)
+
+
+def speedups(results) -> None:
+    """Each variant's speed relative to eager fp32 of the same preset, method, head (and NFE):
+    the README's precision table."""
+    ref = {}
+    for r in results:
+        if r["variant"] == "eager" and r["precision"] == "fp32":
+            ref[r["kind"], r["preset"], r["method"], r["head"], r.get("nfe")] = r["images_per_s"]
+    rows = [r for r in results if (r["kind"], r["preset"], r["method"], r["head"], r.get("nfe"))
+            in ref and not (r["variant"] == "eager" and r["precision"] == "fp32")]  # fmt: skip
+    if not rows:
+        return
+    print("\nspeed-up vs eager fp32 (images/s ratio, measured side by side)")
+    for r in rows:
+        base = ref[r["kind"], r["preset"], r["method"], r["head"], r.get("nfe")]
+        nfe = f" NFE {r['nfe']}" if r["kind"] == "sample" else ""
+        print(f"{r['kind']:6s} {r['preset']:12s} {r['method']:6s} {r['head']:7s} {r['variant']:8s} "
+              f"{r['precision']:4s}{nfe}: {r['images_per_s'] / base:.2f}×")  # fmt: skip
 
 
 def write(results, path) -> None:

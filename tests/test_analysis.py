@@ -138,6 +138,14 @@ def test_runs_measured_differently_are_never_compared(tmp_path):
     df.to_csv(sweep / "4_purr_seed0" / "metrics.csv", index=False)
     metrics, _ = load_sweep(str(sweep))  # one identity: fine
     assert set(metrics["metric_net_sha256"]) == {"net-a"}
+    # rows from before the precisions were recorded read as what that code did on CPU (fp32)
+    assert set(metrics["train_precision"]) == {"fp32"} == set(metrics["eval_precision"])
+    # a bf16-trained run is another experiment: never averaged with the fp32 ones
+    df.assign(train_precision="bf16", eval_precision="fp32").to_csv(
+        sweep / "4_purr_seed0" / "metrics.csv", index=False
+    )
+    with pytest.raises(NotComparableError, match=r"bf16 fp32: 4_purr_seed0"):
+        load_sweep(str(sweep))
     df.drop(columns=["metric_net_sha256"]).to_csv(sweep / "4_purr_seed0" / "metrics.csv")
     with pytest.raises(NotComparableError, match="unrecorded"):  # recorded vs not recorded
         load_sweep(str(sweep))

@@ -32,6 +32,8 @@ def test_benchmark_tiny(tmp_path, capsys):
             "chunked,full",
             "--gemm-size",
             "256",
+            "--precisions",
+            "fp32,bf16",
             "--out",
             str(out),
         ]
@@ -74,7 +76,14 @@ def test_benchmark_tiny(tmp_path, capsys):
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(results) and "gemm_peak_gflop_per_s" in rows[0]
-    assert "GEMM peak" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "GEMM peak fp32" in printed and "GEMM peak bf16" in printed
+    # both precisions of every trained and sampled variant, and their ratio to eager fp32
+    for kind in (train, sample):
+        keys = {(r["method"], r["head"], r["variant"], r.get("nfe")) for r in kind}
+        assert {(r["method"], r["head"], r["variant"], r.get("nfe"), r["precision"])
+                for r in kind} == {(*k, p) for k in keys for p in ("fp32", "bf16")}  # fmt: skip
+    assert "speed-up vs eager fp32" in printed and "bf16" in printed.split("speed-up")[1]
 
 
 def test_head_bench_compares_three_losses_that_agree():

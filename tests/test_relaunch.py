@@ -99,6 +99,39 @@ def test_relaunch_rules(env, tmp_path, monkeypatch):
     finally:
         holder.release()
     assert summary(d)["status"] == "finished"
+    # optim.precision=auto resolves per machine (shared/precision.py); a checkpoint is resumed
+    # only in the precision it trained in, which every row records with the sampling one
+    from shared import precision
+
+    trained = summary(d)["train_precision"]
+    assert {(r["train_precision"], r["eval_precision"]) for r in rows} == {(trained, "fp32")}
+    flags = {"fp32": frozenset({"avx512f", "avx512_bf16"}), "bf16": frozenset({"avx512f"})}
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags[trained])
+    with pytest.raises(RunRefused, match=f"trained in {trained}, .* optim.precision={trained}"):
+        run_in_process(env, ["method=purr"], d, monkeypatch)
+    run_in_process(env, ["method=purr", f"optim.precision={trained}"], d, monkeypatch)
+    assert summary(d)["launches"][-1]["changed"] == {"optim.precision": ["auto", trained]}
+    assert metric_rows(d) == rows
+
+
+def test_precision_auto_follows_the_hardware(monkeypatch):
+    """auto = bf16 where the CPU computes it natively (x86 avx512_bf16/amx_bf16, aarch64 bf16),
+    fp32 elsewhere; explicit settings are kept; anything else is refused."""
+    from shared import precision
+
+    for flags, expect in ((set(), "fp32"), ({"avx512f", "avx2"}, "fp32"),
+                          ({"avx512f", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16"),
+                          ({"asimd", "bf16"}, "bf16")):  # fmt: skip
+        monkeypatch.setattr(precision, "cpu_flags", lambda f=flags: frozenset(f))
+        assert precision.resolve("auto", "cpu") == expect, flags
+        assert precision.resolve("fp32", "cpu") == "fp32"
+        assert precision.resolve("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="fp16"):
+        precision.resolve("fp16", "cpu")
+    monkeypatch.undo()  # the real /proc/cpuinfo parses into flags
+    assert "fpu" in precision.cpu_flags() or not os.path.exists("/proc/cpuinfo")
+    assert precision.legacy_train_precision("auto", "cpu") == "fp32"
+    assert precision.legacy_train_precision("auto", "cuda") == "bf16"
 
 
 def test_nonfinite_weights_are_never_checkpointed(env, tmp_path, monkeypatch):

@@ -6,7 +6,7 @@
     progress               step, loss_sum/loss_count (since the last evaluation), wall_s
     total_steps            the budget in steps
     config                 the resolved run config as dotted keys
-    identity               tokenizer id and index-shard checksum the run trained on
+    identity               tokenizer id, index-shard checksum and resolved training precision
 
 No RNG state is stored: training randomness is a function of (seed, rank, step) (see
 ``experiments/runner/train_loop.py``), and the learning rate a function of (config, step), so the
@@ -121,15 +121,23 @@ def check_resume(path: str, ck: dict, cfg) -> dict:
     return {k: list(v) for k, v in diff.items()}
 
 
-def check_identity(path: str, ck: dict, identity: dict) -> None:
-    """The tokenizer and training data must be the ones the checkpoint trained on."""
+def check_identity(path: str, ck: dict, identity: dict, legacy: dict | None = None) -> None:
+    """The tokenizer, training data and resolved training precision must be the ones the
+    checkpoint trained with. ``legacy``: the value of a key that older checkpoints did not
+    record (what the code that wrote them did)."""
     for key, now in identity.items():
-        then = ck["identity"].get(key)
-        if then != now:
+        then = ck["identity"].get(key, (legacy or {}).get(key))
+        if then == now:
+            continue
+        if key == "train_precision":
             raise RunRefused(
-                f"{path} trained on {key} {then!r}, this launch has {now!r}; "
-                "resume with the same tokenizer and index shards"
+                f"{path} trained in {then}, this launch would train in {now} (optim.precision="
+                f"auto resolves per machine); resume with optim.precision={then}"
             )
+        raise RunRefused(
+            f"{path} trained on {key} {then!r}, this launch has {now!r}; "
+            "resume with the same tokenizer and index shards"
+        )
 
 
 @torch.no_grad()

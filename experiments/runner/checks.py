@@ -33,6 +33,8 @@ NON_TRAINING_KEYS = (
     "live_figure",
     "method.head",  # the same loss and posterior, computed chunk-wise or in full (rounding)
     "method.head_chunk",
+    # the setting may change; the precision it resolves to may not (checked as identity)
+    "optim.precision",
 )
 
 ENUMS = {
@@ -46,6 +48,7 @@ ENUMS = {
     "tokenizer.backend": ("fashion-vq", "sd-vq-f8", "llamagen-vq-ds8"),
     "data.dataset": ("fashion", "imagefolder"),
     "optim.precision": ("auto", "fp32", "bf16"),
+    "eval.precision": ("auto", "fp32", "bf16"),
     "eval.spacing": ("linear", "log"),
     "eval.extractor": ("fashion", "inception"),
     "eval.reference_split": ("train", "test"),

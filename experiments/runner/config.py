@@ -118,7 +118,9 @@ class OptimConfig:
     warmup_steps: int = 20
     ema_decay: float = 0.99
     ema_warmup: bool = True  # decay min(ema_decay, (1+n)/(10+n)), as torch_ema
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU | fp32 | bf16
+    # auto: bf16 autocast where the device has native bf16 (CUDA; CPUs with avx512_bf16/amx),
+    # fp32 elsewhere (shared/precision.py) | fp32 | bf16
+    precision: str = "auto"
     fused: bool = True  # AdamW's single-kernel implementation (same update, fewer passes)
 
 
@@ -138,6 +140,8 @@ class EvalConfig:
     reference_n: int = 1000
     seed: int = 1234  # sampling seed, the same for every method and evaluation
     batch_size: int = 250
+    # of sampling: fp32 (default; see README "Precision") | bf16 (autocast) | auto (as optim)
+    precision: str = "fp32"
     grid_samples: int = 100
 
 

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from shared import precision
 from shared.images import save_grid
 from shared.io import atomic_write_text
 from shared.paths import cache_root, config_hash
@@ -31,6 +32,8 @@ METRIC_COLUMNS = [
     "fd_real", "fd_recon",
     # identity: what produced the row (analysis refuses to compare rows that differ here)
     "tokenizer_sha256", "metric_net_sha256", "reference", "reference_sha256",
+    # resolved precisions (fp32 | bf16) of training and of evaluation sampling
+    "train_precision", "eval_precision",
 ]  # fmt: skip
 
 
@@ -58,11 +61,14 @@ class Evaluator:
     tokenizer) score under the same protocol, with the same number of samples.
     """
 
-    def __init__(self, cfg, tok, method, device, run_dir):
+    def __init__(self, cfg, tok, method, device, run_dir, train_precision=None):
         from shared.metrics import build_extractor, load_classifier, reference_features
 
         self.cfg, self.tok, self.method = cfg, tok, method
         self.device, self.run_dir = device, run_dir
+        self.train_precision = train_precision
+        # of sampling; configs stored before the key existed sampled in fp32
+        self.precision = precision.resolve(cfg.eval.get("precision", "fp32"), device.type)
         e = cfg.eval
         self.dataset = ("fashion-mnist" if cfg.data.dataset == "fashion"
                         else f"imagefolder:{cfg.data.root}")  # fmt: skip
@@ -132,12 +138,13 @@ class Evaluator:
         images = []
         for i in range(0, e.num_samples, e.batch_size):
             y = labels[i : i + e.batch_size]
-            out = self.method.sample(
-                ema, len(y), self.tok.grid, e.steps, y=y, solver=e.solver,
-                temperature=e.temperature if temperature is None else temperature,
-                cfg_scale=e.cfg_scale if cfg_scale is None else cfg_scale, generator=g,
-                trace=trace,
-            )  # fmt: skip
+            with precision.autocast(self.device.type, self.precision):
+                out = self.method.sample(
+                    ema, len(y), self.tok.grid, e.steps, y=y, solver=e.solver,
+                    temperature=e.temperature if temperature is None else temperature,
+                    cfg_scale=e.cfg_scale if cfg_scale is None else cfg_scale, generator=g,
+                    trace=trace,
+                )  # fmt: skip
             images.append(self.tok.decode(out.indices).cpu())
         return torch.cat(images), labels.cpu(), out
 
@@ -173,6 +180,7 @@ class Evaluator:
             "sample_steps": e.steps, "solver": e.solver, "temperature": e.temperature,
             "cfg_scale": e.cfg_scale, "num_samples": e.num_samples, "extractor": kind,
             "eval_s": round(time.time() - t0, 2), **self.baselines, **self.identity,
+            "train_precision": self.train_precision, "eval_precision": self.precision,
         }  # fmt: skip
 
     def describe(self, row) -> str:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from shared import precision
 from shared.optim import build_adamw
 
 from . import checkpoint
@@ -137,8 +138,10 @@ def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
         net = torch.compile(net)
     flops = model.train_flops(cfg.budget.batch_size)
     total = steps_for_budget(cfg.budget, flops)
-    use_bf16 = o.precision == "bf16" or (o.precision == "auto" and device.type == "cuda")
-    evaluator = Evaluator(cfg, tok, method, device, rundir.path) if dd.main else None
+    train_precision = precision.resolve(o.precision, device.type)
+    evaluator = (
+        Evaluator(cfg, tok, method, device, rundir.path, train_precision) if dd.main else None
+    )
     return Parts(
         method,
         model,
@@ -148,11 +151,15 @@ def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
         shards,
         evaluator,
         device,
-        use_bf16,
+        train_precision == "bf16",
         flops,
         total,
         eval_steps(total, cfg.eval.points, cfg.eval.spacing),
-        {"tokenizer": tok.tokenizer_id, "shards": shards.manifest["checksum"]},
+        {
+            "tokenizer": tok.tokenizer_id,
+            "shards": shards.manifest["checksum"],
+            "train_precision": train_precision,
+        },  # fmt: skip
     )
 
 
@@ -180,6 +187,8 @@ def describe(cfg, p: Parts, dd: Dist) -> dict:
         "budget_images": cfg.budget.images,
         "tokenizer": p.identity["tokenizer"],
         "shards": p.identity["shards"],
+        "train_precision": p.identity["train_precision"],
+        "eval_precision": p.evaluator.precision if p.evaluator is not None else None,
         "world_size": dd.world,
         "device": str(p.device),
     }
@@ -204,12 +213,13 @@ def open_run_dir(cfg, rundir: RunDir, dd: Dist) -> tuple[dict | None, dict]:
     return saved, checkpoint.check_resume(rundir.checkpoint, saved, cfg)
 
 
-def restore(parts: Parts, saved: dict | None, rundir: RunDir) -> checkpoint.Progress:
+def restore(cfg, parts: Parts, saved: dict | None, rundir: RunDir) -> checkpoint.Progress:
     """Weights, EMA, optimiser and counters from the checkpoint (after checking that it was
     trained on this tokenizer and these shards)."""
     if saved is None:
         return checkpoint.Progress()
-    checkpoint.check_identity(rundir.checkpoint, saved, parts.identity)
+    legacy = precision.legacy_train_precision(cfg.optim.precision, parts.device.type)
+    checkpoint.check_identity(rundir.checkpoint, saved, parts.identity, {"train_precision": legacy})
     parts.model.load_state_dict(saved["model"])
     parts.ema.load_state_dict(saved["ema"])
     parts.opt.load_state_dict(saved["opt"])
@@ -253,7 +263,7 @@ def run(cfg, run_dir: str, on_evaluation=()) -> dict:
         with StopSignals() as stop:
             # build, restore
             parts = build(cfg, dd, device, rundir)
-            progress = restore(parts, saved, rundir)
+            progress = restore(cfg, parts, saved, rundir)
             del saved
             info = describe(cfg, parts, dd)
             rows = [r for r in read_csv(rundir.metrics) if int(r["step"]) <= progress.step]
