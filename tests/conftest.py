@@ -23,6 +23,21 @@ TINY = [
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--repeat", type=int, default=1,
+        help="run each selected test N times (make flake: the process tests in a loop)",
+    )  # fmt: skip
+
+
+def pytest_generate_tests(metafunc):
+    """``--repeat N``: every selected test N times, as N separate test items."""
+    n = metafunc.config.getoption("repeat")
+    if n > 1:
+        metafunc.fixturenames.append("_repetition")
+        metafunc.parametrize("_repetition", range(n), ids=lambda i: f"rep{i}")
+
+
 @pytest.fixture(autouse=True)
 def _restore_deterministic_flag():
     """A run with deterministic=true sets a process-wide flag; keep it out of other tests."""

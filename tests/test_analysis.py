@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from analysis import convergence_plot
 from analysis.sweeps import latest_sweep, load_sweep
@@ -235,3 +236,26 @@ def test_ranking_vs_budget_finds_the_crossing_and_both_views(tmp_path, capsys):
     assert len(res["iteration-matched"]["ranking"]) == 4  # at fast's steps 10…80
     for f in ("ranking_vs_budget.png", "ranking_vs_budget.csv", "crossings.csv"):
         assert (tmp_path / "out" / f).stat().st_size > 0
+
+
+def test_precision_check_compares_against_seed_noise(tmp_path):
+    """bf16 vs fp32 rows matched by method and step: means, seed stds, and the verdict."""
+    from analysis import precision_check
+
+    def rows(prec, fds):
+        return pd.DataFrame([{"method": "purr", "seed": s, "step": step, "fd_fashion": fd,
+                              "train_precision": prec}
+                             for step, per_seed in fds.items()
+                             for s, fd in enumerate(per_seed)])  # fmt: skip
+
+    fp32 = rows("fp32", {10: [100.0, 102.0, 104.0], 20: [50.0, 51.0, 52.0]})  # std 2, 1
+    bf16 = rows("bf16", {10: [101.0, 103.0, 105.0], 20: [60.0, 61.0, 62.0]})
+    out = precision_check.compare_training(fp32, bf16, "fd_fashion").set_index("step")
+    assert out.loc[10, "diff"] == pytest.approx(1.0) and out.loc[10, "seed_std"] == 2.0
+    assert out.loc[20, "diff"] == pytest.approx(10.0) and out.loc[20, "seed_std"] == 1.0
+    assert list(out["within_seed_std"]) == [True, False]
+    fp32.to_csv(tmp_path / "fp32.csv", index=False)
+    bf16.to_csv(tmp_path / "bf16.csv", index=False)
+    with pytest.raises(SystemExit, match="trained in"):  # the sets swapped: refused
+        precision_check.main(["--fp32", str(tmp_path / "bf16.csv"), "--bf16",
+                              str(tmp_path / "fp32.csv"), "--out", str(tmp_path)])  # fmt: skip

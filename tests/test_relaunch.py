@@ -43,6 +43,7 @@ def summary(run_dir):
     return json.loads((run_dir / "summary.json").read_text())
 
 
+@pytest.mark.process
 def test_killed_and_relaunched_run_equals_uninterrupted(env, tmp_path, monkeypatch):
     full = run_in_process(env, ["method=purr"], tmp_path / "full", monkeypatch)
     reference = metric_rows(tmp_path / "full")
@@ -252,6 +253,7 @@ def test_rows_name_what_measured_them_and_the_live_figure(env, tmp_path, monkeyp
     assert len(s["warnings"]) == 1 and "tokenizer of this run" in s["warnings"][0]
 
 
+@pytest.mark.process
 def test_two_rank_ddp_run_stops_on_sigterm_and_resumes_exactly(env, tmp_path):
     """torchrun, 2 CPU ranks (gloo): SIGTERM reaches both ranks in step 3; they agree to stop
     at the next log boundary (step 4), checkpoint, and the relaunch ends identical to an
@@ -280,6 +282,7 @@ def test_two_rank_ddp_run_stops_on_sigterm_and_resumes_exactly(env, tmp_path):
     assert metric_rows(d) == metric_rows(tmp_path / "full")
 
 
+@pytest.mark.process
 def test_ranks_that_see_different_files_take_the_same_collectives(env, tmp_path):
     """The root of the 2-rank abort: rank 1 finds the shard manifest that rank 0 has just
     written, so on its own it would skip the barrier that rank 0 waits in. Rank 0's view
@@ -305,6 +308,7 @@ def test_ranks_that_see_different_files_take_the_same_collectives(env, tmp_path)
         assert p.returncode == 0 and f"rank {r}: 64 shard rows, all-reduce 3" in out, out[-3000:]
 
 
+@pytest.mark.process
 def test_a_timed_out_launch_kills_its_whole_process_tree(tmp_path):
     """run_tree kills grandchildren in sessions of their own that ignore SIGTERM (as torchrun's
     ranks, blocked in a collective, do)."""

@@ -103,6 +103,7 @@ def test_same_seed_same_loss_curve_and_nonfinite_stop(env, tmp_path, monkeypatch
     assert status["status"] == "failed" and "NonFiniteLossError" in status["error"]
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "args,expect",
     [
@@ -151,6 +152,7 @@ def slurm_cluster():
     subprocess.run(["bash", str(script), "down"], capture_output=True)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("launcher", ["slurm", "submitit_local"])
 def test_sweep_through_submitit(env, tmp_path, launcher, request):
     if launcher == "slurm":
@@ -194,6 +196,7 @@ def test_new_baselines_run_end_to_end(env, tmp_path, monkeypatch, overrides, lab
     assert all(float(r["fd_fashion"]) > 0 and int(r["nfe"]) > 0 for r in rows)
 
 
+@pytest.mark.process
 def test_pack_runs_a_sweep_several_jobs_at_once(env, tmp_path):
     """experiments/pack.py: two jobs at once, folders named as a Hydra sweep's, both
     finished, readable by the analysis; a relaunch reuses them and a bad job fails the pack."""
@@ -217,6 +220,7 @@ def test_pack_runs_a_sweep_several_jobs_at_once(env, tmp_path):
     assert bad.returncode == 1 and "did not finish" in bad.stderr
 
 
+@pytest.mark.process
 def test_gpu_sweep_script_runs_its_whole_path_on_cpu(env, tmp_path):
     """experiments/gpu_sweep.sh with TINY=1: the packed sweep (2 seeds × cfm, purr, two at
     once) and every figure it promises, on this machine in seconds."""

@@ -1,0 +1,124 @@
+"""Does bf16 change the numbers? Training precision and sampling precision, each against seeds.
+
+    python analysis/precision_check.py --fp32 SWEEP_OR_CSV --bf16 SWEEP [--resample]
+
+**Training.** Rows of fp32-trained runs (a sweep, or a ``convergence_data.csv`` written by
+``convergence_plot.py``) and of bf16-trained runs of the same config, matched by method and
+step (one config gives the same evaluation steps). At each evaluation point: the mean FD
+over seeds in each precision, the seed std of each, and whether |mean_bf16 − mean_fp32| is
+below the seed std (the larger of the two). Seeds set the bar: a precision effect smaller
+than what another seed does cannot change a ranking that seeds do not already change.
+
+**Sampling** (``--resample``): the final EMA weights of every bf16-trained run, sampled under
+the run's evaluation protocol (same labels, noise, steps) in fp32 and in bf16 autocast, both
+scored against the same reference: the FD difference per run, and its mean against the seed
+std of the fp32-sampled FDs.
+
+Writes precision_training.csv and precision_sampling.csv beside ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import time
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from analysis.sweeps import headline_metric, load_sweep  # noqa: E402
+from shared.io import atomic_write_text  # noqa: E402
+
+
+def rows_of(source: str) -> pd.DataFrame:
+    """Evaluation rows of a sweep folder or of a convergence_data.csv."""
+    if source.endswith(".csv"):
+        return pd.read_csv(source)
+    metrics, _ = load_sweep(source)
+    return metrics
+
+
+def compare_training(fp32: pd.DataFrame, bf16: pd.DataFrame, metric: str) -> pd.DataFrame:
+    out = []
+    for method in sorted(set(fp32["method"]) & set(bf16["method"])):
+        a, b = fp32[fp32["method"] == method], bf16[bf16["method"] == method]
+        for step in sorted(set(a["step"]) & set(b["step"])):
+            fa, fb = a[a["step"] == step][metric], b[b["step"] == step][metric]
+            noise = max(fa.std(), fb.std())
+            diff = fb.mean() - fa.mean()
+            out.append({
+                "method": method, "step": step, "seeds_fp32": len(fa),
+                "seeds_bf16": len(fb), f"{metric}_fp32": fa.mean(), "std_fp32": fa.std(),
+                f"{metric}_bf16": fb.mean(), "std_bf16": fb.std(), "diff": diff,
+                "seed_std": noise, "within_seed_std": abs(diff) < noise,
+            })  # fmt: skip
+    if not out:
+        raise ValueError("no method and evaluation step in common between the two sets of runs")
+    return pd.DataFrame(out)
+
+
+def compare_sampling(run_dirs: list[str], device: str = "cpu") -> pd.DataFrame:
+    from experiments.runner.checks import method_label
+    from experiments.runner.trainer import Evaluator, load_trained
+
+    out = []
+    for run in run_dirs:
+        cfg, tok, method, model = load_trained(run, device)
+        row = {"run": os.path.basename(run), "method": method_label(cfg), "seed": cfg.seed}
+        for prec in ("fp32", "bf16"):
+            cfg.eval.precision = prec
+            ev = Evaluator(cfg, tok, method, torch.device(device), run)
+            t0 = time.time()
+            images, _, _ = ev.sample_images(model)
+            row[f"sample_s_{prec}"] = time.time() - t0
+            scored = ev.score(images)
+            key = "fd_fashion" if "fd_fashion" in scored else "fid_inception"
+            row[f"fd_{prec}"] = scored[key]
+        row["diff"] = row["fd_bf16"] - row["fd_fp32"]
+        print(f"{row['run']}: FD fp32 {row['fd_fp32']:.3f}, bf16 {row['fd_bf16']:.3f} (sampling "
+              f"{row['sample_s_fp32']:.1f} s vs {row['sample_s_bf16']:.1f} s)")  # fmt: skip
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--fp32", required=True, help="fp32-trained runs: a sweep or a CSV of rows")
+    ap.add_argument("--bf16", required=True, help="the bf16-trained sweep of the same config")
+    ap.add_argument("--resample", action="store_true",
+                    help="also sample each bf16 run's last weights in fp32 and bf16")  # fmt: skip
+    ap.add_argument("--out", default=None, help="folder for the CSVs (default: <bf16>/analysis)")
+    args = ap.parse_args(argv)
+    out_dir = args.out or os.path.join(args.bf16, "analysis")
+    os.makedirs(out_dir, exist_ok=True)
+    fp32, bf16 = rows_of(args.fp32), rows_of(args.bf16)
+    for name, df, want in (("--fp32", fp32, "fp32"), ("--bf16", bf16, "bf16")):
+        got = set(df.get("train_precision", pd.Series(["fp32"])).fillna("fp32"))
+        if got != {want}:
+            raise SystemExit(f"{name} rows were trained in {sorted(got)}, not {want}")
+    metric = headline_metric(bf16)
+    train = compare_training(fp32, bf16, metric)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(train.round(3).to_string(index=False))
+    n_ok = int(train["within_seed_std"].sum())
+    print(f"\ntraining: |bf16 − fp32| below the seed std at {n_ok} of {len(train)} points")
+    atomic_write_text(os.path.join(out_dir, "precision_training.csv"), train.to_csv(index=False))
+    if args.resample:
+        runs = sorted(r for r in glob.glob(os.path.join(args.bf16, "*_seed*"))
+                      if os.path.isfile(os.path.join(r, "checkpoints", "last.pt")))  # fmt: skip
+        samp = compare_sampling(runs)
+        for method, grp in samp.groupby("method"):
+            print(f"sampling {method}: mean bf16 − fp32 {grp['diff'].mean():+.3f} (per run "
+                  f"{', '.join(f'{d:+.2f}' for d in grp['diff'])}); seed std of fp32-sampled "
+                  f"FD {grp['fd_fp32'].std():.3f}; time bf16/fp32 "
+                  f"{grp['sample_s_bf16'].sum() / grp['sample_s_fp32'].sum():.2f}")  # fmt: skip
+        atomic_write_text(os.path.join(out_dir, "precision_sampling.csv"),
+                          samp.to_csv(index=False))  # fmt: skip
+    return train
+
+
+if __name__ == "__main__":
+    main()
