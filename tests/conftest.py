@@ -21,6 +21,11 @@ TINY = [
 ]  # fmt: skip
 # cuBLAS reads this when first used; set before any test touches CUDA (deterministic=true)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker, for the processes it starts too
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def pytest_addoption(parser):

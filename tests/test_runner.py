@@ -103,27 +103,46 @@ def test_same_seed_same_loss_curve_and_nonfinite_stop(env, tmp_path, monkeypatch
     assert status["status"] == "failed" and "NonFiniteLossError" in status["error"]
 
 
-@pytest.mark.process
-@pytest.mark.parametrize(
-    "args,expect",
-    [
-        (["budget.batch_sizee=3"], "batch_sizee"),
-        (["budget.batch_size=abc"], "batch_size"),
-        (["method=flow"], "flow"),
-        (["eval.steps=0"], "eval.steps=0 is not allowed"),
-        (["optim.precision=fp16", "device=tpu"], "optim.precision='fp16' is not allowed"),
-        (["data.root=/nonexistent/fmnist"], "apt-get install -y dataset-fashion-mnist"),
-        (["DATA", "tokenizer.path=/nonexistent/tok"], "leave tokenizer.path unset for the shipped"),
-        (["DATA", "tokenizer=sd_vq_f8", "tokenizer.path=/x/model.ckpt"], "ommer-lab.com"),
-    ],
-)
-def test_bad_config_fails_fast_naming_the_fix(env, args, expect, torch_import_s):
-    # "DATA": the synthetic dataset, so the tokenizer checks are reached on machines
-    # without the Debian package too
+BAD_CONFIGS = [
+    (["budget.batch_sizee=3"], "batch_sizee"),
+    (["budget.batch_size=abc"], "batch_size"),
+    (["method=flow"], "flow"),
+    (["eval.steps=0"], "eval.steps=0 is not allowed"),
+    (["optim.precision=fp16", "device=tpu"], "optim.precision='fp16' is not allowed"),
+    (["data.root=/nonexistent/fmnist"], "apt-get install -y dataset-fashion-mnist"),
+    (["DATA", "tokenizer.path=/nonexistent/tok"], "leave tokenizer.path unset for the shipped"),
+    (["DATA", "tokenizer=sd_vq_f8", "tokenizer.path=/x/model.ckpt"], "ommer-lab.com"),
+]
+# one per stage that refuses: Hydra's composition, value validation, the input files
+BAD_CONFIGS_LAUNCHED = [BAD_CONFIGS[0], BAD_CONFIGS[3], BAD_CONFIGS[5]]
+
+
+def with_data(env, args):
+    """ "DATA": the synthetic dataset, so the tokenizer checks are reached on machines
+    without the Debian package too."""
     data = next(o for o in env["overrides"] if o.startswith("data.root="))
-    args = [data if a == "DATA" else a for a in args]
+    return [data if a == "DATA" else a for a in args]
+
+
+@pytest.mark.parametrize("args,expect", BAD_CONFIGS)
+def test_bad_config_is_refused_naming_the_fix(env, args, expect, monkeypatch):
+    """Every bad value is refused by the start-up checks (in this process), naming the fix."""
+    from experiments.runner.checks import check_inputs, validate
+
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    with pytest.raises(Exception) as refused:  # noqa: PT011 (Hydra's errors, or RunError)
+        cfg = compose(env["overrides"] + with_data(env, args))
+        validate(cfg)
+        check_inputs(cfg)
+    assert expect in str(refused.value)
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("args,expect", BAD_CONFIGS_LAUNCHED)
+def test_bad_config_fails_fast_naming_the_fix(env, args, expect, torch_import_s):
+    """The real command: a non-zero exit, the fix on stderr, before any model work."""
     t0 = time.time()
-    proc = run_tree(RUN + args, cwd=env["base"], timeout=120,
+    proc = run_tree(RUN + with_data(env, args), cwd=env["base"], timeout=120,
                     env={**os.environ, "VQBENCH_CACHE": env["cache"]})  # fmt: skip
     assert proc.returncode != 0
     assert expect in proc.stderr + proc.stdout
