@@ -24,7 +24,7 @@ $(FID_WHEEL): | $(STAMP)
 $(STAMP): pyproject.toml
 	@echo "==> venv $(VENV): installing the pinned dependencies (about 2 min the first time)"
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-compile -e '.[dev]'
 	$(PY) -m pip check
 	@rm -f $(VENV)/.deps-*; touch $@
 	@echo "==> venv ready: $(VENV)"
@@ -73,8 +73,8 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory lint
 	@echo "==> the shipped fd_fashion network (sha256-checked)"
 	$(PY) experiments/prepare_metrics.py --skip-inception
-	@echo "==> pytest (fast tests; slow ones: $(PY) -m pytest -m slow)"
-	$(PY) -m pytest
+	@echo "==> pytest (fast tests, one worker per core; slow ones: $(PY) -m pytest -m slow)"
+	$(PY) -m pytest -n auto --dist worksteal
 
 # The tests that launch process trees (torchrun, SLURM, submitit, pack, kill/relaunch), in
 # loops: run before any submission that touches process handling. A flaky process test
@@ -84,5 +84,5 @@ FLAKE ?= 10
 flake: $(STAMP)
 	@$(MAKE) --no-print-directory data || echo "!! tests that need the real Fashion-MNIST will be skipped"
 	$(PY) experiments/prepare_metrics.py --skip-inception
-	$(PY) -m pytest -q -m process -k two_rank_ddp --repeat $(FLAKE_DDP)
-	$(PY) -m pytest -q -m process -k "not two_rank_ddp" --repeat $(FLAKE)
+	$(PY) -m pytest -q -n auto --dist worksteal -m process -k two_rank_ddp --repeat $(FLAKE_DDP)
+	$(PY) -m pytest -q -n auto --dist worksteal -m process -k "not two_rank_ddp" --repeat $(FLAKE)

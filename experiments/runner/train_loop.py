@@ -141,7 +141,9 @@ class Loop:
         self.on_evaluation = on_evaluation  # callables (run_dir, row) → message or None
         self.save_seconds: float | None = None
         self.config = flat_keys(cfg)
-        self.pending = torch.zeros((), device=parts.device)  # loss sum since the last sync
+        # loss sum since the last sync, in float64: exact for float32 losses, so the logged mean
+        # does not depend on where syncs fell (a resumed run syncs at other steps)
+        self.pending = torch.zeros((), device=parts.device, dtype=torch.float64)
         self.pending_n, self.synced_step = 0, progress.step
 
     def run(self) -> None:
@@ -192,7 +194,7 @@ class Loop:
             ema_decay=ema_decay(step, cfg.optim.ema_decay, cfg.optim.ema_warmup),
             use_bf16=p.use_bf16,
         )  # fmt: skip
-        self.pending, self.pending_n = self.pending + loss, self.pending_n + 1
+        self.pending, self.pending_n = self.pending + loss.double(), self.pending_n + 1
         self.progress.step += 1
 
     # ---------------------------------------------------------------- pieces
@@ -212,7 +214,7 @@ class Loop:
             )
         self.progress.loss_sum += total
         self.progress.loss_count += self.pending_n
-        self.pending = torch.zeros((), device=self.p.device)
+        self.pending = torch.zeros((), device=self.p.device, dtype=torch.float64)
         self.pending_n, self.synced_step = 0, step
 
     def evaluate(self, step: int, bar) -> None:
