@@ -52,6 +52,7 @@ def test_a_changed_or_missing_artifact_file_is_named(tmp_path, monkeypatch):
         artifacts.shipped(TOKENIZER)
 
 
+@pytest.mark.slow  # 31 s alone, 46 s beside another worker: the longest check (README)
 @needs_data
 def test_shipped_artifacts_reproduce_their_recorded_numbers():
     from experiments.build_artifacts import tokenizer_numbers
