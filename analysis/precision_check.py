@@ -47,6 +47,11 @@ def compare_training(fp32: pd.DataFrame, bf16: pd.DataFrame, metric: str) -> pd.
         a, b = fp32[fp32["method"] == method], bf16[bf16["method"] == method]
         for step in sorted(set(a["step"]) & set(b["step"])):
             fa, fb = a[a["step"] == step][metric], b[b["step"] == step][metric]
+            if min(len(fa), len(fb)) < 2:
+                raise ValueError(
+                    f"{method} step {step}: fewer than 2 seeds in one precision; "
+                    "a seed std needs at least two"
+                )
             noise = max(fa.std(), fb.std())
             diff = fb.mean() - fa.mean()
             out.append({
@@ -96,9 +101,18 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
     fp32, bf16 = rows_of(args.fp32), rows_of(args.bf16)
     for name, df, want in (("--fp32", fp32, "fp32"), ("--bf16", bf16, "bf16")):
-        got = set(df.get("train_precision", pd.Series(["fp32"])).fillna("fp32"))
+        if "train_precision" not in df:  # e.g. a convergence_data.csv of older CPU runs
+            print(f"note: {name} rows do not record train_precision; taken as {want}")
+            continue
+        got = set(df["train_precision"].fillna("unrecorded"))
         if got != {want}:
             raise SystemExit(f"{name} rows were trained in {sorted(got)}, not {want}")
+    sampled = {p for df in (fp32, bf16) for p in df.get("eval_precision", pd.Series(["fp32"]))}
+    if len(sampled) > 1:
+        raise SystemExit(
+            f"the two sets sampled in {sorted(sampled)}: compare training with one "
+            "sampling precision (eval.precision)"
+        )
     metric = headline_metric(bf16)
     train = compare_training(fp32, bf16, metric)
     with pd.option_context("display.width", 200, "display.max_columns", 20):

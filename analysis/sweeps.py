@@ -78,12 +78,15 @@ IDENTITY = ("tokenizer_sha256", "metric_net_sha256", "reference_sha256", "extrac
 
 
 def fill_legacy_precisions(df: pd.DataFrame, summary: dict) -> None:
-    """Rows written before the precisions were recorded: what that code did (bf16 autocast in
-    training on CUDA, fp32 on CPU; sampling always fp32)."""
-    if "train_precision" not in df:
-        df["train_precision"] = "bf16" if "cuda" in str(summary.get("device", "")) else "fp32"
-    if "eval_precision" not in df:
-        df["eval_precision"] = "fp32"
+    """Rows written before the precisions were recorded (a whole old run, or the old rows of a
+    run resumed since): the run's recorded training precision if it has one, else what that
+    code did with the default setting (bf16 autocast in training on CUDA, fp32 on CPU);
+    sampling was always fp32."""
+    old_train = summary.get("train_precision") or (
+        "bf16" if "cuda" in str(summary.get("device", "")) else "fp32"
+    )
+    for col, legacy in (("train_precision", old_train), ("eval_precision", "fp32")):
+        df[col] = df[col].fillna(legacy) if col in df else legacy
 
 
 class NotComparableError(ValueError):

@@ -52,6 +52,19 @@ def default_runs(sweep: str) -> list[str]:
     return [found[m][1] for m in CATEGORICAL if m in found]
 
 
+def trained_in(run_dir: str) -> str:
+    """The run's training precision (summary.json; runs from before it was recorded: fp32 on
+    CPU, bf16 on CUDA, as that code did)."""
+    try:
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return "unrecorded"
+    return summary.get("train_precision") or (
+        "bf16" if "cuda" in summary.get("device", "") else "fp32"
+    )
+
+
 def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu") -> pd.DataFrame:
     cfg, tok, method, model = load_trained(run_dir, device)
     if not method.categorical_posterior:
@@ -70,7 +83,8 @@ def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu") -> pd.Data
                      "fd": m.get("fd_fashion", m.get("fid_inception")),
                      "kid": m.get(f"kid_{kind}"), "precision": m.get(f"precision_{kind}"),
                      "recall": m.get(f"recall_{kind}"), "extractor": kind,
-                     **ev.identity})  # fmt: skip
+                     **ev.identity, "train_precision": trained_in(run_dir),
+                     "eval_precision": ev.precision})  # fmt: skip
         print(f"{method_label(cfg)} τ={tau:g}: FD {rows[-1]['fd']:.3f}, precision "
               f"{rows[-1]['precision']:.3f}, recall {rows[-1]['recall']:.3f}")  # fmt: skip
         order = torch.argsort(labels[:per_row], stable=True)

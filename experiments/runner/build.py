@@ -54,6 +54,10 @@ def setup_distributed(device_kind: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world <= 1:
         return Dist()
+    if device_kind == "cuda":  # before any collective: NCCL's object collectives use it
+        import torch
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))

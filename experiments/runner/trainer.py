@@ -138,7 +138,8 @@ def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
         net = torch.compile(net)
     flops = model.train_flops(cfg.budget.batch_size)
     total = steps_for_budget(cfg.budget, flops)
-    train_precision = precision.resolve(o.precision, device.type)
+    # resolved once (rank 0's hardware): ranks of one run never train in different precisions
+    train_precision = dd.decide(precision.resolve(o.precision, device.type))
     evaluator = (
         Evaluator(cfg, tok, method, device, rundir.path, train_precision) if dd.main else None
     )
@@ -201,8 +202,8 @@ def open_run_dir(cfg, rundir: RunDir, dd: Dist) -> tuple[dict | None, dict]:
     if dd.main:
         try:
             rundir.lock()
-        except RunRefused as e:
-            refused = str(e)
+        except (RunRefused, OSError) as e:  # every rank must hear of it (see Dist.decide)
+            refused = str(e) if isinstance(e, RunRefused) else f"cannot open {rundir.path}: {e}"
     # rank 0 locks and looks; every rank follows its answers (see Dist.decide)
     refused, resume = dd.decide((refused, cfg.resume and os.path.isfile(rundir.checkpoint)))
     if refused is not None:
@@ -218,7 +219,9 @@ def restore(cfg, parts: Parts, saved: dict | None, rundir: RunDir) -> checkpoint
     trained on this tokenizer and these shards)."""
     if saved is None:
         return checkpoint.Progress()
-    legacy = precision.legacy_train_precision(cfg.optim.precision, parts.device.type)
+    # checkpoints from before the precision was recorded: what their own setting meant then
+    setting = saved["config"].get("optim.precision", "auto")
+    legacy = precision.legacy_train_precision(setting, parts.device.type)
     checkpoint.check_identity(rundir.checkpoint, saved, parts.identity, {"train_precision": legacy})
     parts.model.load_state_dict(saved["model"])
     parts.ema.load_state_dict(saved["ema"])
