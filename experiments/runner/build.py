@@ -30,6 +30,16 @@ class Dist:
         if self.world > 1:
             dist.barrier()
 
+    def close(self, clean: bool) -> None:
+        """Leave the process group explicitly. A rank whose interpreter exits with the group
+        alive can abort in gloo's teardown ("terminate called without an active exception",
+        SIGABRT), and torchrun then fails the whole launch; so ranks that ended cleanly meet
+        in a last barrier, then destroy the group. After an error that may be one rank's, the
+        group is left alone (a teardown could wait on a dead peer; the launch fails anyway)."""
+        if clean and self.world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     def decide(self, value):
         """Rank 0's ``value``, on every rank.
 

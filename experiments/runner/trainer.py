@@ -287,12 +287,15 @@ def run(cfg, run_dir: str, on_evaluation=()) -> dict:
                 shutil.copyfile(
                     parts.evaluator.last_grid, os.path.join(run_dir, "samples_final.png")
                 )
+        dd.close(clean=True)
         return summary
     except BaseException as e:
         if dd.main and not info:
             rundir.refuse()  # a launch that never started leaves the owner's files as they were
         if dd.main and rundir.locked and not isinstance(e, RunRefused):
             record_stop(rundir, e, info, progress.step if info else None)
+        if isinstance(e, RunInterrupted):  # an agreed stop: every rank is at the same point
+            dd.close(clean=True)
         raise
     finally:
         rundir.release()
