@@ -77,14 +77,21 @@ IDENTITY = ("tokenizer_sha256", "metric_net_sha256", "reference_sha256", "extrac
             "train_precision", "eval_precision")  # fmt: skip
 
 
+def recorded_train_precision(summary: dict) -> str:
+    """A run's training precision from its summary.json; runs from before it was recorded get
+    what the default setting meant then (shared/precision.py: bf16 on CUDA, fp32 on CPU)."""
+    from shared.precision import legacy_train_precision
+
+    device = "cuda" if "cuda" in str(summary.get("device", "")) else "cpu"
+    return summary.get("train_precision") or legacy_train_precision("auto", device)
+
+
 def fill_legacy_precisions(df: pd.DataFrame, summary: dict) -> None:
     """Rows written before the precisions were recorded (a whole old run, or the old rows of a
     run resumed since): the run's recorded training precision if it has one, else what that
     code did with the default setting (bf16 autocast in training on CUDA, fp32 on CPU);
     sampling was always fp32."""
-    old_train = summary.get("train_precision") or (
-        "bf16" if "cuda" in str(summary.get("device", "")) else "fp32"
-    )
+    old_train = recorded_train_precision(summary)
     for col, legacy in (("train_precision", old_train), ("eval_precision", "fp32")):
         df[col] = df[col].fillna(legacy) if col in df else legacy
 

@@ -25,7 +25,12 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sweeps import check_comparable, latest_sweep, save_figure  # noqa: E402
+from analysis.sweeps import (  # noqa: E402
+    check_comparable,
+    latest_sweep,
+    recorded_train_precision,
+    save_figure,
+)
 from experiments.runner.checks import method_label  # noqa: E402
 from experiments.runner.trainer import Evaluator, load_trained  # noqa: E402
 from shared.images import save_grid  # noqa: E402
@@ -53,16 +58,12 @@ def default_runs(sweep: str) -> list[str]:
 
 
 def trained_in(run_dir: str) -> str:
-    """The run's training precision (summary.json; runs from before it was recorded: fp32 on
-    CPU, bf16 on CUDA, as that code did)."""
+    """The run's training precision, as its summary.json records it."""
     try:
         with open(os.path.join(run_dir, "summary.json")) as f:
-            summary = json.load(f)
+            return recorded_train_precision(json.load(f))
     except (OSError, ValueError):
         return "unrecorded"
-    return summary.get("train_precision") or (
-        "bf16" if "cuda" in summary.get("device", "") else "fp32"
-    )
 
 
 def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu") -> pd.DataFrame:
