@@ -31,38 +31,64 @@ class SampleOutput:
     trace: list | None = None  # per step: {"t", "state", "posterior" (B,K,H,W) or None}
 
 
-class TimeSampler:
-    """t for training: ``uniform`` on [t_min, 1) or ``logit_normal`` (sigmoid of N(m, s²)).
+def below(x: float, dtype: torch.dtype = torch.float32) -> float:
+    """The largest value of ``dtype`` below x (for x = 1 in float32: 1 − 2⁻²⁴). A clamp to
+    ``math.nextafter(1.0, 0.0)`` is no clamp in float32: that float64 rounds back to 1.0."""
+    return float(
+        torch.nextafter(torch.tensor(x, dtype=dtype), torch.tensor(-math.inf, dtype=dtype))
+    )
 
-    Logit-normal draws are clipped to [t_min, 1) as well.
+
+class TimeSampler:
+    """t for training: ``uniform`` on [t_min, t_max) or ``logit_normal`` (sigmoid of N(m, s²)).
+
+    Logit-normal draws are clipped to [t_min, t_max) as well. Every draw is a float32 strictly
+    below t_max ≤ 1, so 1/(1 − t) is finite at every t a sampler returns (the float32 sum
+    t_min + (1 − t_min)·u rounds to exactly 1.0 for some t_min and u; the clamp catches it).
+    ``stratified`` (uniform only) draws one t per stratum of the batch, u_i = (i + r_i)/n
+    (MDLM's "antithetic" sampling): unbiased, with the batch's times spread evenly.
     """
 
-    def __init__(self, kind: str = "uniform", t_min: float = 1e-3, mean: float = 0.0, std=1.0):
+    def __init__(self, kind: str = "uniform", t_min: float = 1e-3, mean: float = 0.0, std=1.0,
+                 t_max: float = 1.0, stratified: bool = False):  # fmt: skip
         if kind not in ("uniform", "logit_normal"):
             raise ValueError(f"time sampling must be 'uniform' or 'logit_normal', got {kind!r}")
-        if not 0.0 <= t_min < 1.0:
-            raise ValueError(f"t_min must lie in [0, 1), got {t_min}")
+        if not 0.0 <= t_min < t_max <= 1.0:
+            raise ValueError(f"need 0 ≤ t_min < t_max ≤ 1, got t_min={t_min}, t_max={t_max}")
+        if stratified and kind != "uniform":
+            raise ValueError("stratified time sampling is for time_sampling='uniform' only")
         self.kind, self.t_min, self.mean, self.std = kind, t_min, mean, std
+        self.t_max, self.stratified = t_max, stratified
+        self.top = below(t_max)  # the largest float32 draw
 
     def quantile(self, q: torch.Tensor) -> torch.Tensor:
         """The t below which a fraction q of draws fall (for expectations by quadrature)."""
         if self.kind == "uniform":
-            return self.t_min + (1.0 - self.t_min) * q
+            return self.t_min + (self.t_max - self.t_min) * q
         t = torch.sigmoid(self.mean + self.std * torch.special.ndtri(q))
-        return t.clamp(self.t_min, math.nextafter(1.0, 0.0))
+        return t.clamp(self.t_min, below(self.t_max, q.dtype))
 
     def expectation(self, f, n: int = 100_000) -> float:
         """E_t[f(t)] under this sampler: the midpoint rule over n quantiles, in float64."""
         q = (torch.arange(n, dtype=torch.float64) + 0.5) / n
         return float(f(self.quantile(q)).mean())
 
+    def from_uniform(self, u: torch.Tensor) -> torch.Tensor:
+        """Uniforms u in [0, 1) (float32) → times (the uniform sampler's map)."""
+        return (self.t_min + (self.t_max - self.t_min) * u).clamp_(max=self.top)
+
+    def from_normal(self, z: torch.Tensor) -> torch.Tensor:
+        """Standard normals z (float32) → times (the logit-normal sampler's map)."""
+        return torch.sigmoid(self.mean + self.std * z).clamp_(self.t_min, self.top)
+
     def __call__(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.kind == "uniform":
             u = torch.rand(n, device=device, generator=generator, dtype=torch.float32)
-            return self.t_min + (1.0 - self.t_min) * u
+            if self.stratified:
+                u = (torch.arange(n, device=device, dtype=torch.float32) + u) / n
+            return self.from_uniform(u)
         z = torch.randn(n, device=device, generator=generator, dtype=torch.float32)
-        t = torch.sigmoid(self.mean + self.std * z)
-        return t.clamp(self.t_min, math.nextafter(1.0, 0.0))
+        return self.from_normal(z)
 
 
 def guided_forward(model, x, t, y, cfg_scale: float = 1.0, **kw) -> tuple[torch.Tensor, int]:
@@ -167,6 +193,14 @@ class Method(nn.Module):
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         return lookup(self.codebook, indices)
+
+    def check_sampling(self, solver: str, steps: int, grid) -> None:
+        """Raise ValueError for a sampler setting this method cannot run (before training)."""
+        check_steps(steps)
+        if solver not in self.solvers:
+            raise ValueError(
+                f"{self.name} samples with {' or '.join(self.solvers)}; got solver={solver!r}"
+            )
 
     def check_temperature(self, temperature: float) -> None:
         if not self.categorical_posterior and temperature != 1.0:

@@ -153,29 +153,49 @@ def test_metric_interface_and_errors():
 
 # ------------------------------------------------------------------------------ MDLM
 @pytest.mark.parametrize(
-    ("time_sampling", "t_min", "power"),
+    ("t_min", "power", "eps", "stratified"),
     [
-        ("uniform", 0.0, 1.0),
-        ("uniform", 0.0, 2.0),
-        ("uniform", 0.2, 1.0),
-        ("logit_normal", 1e-3, 2.0),
+        (0.0, 1.0, 1e-3, True),
+        (0.0, 2.0, 1e-3, False),
+        (0.2, 1.0, 1e-2, True),
+        (1e-3, 0.5, 1e-3, True),
     ],
 )
-def test_mdlm_weight_has_unit_mean_and_closed_form(time_sampling, t_min, power):
-    m = methods.build("dfm", codebook=E, weighting="mdlm", kappa_power=power,
-                      time_sampling=time_sampling, t_min=t_min)  # fmt: skip
-    if time_sampling == "uniform":  # E_t[κ̇] = (κ(1) − κ(t_min))/(1 − t_min)
-        norm = (1 - t_min**power) / (1 - t_min)
-        t = torch.tensor([0.3, 0.6])
-        expect = power * t ** (power - 1) / (1 - t**power) / norm
-        torch.testing.assert_close(m.mdlm_weight(t), expect)
-    # Monte Carlo: E[w(t)·1_masked] = 1 per position
+def test_mdlm_weight_has_unit_mean_closed_form_and_bound(t_min, power, eps, stratified):
+    """t is uniform on [t_min, 1 − ε] (MDLM's range): the divisor is E_t[κ̇] there, the
+    weight is bounded by its value at 1 − ε, and E[w·1_masked] = 1 per position."""
+    m = methods.build("dfm", codebook=E, weighting="mdlm", kappa_power=power, t_min=t_min,
+                      mdlm_eps=eps, mdlm_stratified=stratified)  # fmt: skip
+    t_max = 1 - eps  # E_t[κ̇] = (κ(t_max) − κ(t_min))/(t_max − t_min)
+    norm = (t_max**power - t_min**power) / (t_max - t_min)
+    t = torch.tensor([0.3, 0.6])
+    expect = power * t ** (power - 1) / (1 - t**power) / norm
+    torch.testing.assert_close(m.mdlm_weight(t), expect)
     g = torch.Generator().manual_seed(0)
     t = m.time_sampler(400_000, "cpu", g)
+    assert t.min() >= t_min and t.max() <= t_max
+    bound = m.mdlm_weight(torch.tensor([t_max]))
+    assert (m.mdlm_weight(t) <= bound * (1 + 1e-6)).all()
+    # Monte Carlo: E[w(t)·1_masked] = 1 per position
     masked = torch.rand(t.shape, generator=g) >= m.kappa(t)
     w = (m.mdlm_weight(t) * masked).double()
     est, se = w.mean().item(), w.std().item() / math.sqrt(len(w))
     assert abs(est - 1) < max(4 * se, 0.01), (est, se)
+
+
+def test_mdlm_refuses_what_is_not_its_elbo():
+    with pytest.raises(ValueError, match="time_sampling='uniform'"):
+        methods.build("dfm", codebook=E, weighting="mdlm", time_sampling="logit_normal")
+    with pytest.raises(ValueError, match="mdlm_eps"):
+        methods.build("dfm", codebook=E, weighting="mdlm", t_min=0.5, mdlm_eps=0.5)
+    with pytest.raises(ValueError, match="t_min > 0"):
+        methods.build("dfm", codebook=E, weighting="mdlm", kappa_power=0.5, t_min=0.0)
+
+
+def test_stratified_times_one_per_stratum():
+    ts = methods.TimeSampler("uniform", t_min=0.0, stratified=True)
+    t = ts(64, "cpu", torch.Generator().manual_seed(0))
+    assert ((t * 64).floor() == torch.arange(64)).all()  # t_i in [i/64, (i+1)/64)
 
 
 def test_mdlm_loss_weights_masked_positions_only():
@@ -228,8 +248,10 @@ def test_maskgit_schedule_and_nfe(schedule, steps):
     assert masked[0] == 12 and masked[-1] == 0 and (out.indices < K).all()
     for i in range(steps):
         gamma = SCHEDULES[schedule]((i + 1) / steps)
-        want = 0 if i == steps - 1 else max(0, min(math.floor(12 * gamma), masked[i] - 1))
-        assert masked[i + 1] == want
+        # at least one unmasked per step, at least one left for each step to come
+        least = steps - 1 - i
+        want = 0 if i == steps - 1 else max(least, min(math.floor(12 * gamma), masked[i] - 1))
+        assert masked[i + 1] == want < masked[i]  # every call does work
         assert all(int((r == K).sum()) == masked[i + 1] for r in out.trace[i + 1]["state"])
 
 

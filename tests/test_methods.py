@@ -289,7 +289,9 @@ def test_tiny_dit_loss_falls(variant):
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-        losses.append(out.loss.item())
+        # the CE where a method logs one: the MDLM-weighted loss is an unbiased but noisy
+        # estimate at batch 32 (its weight reaches 1/ε), the CE it optimises is not
+        losses.append(out.logs.get("ce", out.loss).item())
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.8 * first, f"{variant}: loss {first:.3f} → {last:.3f}"
 

@@ -63,6 +63,7 @@ RANGES = {
     "method.head_chunk": (1, None, True, False),
     "method.maskgit_choice_temperature": (0, None, True, False),
     "method.maskgit_confidence_temperature": (0, None, False, False),
+    "method.mdlm_eps": (0, 1, False, False),
     "method.beta_scale": (0, None, False, False),
     "method.beta_power": (1, None, True, False),
     "backbone.class_dropout": (0, 1, True, False),
@@ -114,8 +115,11 @@ def method_label(cfg) -> str:
         parts.append("mdlm")
     if OmegaConf.select(cfg, "method.latent_scale", default=None) == "unit":
         parts.append("unit")
-    if OmegaConf.select(cfg, "eval.solver", default=None) == "maskgit":
+    solver = OmegaConf.select(cfg, "eval.solver", default=None)
+    if solver == "maskgit":
         parts.append("maskgit")
+    elif solver == "euler-redraw":  # the official code's masked Euler (redraws decoded tokens)
+        parts.append("redraw")
     return "-".join(parts)
 
 
@@ -132,10 +136,25 @@ def _method_errors(get, bad) -> None:
         bad("method.source", "one of mask, uniform")
     if get("eval.solver") not in cls.solvers:
         bad("eval.solver", f"one of {', '.join(cls.solvers)} (the samplers of {name})")
-    elif get("eval.solver") == "maskgit" and get("method.source") != "mask":
-        bad("eval.solver", "euler: maskgit unmasks tokens and needs method.source=mask")
+    elif get("eval.solver") in ("maskgit", "euler-redraw") and get("method.source") != "mask":
+        bad("eval.solver", "euler: maskgit and euler-redraw unmask tokens and need "
+            "method.source=mask")  # fmt: skip
     if get("method.weighting") == "mdlm" and get("method.source") != "mask":
         bad("method.weighting", "none: the MDLM weight is for the masked source only")
+    if get("method.weighting") == "mdlm" and get("method.time_sampling") != "uniform":
+        bad("method.time_sampling", "uniform with method.weighting=mdlm: the MDLM weight is the "
+            "ELBO under uniform t (another sampler would need its density divided out)")  # fmt: skip
+    if get("method.weighting") == "mdlm" and (get("method.mdlm_eps") or 0) >= 1 - (
+        get("method.t_min") or 0
+    ):
+        bad("method.mdlm_eps", "a number below 1 − method.t_min (t is drawn on [t_min, 1 − ε])")
+    if (
+        get("method.weighting") == "mdlm"
+        and (get("method.kappa_power") or 1) < 1
+        and not (get("method.t_min") or 0)
+    ):
+        bad("method.t_min", "a number > 0 with method.kappa_power < 1 and weighting=mdlm (the "
+            "weight κ̇/(1−κ) is infinite at t = 0)")  # fmt: skip
     if not cls.categorical_posterior and get("eval.temperature") != 1.0:
         bad("eval.temperature", f"1.0: {name} has no categorical posterior to temper")
 

@@ -63,6 +63,10 @@ class DFMConfig(CategoricalHeadConfig):
     maskgit_schedule: str = "cosine"  # cosine | linear | square | sqrt
     maskgit_choice_temperature: float = 4.5  # Gumbel noise on confidence × (1 − r)
     maskgit_confidence_temperature: float = 1.0  # confidence = log softmax(ℓ/this)[drawn code]
+    # weighting=mdlm: t uniform on [t_min, 1 − mdlm_eps] (w ≤ 1/ε), stratified over the batch
+    # (MDLM's sampling_eps and antithetic sampling; methods/dfm.py)
+    mdlm_eps: float = 1e-3
+    mdlm_stratified: bool = True
 
 
 @dataclass
@@ -131,6 +135,8 @@ class EvalConfig:
     spacing: str = "linear"  # linear | log
     num_samples: int = 250  # class-balanced labels
     steps: int = 20
+    # euler | heun | midpoint (cfm, purr); euler (carry-over) | euler-redraw (the official
+    # code's masked Euler, which redraws decoded tokens) | maskgit (dfm, masked source)
     solver: str = "euler"
     temperature: float = 1.0
     cfg_scale: float = 1.0

@@ -123,10 +123,14 @@ def environment(cfg, run_dir: str) -> tuple[Dist, torch.device, str]:
 def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
     """Tokenizer, verified index shards, method, DiT (+EMA, AdamW), evaluator."""
     tok = load_tokenizer(cfg).to(device)
-    shards = prepare_latents(cfg, tok, dd)
     with torch.random.fork_rng(devices=[]):  # initial weights from the seed alone
         torch.manual_seed(cfg.seed)
         method, model = build_method_and_model(cfg, tok, device)
+    try:  # a sampler setting that the tokenizer's grid rules out: before extraction, training
+        method.check_sampling(cfg.eval.solver, cfg.eval.steps, tok.grid)
+    except ValueError as e:
+        raise RunError(f"eval.solver={cfg.eval.solver} eval.steps={cfg.eval.steps}: {e}") from None
+    shards = prepare_latents(cfg, tok, dd)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     o = cfg.optim
     opt = build_adamw(model.parameters(), o.lr, o.betas, o.weight_decay, fused=o.fused)
