@@ -66,7 +66,6 @@ from .base import (
     SampleOutput,
     TimeSampler,
     categorical,
-    check_steps,
     guided_forward,
 )
 from .head import DEFAULT_CHUNK, CategoricalHead

@@ -142,8 +142,11 @@ def _method_errors(get, bad) -> None:
     if get("method.weighting") == "mdlm" and get("method.source") != "mask":
         bad("method.weighting", "none: the MDLM weight is for the masked source only")
     if get("method.weighting") == "mdlm" and get("method.time_sampling") != "uniform":
-        bad("method.time_sampling", "uniform with method.weighting=mdlm: the MDLM weight is the "
-            "ELBO under uniform t (another sampler would need its density divided out)")  # fmt: skip
+        bad(
+            "method.time_sampling",
+            "uniform with method.weighting=mdlm: the MDLM weight is the ELBO under uniform t "
+            "(another sampler needs its density divided out)",
+        )
     if get("method.weighting") == "mdlm" and (get("method.mdlm_eps") or 0) >= 1 - (
         get("method.t_min") or 0
     ):
