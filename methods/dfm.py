@@ -60,6 +60,7 @@ import math
 
 import torch
 
+from . import noise
 from .base import (
     LossOutput,
     Method,
@@ -166,7 +167,7 @@ class DFM(CategoricalHead, Method):
     def source_tokens(self, shape, device, generator=None) -> torch.Tensor:
         if self.source == "mask":
             return torch.full(shape, self.num_codes, dtype=torch.long, device=device)
-        return torch.randint(0, self.num_codes, shape, device=device, generator=generator)
+        return noise.randint(self.num_codes, shape, device, generator)
 
     def corrupt(self, indices, t, generator=None) -> torch.Tensor:
         """Draw x_t from the mixture path given data indices (B,H,W) and t (B,)."""
@@ -242,7 +243,7 @@ class DFM(CategoricalHead, Method):
             if jump_p >= 1.0:
                 jump = torch.ones(x.shape, dtype=torch.bool, device=dev)
             else:  # the same uniforms whichever positions may jump
-                jump = torch.rand(x.shape, device=dev, generator=generator) < jump_p
+                jump = noise.rand(x.shape, dev, generator) < jump_p
             if carry:  # decoded positions keep their token (their posterior is a point mass)
                 jump &= x == self.mask_id
             x = torch.where(jump, proposal, x)
@@ -277,9 +278,9 @@ class DFM(CategoricalHead, Method):
             if trace:
                 records.append({"t": float(t[0]), "state": x.clone(), "posterior": post})
             keep = self.maskgit_masked(n, i, steps, masked_now)
-            u = torch.rand(x.shape, device=dev, generator=generator).clamp_(1e-20, 1.0)
-            noise = self.choice_temperature * (1.0 - (i + 1) / steps)
-            conf = score.float() - noise * torch.log(-torch.log(u))  # + scaled Gumbel noise
+            u = noise.rand(x.shape, dev, generator).clamp_(1e-20, 1.0)
+            gumbel = self.choice_temperature * (1.0 - (i + 1) / steps)
+            conf = score.float() - gumbel * torch.log(-torch.log(u))  # + scaled Gumbel noise
             conf = torch.where(masked, conf, torch.full_like(conf, math.inf)).view(num_samples, n)
             x = torch.where(masked, codes, x).view(num_samples, n)
             if keep > 0:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from . import noise
 from .base import Method, SampleOutput, check_steps, inverse_cdf
 from .head import DEFAULT_CHUNK, CategoricalHead
 
@@ -145,7 +146,7 @@ class MetricDFM(CategoricalHead, Method):
         targets x1 (same shape) → the new states."""
         flat_z, flat_x1 = z.reshape(-1), x1.reshape(-1)
         n = flat_z.shape[0]
-        u = torch.rand(n, 2, device=z.device, generator=generator)
+        u = noise.rand((*z.shape, 2), z.device, generator).view(n, 2)  # (B, H, W) order
         out = flat_z.clone()
         rows = self._rows()
         tt = torch.full((n,), t, dtype=torch.float64, device=z.device)
@@ -165,7 +166,7 @@ class MetricDFM(CategoricalHead, Method):
         if solver != "euler":
             raise ValueError(f"dfm-metric samples with Euler jumps only; got solver={solver!r}")
         dev = self.codebook.device
-        z = torch.randint(0, self.num_codes, (num_samples, *grid), device=dev, generator=generator)
+        z = noise.randint(self.num_codes, (num_samples, *grid), dev, generator)
         ts = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
         nfe, rows, records = 0, 0, [] if trace else None
         for i in range(steps):

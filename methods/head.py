@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import noise
 from .base import (
     LossOutput,
     accumulation_dtype,
@@ -163,7 +164,7 @@ def draw_from_logits(logits, temperature, generator, score_temperature=None):
     """The full path: logits (B, K, H, W) → codes (B, H, W) (and scores), drawing one uniform
     per position in (B, H, W) order."""
     b, k, h, w = logits.shape
-    u = torch.rand(b * h * w, 1, device=logits.device, generator=generator)
+    u = noise.rand((b, h * w, 1), logits.device, generator).view(b * h * w, 1)
     codes, score = draw_rows(logits.permute(0, 2, 3, 1).reshape(-1, k), u, temperature,
                              score_temperature)  # fmt: skip
     return codes.view(b, h, w), None if score is None else score.view(b, h, w)
@@ -238,7 +239,7 @@ class LinearHead:
         uniforms (one per position, in (B, H, W) order) as ``draw_from_logits``."""
         b = hidden.shape[0]
         h, w = self.grid
-        u = torch.rand(b * h * w, 1, device=hidden.device, generator=generator)
+        u = noise.rand((b, h * w, 1), hidden.device, generator).view(b * h * w, 1)
         u = patchify(u.view(b, h, w, 1), self.patch).reshape(-1, 1)  # head order
         codes = torch.empty(u.shape[0], dtype=torch.long, device=hidden.device)
         scores = None if score_temperature is None else torch.empty(u.shape[0], device=u.device)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from . import noise
 from .base import Method, SampleOutput, check_steps, nearest_code
 
 SOLVERS = ("euler", "heun", "midpoint")
@@ -78,7 +79,7 @@ class LatentFlowMethod(Method):
             raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
         dev = self.codebook.device
         shape = (num_samples, self.code_dim, *grid)
-        z = torch.randn(shape, device=dev, generator=generator, dtype=self.codebook.dtype)
+        z = noise.randn(shape, dev, generator, dtype=self.codebook.dtype)
         ts = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
         nfe, rows, records = 0, 0, [] if trace else None
 

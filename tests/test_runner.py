@@ -112,6 +112,9 @@ BAD_CONFIGS = [
     (["data.root=/nonexistent/fmnist"], "apt-get install -y dataset-fashion-mnist"),
     (["DATA", "tokenizer.path=/nonexistent/tok"], "leave tokenizer.path unset for the shipped"),
     (["DATA", "tokenizer=sd_vq_f8", "tokenizer.path=/x/model.ckpt"], "ommer-lab.com"),
+    (["method=dfm-mdlm", "method.time_sampling=logit_normal"], "the ELBO under uniform t"),
+    (["method=dfm-uniform", "eval.solver=euler-redraw"], "need method.source=mask"),
+    (["method=dfm-mdlm", "method.kappa_power=0.5", "method.t_min=0"], "infinite at t = 0"),
 ]
 # one per stage that refuses: Hydra's composition, value validation, the input files
 BAD_CONFIGS_LAUNCHED = [BAD_CONFIGS[0], BAD_CONFIGS[3], BAD_CONFIGS[5]]
@@ -122,6 +125,29 @@ def with_data(env, args):
     without the Debian package too."""
     data = next(o for o in env["overrides"] if o.startswith("data.root="))
     return [data if a == "DATA" else a for a in args]
+
+
+def test_maskgit_steps_beyond_the_grid_are_refused_before_training(env, tmp_path, monkeypatch):
+    """The grid is known once the tokenizer is loaded: the refusal comes before extraction and
+    training, not at the first evaluation."""
+    from experiments.runner.errors import RunError
+
+    run_dir = tmp_path / "maskgit"
+    with pytest.raises(RunError, match=r"eval.steps=1000: MaskGIT .* exceeds the 64 latent"):
+        run_in_process(env, ["method=dfm", "eval.solver=maskgit", "eval.steps=1000"], run_dir,
+                       monkeypatch)  # fmt: skip
+    assert not (run_dir / "checkpoints" / "last.pt").exists()
+    assert not (run_dir / "metrics.csv").exists()
+
+
+def test_redraw_sampler_is_labelled_apart(env):
+    from experiments.runner.checks import method_label
+
+    base = env["overrides"]
+    assert method_label(compose(base + ["method=dfm"])) == "dfm"
+    assert method_label(compose(base + ["method=dfm", "eval.solver=euler-redraw"])) == "dfm-redraw"
+    cfg = compose(base + ["method=dfm-mdlm", "eval.solver=euler-redraw"])
+    assert method_label(cfg) == "dfm-mdlm-redraw"
 
 
 @pytest.mark.parametrize("args,expect", BAD_CONFIGS)

@@ -145,17 +145,23 @@ def unflatten(flat: dict) -> dict:
     return tree
 
 
-def load_trained(run_dir: str, device="cpu"):
-    """(cfg, tokenizer, method, EMA model) of a run directory, for analysis scripts.
+def load_trained(run_dir: str, device="cpu", path: str | None = None, weights: str = "ema",
+                 with_checkpoint: bool = False):  # fmt: skip
+    """(cfg, tokenizer, method, model) of a run directory, for analysis and sampling: the EMA
+    weights (``weights="raw"``: the trained ones) of ``path`` (default: the run's last
+    checkpoint); with ``with_checkpoint``, the loaded checkpoint dict is appended.
 
     The config is the one stored in the checkpoint (what the weights were trained with), not
     whatever a later launch left in ``.hydra/``."""
-    path = os.path.join(run_dir, "checkpoints", "last.pt")
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights must be 'ema' or 'raw', got {weights!r}")
+    path = path or os.path.join(run_dir, "checkpoints", "last.pt")
     if not os.path.isfile(path):
         raise RunError(f"{run_dir} is not a trained run: {path} is missing")
     ck = checkpoint.load(path, map_location=device)
     cfg = OmegaConf.create(unflatten(ck["config"]))
     tok = load_tokenizer(cfg).to(device)
     method, model = build_method_and_model(cfg, tok, device)
-    model.load_state_dict(ck["ema"])
-    return cfg, tok, method, model.eval().requires_grad_(False)
+    model.load_state_dict(ck["ema" if weights == "ema" else "model"])
+    out = (cfg, tok, method, model.eval().requires_grad_(False))
+    return (*out, ck) if with_checkpoint else out

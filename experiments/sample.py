@@ -1,0 +1,331 @@
+"""Sample a trained run into a sample file in the ADM layout, as papers report FID-50k from.
+
+    python experiments/sample.py RUN_DIR --num-samples 50000 --out samples.npz
+    python experiments/sample.py RUN_DIR --num-samples 10000 --out s.npz --cfg-scale 1.5 \\
+        --solver heun --steps 50 --temperature 0.9 --labels random --seed 1
+    torchrun --nproc_per_node=8 experiments/sample.py RUN_DIR --num-samples 50000 --out s.npz
+
+The file holds ``arr_0`` uint8 (N, H, W, 3) (greyscale repeated to 3 channels), ``labels``
+(N,) and ``card``, the protocol card as JSON text; the same card is written beside it
+(``FILE.json``). The card names what made the images: the run, checkpoint sha256, step and
+training FLOPs, method label, tokenizer sha256, solver, steps, NFE, τ, CFG scale, label
+policy, seed, weights (EMA or raw), precision and versions. Score it with
+``experiments/evaluate.py``.
+
+Reproducible by construction. Image i's noise and label come from (seed, i) alone (one
+generator per image, ``methods/noise.py``), so the images do not depend on the batch size,
+on how many processes share the work, or on where a killed job stopped. Work is done in
+shards of ``--shard-size`` images under ``FILE.npz.parts/``, each written atomically;
+a relaunch of the same command skips the finished shards (a relaunch with other settings is
+refused, naming them) and the final file is assembled from the shards in order, with fixed
+zip timestamps, so the same command gives the same bytes. Under torchrun the shards are
+dealt across ranks and rank 0 assembles the file (the ranks share a file system).
+
+Defaults: the run's own evaluation settings (``eval.solver``, ``eval.steps``,
+``eval.temperature``, ``eval.cfg_scale``), its last checkpoint, the EMA weights, fp32
+sampling, class-balanced labels (image i has label i mod C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import platform
+import shutil
+import sys
+import zipfile
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from shared.io import atomic_open, atomic_write_text  # noqa: E402
+
+CARD_VERSION = 1
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_npz(path: str, arrays: dict) -> None:
+    """An uncompressed .npz that ``np.load`` reads, written atomically, with fixed zip
+    timestamps (``np.savez`` stamps the current time, so its bytes differ run to run)."""
+    with atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+        for name, value in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
+
+
+def read_npz(path: str) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def to_adm(images: torch.Tensor) -> np.ndarray:
+    """uint8 (B, C, h, w) with C ∈ {1, 3} → uint8 (B, h, w, 3), greyscale repeated."""
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected uint8 (B, 1|3, h, w) images, got {images.dtype} "
+                         f"{tuple(images.shape)}")  # fmt: skip
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return images.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def labels_for(indices, num_classes: int, policy: str, seed: int) -> torch.Tensor:
+    """Image i's label: i mod C (``balanced``) or a draw from (seed, i) alone (``random``)."""
+    from methods.noise import sample_seed
+
+    if policy == "balanced":
+        return torch.tensor([int(i) % num_classes for i in indices], dtype=torch.long)
+    draws = []
+    for i in indices:
+        g = torch.Generator().manual_seed(sample_seed(seed, int(i), "label"))
+        draws.append(int(torch.randint(0, num_classes, (1,), generator=g)))
+    return torch.tensor(draws, dtype=torch.long)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("run", help="a run directory (holds checkpoints/last.pt)")
+    ap.add_argument("--num-samples", type=int, required=True)
+    ap.add_argument("--out", required=True, help="the sample file (.npz)")
+    ap.add_argument("--checkpoint", default=None, help="default: RUN/checkpoints/last.pt")
+    ap.add_argument("--weights", choices=("ema", "raw"), default="ema")
+    ap.add_argument("--solver", default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--temperature", type=float, default=None)
+    ap.add_argument("--cfg-scale", type=float, default=None)
+    ap.add_argument("--labels", choices=("balanced", "random"), default="balanced")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: the run's eval batch")
+    ap.add_argument("--shard-size", type=int, default=1000, help="images per resumable shard")
+    ap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--png-dir", default=None, help="also write every image as a PNG here")
+    ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    args = ap.parse_args(argv)
+    for key in ("num_samples", "shard_size", "batch_size", "steps"):
+        v = getattr(args, key)
+        if v is not None and v < 1:
+            ap.error(f"--{key.replace('_', '-')} must be ≥ 1, got {v}")
+    if args.temperature is not None and args.temperature < 0:
+        ap.error(f"--temperature must be ≥ 0, got {args.temperature}")
+    if args.cfg_scale is not None and args.cfg_scale < 0:
+        ap.error(f"--cfg-scale must be ≥ 0, got {args.cfg_scale}")
+    if not args.out.endswith(".npz"):
+        ap.error(f"--out must name a .npz file, got {args.out!r}")
+    return args
+
+
+def build_card(args, cfg, tok, method, model, ck, ck_path, device_type) -> dict:
+    from experiments.runner.checks import method_label
+    from shared import precision
+
+    e = cfg.eval
+    solver = args.solver or e.solver
+    steps = args.steps or e.steps
+    temperature = e.temperature if args.temperature is None else args.temperature
+    cfg_scale = e.cfg_scale if args.cfg_scale is None else args.cfg_scale
+    method.check_sampling(solver, steps, tok.grid)
+    method.check_temperature(temperature)
+    if cfg_scale != 1.0 and not cfg.backbone.class_dropout > 0:
+        raise ValueError(f"--cfg-scale {cfg_scale} needs a trained null class; this run has "
+                         "backbone.class_dropout=0")  # fmt: skip
+    from omegaconf import OmegaConf
+
+    label_cfg = OmegaConf.merge(cfg, {"eval": {"solver": solver}})  # the sampler actually used
+    progress = ck["progress"]
+    return {
+        "card_version": CARD_VERSION,
+        "run": os.path.abspath(args.run),
+        "checkpoint": os.path.abspath(ck_path),
+        "checkpoint_sha256": file_sha256(ck_path),
+        "step": int(progress["step"]),
+        "total_steps": int(ck["total_steps"]),
+        "train_flops": int(progress["step"]) * int(model.train_flops(cfg.budget.batch_size)),
+        "method": method_label(label_cfg),
+        "method_name": cfg.method.name,
+        "seed_of_run": int(cfg.seed),
+        "tokenizer": cfg.tokenizer.backend,
+        "tokenizer_sha256": tok.weights_sha256,
+        "grid": list(tok.grid),
+        "image_size": int(tok.image_size),
+        "num_classes": int(cfg.data.num_classes),
+        "weights": args.weights,
+        "solver": solver,
+        "steps": int(steps),
+        "temperature": float(temperature),
+        "cfg_scale": float(cfg_scale),
+        "labels": args.labels,
+        "seed": int(args.seed),
+        "num_samples": int(args.num_samples),
+        "shard_size": int(args.shard_size),
+        "precision": precision.resolve(args.precision, device_type),
+        "versions": {
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "python": platform.python_version(),
+        },  # fmt: skip
+    }
+
+
+def shard_ranges(n: int, size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def shard_path(parts: str, k: int) -> str:
+    return os.path.join(parts, f"shard_{k:06d}.npz")
+
+
+def shard_done(path: str, lo: int, hi: int) -> bool:
+    """A finished, readable shard of the right size (a torn or foreign one is redone)."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        z = read_npz(path)
+        return len(z["arr_0"]) == hi - lo and list(z["index"]) == list(range(lo, hi))
+    except Exception:  # noqa: BLE001 (any unreadable file is simply redone)
+        return False
+
+
+@torch.no_grad()
+def sample_shard(method, model, tok, card, lo, hi, batch_size, device) -> dict:
+    from methods.noise import PerSample
+    from shared import precision
+
+    images, labels, nfe = [], [], set()
+    for s in range(lo, hi, batch_size):
+        idx = list(range(s, min(s + batch_size, hi)))
+        y = labels_for(idx, card["num_classes"], card["labels"], card["seed"]).to(device)
+        gen = PerSample(card["seed"], idx)
+        with precision.autocast(device.type, card["precision"]):
+            out = method.sample(model, len(idx), tok.grid, card["steps"], y=y,
+                                solver=card["solver"], temperature=card["temperature"],
+                                cfg_scale=card["cfg_scale"], generator=gen)  # fmt: skip
+        images.append(to_adm(tok.decode(out.indices)))
+        labels.append(y.cpu().numpy())
+        nfe.add((out.nfe, out.nfe_rows // 1))
+    (n, rows), *rest = sorted(nfe)
+    if rest:
+        raise RuntimeError(f"NFE differs between batches: {sorted(nfe)}")
+    return {"arr_0": np.concatenate(images), "labels": np.concatenate(labels).astype(np.int64),
+            "index": np.arange(lo, hi, dtype=np.int64), "nfe": np.array([n, rows])}  # fmt: skip
+
+
+def card_changes(old: dict, card: dict) -> str:
+    """The settings in which two cards differ ("" when they agree; versions may differ)."""
+    keys = sorted(k for k in card if k != "versions" and old.get(k) != card.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} → {card.get(k)!r}" for k in keys)
+
+
+def start(out: str, parts: str, card: dict) -> tuple[str, str | None]:
+    """Rank 0's look at the output: ("done", None) when ``out`` is already this card's file,
+    ("sample", None) after creating or checking the shard folder, or ("refuse", why)."""
+    if os.path.isfile(out) and not os.path.isdir(parts):
+        with np.load(out, allow_pickle=False) as z:
+            diff = card_changes(json.loads(str(z["card"])), card)
+        if diff:
+            return "refuse", f"{out} exists with other settings ({diff}); choose another --out"
+        return "done", None
+    os.makedirs(parts, exist_ok=True)
+    path = os.path.join(parts, "card.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            diff = card_changes(json.load(f), card)
+        if diff:
+            return "refuse", (f"{parts} holds shards of other settings ({diff}); use the same "
+                              "settings, another --out, or delete that folder")  # fmt: skip
+    else:
+        atomic_write_text(path, json.dumps(card, indent=1))
+    return "sample", None
+
+
+def assemble(out: str, parts: str, card: dict, png_dir: str | None) -> dict:
+    ranges = shard_ranges(card["num_samples"], card["shard_size"])
+    blobs = [read_npz(shard_path(parts, k)) for k in range(len(ranges))]
+    nfe = {tuple(int(v) for v in b["nfe"]) for b in blobs}
+    if len(nfe) != 1:
+        raise RuntimeError(f"NFE differs between shards: {sorted(nfe)}")
+    (n, rows), = nfe  # fmt: skip
+    final = {**card, "nfe": n, "nfe_rows": rows}
+    images = np.concatenate([b["arr_0"] for b in blobs])
+    labels = np.concatenate([b["labels"] for b in blobs])
+    final["arr_0_sha256"] = hashlib.sha256(images.tobytes()).hexdigest()
+    text = json.dumps(final, indent=1, sort_keys=True)
+    write_npz(out, {"arr_0": images, "labels": labels, "card": np.array(text)})
+    atomic_write_text(out[: -len(".npz")] + ".json", text + "\n")
+    if png_dir:
+        from PIL import Image
+
+        os.makedirs(png_dir, exist_ok=True)
+        for i, im in enumerate(images):
+            Image.fromarray(im).save(os.path.join(png_dir, f"{i:06d}.png"))
+    shutil.rmtree(parts)
+    return final
+
+
+def main(argv=None) -> dict | None:
+    from experiments.runner.build import load_trained, setup_distributed
+    from shared.progress import progress_bar
+
+    args = parse_args(argv)
+    kind = (
+        args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    dd = setup_distributed(kind)
+    device = torch.device(f"cuda:{dd.local_rank}" if kind == "cuda" else "cpu")
+    try:
+        cfg, tok, method, model, ck = load_trained(args.run, device, args.checkpoint, args.weights,
+                                                   with_checkpoint=True)  # fmt: skip
+        ck_path = args.checkpoint or os.path.join(args.run, "checkpoints", "last.pt")
+        card = build_card(args, cfg, tok, method, model, ck, ck_path, device.type)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    batch = args.batch_size or cfg.eval.batch_size
+    out = os.path.abspath(args.out)
+    parts = out + ".parts"
+    # rank 0 looks at the files, every rank follows (Dist.decide): no rank can take another
+    # path through the barriers below
+    state, why = dd.decide(start(out, parts, card) if dd.main else None)
+    if state != "sample":
+        dd.close(True)
+        if state == "refuse":
+            raise SystemExit(f"error: {why}")
+        if dd.main:
+            print(f"{out} is complete (same settings); nothing to do")
+        return None
+    ranges = shard_ranges(args.num_samples, args.shard_size)
+    mine = [k for k in range(len(ranges)) if k % dd.world == dd.rank]
+    todo = [k for k in mine if not shard_done(shard_path(parts, k), *ranges[k])]
+    if dd.main:
+        print(f"sampling {args.num_samples} images of {card['method']} (step {card['step']}, "
+              f"{card['solver']} × {card['steps']}, τ={card['temperature']}, "
+              f"CFG {card['cfg_scale']}) in {len(ranges)} shards over {dd.world} process(es); "
+              f"{len(mine) - len(todo)} of this rank's {len(mine)} already done")  # fmt: skip
+    for k in progress_bar(todo, desc=f"shards[rank {dd.rank}]", disable=not args.progress):
+        lo, hi = ranges[k]
+        blob = sample_shard(method, model, tok, card, lo, hi, batch, device)
+        write_npz(shard_path(parts, k), blob)
+    dd.barrier()
+    final = None
+    if dd.main:
+        final = assemble(out, parts, card, args.png_dir)
+        print(f"wrote {out} ({args.num_samples} images, NFE {final['nfe']}) and its card "
+              f"{out[:-4]}.json")  # fmt: skip
+    dd.close(True)
+    return final
+
+
+if __name__ == "__main__":
+    main()

