@@ -21,6 +21,11 @@ refused, naming them) and the final file is assembled from the shards in order, 
 zip timestamps, so the same command gives the same bytes. Under torchrun the shards are
 dealt across ranks and rank 0 assembles the file (the ranks share a file system).
 
+On SLURM: ``--launcher slurm --partition P --gpus-per-node G [--nodes N --timeout-min T]``
+submits the same command as a submitit job (one task per GPU, the ranks as under torchrun);
+on a timeout or preemption submitit requeues it and the relaunch skips the finished shards.
+``--launcher local`` does the same through submitit's local executor (tests, laptops).
+
 Defaults: the run's own evaluation settings (``eval.solver``, ``eval.steps``,
 ``eval.temperature``, ``eval.cfg_scale``), its last checkpoint, the EMA weights, fp32
 sampling, class-balanced labels (image i has label i mod C).
@@ -114,6 +119,16 @@ def parse_args(argv=None):
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--png-dir", default=None, help="also write every image as a PNG here")
     ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    sl = ap.add_argument_group("submitit (SLURM) launch")
+    sl.add_argument("--launcher", choices=("none", "slurm", "local"), default="none")
+    sl.add_argument("--partition", default=None)
+    sl.add_argument("--nodes", type=int, default=1)
+    sl.add_argument("--gpus-per-node", type=int, default=0)
+    sl.add_argument("--cpus-per-task", type=int, default=4)
+    sl.add_argument("--mem-gb", type=int, default=32)
+    sl.add_argument("--timeout-min", type=int, default=240)
+    sl.add_argument("--max-requeues", type=int, default=20)
+    sl.add_argument("--log-dir", default=None, help="default: FILE.npz.submitit/")
     args = ap.parse_args(argv)
     for key in ("num_samples", "shard_size", "batch_size", "steps"):
         v = getattr(args, key)
@@ -275,11 +290,65 @@ def assemble(out: str, parts: str, card: dict, png_dir: str | None) -> dict:
     return final
 
 
+class SampleJob:
+    """The sampling command as a submitit job; a requeue (timeout, preemption) reruns the
+    same command, which resumes from the finished shards."""
+
+    def __init__(self, argv: list[str]):
+        self.argv = argv
+
+    def __call__(self):
+        return main(self.argv)
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SampleJob(self.argv))
+
+
+def strip_launcher(argv: list[str]) -> list[str]:
+    """The command line without its submitit options (what each task runs)."""
+    flags = {"--launcher", "--partition", "--nodes", "--gpus-per-node", "--cpus-per-task",
+             "--mem-gb", "--timeout-min", "--max-requeues", "--log-dir"}  # fmt: skip
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a.split("=", 1)[0] in flags:
+            skip = "=" not in a
+        else:
+            out.append(a)
+    return out
+
+
+def submit(args, argv: list[str]):
+    import submitit
+
+    folder = args.log_dir or os.path.abspath(args.out) + ".submitit"
+    ex = submitit.AutoExecutor(folder=folder, cluster="local" if args.launcher == "local" else None)
+    tasks = max(1, args.gpus_per_node)
+    params = {"timeout_min": args.timeout_min, "tasks_per_node": tasks, "nodes": args.nodes}
+    if args.launcher == "slurm":
+        params.update(slurm_partition=args.partition, gpus_per_node=args.gpus_per_node or None,
+                      cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
+                      slurm_max_num_timeout=args.max_requeues)  # fmt: skip
+    elif args.gpus_per_node:
+        params["gpus_per_node"] = args.gpus_per_node
+    ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    job = ex.submit(SampleJob(strip_launcher(argv)))
+    print(f"submitted sampling job {job.job_id} (logs in {folder}); waiting for it")
+    results = job.results()
+    return next((r for r in results if r is not None), None)
+
+
 def main(argv=None) -> dict | None:
     from experiments.runner.build import load_trained, setup_distributed
     from shared.progress import progress_bar
 
+    argv = list(sys.argv[1:] if argv is None else map(str, argv))
     args = parse_args(argv)
+    if args.launcher != "none":
+        return submit(args, argv)
     kind = (
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )

@@ -308,3 +308,24 @@ def test_evaluate_with_the_offline_inception(env, tmp_path, monkeypatch):
     res = evaluate(str(s), str(s))
     assert abs(res["fid"]) < 1e-2 and "fd_fashion" in res
     assert len(res["evaluator"]["networks_sha256"]["inception_weights_file_sha256"]) == 64
+
+
+@pytest.mark.process
+def test_sampling_through_submitit_equals_a_direct_run(env, runs, tmp_path):
+    """``--launcher local``: the same command as a submitit job (what ``--launcher slurm``
+    submits to a cluster) writes the same file; its requeue handler resubmits that command."""
+    from experiments.sample import SampleJob, strip_launcher
+
+    direct = tmp_path / "direct.npz"
+    p = run_tree(sample_cmd(env, runs["cfm"], direct, n=6), timeout=120, env=penv(env))
+    assert p.returncode == 0, p.stderr[-2000:]
+    job = tmp_path / "job.npz"
+    cmd = sample_cmd(env, runs["cfm"], job, n=6) + ["--launcher", "local", "--timeout-min=5"]
+    p = run_tree(cmd, timeout=180, env=penv(env))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "submitted sampling job" in p.stdout
+    assert job.read_bytes() == direct.read_bytes()
+    argv = ["run", "--out", "x.npz", "--launcher", "slurm", "--partition=gpu", "--nodes", "2"]
+    assert strip_launcher(argv) == ["run", "--out", "x.npz"]
+    again = SampleJob(["a"]).checkpoint()
+    assert again.function.argv == ["a"]
