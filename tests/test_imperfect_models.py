@@ -101,8 +101,9 @@ def test_a_decoded_token_never_changes(solver, temperature, cfg):
     sampler, which does change them, shows the check can fail."""
     m = masked_dfm()
     y = torch.arange(64) % 3
+    g = torch.Generator().manual_seed(1)
     out = m.sample(RandomLogits(), 64, (4, 4), 8, y=y, solver=solver, temperature=temperature,
-                   cfg_scale=cfg, generator=torch.Generator().manual_seed(1), trace=True)  # fmt: skip
+                   cfg_scale=cfg, generator=g, trace=True)  # fmt: skip
     states = [r["state"] for r in out.trace]
     assert (states[-1] == out.indices).all() and (out.indices < K).all()
     changed = 0
