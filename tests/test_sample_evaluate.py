@@ -329,3 +329,21 @@ def test_sampling_through_submitit_equals_a_direct_run(env, runs, tmp_path):
     assert strip_launcher(argv) == ["run", "--out", "x.npz"]
     again = SampleJob(["a"]).checkpoint()
     assert again.function.argv == ["a"]
+
+
+def test_sampler_check_isolates_the_sampler(env, runs, tmp_path, monkeypatch):
+    """analysis/sampler_check.py: the Euler row reproduces the run's own last evaluation
+    exactly (same protocol), the redraw row is labelled apart; a foreign solver is refused."""
+    import csv
+
+    from analysis.sampler_check import main
+
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    df = main([str(runs["dfm"]), "--solvers", "euler,euler-redraw", "--out", str(tmp_path)])
+    assert list(df["method"]) == ["dfm", "dfm-redraw"] and list(df["nfe"]) == [4, 4]
+    with open(runs["dfm"] / "metrics.csv") as f:
+        last = list(csv.DictReader(f))[-1]
+    assert df["fd"].iloc[0] == pytest.approx(float(last["fd_fashion"]), rel=1e-9)
+    assert (tmp_path / "sampler_check.csv").is_file()
+    with pytest.raises(SystemExit, match="samples with"):
+        main([str(runs["cfm"]), "--solvers", "maskgit", "--out", str(tmp_path)])
