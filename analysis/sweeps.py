@@ -63,7 +63,28 @@ def load_sweep(sweep_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise FileNotFoundError(f"{', '.join(dirs)} hold no run directories with summary.json")
     metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     check_comparable(metrics)
-    return metrics, pd.DataFrame(runs)
+    runs = pd.DataFrame(runs)
+    check_distinct(runs)
+    return metrics, runs
+
+
+def check_distinct(runs: pd.DataFrame) -> None:
+    """Refuse two runs with the same method label and seed: every analysis averages over
+    seeds per label, so they would be drawn as one run (a sweep passed twice, seed=0,0, or two
+    runs that differ only in an option the label does not name, e.g. method.beta_scale)."""
+    known = runs.dropna(subset=["method", "seed"])
+    dup = known[known.duplicated(["method", "seed"], keep=False)]
+    if dup.empty:
+        return
+    lines = "\n  ".join(
+        f"{m} seed {s}: {', '.join(sorted(map(str, grp['run'])))}"
+        for (m, s), grp in dup.groupby(["method", "seed"])
+    )
+    raise NotComparableError(
+        f"these runs share a method label and a seed, so they would be averaged as one:\n"
+        f"  {lines}\nPass each sweep once, and draw runs that differ in an option the label "
+        "does not name (e.g. method.beta_scale, method.mdlm_eps) in separate calls."
+    )
 
 
 def run_name(run_dir: str, num_sweeps: int) -> str:

@@ -259,3 +259,19 @@ def test_precision_check_compares_against_seed_noise(tmp_path):
     with pytest.raises(SystemExit, match="trained in"):  # the sets swapped: refused
         precision_check.main(["--fp32", str(tmp_path / "bf16.csv"), "--bf16",
                               str(tmp_path / "fp32.csv"), "--out", str(tmp_path)])  # fmt: skip
+
+
+def test_runs_with_one_label_and_seed_are_refused_not_averaged(tmp_path):
+    """A sweep passed twice, or two runs that differ only in an option the label does not
+    name: refused, naming the runs (they used to be averaged as one)."""
+    from analysis.sweeps import NotComparableError
+
+    sweep = write_sweep(tmp_path)
+    with pytest.raises(NotComparableError, match=r"cfm seed 0: .*0_cfm_seed0.*0_cfm_seed0"):
+        load_sweep([str(sweep), str(sweep)])
+    twin = sweep / "9_purr_seed0"  # e.g. purr with another option, the same label and seed
+    twin.mkdir()
+    (twin / "summary.json").write_text(json.dumps({"method": "purr", "seed": 0,
+                                                   "status": "running"}))  # fmt: skip
+    with pytest.raises(NotComparableError, match=r"purr seed 0: 4_purr_seed0, 9_purr_seed0"):
+        load_sweep(str(sweep))
