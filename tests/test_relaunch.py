@@ -361,13 +361,29 @@ def test_checkpoints_from_before_new_training_keys_resume_unless_the_key_changes
                                ("purr", "method.latent_scale", "unit")):  # fmt: skip
         old = {k: v for k, v in flat_keys(compose([f"method={method}"])).items()
                if k not in ("method.weighting", "method.latent_scale")
-               and not k.startswith("method.maskgit")}  # fmt: skip
+               and not k.startswith(("method.maskgit", "method.mdlm_"))}  # fmt: skip
         accepted = check_resume("last.pt", {"config": old}, compose([f"method={method}"]))
         assert key in accepted  # recorded as a change, not refused
         with pytest.raises(RunRefused, match=key):
             check_resume(
                 "last.pt", {"config": old}, compose([f"method={method}", f"{key}={other}"])
             )
+
+
+def test_mdlm_checkpoints_from_before_its_time_range_are_refused_naming_the_keys():
+    """method.mdlm_eps / mdlm_stratified (issue #20) change training only under weighting=mdlm:
+    an old dfm checkpoint resumes, an old dfm-mdlm one (trained on t up to 1) is refused."""
+    from experiments.runner.checkpoint import check_resume
+    from experiments.runner.checks import flat_keys
+
+    def old(method):
+        return {k: v for k, v in flat_keys(compose([f"method={method}"])).items()
+                if not k.startswith("method.mdlm_")}  # fmt: skip
+
+    accepted = check_resume("last.pt", {"config": old("dfm")}, compose(["method=dfm"]))
+    assert "method.mdlm_eps" in accepted
+    with pytest.raises(RunRefused, match="method.mdlm_eps.*\n.*method.mdlm_stratified"):
+        check_resume("last.pt", {"config": old("dfm-mdlm")}, compose(["method=dfm-mdlm"]))
 
 
 def test_the_runner_never_imports_the_analysis_layer():

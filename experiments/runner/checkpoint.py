@@ -94,8 +94,23 @@ def changes(saved: dict, current: dict) -> dict[str, tuple]:
     return {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
 
 
+# Training keys added later that change nothing unless another key has a value: a checkpoint
+# from before them resumes without allow_changes when that key is not set so (issue #20: the
+# MDLM time range and stratification matter only to weighting=mdlm, whose old checkpoints
+# trained without them and are refused, naming the keys)
+INERT_UNLESS = {
+    "method.mdlm_eps": ("method.weighting", "mdlm"),
+    "method.mdlm_stratified": ("method.weighting", "mdlm"),
+}
+
+
 def _added_with_old_behaviour(key: str, saved: dict, current: dict) -> bool:
-    return key not in saved and key in ADDED_KEYS and current.get(key) == ADDED_KEYS[key]
+    if key in saved:
+        return False
+    if key in INERT_UNLESS:
+        other, value = INERT_UNLESS[key]
+        return saved.get(other, ADDED_KEYS.get(other)) != value
+    return key in ADDED_KEYS and current.get(key) == ADDED_KEYS[key]
 
 
 def check_resume(path: str, ck: dict, cfg) -> dict:
