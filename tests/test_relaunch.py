@@ -194,9 +194,9 @@ def test_failure_while_building_is_recorded(env, tmp_path, monkeypatch):
         (["eval.solver=rk4"], "eval.solver='rk4' is not allowed; expected one of euler, heun"),
         (
             ["method=dfm", "eval.solver=heun"],
-            "expected one of euler, maskgit (the samplers of dfm)",
+            "expected one of euler, euler-redraw, maskgit (the samplers of dfm)",
         ),
-        (["method=dfm-uniform", "eval.solver=maskgit"], "maskgit unmasks tokens"),
+        (["method=dfm-uniform", "eval.solver=maskgit"], "maskgit and euler-redraw unmask tokens"),
         (["method=dfm-uniform", "method.weighting=mdlm"], "MDLM weight is for the masked source"),
         (["method=dfm", "method.maskgit_schedule=exp"], "method.maskgit_schedule='exp'"),
         (["method=dfm-metric", "method.beta_power=0.5"], "method.beta_power=0.5"),
