@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from shared.io import atomic_write_text  # noqa: E402
+from shared.io import atomic_write_text, file_sha256  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 NAMED = {"fashion:train": "train", "fashion:test": "test"}
@@ -50,14 +50,6 @@ IS_NOTE = ("inception_score: not computed: the offline Inception weights (fid-he
 
 class EvalError(ValueError):
     """A sample file or reference that cannot be scored; the message names the fix."""
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def adm_images(arr: np.ndarray, what: str) -> torch.Tensor:

@@ -47,17 +47,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from shared.io import atomic_open, atomic_write_text  # noqa: E402
+from shared.io import atomic_open, atomic_write_text, file_sha256  # noqa: E402
 
 CARD_VERSION = 1
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_npz(path: str, arrays: dict) -> None:
