@@ -52,8 +52,9 @@ def randn(shape, device, generator=None, dtype=None) -> torch.Tensor:
 
 def randint(high: int, shape, device, generator=None) -> torch.Tensor:
     if isinstance(generator, PerSample):
-        rows = [torch.randint(0, high, tuple(shape[1:]), generator=g) for g in generator.generators]
-        if shape[0] != len(rows):
-            raise ValueError(f"a draw of shape {tuple(shape)} for {len(rows)} generators")
-        return torch.stack(rows).to(device)
+
+        def draw(*size, generator):
+            return torch.randint(0, high, size, generator=generator)
+
+        return generator.draw(draw, tuple(shape), device)
     return torch.randint(0, high, tuple(shape), device=device, generator=generator)

@@ -72,9 +72,9 @@ def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = True) 
     return removed
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
+def file_sha256(path: str | os.PathLike, algo: str = "sha256") -> str:
+    """The digest (sha256 unless ``algo`` says otherwise) of a file's bytes, 1 MiB at a time."""
+    h = hashlib.new(algo)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)

