@@ -34,8 +34,8 @@ sampling, class-balanced labels (image i has label i mod C).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
-import io
 import json
 import os
 import platform
@@ -52,21 +52,58 @@ from shared.io import atomic_open, atomic_write_text, file_sha256  # noqa: E402
 CARD_VERSION = 1
 
 
+class NpzWriter:
+    """An uncompressed .npz that ``np.load`` reads, written atomically entry by entry, with
+    fixed zip timestamps (``np.savez`` stamps the current time, so its bytes differ run to
+    run). An entry may arrive in chunks along its first axis (``add_chunks``), so the images
+    of a 50k-sample file are streamed from the shards, never held in memory at once."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __enter__(self):
+        self._stack = contextlib.ExitStack()
+        f = self._stack.enter_context(atomic_open(self.path, "wb"))
+        self.zf = self._stack.enter_context(zipfile.ZipFile(f, "w", zipfile.ZIP_STORED))
+        return self
+
+    def __exit__(self, *exc):
+        return self._stack.__exit__(*exc)
+
+    def add(self, name: str, value) -> None:
+        value = np.asanyarray(value)
+        self.add_chunks(name, value.shape, value.dtype, [value])
+
+    def add_chunks(self, name: str, shape, dtype, chunks) -> None:
+        """Entry ``name`` of ``shape`` and ``dtype`` from arrays that stack along axis 0."""
+        info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+        info.external_attr = 0o644 << 16
+        header = np.lib.format.header_data_from_array_1_0(np.empty((0, *shape[1:]), dtype))
+        header["shape"] = tuple(shape)
+        rows = 0
+        with self.zf.open(info, "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for chunk in chunks:
+                chunk = np.ascontiguousarray(chunk, dtype=dtype)
+                if chunk.shape[1:] != tuple(shape[1:]):
+                    raise ValueError(f"{name}: a chunk of shape {chunk.shape} for {tuple(shape)}")
+                rows += len(chunk) if chunk.ndim else 1
+                f.write(chunk.data)
+        if rows != (shape[0] if len(shape) else 1):
+            raise ValueError(f"{name}: {rows} rows written for shape {tuple(shape)}")
+
+
 def write_npz(path: str, arrays: dict) -> None:
-    """An uncompressed .npz that ``np.load`` reads, written atomically, with fixed zip
-    timestamps (``np.savez`` stamps the current time, so its bytes differ run to run)."""
-    with atomic_open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+    """The arrays (name → array) as an .npz (see :class:`NpzWriter`)."""
+    with NpzWriter(path) as w:
         for name, value in arrays.items():
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.asanyarray(value), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
+            w.add(name, value)
 
 
-def read_npz(path: str) -> dict:
+def read_npz(path: str, keys=None) -> dict:
+    """The entries ``keys`` (default: all) of an .npz; np.load reads only what is asked."""
     with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+        return {k: z[k] for k in (z.files if keys is None else keys)}
 
 
 def to_adm(images: torch.Tensor) -> np.ndarray:
@@ -199,9 +236,9 @@ def shard_done(path: str, lo: int, hi: int) -> bool:
     """A finished, readable shard of the right size (a torn or foreign one is redone)."""
     if not os.path.isfile(path):
         return False
-    try:
-        z = read_npz(path)
-        return len(z["arr_0"]) == hi - lo and list(z["index"]) == list(range(lo, hi))
+    try:  # the index alone (a torn file fails to open; the images are not read)
+        z = read_npz(path, ["index"])
+        return list(z["index"]) == list(range(lo, hi))
     except Exception:  # noqa: BLE001 (any unreadable file is simply redone)
         return False
 
@@ -222,7 +259,7 @@ def sample_shard(method, model, tok, card, lo, hi, batch_size, device) -> dict:
                                 cfg_scale=card["cfg_scale"], generator=gen)  # fmt: skip
         images.append(to_adm(tok.decode(out.indices)))
         labels.append(y.cpu().numpy())
-        nfe.add((out.nfe, out.nfe_rows // 1))
+        nfe.add((out.nfe, out.nfe_rows))
     (n, rows), *rest = sorted(nfe)
     if rest:
         raise RuntimeError(f"NFE differs between batches: {sorted(nfe)}")
@@ -259,25 +296,37 @@ def start(out: str, parts: str, card: dict) -> tuple[str, str | None]:
 
 
 def assemble(out: str, parts: str, card: dict, png_dir: str | None) -> dict:
-    ranges = shard_ranges(card["num_samples"], card["shard_size"])
-    blobs = [read_npz(shard_path(parts, k)) for k in range(len(ranges))]
-    nfe = {tuple(int(v) for v in b["nfe"]) for b in blobs}
+    count = len(shard_ranges(card["num_samples"], card["shard_size"]))
+    paths = [shard_path(parts, k) for k in range(count)]
+    small = [read_npz(p, ["nfe", "labels"]) for p in paths]
+    nfe = {tuple(int(v) for v in b["nfe"]) for b in small}
     if len(nfe) != 1:
         raise RuntimeError(f"NFE differs between shards: {sorted(nfe)}")
     (n, rows), = nfe  # fmt: skip
     final = {**card, "nfe": n, "nfe_rows": rows}
-    images = np.concatenate([b["arr_0"] for b in blobs])
-    labels = np.concatenate([b["labels"] for b in blobs])
-    final["arr_0_sha256"] = hashlib.sha256(images.tobytes()).hexdigest()
-    text = json.dumps(final, indent=1, sort_keys=True)
-    write_npz(out, {"arr_0": images, "labels": labels, "card": np.array(text)})
-    atomic_write_text(out[: -len(".npz")] + ".json", text + "\n")
-    if png_dir:
-        from PIL import Image
+    size = card["image_size"]
+    digest = hashlib.sha256()
 
-        os.makedirs(png_dir, exist_ok=True)
-        for i, im in enumerate(images):
-            Image.fromarray(im).save(os.path.join(png_dir, f"{i:06d}.png"))
+    def images():  # one shard in memory at a time
+        for i, p in enumerate(paths):
+            shard = read_npz(p, ["arr_0"])["arr_0"]
+            digest.update(shard.tobytes())
+            if png_dir:
+                from PIL import Image
+
+                os.makedirs(png_dir, exist_ok=True)
+                first = i * card["shard_size"]
+                for j, im in enumerate(shard):
+                    Image.fromarray(im).save(os.path.join(png_dir, f"{first + j:06d}.png"))
+            yield shard
+
+    with NpzWriter(out) as w:
+        w.add_chunks("arr_0", (card["num_samples"], size, size, 3), np.uint8, images())
+        w.add("labels", np.concatenate([b["labels"] for b in small]))
+        final["arr_0_sha256"] = digest.hexdigest()
+        text = json.dumps(final, indent=1, sort_keys=True)
+        w.add("card", np.array(text))
+    atomic_write_text(out[: -len(".npz")] + ".json", text + "\n")
     shutil.rmtree(parts)
     return final
 
