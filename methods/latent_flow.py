@@ -7,6 +7,12 @@ t_i = i/steps (i = 0..steps), i.e. exactly ``steps`` steps, with
 - euler:    z ← z + h·v(z, t)                                  (NFE = steps)
 - heun:     z' = z + h·v(z, t);  z ← z + h/2·(v(z,t) + v(z', t+h))  (NFE = 2·steps − 1)
 - midpoint: z ← z + h·v(z + h/2·v(z,t), t + h/2)               (NFE = 2·steps)
+- dopri5:   adaptive Dormand–Prince 5(4) (torchdiffeq, the ODE library of the official
+            Purrception code) on [0, 1 − ADAPTIVE_TAIL] with rtol = atol = ``tolerance``,
+            then one Euler step to t = 1; NFE is counted from the actual model calls
+            (``steps`` is ignored). Its step size is controlled on the whole batch's state,
+            so NFE and images depend on the batch, unlike the fixed-grid solvers. Not an
+            ``eval.solver`` choice: ``analysis/nfe_sweep.py`` sweeps it.
 
 ``latent_scale="unit"`` runs the flow on the standardised codebook E' = (E − mean)/std (one
 scalar std over all entries, after centring each dimension), so that data latents have the
@@ -28,6 +34,8 @@ from . import noise
 from .base import Method, SampleOutput, check_steps, nearest_code
 
 SOLVERS = ("euler", "heun", "midpoint")
+ADAPTIVE_SOLVERS = ("dopri5",)
+ADAPTIVE_TAIL = 1e-3  # dopri5 stops at t = 1 − this; a last Euler step (one NFE) reaches t = 1
 
 
 LATENT_SCALES = ("none", "unit")
@@ -42,6 +50,7 @@ def standardise(codebook: torch.Tensor) -> torch.Tensor:
 class LatentFlowMethod(Method):
     input_kind = "latent"
     solvers = SOLVERS
+    adaptive_solvers = ADAPTIVE_SOLVERS
     snap_chunk = 1 << 24  # distances alive at once when snapping to the nearest code
 
     def __init__(self, codebook, latent_scale: str = "none", **kw):
@@ -72,11 +81,13 @@ class LatentFlowMethod(Method):
 
     @torch.no_grad()
     def sample(self, model, num_samples, grid, steps, y=None, solver="euler", temperature=1.0,
-               cfg_scale=1.0, generator=None, trace=False) -> SampleOutput:  # fmt: skip
+               cfg_scale=1.0, generator=None, trace=False,
+               tolerance=1e-3) -> SampleOutput:  # fmt: skip
         check_steps(steps)
         self.check_temperature(temperature)
-        if solver not in SOLVERS:
-            raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+        if solver not in SOLVERS + ADAPTIVE_SOLVERS:
+            known = SOLVERS + ADAPTIVE_SOLVERS
+            raise ValueError(f"unknown solver {solver!r}; choose one of {known}")
         dev = self.codebook.device
         shape = (num_samples, self.code_dim, *grid)
         z = noise.randn(shape, dev, generator, dtype=self.codebook.dtype)
@@ -90,6 +101,12 @@ class LatentFlowMethod(Method):
             nfe, rows = nfe + 1, rows + mult
             return v, post
 
+        if solver in ADAPTIVE_SOLVERS:
+            if trace:
+                raise ValueError(f"trace=True needs a fixed-grid solver ({SOLVERS}), not {solver}")
+            z = self.integrate_adaptive(lambda t, z: v_at(z, t)[0], z, solver, tolerance)
+            indices = nearest_code(z, self.codebook, self.snap_chunk)
+            return SampleOutput(indices, nfe, rows, None)
         for i in range(steps):
             t, h = ts[i], ts[i + 1] - ts[i]
             v, post = v_at(z, t)
@@ -107,6 +124,24 @@ class LatentFlowMethod(Method):
         if trace:
             records.append({"t": 1.0, "state": z.clone(), "posterior": None})
         return SampleOutput(indices, nfe, rows, records)
+
+    @staticmethod
+    def integrate_adaptive(v, z, solver: str, tolerance: float) -> torch.Tensor:
+        """z(1) from z(0) under dz/dt = v(t, z) (t a Python float): torchdiffeq's ``solver``
+        on [0, 1 − ADAPTIVE_TAIL], landing exactly there (``step_t``: no stage is evaluated
+        past it, since a velocity (μ − z)/(1 − t) is singular at t = 1), then one Euler step."""
+        if not (isinstance(tolerance, float | int) and 0 < tolerance < 1):
+            raise ValueError(f"tolerance must be in (0, 1), got {tolerance!r}")
+        try:
+            from torchdiffeq import odeint
+        except ImportError:  # pragma: no cover - a pinned dependency
+            raise ImportError("solver=dopri5 needs torchdiffeq: pip install torchdiffeq") from None
+        end = 1.0 - ADAPTIVE_TAIL
+        span = torch.tensor([0.0, end], dtype=torch.float64, device=z.device)
+        path = odeint(lambda t, y: v(float(t), y), z, span, rtol=tolerance, atol=tolerance,
+                      method=solver, options={"step_t": span[1:]})  # fmt: skip
+        z = path[-1]
+        return z + ADAPTIVE_TAIL * v(end, z)
 
     def one_minus_t(self, t: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         """(1 − t) as (B,1,1,1), floored at eps: a guard, never active on the sampling grid."""

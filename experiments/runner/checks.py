@@ -105,9 +105,10 @@ def _in_range(v, lo, hi, lo_in, hi_in) -> bool:
     return ok_lo and ok_hi
 
 
-def method_label(cfg) -> str:
+def method_label(cfg, sampler: bool = True) -> str:
     """The name results are grouped under: the method plus the variant options that make it
-    a different baseline (``dfm-uniform``, ``dfm-mdlm``, ``dfm-maskgit``, …)."""
+    a different baseline (``dfm-uniform``, ``dfm-mdlm``, ``dfm-maskgit``, …). With
+    ``sampler=False``, the trained model's name alone (the sampler goes in its own column)."""
     parts = [cfg.method.name]
     if OmegaConf.select(cfg, "method.source", default=None) == "uniform":
         parts.append("uniform")
@@ -115,7 +116,7 @@ def method_label(cfg) -> str:
         parts.append("mdlm")
     if OmegaConf.select(cfg, "method.latent_scale", default=None) == "unit":
         parts.append("unit")
-    solver = OmegaConf.select(cfg, "eval.solver", default=None)
+    solver = OmegaConf.select(cfg, "eval.solver", default=None) if sampler else None
     if solver == "maskgit":
         parts.append("maskgit")
     elif solver == "euler-redraw":  # the official code's masked Euler (redraws decoded tokens)

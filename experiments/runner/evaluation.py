@@ -130,9 +130,13 @@ class Evaluator:
         return out
 
     @torch.no_grad()
-    def sample_images(self, ema, temperature=None, cfg_scale=None, trace=False):
-        """The protocol's class-balanced samples as uint8 images (and the last SampleOutput)."""
+    def sample_images(self, ema, temperature=None, cfg_scale=None, trace=False, **solver_kw):
+        """The protocol's class-balanced samples as uint8 images (and the last SampleOutput).
+
+        ``solver_kw`` goes to the sampler (e.g. ``tolerance`` for dopri5); the model calls of
+        every batch are kept in ``self.batch_nfe`` (an adaptive solver's differ by batch)."""
         e = self.cfg.eval
+        self.batch_nfe = []
         g = torch.Generator(self.device).manual_seed(e.seed)  # same noise for every method/step
         labels = torch.arange(e.num_samples, device=self.device) % self.cfg.data.num_classes
         images = []
@@ -143,8 +147,9 @@ class Evaluator:
                     ema, len(y), self.tok.grid, e.steps, y=y, solver=e.solver,
                     temperature=e.temperature if temperature is None else temperature,
                     cfg_scale=e.cfg_scale if cfg_scale is None else cfg_scale, generator=g,
-                    trace=trace,
+                    trace=trace, **solver_kw,
                 )  # fmt: skip
+            self.batch_nfe.append((len(y), out.nfe, out.nfe_rows))
             images.append(self.tok.decode(out.indices).cpu())
         return torch.cat(images), labels.cpu(), out
 

@@ -1,0 +1,192 @@
+"""The same trained weights sampled under many settings of their evaluation protocol: the
+engine of ``nfe_sweep.py`` (solver × steps or tolerance) and ``guidance_sweep.py`` (CFG scale).
+
+Every point samples the run's own protocol (its labels, noise seed ``eval.seed``, batch size
+and evaluation precision, EMA weights of the last checkpoint) with one setting changed, and
+scores it against the run's reference. A point is one CSV row, written atomically as soon as
+it is done, keyed by what produced it: the run folder, its checkpoint's sha256 and the
+setting. A relaunch with the same output folder skips the points it has (a retrained run has
+another checkpoint, so its points are recomputed), so a killed sweep loses at most one point.
+
+Rows carry the run's ``train_identity`` (a digest of its training config, seed excluded):
+runs are grouped by it, never by label alone, and two runs with one identity and one seed
+are refused (``check_runs``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from analysis.sweeps import NotComparableError, check_comparable  # noqa: E402
+from analysis.temperature_sweep import trained_in  # noqa: E402
+from experiments.runner.checkpoint import training_identity  # noqa: E402
+from experiments.runner.checks import method_label  # noqa: E402
+from shared.io import atomic_write_text, file_sha256  # noqa: E402
+
+# a point's setting: every key a sampler takes from the protocol that a sweep may change
+SETTING = ("solver", "steps", "tolerance", "temperature", "cfg_scale", "num_samples")
+
+
+def run_summary(run_dir: str) -> dict:
+    try:
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"error: {run_dir} is not a run folder (no summary.json)") from None
+    except ValueError as e:
+        raise SystemExit(f"error: {run_dir}/summary.json is unreadable ({e})") from None
+
+
+def check_runs(run_dirs: list[str], allow_unfinished: bool = False) -> list[str]:
+    """The run folders to sweep, checked before any sampling: each finished (unless
+    ``allow_unfinished``) with a last checkpoint, and no two with the same training identity
+    and seed (they would be averaged as one). Refuses naming every run and why."""
+    problems, seen = [], {}
+    for run in run_dirs:
+        summary = run_summary(run)
+        status = summary.get("status", "unknown")
+        if not os.path.isfile(os.path.join(run, "checkpoints", "last.pt")):
+            problems.append(f"{run}: no checkpoints/last.pt (status {status})")
+            continue
+        if status != "finished" and not allow_unfinished:
+            problems.append(f"{run}: status {status}, not finished (--allow-unfinished to "
+                            "sample its last checkpoint anyway)")  # fmt: skip
+            continue
+        from experiments.runner import checkpoint
+
+        ck = checkpoint.load(os.path.join(run, "checkpoints", "last.pt"))
+        key = (training_identity(ck["config"]), ck["config"].get("seed"))
+        if key in seen:
+            problems.append(f"{run} and {seen[key]} train the same config with seed {key[1]}: "
+                            "pass each run once")  # fmt: skip
+        seen.setdefault(key, run)
+    if problems:
+        raise SystemExit("error: cannot sweep these runs:\n  " + "\n  ".join(problems))
+    return list(run_dirs)
+
+
+def setting_key(point: dict) -> str:
+    return "|".join(f"{k}={point.get(k)}" for k in SETTING)
+
+
+def load_done(csv_path: str) -> pd.DataFrame:
+    if not os.path.isfile(csv_path):
+        return pd.DataFrame()
+    return pd.read_csv(csv_path, dtype={"checkpoint_sha256": str})
+
+
+def save_rows(csv_path: str, rows: list[dict]) -> None:
+    atomic_write_text(csv_path, pd.DataFrame(rows).to_csv(index=False))
+
+
+def sweep_run(run_dir: str, points_for, csv_path: str, rows: list[dict],
+              device: str = "cpu", num_samples: int | None = None) -> list[dict]:  # fmt: skip
+    """Sample ``run_dir`` at every point of ``points_for(cfg, tokenizer)`` (dicts of SETTING
+    keys; missing keys keep the run's protocol), appending a row per point to ``rows`` and
+    rewriting ``csv_path`` after each. Rows already in ``rows`` for this run folder and
+    checkpoint are kept, not recomputed."""
+    from experiments.runner.trainer import Evaluator, load_trained
+
+    path = os.path.abspath(run_dir)
+    ck_sha = file_sha256(os.path.join(run_dir, "checkpoints", "last.pt"))[:16]
+    have = {r["setting"] for r in rows if r["path"] == path and r["checkpoint_sha256"] == ck_sha}
+    cfg, tok, method, model, ck = load_trained(run_dir, device, with_checkpoint=True)
+    points = points_for(cfg, tok)
+    todo = []
+    for point in points:
+        full = {"num_samples": num_samples, **point}
+        if setting_key(full) not in have:
+            todo.append(full)
+    if not todo:
+        print(f"{run_dir}: all {len(points)} points done")
+        return rows
+    base = {k: cfg.eval[k] for k in ("solver", "steps", "temperature", "cfg_scale")}
+    base["num_samples"] = cfg.eval.num_samples
+    out_dir = os.path.dirname(csv_path)
+    ev = None
+    for full in todo:
+        setting = {**base, **{k: v for k, v in full.items() if v is not None}}
+        adaptive = setting["solver"] in getattr(method, "adaptive_solvers", ())
+        if setting["solver"] in method.solvers:
+            method.check_sampling(setting["solver"], setting["steps"], tok.grid)
+        elif not adaptive:
+            raise SystemExit(f"error: {run_dir}: {cfg.method.name} has no solver "
+                             f"{setting['solver']!r}")  # fmt: skip
+        cfg.eval.solver, cfg.eval.steps = setting["solver"], setting["steps"]
+        cfg.eval.num_samples = setting["num_samples"]
+        if ev is None:
+            ev = Evaluator(cfg, tok, method, torch.device(device), out_dir)
+        kw = {"tolerance": float(setting["tolerance"])} if adaptive else {}
+        if adaptive:  # the grid's steps mean nothing to it: its row says so
+            setting["steps"] = None
+        else:
+            setting["tolerance"] = None
+        t0 = time.time()
+        images, _, _ = ev.sample_images(model, temperature=setting["temperature"],
+                                        cfg_scale=setting["cfg_scale"], **kw)  # fmt: skip
+        sample_s = time.time() - t0
+        m = ev.score(images)
+        kind = cfg.eval.extractor
+        n = sum(b for b, _, _ in ev.batch_nfe)
+        row = {
+            "run": os.path.join(*os.path.normpath(run_dir).split(os.sep)[-2:]), "path": path,
+            "method": method_label(cfg, sampler=False), "seed": cfg.seed,
+            "train_identity": training_identity(ck["config"]), "checkpoint_sha256": ck_sha,
+            "step": ck["progress"]["step"],
+            "setting": setting_key(full), **{k: setting.get(k) for k in SETTING},
+            # model calls per image batch, averaged over images (an adaptive solver's differ)
+            "nfe": sum(b * f for b, f, _ in ev.batch_nfe) / n,
+            "nfe_rows": sum(b * r for b, _, r in ev.batch_nfe) / n,
+            "nfe_min": min(f for _, f, _ in ev.batch_nfe),
+            "nfe_max": max(f for _, f, _ in ev.batch_nfe),
+            "batch_size": cfg.eval.batch_size, "sample_s": round(sample_s, 2),
+            "fd": m.get("fd_fashion", m.get("fid_inception")), "kid": m.get(f"kid_{kind}"),
+            "precision": m.get(f"precision_{kind}"), "recall": m.get(f"recall_{kind}"),
+            "extractor": kind, **ev.identity, "train_precision": trained_in(run_dir),
+            "eval_precision": ev.precision,
+        }  # fmt: skip
+        rows.append(row)
+        save_rows(csv_path, rows)
+        budget = f"tol {setting['tolerance']:g}" if adaptive else f"steps {setting['steps']}"
+        print(f"{row['run']} {row['method']} {setting['solver']} {budget} "
+              f"cfg {setting['cfg_scale']:g}: NFE {row['nfe']:.1f}, FD {row['fd']:.3f}, "
+              f"precision {row['precision']:.3f}, recall {row['recall']:.3f} "
+              f"({sample_s:.0f} s)")  # fmt: skip
+    return rows
+
+
+def run_all(run_dirs, points_for, csv_path, device="cpu", num_samples=None) -> pd.DataFrame:
+    """Every run at its points (``points_for(cfg, tokenizer)`` → list), resuming from
+    ``csv_path``; returns the rows of these runs only (others in the file are kept)."""
+    done = load_done(csv_path)
+    rows = done.to_dict("records")
+    for r in rows:  # NaN from the CSV means "the run's protocol"; a point's key says None
+        for k in SETTING:
+            if isinstance(r.get(k), float) and math.isnan(r[k]):
+                r[k] = None
+    for run in run_dirs:
+        rows = sweep_run(run, points_for, csv_path, rows, device, num_samples)
+    paths = {os.path.abspath(r) for r in run_dirs}
+    df = pd.DataFrame([r for r in rows if r["path"] in paths])
+    check_comparable(df, "runs of this sweep")
+    return df
+
+
+def curve_groups(df: pd.DataFrame):
+    """(label, rows) per trained config: the method label, plus the identity digest when one
+    label covers several configs (e.g. two beta_scale values of dfm-metric)."""
+    labels = df.groupby("method")["train_identity"].nunique()
+    for (method, ident), grp in df.groupby(["method", "train_identity"], sort=True):
+        name = method if labels[method] == 1 else f"{method} [{ident[:6]}]"
+        yield name, grp
+
+
+__all__ = ["NotComparableError", "check_runs", "run_all", "curve_groups", "SETTING"]

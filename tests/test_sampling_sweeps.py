@@ -1,0 +1,181 @@
+"""The adaptive dopri5 sampler against closed forms and the oracle; analysis/nfe_sweep.py and
+analysis/guidance_sweep.py on tiny trained runs: NFE as counted, the run's own setting
+reproducing its own metrics.csv, resume point by point, refusals."""
+
+import json
+import math
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from conftest import run_in_process
+from toy import CODEBOOK, GRID, PROBS, WRONG_PROBS, Oracle, total_variation
+
+import methods
+from methods.latent_flow import ADAPTIVE_TAIL, LatentFlowMethod
+
+
+def test_dopri5_matches_the_closed_form_and_counts_its_calls():
+    z0 = torch.randn(3, 4, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = z0 * math.exp(-1.5)  # dz/dt = −(1 + t)·z  →  z(1) = z(0)·e^{−3/2}
+    calls, errors = [], []
+    for tol in (1e-2, 1e-4, 1e-6):
+        seen = []
+
+        def v(t, z, seen=seen):
+            seen.append(t)
+            return -(1 + t) * z
+
+        z = LatentFlowMethod.integrate_adaptive(v, z0.clone(), "dopri5", tol)
+        calls.append(len(seen))
+        errors.append((z - exact).abs().max().item())
+        assert max(seen) == pytest.approx(1 - ADAPTIVE_TAIL)  # never past 1 − tail
+    assert errors[0] < 3e-3 and errors[1] < 3e-5 and errors[2] < 1e-6, errors
+    assert calls[0] < calls[1] < calls[2], calls  # tighter tolerance, more calls
+    with pytest.raises(ValueError, match="tolerance"):
+        LatentFlowMethod.integrate_adaptive(v, z0, "dopri5", 0.0)
+
+
+@pytest.mark.parametrize("name", ["cfm", "cfm-endpoint", "purr"])
+def test_dopri5_reproduces_the_toy_distribution_and_a_wrong_model_fails(name):
+    m = methods.build(name, codebook=CODEBOOK.float())
+    for probs, should_pass in ((PROBS, True), (WRONG_PROBS, False)):
+        model = Oracle(name, probs=probs)
+        seen = []
+
+        def counted(x, t, y=None, model=model, seen=seen):
+            seen.append(float(t.max()))
+            return model(x, t, y)
+
+        g = torch.Generator().manual_seed(0)
+        out = m.sample(counted, 4000, GRID, 1, solver="dopri5", tolerance=1e-3, generator=g)
+        assert out.nfe == model.calls == len(seen) > 6  # NFE = the calls actually made
+        assert max(seen) < 1  # the singular t = 1 is never evaluated
+        tv = total_variation(out.indices)
+        assert (tv < 0.04) == should_pass, f"{name}: TV {tv:.3f}"
+
+
+def test_nfe_sweep_points_per_method():
+    from analysis.nfe_sweep import points
+
+    cfm = points("purr", None, [2, 5, 100], [1e-2], positions=64)
+    assert [(p["solver"], p.get("steps"), p.get("tolerance")) for p in cfm] == [
+        ("euler", 2, None), ("euler", 5, None), ("euler", 100, None),
+        ("heun", 1, None), ("heun", 3, None), ("heun", 50, None),
+        ("midpoint", 1, None), ("midpoint", 2, None), ("midpoint", 50, None),
+        ("dopri5", None, 1e-2),
+    ]  # fmt: skip
+    dfm = points("dfm", "mask", [2, 100], [1e-2], positions=64)
+    assert [(p["solver"], p["steps"]) for p in dfm] == [
+        ("euler", 2), ("euler", 100), ("maskgit", 2)  # MaskGIT: at most one step per position
+    ]  # fmt: skip
+    assert [p["solver"] for p in points("dfm", "uniform", [2], [])] == ["euler"]
+    assert [p["solver"] for p in points("dfm-metric", None, [2], [])] == ["euler"]
+
+
+@pytest.fixture(scope="module")
+def trained(env, tmp_path_factory):
+    """A tiny finished sweep: cfm and masked dfm, seed 0."""
+    base = tmp_path_factory.mktemp("nfe") / "sweep"
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("cfm", "dfm"):
+            run_in_process(env, [f"method={name}", "eval.points=1"], base / f"{name}_seed0", mp)
+    return base
+
+
+def last_fd(run):
+    return pd.read_csv(run / "metrics.csv")["fd_fashion"].iloc[-1]
+
+
+def test_nfe_sweep_counts_nfe_reproduces_the_run_and_resumes(env, trained, tmp_path,
+                                                             monkeypatch):  # fmt: skip
+    from analysis import nfe_sweep
+
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    runs = [str(trained / "cfm_seed0"), str(trained / "dfm_seed0")]
+    args = [*runs, "--nfe", "2,4", "--tolerances", "1e-1", "--out", str(tmp_path)]
+    df = nfe_sweep.main(args)
+    got = {(r.method, r.solver, r.steps if r.solver != "dopri5" else r.tolerance): r.nfe
+           for r in df.itertuples()}  # fmt: skip
+    assert got[("cfm", "euler", 2)] == 2 and got[("cfm", "euler", 4)] == 4
+    assert got[("cfm", "heun", 1)] == 1 and got[("cfm", "heun", 2)] == 3  # 2·steps − 1
+    assert got[("cfm", "midpoint", 1)] == 2 and got[("cfm", "midpoint", 2)] == 4
+    assert got[("cfm", "dopri5", 0.1)] >= 7  # initial step choice + one 6-stage step at least
+    assert got[("dfm", "euler", 4)] == 4 and got[("dfm", "maskgit", 2)] == 2
+    assert len(df) == 7 + 4 and df["train_identity"].nunique() == 2
+    # the run's own protocol (euler, eval.steps=4, EMA weights of the last checkpoint) is the
+    # final row of its own metrics.csv: an independent computation of the same number
+    for name in ("cfm", "dfm"):
+        own = df[(df.method == name) & (df.solver == "euler") & (df.steps == 4)]
+        assert own["fd"].iloc[0] == pytest.approx(last_fd(trained / f"{name}_seed0"), rel=1e-6)
+    assert (tmp_path / "nfe_sweep.png").is_file() and (tmp_path / "nfe_sweep.pdf").is_file()
+    # a relaunch computes nothing and keeps every row
+    from experiments.runner.evaluation import Evaluator
+
+    before = (tmp_path / "nfe_sweep.csv").read_text()
+    monkeypatch.setattr(Evaluator, "sample_images", lambda *a, **k: pytest.fail("resampled"))
+    again = nfe_sweep.main(args)
+    assert len(again) == len(df) and (tmp_path / "nfe_sweep.csv").read_text() == before
+
+
+def test_sweep_resumes_after_a_crash_mid_way(env, trained, tmp_path, monkeypatch):
+    from analysis import nfe_sweep
+    from experiments.runner.evaluation import Evaluator
+
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    args = [str(trained / "dfm_seed0"), "--nfe", "1,2,3", "--solvers", "euler",
+            "--out", str(tmp_path)]  # fmt: skip
+    real, calls = Evaluator.sample_images, []
+
+    def dies_on_third(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Evaluator, "sample_images", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        nfe_sweep.main(args)
+    assert len(pd.read_csv(tmp_path / "nfe_sweep.csv")) == 2  # the finished points are kept
+    monkeypatch.setattr(Evaluator, "sample_images", real)
+    calls.clear()
+    full = nfe_sweep.main(args)
+    assert sorted(full["steps"]) == [1, 2, 3]
+    fresh = nfe_sweep.main([*args[:-1], str(tmp_path / "fresh")])
+    assert list(full.sort_values("steps")["fd"]) == list(fresh.sort_values("steps")["fd"])
+
+
+def test_guidance_sweep_scale_one_is_the_run_and_guidance_changes_it(env, trained, tmp_path,
+                                                                     monkeypatch):  # fmt: skip
+    from analysis import guidance_sweep
+
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    run = trained / "dfm_seed0"
+    df = guidance_sweep.main([str(run), "--scales", "1,3", "--out", str(tmp_path)])
+    by = df.set_index("cfg_scale")
+    assert by.loc[1.0, "fd"] == pytest.approx(last_fd(run), rel=1e-6)
+    # (the tiny model barely tells classes apart, so s = 3 draws the same images here: the
+    # guided calls over both halves show that the scale reached the sampler)
+    assert by.loc[3.0, "nfe_rows"] == 2 * by.loc[3.0, "nfe"] == 8  # both halves, one call
+    assert {"precision", "recall", "method", "solver", "nfe"} <= set(df.columns)
+    assert (tmp_path / "guidance_sweep.png").is_file()
+    mg = guidance_sweep.main([str(run), "--scales", "1", "--solver", "maskgit",
+                              "--out", str(tmp_path / "mg")])  # fmt: skip
+    assert list(mg["solver"]) == ["maskgit"]
+
+
+def test_sweeps_refuse_unfinished_and_repeated_runs(env, trained, tmp_path, monkeypatch, capsys):
+    from analysis import nfe_sweep
+
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    run = tmp_path / "copy_seed0"
+    shutil.copytree(trained / "dfm_seed0", run)
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    with pytest.raises(SystemExit, match="status interrupted, not finished"):
+        nfe_sweep.main([str(run), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="train the same config with seed 0"):
+        nfe_sweep.main([str(trained / "dfm_seed0"), str(run), "--allow-unfinished",
+                        "--out", str(tmp_path)])  # fmt: skip
+    assert not (tmp_path / "nfe_sweep.csv").exists()  # refused before any sampling
