@@ -86,7 +86,7 @@ def draw_baselines(ax, data: pd.DataFrame, metric: str) -> None:
 
 
 def plot(metrics, runs, metric, out_dir, title) -> list[str]:
-    labels = status_labels(runs)
+    labels = status_labels(runs, metrics)
     data = metrics.assign(label=metrics["method"].map(labels))
     order = sorted(data["label"].unique())
     sns.set_theme(style="whitegrid", context="notebook")

@@ -3,11 +3,13 @@
     python analysis/ranking_vs_budget.py                         # the latest sweep
     python analysis/ranking_vs_budget.py outputs/sweeps/X outputs/sweeps/Y --out figs/
 
-Every run of a sweep is evaluated at the same fractions of its FLOP budget, so the k-th
-evaluation of every method sits at (almost) the same training FLOPs: the FLOP-matched view
-compares methods there. The paper compares methods at equal iterations instead; since the
-categorical heads cost more FLOPs per step, their k-th evaluation comes a few steps earlier,
-so the iteration-matched view interpolates each run's curve (linearly in log steps) to the
+Every run of a sweep is evaluated at fractions of its FLOP budget: the FLOP-matched view
+compares methods at the same fraction (``budget_fraction`` to 0.01) of the same budget, never
+by the index of an evaluation. Runs trained on different budgets are refused, unless
+``--by-flops`` (each run's curve interpolated, linearly in log FLOPs, at the evaluation FLOPs
+of the method that stops earliest). The paper compares methods at equal iterations instead;
+since the categorical heads cost more FLOPs per step, their k-th evaluation comes a few steps
+earlier, so the iteration-matched view interpolates each run's curve (linearly in log steps) to the
 steps of the method with the fewest and compares there.
 
 For each view and point: mean over seeds, the 95% confidence interval of the mean (Student
@@ -69,28 +71,61 @@ def welch_p(a: np.ndarray, b: np.ndarray) -> float:
     return t_two_sided_p(t, df)
 
 
-def per_point(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per (method, seed, evaluation index k) with FLOPs, steps and the metric."""
+def per_point(metrics: pd.DataFrame, metric: str, runs: pd.DataFrame | None = None):
+    """One row per (method, seed, budget point k) with FLOPs, steps and the metric, where k
+    is the fraction of the run's budget at that evaluation (to 0.01): methods are compared at
+    the same fraction of the same budget, never by the index of an evaluation."""
     df = metrics.sort_values("step").copy()
-    df["k"] = df.groupby(["method", "seed"]).cumcount()
+    frac = df["budget_fraction"] if "budget_fraction" in df else pd.Series(np.nan, df.index)
+    if frac.isna().any():  # rows from before it was recorded: step / the run's total steps
+        if runs is None or "total_steps" not in runs:
+            raise ValueError("rows without budget_fraction, and no total_steps to derive it")
+        total = df["run"].map(runs.set_index("run")["total_steps"]).astype(float)
+        frac = frac.fillna(df["step"] / total)
+        if frac.isna().any():
+            lost = sorted(df.loc[frac.isna(), "run"].unique())
+            raise SystemExit(f"error: no budget_fraction nor total_steps for {', '.join(lost)}")
+    df["k"] = frac.astype(float).round(2)
     return df[["method", "seed", "k", "train_flops", "step", metric]]
 
 
-def iteration_matched(points: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Each run's metric interpolated (linear in log steps) at the steps of the method whose
-    runs stop earliest; points outside a run's range are dropped."""
-    last = points.groupby("method")["step"].max()
+def interpolated(points: pd.DataFrame, metric: str, x: str = "step") -> pd.DataFrame:
+    """Each run's metric interpolated (linear in log x) at the x of the method whose runs stop
+    earliest (steps: iteration-matched; FLOPs: FLOP-matched across unequal budgets); points
+    outside a run's range are dropped."""
+    last = points.groupby("method")[x].max()
     ref = last.idxmin()
-    grid = sorted(points.loc[points["method"] == ref, "step"].unique())
+    grid = sorted(points.loc[points["method"] == ref, x].unique())
     rows = []
     for (method, seed), g in points.groupby(["method", "seed"]):
-        g = g.sort_values("step")
-        xs, ys = np.log(g["step"].to_numpy(float)), g[metric].to_numpy(float)
+        g = g.sort_values(x)
+        xs, ys = np.log(g[x].to_numpy(float)), g[metric].to_numpy(float)
         for k, s in enumerate(grid):
             if xs[0] <= math.log(s) <= xs[-1]:
-                rows.append({"method": method, "seed": seed, "k": k, "step": s,
+                rows.append({"method": method, "seed": seed, "k": k, x: s,
                              metric: float(np.interp(math.log(s), xs, ys))})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def iteration_matched(points: pd.DataFrame, metric: str) -> pd.DataFrame:
+    return interpolated(points, metric, "step")
+
+
+def check_budgets(runs: pd.DataFrame) -> None:
+    """Refuse runs trained on different budgets: the same fraction of two budgets is not the
+    same compute (``--by-flops`` compares them at equal FLOPs instead)."""
+    cols = [c for c in ("budget_train_flops", "budget_images") if c in runs]
+    if not cols:
+        return
+    key = runs[cols].astype("string").fillna("none").agg(" / ".join, axis=1)
+    if key.nunique() > 1:
+        lines = "\n  ".join(f"{' / '.join(cols)} = {k}: {', '.join(sorted(g['run']))}"
+                            for k, g in runs.assign(_b=key).groupby("_b"))  # fmt: skip
+        raise SystemExit(
+            f"error: these runs trained on different budgets, so their evaluations at equal "
+            f"fractions of the budget are at different compute:\n  {lines}\nCompare them "
+            "with --by-flops (interpolated at equal training FLOPs), or one budget at a time."
+        )
 
 
 def summarise(points: pd.DataFrame, metric: str, x: str) -> pd.DataFrame:
@@ -158,18 +193,26 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default=None)
     ap.add_argument("--reference", default="purr",
                     help="mark only crossings with this method ('all': every pair)")  # fmt: skip
+    ap.add_argument("--by-flops", action="store_true",
+                    help="compare unequal budgets at equal FLOPs (interpolated)")  # fmt: skip
     args = ap.parse_args(argv)
     sweeps = args.sweep or [latest_sweep()]
     metrics, runs = load_sweep(sweeps)
-    finished = runs.loc[runs["status"] == "finished", "run"]
-    metrics = metrics[metrics["run"].isin(finished)]
+    for _, r in runs[runs["status"] != "finished"].iterrows():
+        print(f"  left out: {r['run']} ({r['method']} seed {r['seed']}) is {r['status']}")
+    runs = runs[runs["status"] == "finished"]
+    metrics = metrics[metrics["run"].isin(runs["run"])]
     if metrics.empty:
         raise SystemExit("no finished runs with evaluations")
+    if not args.by_flops:
+        check_budgets(runs[runs["run"].isin(metrics["run"])])
     metric = args.metric or headline_metric(metrics)
     out_dir = args.out or os.path.join(sweeps[0], "analysis")
     os.makedirs(out_dir, exist_ok=True)
-    flop_pts = per_point(metrics, metric)
+    flop_pts = per_point(metrics, metric, runs)
     iter_pts = iteration_matched(flop_pts, metric)
+    if args.by_flops:
+        flop_pts = interpolated(flop_pts, metric, "train_flops")
     views = {"FLOP-matched": (flop_pts, "train_flops", "training FLOPs"),
              "iteration-matched": (iter_pts, "step", "training steps (interpolated)")}  # fmt: skip
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
@@ -186,12 +229,14 @@ def main(argv=None) -> dict:
         draw(ax, summ, cross, xlabel, metric, f"{view}: mean over seeds, 95% CI{marked}", ref)
         tables.append(summ.assign(view=view))
         all_cross += [dict(c, view=view) for c in cross]
-        ranks = [(int(k), float(summ.loc[summ["k"] == k, "x"].mean()), ranking(pts, metric, k))
+        ranks = [(k, float(summ.loc[summ["k"] == k, "x"].mean()), ranking(pts, metric, k))
                  for k in sorted(summ["k"].unique())]  # fmt: skip
         result[view] = {"ranking": ranks, "crossings": cross}
         print(f"\n{view} ranking by mean {metric} (≈: Welch p ≥ 0.05 between neighbours)")
+        fraction = view == "FLOP-matched" and not args.by_flops
         for k, xv, text in ranks:
-            print(f"  point {k}: {x} {xv:.3g}: {text}")
+            where = f"{k:.0%} of the budget" if fraction else f"point {k}"
+            print(f"  {where}: {x} {xv:.3g}: {text}")
         for c in cross:
             print(f"  crossing {c['pair']} at {x} ≈ {c['at']:.3g}: {c['ahead_after']} ahead after")
     fig.tight_layout()

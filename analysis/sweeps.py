@@ -52,12 +52,16 @@ def load_sweep(sweep_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
                 df["run"] = run_name(run_dir, len(dirs))
                 frames.append(df)
                 n_rows = len(df)
+        identity, config = recorded_training(run_dir, summary)
         runs.append({
             "run": run_name(run_dir, len(dirs)), "path": run_dir, "method": summary.get("method"),
+            "train_identity": identity, "train_config": config,
             "seed": summary.get("seed"), "status": summary.get("status", "unknown"),
             "evaluations": n_rows, "total_steps": summary.get("total_steps"),
             "train_flops_per_step": summary.get("train_flops_per_step"),
             "params": summary.get("params"), "error": summary.get("error"),
+            "budget_train_flops": summary.get("budget_train_flops"),
+            "budget_images": summary.get("budget_images"),
         })  # fmt: skip
     if not runs:
         raise FileNotFoundError(f"{', '.join(dirs)} hold no run directories with summary.json")
@@ -65,26 +69,104 @@ def load_sweep(sweep_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
     check_comparable(metrics)
     runs = pd.DataFrame(runs)
     check_distinct(runs)
-    return metrics, runs
+    return name_series(metrics, runs), runs
+
+
+def recorded_training(run_dir: str, summary: dict) -> tuple[str | None, dict | None]:
+    """(training identity, training config) of a run: from its summary.json, or for runs from
+    before it was recorded, from its last checkpoint's config; (None, None) if neither."""
+    if summary.get("train_identity"):
+        return summary["train_identity"], summary.get("train_config")
+    ck = os.path.join(run_dir, "checkpoints", "last.pt")
+    if not os.path.isfile(ck):
+        return None, None
+    from experiments.runner import checkpoint
+
+    try:
+        config = checkpoint.load(ck)["config"]
+    except Exception:  # noqa: BLE001 (an unreadable checkpoint: identity unknown, not fatal)
+        return None, None
+    return checkpoint.training_identity(config), checkpoint.training_config(config)
 
 
 def check_distinct(runs: pd.DataFrame) -> None:
-    """Refuse two runs with the same method label and seed: every analysis averages over
-    seeds per label, so they would be drawn as one run (a sweep passed twice, seed=0,0, or two
-    runs that differ only in an option the label does not name, e.g. method.beta_scale)."""
-    known = runs.dropna(subset=["method", "seed"])
-    dup = known[known.duplicated(["method", "seed"], keep=False)]
+    """Refuse two runs with the same training identity (else, where it is unrecorded, the same
+    method label) and the same seed: they would be drawn as one run (a sweep passed twice, or
+    seed=0,0). Runs that differ in any training option are kept apart by ``name_series``."""
+    known = runs.dropna(subset=["method", "seed"]).copy()
+    # the label names the sampler too: the same training evaluated by MaskGIT is another series
+    known["_id"] = known["train_identity"].fillna("") if len(known) else []
+    dup = known[known.duplicated(["method", "_id", "seed"], keep=False)]
     if dup.empty:
         return
     lines = "\n  ".join(
         f"{m} seed {s}: {', '.join(sorted(map(str, grp['run'])))}"
-        for (m, s), grp in dup.groupby(["method", "seed"])
+        for (m, _, s), grp in dup.groupby(["method", "_id", "seed"])
     )
     raise NotComparableError(
-        f"these runs share a method label and a seed, so they would be averaged as one:\n"
-        f"  {lines}\nPass each sweep once, and draw runs that differ in an option the label "
-        "does not name (e.g. method.beta_scale, method.mdlm_eps) in separate calls."
+        f"these runs train the same config with the same seed, so they would be averaged as "
+        f"one:\n  {lines}\nPass each sweep once, and each run once."
     )
+
+
+# a row's evaluation setting: the rows of one label that differ here are separate series
+EVAL_SETTING = {"solver": "solver", "sample_steps": "steps", "temperature": "τ",
+                "cfg_scale": "cfg", "num_samples": "n"}  # fmt: skip
+
+
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _short(keys: list[str]) -> dict[str, str]:
+    """Display names of config keys: the last component, unless two keys share it."""
+    last = [k.rsplit(".", 1)[-1] for k in keys]
+    return {k: (n if last.count(n) == 1 else k) for k, n in zip(keys, last, strict=True)}
+
+
+def name_series(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Every row's series: its method label, plus the training options and evaluation
+    settings that tell apart the rows sharing that label (e.g. ``dfm-metric beta_scale=100``,
+    ``cfm solver=heun``). The series goes in ``method`` (what every script groups by); the
+    label stays in ``label``, the run's training digest in ``train_identity``."""
+    if metrics.empty:
+        return metrics
+    m = metrics.copy()
+    by_run = runs.set_index("run")
+    m["label"] = m["method"]
+    m["train_identity"] = m["run"].map(by_run["train_identity"]).fillna("unrecorded")
+    configs = by_run["train_config"].to_dict()
+    names = pd.Series("", index=m.index)
+    for label, rows in m.groupby("label"):
+        parts = pd.DataFrame(index=rows.index)
+        ids = rows["train_identity"].unique()
+        if len(ids) > 1:
+            first = rows.groupby("train_identity")["run"].first()
+            cfgs = {i: configs.get(first[i]) for i in ids}
+            if all(isinstance(c, dict) for c in cfgs.values()):
+                keys = sorted({k for c in cfgs.values() for k in c})
+                diff = [k for k in keys if len({repr(c.get(k)) for c in cfgs.values()}) > 1]
+                for k, short in _short(diff).items():
+                    values = {i: _value(c.get(k)) for i, c in cfgs.items()}
+                    parts[k] = short + "=" + rows["train_identity"].map(values)
+            else:  # some run predates the recorded config: name its digest
+                parts["id"] = "[" + rows["train_identity"].str[:6] + "]"
+        for col, short in EVAL_SETTING.items():
+            if col in rows and rows[col].astype("string").nunique(dropna=False) > 1:
+                parts[col] = short + "=" + rows[col].map(_value)
+        suffix = parts.agg(" ".join, axis=1) if len(parts.columns) else ""
+        names[rows.index] = (label + " " + suffix).str.strip() if len(parts.columns) else label
+    m["method"] = names
+    many = m.groupby(["method", "seed"])["run"].unique()
+    many = many[many.map(len) > 1]
+    if len(many):
+        lines = "\n  ".join(f"{k[0]} seed {k[1]}: {', '.join(sorted(map(str, v)))}"
+                            for k, v in many.items())  # fmt: skip
+        raise NotComparableError(
+            f"these runs train the same config with the same seed and were evaluated the same "
+            f"way, so they would be averaged as one:\n  {lines}\nPass each run once."
+        )
+    return m
 
 
 def run_name(run_dir: str, num_sweeps: int) -> str:
@@ -149,13 +231,15 @@ def headline_metric(metrics: pd.DataFrame) -> str:
     raise ValueError("no FID/FD column with values in this sweep")
 
 
-def status_labels(runs: pd.DataFrame) -> dict[str, str]:
-    """method → 'purr (3 finished)' or 'dfm (2 finished, 1 failed)'."""
+def status_labels(runs: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, str]:
+    """series → 'purr (3 finished)' or 'dfm (2 finished, 1 failed)', over the runs whose rows
+    make up each series."""
+    status = runs.set_index("run")["status"]
     out = {}
-    for method, grp in runs.groupby("method"):
-        counts = grp["status"].value_counts()
+    for series, grp in metrics.groupby("method"):
+        counts = status[grp["run"].unique()].value_counts()
         parts = [f"{n} {s}" for s, n in counts.items()]
-        out[method] = f"{method} ({', '.join(parts)})"
+        out[series] = f"{series} ({', '.join(parts)})"
     return out
 
 

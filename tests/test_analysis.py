@@ -223,14 +223,15 @@ def test_ranking_vs_budget_finds_the_crossing_and_both_views(tmp_path, capsys):
         for k, s in enumerate(steps[method]):
             fd = (200 * 0.5**k if method == "fast" else 120 * 0.8**k) + rng.normal(0, 1)
             rows.append({"method": method, "seed": seed, "step": s, "train_flops": 1e9 * 2**k,
-                         "images_seen": s, "wall_s": s, "fd_fashion": fd})  # fmt: skip
+                         "images_seen": s, "wall_s": s, "fd_fashion": fd,
+                         "budget_fraction": s / steps[method][-1]})  # fmt: skip
         pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
         (run / "summary.json").write_text(json.dumps({"method": method, "seed": seed,
                                                       "status": "finished"}))  # fmt: skip
     res = rvb.main([str(sweep), "--out", str(tmp_path / "out")])
     flop = res["FLOP-matched"]
     # fast: 200, 100, 50, 25; slow: 120, 96, 76.8, 61.4 → order flips between points 1 and 2
-    assert [c["between_k"] for c in flop["crossings"]] == ["1-2"]
+    assert [c["between_k"] for c in flop["crossings"]] == ["0.25-0.5"]  # budget fractions
     assert 2e9 < flop["crossings"][0]["at"] < 4e9 and flop["crossings"][0]["ahead_after"] == "fast"
     assert flop["ranking"][0][2] == "slow < fast" and flop["ranking"][-1][2] == "fast < slow"
     assert len(res["iteration-matched"]["ranking"]) == 4  # at fast's steps 10…80
@@ -275,3 +276,98 @@ def test_runs_with_one_label_and_seed_are_refused_not_averaged(tmp_path):
                                                    "status": "running"}))  # fmt: skip
     with pytest.raises(NotComparableError, match=r"purr seed 0: 4_purr_seed0, 9_purr_seed0"):
         load_sweep(str(sweep))
+
+
+def write_runs(sweep, specs, points=4, steps_total=100):
+    """Runs as the trainer writes them: specs = [(label, train_config, seed, rows_fn)]."""
+    from experiments.runner.checkpoint import training_identity
+
+    for job, (label, config, seed, fd) in enumerate(specs):
+        run = sweep / f"{job}_{label}_seed{seed}"
+        run.mkdir(parents=True)
+        steps = [steps_total * (k + 1) // points for k in range(points)]
+        rows = [{"method": label, "seed": seed, "step": s, "train_flops": 1e9 * s,
+                 "budget_fraction": s / steps_total, "images_seen": s, "wall_s": s, "loss": 1 / s,
+                 "fd_fashion": fd(s), "solver": "euler", "sample_steps": 20}
+                for s in steps]  # fmt: skip
+        pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
+        summary = {"method": label, "seed": seed, "status": "finished", "total_steps": steps_total,
+                   "train_identity": training_identity(config), "train_config": config,
+                   "budget_train_flops": 1e9 * steps_total}  # fmt: skip
+        (run / "summary.json").write_text(json.dumps(summary))
+    return sweep
+
+
+def test_runs_that_differ_in_an_unnamed_option_are_two_series(tmp_path, capsys):
+    """#25.1: dfm-metric at beta_scale 1 and 100, two seeds each: one label, two training
+    identities. They are two curves named by the option, each with its 2 seeds (they used to be
+    averaged as one, and the table said 'seeds 2' for 4 runs)."""
+    base = {"method.name": "dfm-metric", "optim.lr": 1e-3}
+    specs = [("dfm-metric", {**base, "method.beta_scale": b}, seed,
+              lambda s, b=b, seed=seed: 100 + b - s / 10 + seed)
+             for b in (1.0, 100.0) for seed in (0, 1)]  # fmt: skip
+    sweep = write_runs(tmp_path / "sweeps" / "beta", specs)
+    metrics, runs = load_sweep(str(sweep))
+    assert sorted(metrics["method"].unique()) == ["dfm-metric beta_scale=1",
+                                                  "dfm-metric beta_scale=100"]  # fmt: skip
+    assert set(metrics["label"]) == {"dfm-metric"} and metrics["train_identity"].nunique() == 2
+    convergence_plot.main([str(sweep), "--out", str(tmp_path / "out")])
+    final = pd.read_csv(tmp_path / "out" / "final_metrics.csv", index_col=0)
+    assert final.loc["dfm-metric beta_scale=100", "seeds"] == 2
+    assert final.loc["dfm-metric beta_scale=1", "seeds"] == 2
+    assert final.loc["dfm-metric beta_scale=100", "fd_fashion_mean"] == pytest.approx(190.5)
+    from analysis import ranking_vs_budget
+
+    res = ranking_vs_budget.main([str(sweep), "--out", str(tmp_path / "rvb")])
+    fractions = [k for k, _, _ in res["FLOP-matched"]["ranking"]]
+    assert fractions == [0.25, 0.5, 0.75, 1.0]  # 4 budget points, not 8
+    # the same config and seed twice (a sweep passed twice) is still refused
+    from analysis.sweeps import NotComparableError
+
+    with pytest.raises(NotComparableError, match="train the same config with the same seed"):
+        load_sweep([str(sweep), str(sweep)])
+
+
+def test_rows_of_one_run_under_two_solvers_are_two_series(tmp_path):
+    """#25.3: a run relaunched with another eval setting has rows of both; each setting is its
+    own series (the convergence plot used to crash on them)."""
+    cfg = {"method.name": "cfm"}
+    sweep = write_runs(tmp_path / "sweeps" / "s", [("cfm", cfg, 0, lambda s: 200 - s)])
+    run = next(sweep.iterdir())
+    df = pd.read_csv(run / "metrics.csv")
+    df.loc[2:, "solver"] = "heun"
+    df.to_csv(run / "metrics.csv", index=False)
+    metrics, _ = load_sweep(str(sweep))
+    assert list(metrics["method"]) == ["cfm solver=euler"] * 2 + ["cfm solver=heun"] * 2
+    convergence_plot.main([str(sweep), "--out", str(tmp_path / "out")])
+
+
+def test_budget_points_are_matched_by_fraction_and_budgets_must_agree(tmp_path, capsys):
+    """#25.2: eval.points=2 and =4 on the same budget meet at 50% and 100%, never at 'the 2nd
+    evaluation' (50% of one, 25%... of the other); unequal budgets are refused unless --by-flops."""
+    from analysis import ranking_vs_budget
+
+    a = write_runs(tmp_path / "sweeps" / "a", [("cfm", {"m": "cfm"}, s, lambda x: 300 - x)
+                                               for s in (0, 1)], points=2)  # fmt: skip
+    b = write_runs(tmp_path / "sweeps" / "b", [("purr", {"m": "purr"}, s, lambda x: 250 - x)
+                                               for s in (0, 1)], points=4)  # fmt: skip
+    res = ranking_vs_budget.main([str(a), str(b), "--out", str(tmp_path / "o")])
+    ranks = {k: text for k, _, text in res["FLOP-matched"]["ranking"]}
+    assert ranks == {0.25: "purr", 0.5: "purr < cfm", 0.75: "purr", 1.0: "purr < cfm"}
+    c = write_runs(tmp_path / "sweeps" / "c", [("cfm", {"m": "cfm"}, s, lambda x: 300 - x)
+                                               for s in (0, 1)], steps_total=200)  # fmt: skip
+    with pytest.raises(SystemExit, match="different budgets"):
+        ranking_vs_budget.main([str(c), str(b), "--out", str(tmp_path / "o")])
+    res = ranking_vs_budget.main([str(c), str(b), "--by-flops", "--out", str(tmp_path / "o")])
+    assert len(res["FLOP-matched"]["ranking"]) == 4  # at purr's FLOPs (its budget is smaller)
+
+
+def test_one_training_under_two_samplers_is_two_series_not_a_duplicate(tmp_path):
+    """The headline's dfm and dfm-maskgit runs train the same config with the same seeds (the
+    sampler is an evaluation key): two series, not refused as one run passed twice."""
+    cfg = {"method.name": "dfm", "method.source": "mask"}
+    s = write_runs(tmp_path / "sweeps" / "s", [("dfm", cfg, 0, lambda x: 200 - x)])
+    m = write_runs(tmp_path / "sweeps" / "m", [("dfm-maskgit", cfg, 0, lambda x: 150 - x)])
+    metrics, runs = load_sweep([str(s), str(m)])
+    assert runs["train_identity"].nunique() == 1
+    assert sorted(metrics["method"].unique()) == ["dfm", "dfm-maskgit"]

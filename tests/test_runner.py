@@ -56,6 +56,13 @@ def test_run_outputs_and_exact_resume(env, tmp_path, monkeypatch):
     full = tmp_path / "full"
     summary = run_in_process(env, ["method=purr"], full, monkeypatch)
     assert summary["status"] == "finished" and summary["total_steps"] == 8
+    # the analysis groups runs by the digest of what they train, recorded with its keys
+    from experiments.runner import checkpoint
+
+    config = checkpoint.load(full / "checkpoints" / "last.pt")["config"]
+    assert summary["train_identity"] == checkpoint.training_identity(config)
+    assert "seed" not in summary["train_config"] and "eval.steps" not in summary["train_config"]
+    assert summary["train_config"]["method.name"] == "purr"
     rows = metric_rows(full)
     assert [int(r["step"]) for r in rows] == [4, 8]
     assert float(rows[1]["fd_fashion"]) > 0 and rows[1]["fid_inception"] == ""

@@ -46,14 +46,18 @@ def is_training_key(key: str) -> bool:
     return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NON_TRAINING_KEYS)
 
 
+def training_config(config: dict) -> dict:
+    """The training keys of a flat config, the seed left out."""
+    return {k: v for k, v in config.items() if is_training_key(k) and k != "seed"}
+
+
 def training_identity(config: dict) -> str:
     """A run's identity for analysis: a digest of every training key of its flat config but
     the seed, so runs that differ only in their seed share it and runs that differ in any
     option that changes training (e.g. ``method.beta_scale``, which no label names) do not."""
     from shared.paths import config_hash
 
-    keys = {k: v for k, v in config.items() if is_training_key(k) and k != "seed"}
-    return config_hash(keys, 16)
+    return config_hash(training_config(config), 16)
 
 
 def save(

@@ -44,7 +44,7 @@ from .build import (
     prepare_latents,
     setup_distributed,
 )
-from .checks import check_inputs, method_label, validate
+from .checks import check_inputs, flat_keys, method_label, validate
 from .errors import NonFiniteLossError, RunError, RunInterrupted, RunRefused
 from .evaluation import METRIC_COLUMNS, Evaluator, read_csv
 from .rundir import RunDir
@@ -176,10 +176,15 @@ def describe(cfg, p: Parts, dd: Dist) -> dict:
               "warnings": p.evaluator.comparability_warnings()}  # fmt: skip
         for w in ev["warnings"]:
             print(f"\n{'!' * 100}\n{w}\n{'!' * 100}\n", file=sys.stderr)
+    flat = flat_keys(cfg)
     return {
         **ev,
         "method": method_label(cfg),
         "seed": cfg.seed,
+        # what the run trains (every training key but the seed) and its digest: analysis
+        # groups runs by this, not by the label, which names only some options
+        "train_identity": checkpoint.training_identity(flat),
+        "train_config": checkpoint.training_config(flat),
         "preset": cfg.preset_name,
         "backbone": cfg.backbone.preset,
         "params": p.model.num_params(),
