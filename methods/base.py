@@ -31,6 +31,9 @@ class SampleOutput:
     trace: list | None = None  # per step: {"t", "state", "posterior" (B,K,H,W) or None}
 
 
+MIN_TEMPERATURE = 1e-30  # logits/τ stay finite in float32 for logits up to 1e8
+
+
 def below(x: float, dtype: torch.dtype = torch.float32) -> float:
     """The largest value of ``dtype`` below x (for x = 1 in float32: 1 − 2⁻²⁴). A clamp to
     ``math.nextafter(1.0, 0.0)`` is no clamp in float32: that float64 rounds back to 1.0."""
@@ -119,6 +122,9 @@ def categorical(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """softmax(logits/τ) over dim 1 (B,K,H,W); τ=0 is the one-hot argmax."""
     if temperature < 0:
         raise ValueError(f"temperature must be ≥ 0, got {temperature}")
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise ValueError(f"temperature={temperature:g}: logits/τ overflow float32 below "
+                         f"{MIN_TEMPERATURE:g}; use 0 for the argmax")  # fmt: skip
     if temperature == 0:
         return F.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).float()
     acc = accumulation_dtype(logits.dtype)

@@ -62,6 +62,7 @@ import torch
 
 from . import noise
 from .base import (
+    MIN_TEMPERATURE,
     LossOutput,
     Method,
     SampleOutput,
@@ -71,6 +72,7 @@ from .base import (
 )
 from .head import DEFAULT_CHUNK, CategoricalHead
 
+MAX_KAPPA_POWER = 1e30  # κ(t) = t^a, κ̇ = a·t^(a−1): a itself must stay finite in float32
 SCHEDULES = {  # γ(r): the fraction of positions still masked after a fraction r of steps
     "cosine": lambda r: math.cos(math.pi / 2 * r),
     "linear": lambda r: 1.0 - r,
@@ -105,15 +107,21 @@ class DFM(CategoricalHead, Method):
             raise ValueError(
                 f"maskgit_schedule must be one of {', '.join(SCHEDULES)}, got {maskgit_schedule!r}"
             )
-        if maskgit_choice_temperature < 0 or maskgit_confidence_temperature <= 0:
-            raise ValueError("maskgit choice temperature must be ≥ 0, confidence temperature > 0")
+        if maskgit_choice_temperature < 0 or maskgit_confidence_temperature < MIN_TEMPERATURE:
+            raise ValueError(
+                "maskgit choice temperature must be ≥ 0, confidence temperature ≥ "
+                f"{MIN_TEMPERATURE:g} (logits/τ overflow float32 below it)"
+            )
         self.weighting, self.maskgit_schedule = weighting, maskgit_schedule
         self.choice_temperature = maskgit_choice_temperature
         self.confidence_temperature = maskgit_confidence_temperature
         if source not in ("mask", "uniform"):
             raise ValueError(f"dfm source must be 'mask' or 'uniform', got {source!r}")
-        if kappa_power <= 0:
-            raise ValueError(f"kappa_power must be > 0, got {kappa_power}")
+        if not 0 < kappa_power <= MAX_KAPPA_POWER:
+            raise ValueError(
+                f"kappa_power must be in (0, {MAX_KAPPA_POWER:g}], got {kappa_power} (κ(t) = t^a "
+                "and a·t^(a−1) are not finite in float32 beyond it)"
+            )
         self.source, self.z_loss_weight, self.kappa_power = source, z_loss_weight, kappa_power
         self._mdlm_norm = None
         if weighting == "mdlm":

@@ -27,6 +27,8 @@ positions at a time.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import noise
@@ -35,6 +37,25 @@ from .head import DEFAULT_CHUNK, CategoricalHead
 
 DISTANCES = ("l2", "sqeuclidean")
 TABLE_MAX_CODES = 4096
+# β_t·d must stay finite in float32 (3.4e38) at every training time, up to the largest float32
+# t below 1, where t/(1 − t) = MAX_RATIO; distances have mean 1, and MAX_BETA leaves room for
+# distances up to 3000× their mean. (Beyond it −β·d is −inf, 0·inf is NaN at the data code, and
+# corrupted tokens silently become code K − 1.)
+MAX_BETA = 1e35
+MAX_RATIO = 2.0**24 - 1
+
+
+def beta_overflow(beta_scale: float, beta_power: float) -> str | None:
+    """Why β_t overflows float32 on the training times, naming the limit, or None."""
+    log_beta = math.log10(beta_scale) + beta_power * math.log10(MAX_RATIO)
+    if log_beta <= math.log10(MAX_BETA):
+        return None
+    power = (math.log10(MAX_BETA) - math.log10(beta_scale)) / math.log10(MAX_RATIO)
+    fix = (f"beta_power ≤ {power:.3g} at beta_scale={beta_scale:g}" if power >= 1
+           else f"beta_scale ≤ {MAX_BETA / MAX_RATIO:.3g} at beta_power=1")  # fmt: skip
+    return (f"β_t = beta_scale·(t/(1−t))^beta_power reaches 1e{log_beta:.0f} at the largest "
+            f"float32 t below 1 (t/(1−t) = {MAX_RATIO:.3g}); β_t·d must stay finite in float32 "
+            f"(β_t ≤ {MAX_BETA:g}): {fix}")  # fmt: skip
 
 
 class MetricDFM(CategoricalHead, Method):
@@ -54,6 +75,9 @@ class MetricDFM(CategoricalHead, Method):
             raise ValueError(f"beta_scale must be > 0, got {beta_scale}")
         if not beta_power >= 1:
             raise ValueError(f"beta_power must be ≥ 1 (β̇_0 is infinite below 1), got {beta_power}")
+        overflow = beta_overflow(beta_scale, beta_power)
+        if overflow:
+            raise ValueError(overflow)
         self.beta_scale, self.beta_power, self.distance = beta_scale, beta_power, distance
         self.z_loss_weight = z_loss_weight
         self.register_buffer("norms", self.codebook.pow(2).sum(1), persistent=False)

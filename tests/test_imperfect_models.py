@@ -258,3 +258,33 @@ def test_time_sampler_draws_through_its_maps_and_never_reaches_one():
             ref = ts.from_normal(torch.randn(1000, generator=g))
         assert torch.equal(t, ref) and (t < 1).all() and (t >= 0.5).all()
     assert methods.TimeSampler("uniform", t_min=0.5).from_uniform(torch.tensor([TOP])) < 1
+
+
+def test_float32_limits_hold_where_validation_puts_them():
+    """#25.8: at the largest β validation allows, dfm-metric's path at the top training time
+    is a finite point mass on the data code; past it, it was NaN. τ at the smallest allowed
+    value still draws the argmax; below it the method refuses."""
+    from methods.base import MIN_TEMPERATURE, categorical
+    from methods.dfm_metric import MAX_BETA, MAX_RATIO, MetricDFM, beta_overflow
+
+    codebook = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    power = 4.7  # beta_scale=10: the limit is 4.71
+    assert beta_overflow(10.0, power) is None and beta_overflow(10.0, 4.72) is not None
+    m = MetricDFM(codebook, beta_scale=10.0, beta_power=power)
+    assert m.beta(torch.tensor(below(1.0))) <= MAX_BETA
+    assert float(m.beta(torch.tensor(below(1.0)))) == pytest.approx(10 * MAX_RATIO**power, 1e-3)
+    codes = torch.arange(16)
+    logp = m.path_logprobs(codes, torch.full((16,), below(1.0)))
+    assert torch.isfinite(logp.exp()).all()
+    assert torch.equal(logp.argmax(1), codes)  # the data code, not code K − 1
+    with pytest.raises(ValueError, match="beta_power ≤ 4.71"):
+        MetricDFM(codebook, beta_scale=10.0, beta_power=20.0)
+    # what validation used to let through: NaN at the top time
+    loose = MetricDFM(codebook, beta_scale=10.0, beta_power=1.0)
+    loose.beta_power = 20.0
+    assert torch.isnan(loose.path_logprobs(codes, torch.full((16,), below(1.0)))).any()
+    logits = torch.randn(2, 16, 3, 3, generator=torch.Generator().manual_seed(1)) * 30
+    probs = categorical(logits, MIN_TEMPERATURE)
+    assert torch.isfinite(probs).all() and torch.equal(probs.argmax(1), logits.argmax(1))
+    with pytest.raises(ValueError, match="overflow float32"):
+        categorical(logits, 1e-300)

@@ -122,6 +122,14 @@ BAD_CONFIGS = [
     (["method=dfm-mdlm", "method.time_sampling=logit_normal"], "the ELBO under uniform t"),
     (["method=dfm-uniform", "eval.solver=euler-redraw"], "need method.source=mask"),
     (["method=dfm-mdlm", "method.kappa_power=0.5", "method.t_min=0"], "infinite at t = 0"),
+    # #25.8: values within their ranges that overflow float32 where the method uses them
+    (["method=dfm-metric", "method.beta_scale=1e308"], "beta_scale ≤ 5.96e+27 at beta_power=1"),
+    (["method=dfm-metric", "method.beta_power=20"], "beta_power ≤ 4.71 at beta_scale=10"),
+    (["eval.temperature=1e-300"], "0 (the argmax) or a number ≥ 1e-30"),
+    (["method=dfm", "method.maskgit_confidence_temperature=1e-300"], "a number ≥ 1e-30"),
+    (["seed=18446744073709551616"], "seed=18446744073709551616 is not allowed"),
+    (["eval.seed=-1"], "eval.seed=-1 is not allowed"),
+    (["method=dfm", "method.kappa_power=1e300"], "not finite in float32"),
 ]
 # one per stage that refuses: Hydra's composition, value validation, the input files
 BAD_CONFIGS_LAUNCHED = [BAD_CONFIGS[0], BAD_CONFIGS[3], BAD_CONFIGS[5]]

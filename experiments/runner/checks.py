@@ -85,10 +85,40 @@ RANGES = {
     "eval.reference_n": (2, None, True, False),
     "eval.batch_size": (1, None, True, False),
     "eval.grid_samples": (0, None, True, False),
-    "seed": (0, None, True, False),
+    "seed": (0, 2**64 - 1, True, True),  # torch.manual_seed's range
+    "eval.seed": (0, 2**64 - 1, True, True),
     "log_every": (1, None, True, False),
     "checkpoint_every": (1, None, True, False),
 }
+
+
+def _float32_errors(get, bad) -> None:
+    """Options that pass their ranges but overflow float32 (the dtype every sampler and loss
+    computes in) where the method uses them; the limits live with the methods."""
+    from methods.base import MIN_TEMPERATURE
+    from methods.dfm import MAX_KAPPA_POWER
+    from methods.dfm_metric import beta_overflow
+
+    for key in ("eval.temperature", "method.maskgit_confidence_temperature"):
+        v = get(key)
+        if isinstance(v, int | float) and 0 < v < MIN_TEMPERATURE:
+            zero = "0 (the argmax) or " if key == "eval.temperature" else ""
+            bad(key, f"{zero}a number ≥ {MIN_TEMPERATURE:g}: logits/τ overflow float32 "
+                "below it, and the draws become arbitrary instead of the argmax")  # fmt: skip
+    for key in ("seed", "eval.seed"):
+        v = get(key)
+        if isinstance(v, float) and not v.is_integer():
+            bad(key, "an integer (a generator seed)")
+    if get("method.name") == "dfm-metric":
+        c, a = get("method.beta_scale"), get("method.beta_power")
+        if _in_range(c, 0, None, False, False) and _in_range(a, 1, None, True, False):
+            overflow = beta_overflow(c, a)
+            if overflow:
+                bad("method.beta_power" if a > 1 else "method.beta_scale", overflow)
+    a = get("method.kappa_power")
+    if isinstance(a, int | float) and not isinstance(a, bool) and a > MAX_KAPPA_POWER:
+        bad("method.kappa_power", f"a number ≤ {MAX_KAPPA_POWER:g}: κ(t) = t^a and its "
+            "derivative a·t^(a−1) are not finite in float32 beyond it")  # fmt: skip
 
 
 def _describe(lo, hi, lo_in, hi_in) -> str:
@@ -194,6 +224,7 @@ def validation_errors(cfg) -> list[str]:
         bad("backbone.preset", "one of " + ", ".join(DiT_models))
 
     _method_errors(get, bad)
+    _float32_errors(get, bad)
     if get("eval.cfg_scale") not in (None, 1.0) and not (get("backbone.class_dropout") or 0) > 0:
         errors.append(
             f"eval.cfg_scale={get('eval.cfg_scale')} needs a trained null class, but "
