@@ -155,6 +155,19 @@ def test_maskgit_steps_beyond_the_grid_are_refused_before_training(env, tmp_path
     assert not (run_dir / "metrics.csv").exists()
 
 
+def test_more_evaluations_than_steps_and_unknown_keys_are_refused(env, tmp_path, monkeypatch):
+    """#25.10: eval.points beyond the steps the budget buys used to give fewer evaluations
+    without a word; a '+eval.key' nothing reads used to be accepted."""
+    from experiments.runner.errors import RunError
+
+    run_dir = tmp_path / "points"
+    with pytest.raises(RunError, match=r"eval.points=12 .* only 8 distinct .* at most 8"):
+        run_in_process(env, ["method=cfm", "eval.points=12"], run_dir, monkeypatch)
+    assert not (run_dir / "checkpoints").exists()
+    with pytest.raises(RunError, match="eval.unknown is not a config key of EvalConfig"):
+        run_in_process(env, ["method=cfm", "+eval.unknown=1"], run_dir, monkeypatch)
+
+
 def test_redraw_sampler_is_labelled_apart(env):
     from experiments.runner.checks import method_label
 
@@ -308,3 +321,30 @@ def test_gpu_sweep_script_runs_its_whole_path_on_cpu(env, tmp_path):
     for f in promised:
         assert (out / f).stat().st_size > 0, f
     assert len(list((out / "sweep").glob("*_seed*/summary.json"))) == 4
+
+
+def test_maskgit_options_are_sampler_settings_not_training_keys(env):
+    """#25.10: the maskgit_* options are read only by the MaskGIT sampler: a resume that
+    changes one is accepted (they used to count as training keys), and setting one under
+    another solver warns."""
+    from experiments.runner.checkpoint import changes, is_training_key
+    from experiments.runner.checks import flat_keys, ignored_options
+
+    base = env["overrides"] + ["method=dfm"]
+    saved = flat_keys(compose(base))
+    now = flat_keys(compose(base + ["method.maskgit_schedule=linear"]))
+    assert not is_training_key("method.maskgit_schedule") and is_training_key("method.source")
+
+    def training_changes(current):
+        return {k for k in changes(saved, current) if is_training_key(k)}
+
+    assert training_changes(now) == set()
+    assert training_changes(flat_keys(compose(base + ["method.kappa_power=2"]))) == {
+        "method.kappa_power"
+    }
+    assert ignored_options(compose(base + ["method.maskgit_schedule=linear"])) == [
+        "method.maskgit_schedule=linear is ignored: it is read only with eval.solver=maskgit "
+        "(here eval.solver=euler)"
+    ]
+    assert ignored_options(compose(base + ["method.maskgit_schedule=linear",
+                                           "eval.solver=maskgit"])) == []  # fmt: skip

@@ -95,9 +95,6 @@ def load(path: str, map_location="cpu") -> dict:
 # them at this value changes nothing, so it is accepted (and recorded) without allow_changes.
 ADDED_KEYS = {
     "method.weighting": "none",  # dfm: MDLM weighting (issue #16)
-    "method.maskgit_schedule": "cosine",  # dfm: MaskGIT options (sampling only)
-    "method.maskgit_choice_temperature": 4.5,
-    "method.maskgit_confidence_temperature": 1.0,
     "method.latent_scale": "none",  # cfm, cfm-endpoint, purr (issue #14)
 }
 

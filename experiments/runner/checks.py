@@ -35,7 +35,12 @@ NON_TRAINING_KEYS = (
     "method.head_chunk",
     # the setting may change; the precision it resolves to may not (checked as identity)
     "optim.precision",
+    # MaskGIT's sampler settings (read only under eval.solver=maskgit, never in training)
+    "method.maskgit_schedule",
+    "method.maskgit_choice_temperature",
+    "method.maskgit_confidence_temperature",
 )
+MASKGIT_KEYS = NON_TRAINING_KEYS[-3:]
 
 ENUMS = {
     "method.time_sampling": ("uniform", "logit_normal"),
@@ -225,6 +230,7 @@ def validation_errors(cfg) -> list[str]:
 
     _method_errors(get, bad)
     _float32_errors(get, bad)
+    errors += unknown_keys(cfg)
     if get("eval.cfg_scale") not in (None, 1.0) and not (get("backbone.class_dropout") or 0) > 0:
         errors.append(
             f"eval.cfg_scale={get('eval.cfg_scale')} needs a trained null class, but "
@@ -246,6 +252,46 @@ def validation_errors(cfg) -> list[str]:
         if key not in allowed:
             errors.append(f"allow_changes names {key!r}, which is not a config key")
     return errors
+
+
+def ignored_options(cfg) -> list[str]:
+    """Warnings for options set away from their defaults that the chosen sampler never reads."""
+    from .config import DFMConfig
+
+    if OmegaConf.select(cfg, "eval.solver", default=None) == "maskgit":
+        return []
+    out = []
+    for key in MASKGIT_KEYS:
+        v = OmegaConf.select(cfg, key, default=None)
+        if v is not None and v != getattr(DFMConfig, key.split(".", 1)[1]):
+            out.append(f"{key}={v} is ignored: it is read only with eval.solver=maskgit "
+                       f"(here eval.solver={cfg.eval.solver})")  # fmt: skip
+    return out
+
+
+def unknown_keys(cfg, prefix: str = "") -> list[str]:
+    """Keys that no schema declares: Hydra's ``+key=value`` adds them to a structured config
+    without a word, and nothing would ever read them (a typo, or an option of another
+    method)."""
+    import dataclasses
+
+    if not OmegaConf.is_config(cfg) or not OmegaConf.is_dict(cfg):
+        return []
+    schema = OmegaConf.get_type(cfg)
+    known = ({f.name for f in dataclasses.fields(schema)}
+             if schema is not None and dataclasses.is_dataclass(schema) else None)  # fmt: skip
+    out = []
+    for key in cfg.keys():
+        if key == "hydra":
+            continue
+        if known is not None and key not in known:
+            out.append(f"{prefix}{key} is not a config key of {schema.__name__} (added with "
+                       f"'+'?); drop it, or check its spelling")  # fmt: skip
+            continue
+        node = cfg._get_node(key)
+        if OmegaConf.is_dict(node):
+            out += unknown_keys(node, f"{prefix}{key}.")
+    return out
 
 
 def validate(cfg) -> None:

@@ -44,7 +44,7 @@ from .build import (
     prepare_latents,
     setup_distributed,
 )
-from .checks import check_inputs, flat_keys, method_label, validate
+from .checks import check_inputs, flat_keys, ignored_options, method_label, validate
 from .errors import NonFiniteLossError, RunError, RunInterrupted, RunRefused
 from .evaluation import METRIC_COLUMNS, Evaluator, read_csv
 from .rundir import RunDir
@@ -130,6 +130,15 @@ def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
         method.check_sampling(cfg.eval.solver, cfg.eval.steps, tok.grid)
     except ValueError as e:
         raise RunError(f"eval.solver={cfg.eval.solver} eval.steps={cfg.eval.steps}: {e}") from None
+    flops = model.train_flops(cfg.budget.batch_size)
+    total = steps_for_budget(cfg.budget, flops)
+    evals = eval_steps(total, cfg.eval.points, cfg.eval.spacing)
+    if len(evals) < cfg.eval.points:  # known before extraction and training: say so now
+        raise RunError(
+            f"eval.points={cfg.eval.points} (spacing {cfg.eval.spacing}) gives only "
+            f"{len(evals)} distinct evaluation steps: the budget buys {total} steps; lower "
+            f"eval.points to at most {len(evals)}, or raise the budget"
+        )
     shards = prepare_latents(cfg, tok, dd)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     o = cfg.optim
@@ -140,8 +149,6 @@ def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:
         net = torch.compile(net)
-    flops = model.train_flops(cfg.budget.batch_size)
-    total = steps_for_budget(cfg.budget, flops)
     # resolved once (rank 0's hardware): ranks of one run never train in different precisions
     train_precision = dd.decide(precision.resolve(o.precision, device.type))
     evaluator = (
@@ -159,7 +166,7 @@ def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
         train_precision == "bf16",
         flops,
         total,
-        eval_steps(total, cfg.eval.points, cfg.eval.spacing),
+        evals,
         {
             "tokenizer": tok.tokenizer_id,
             "shards": shards.manifest["checksum"],
@@ -265,6 +272,8 @@ def run(cfg, run_dir: str, on_evaluation=()) -> dict:
     # checks: every config value, then the input files (seconds, before any model work)
     validate(cfg)
     check_inputs(cfg)
+    for warning in ignored_options(cfg):
+        print(f"warning: {warning}", file=sys.stderr)
     # environment
     dd, device, run_dir = environment(cfg, run_dir)
     rundir, t_start = RunDir(run_dir), time.time()
