@@ -29,7 +29,6 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from analysis.sweeps import latest_sweep, save_figure  # noqa: E402
 from analysis.temperature_sweep import default_runs  # noqa: E402
-from experiments.runner.checks import method_label  # noqa: E402
 from experiments.runner.trainer import load_trained  # noqa: E402
 
 
@@ -94,15 +93,20 @@ def main(argv=None) -> None:
     ap.add_argument("--times", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--allow-unfinished", action="store_true")
     args = ap.parse_args(argv)
     runs = args.runs or default_runs(latest_sweep())
+    from analysis.sampling_sweep import check_runs, output_stems
+
+    runs = check_runs(runs, args.allow_unfinished)  # status and identity before any sampling
+    stems = output_stems(runs)
     out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(runs[0])), "analysis")
     os.makedirs(out_dir, exist_ok=True)
     curves, written = [], []
     for run in runs:
         cfg, k, times, ent, guesses, final = trace_run(run, args.samples, args.seed)
-        name = method_label(cfg)
-        path = os.path.join(out_dir, f"entropy_maps_{name}.png")
+        name = stems[run]  # the label, with the seed where runs share it
+        path = os.path.join(out_dir, f"entropy_maps_{stems[run]}.png")
         plot_maps(name, k, times, ent, guesses, final, args.times, path)
         written.append(path)
         mean = ent.flatten(1).mean(1).numpy()

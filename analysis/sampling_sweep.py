@@ -46,12 +46,16 @@ def run_summary(run_dir: str) -> dict:
 
 
 def check_runs(run_dirs: list[str], allow_unfinished: bool = False) -> list[str]:
-    """The run folders to sweep, checked before any sampling: each finished (unless
-    ``allow_unfinished``) with a last checkpoint, and no two with the same training identity
-    and seed (they would be averaged as one). Refuses naming every run and why."""
-    problems, seen = [], {}
+    """The run folders to sample, checked before any sampling: each finished (unless
+    ``allow_unfinished``) with a last checkpoint, all measured the same way (tokenizer, metric
+    network, reference, precisions: their summary.json identity), and no two with the same
+    training identity and seed (they would be averaged as one). Refuses naming every run."""
+    problems, seen, measured = [], {}, {}
     for run in run_dirs:
         summary = run_summary(run)
+        ident = {**summary.get("identity", {}), "train_precision": summary.get("train_precision"),
+                 "eval_precision": summary.get("eval_precision")}  # fmt: skip
+        measured.setdefault(json.dumps(ident, sort_keys=True), []).append(run)
         status = summary.get("status", "unknown")
         if not os.path.isfile(os.path.join(run, "checkpoints", "last.pt")):
             problems.append(f"{run}: no checkpoints/last.pt (status {status})")
@@ -68,9 +72,36 @@ def check_runs(run_dirs: list[str], allow_unfinished: bool = False) -> list[str]
             problems.append(f"{run} and {seen[key]} train the same config with seed {key[1]}: "
                             "pass each run once")  # fmt: skip
         seen.setdefault(key, run)
+    if len(measured) > 1:
+        problems += [f"measured with {k}: {', '.join(v)}" for k, v in measured.items()]
+        problems.append("runs measured differently cannot be drawn in one comparison")
     if problems:
-        raise SystemExit("error: cannot sweep these runs:\n  " + "\n  ".join(problems))
+        raise SystemExit("error: cannot sample these runs:\n  " + "\n  ".join(problems))
     return list(run_dirs)
+
+
+def output_stems(run_dirs: list[str]) -> dict[str, str]:
+    """run → a file-name stem: its method label, with its seed (and training digest) added
+    when other runs share the label, so that no two runs' figures overwrite each other."""
+    from experiments.runner import checkpoint
+
+    info = {}
+    for run in run_dirs:
+        summary = run_summary(run)
+        ident = summary.get("train_identity") or checkpoint.training_identity(
+            checkpoint.load(os.path.join(run, "checkpoints", "last.pt"))["config"]
+        )
+        info[run] = (summary.get("method", "run"), summary.get("seed"), ident)
+    stems = {}
+    for run, (label, seed, ident) in info.items():
+        same = [i for i in info.values() if i[0] == label]
+        stem = label
+        if len(same) > 1:
+            stem += f"_seed{seed}"
+            if len({i[2] for i in same}) > 1:
+                stem += f"_{ident[:6]}"
+        stems[run] = stem
+    return stems
 
 
 def setting_key(point: dict) -> str:

@@ -39,8 +39,9 @@ CATEGORICAL = ("purr", "dfm", "dfm-metric")
 
 
 def default_runs(sweep: str) -> list[str]:
-    """The seed-0 (else lowest-seed) trained purr, dfm and dfm-metric runs of a sweep, by the
-    label in their summary.json (so a dfm-mdlm run is not taken for dfm)."""
+    """The seed-0 (else lowest-seed) finished purr, dfm and dfm-metric runs of a sweep, by the
+    label in their summary.json (so a dfm-mdlm run is not taken for dfm); the runs left out
+    are listed."""
     found = {}
     for run in glob.glob(os.path.join(sweep, "*_seed*")):
         try:
@@ -49,11 +50,14 @@ def default_runs(sweep: str) -> list[str]:
         except (OSError, ValueError):
             continue
         label = summary.get("method")
-        if label in CATEGORICAL and os.path.isfile(os.path.join(run, "checkpoints", "last.pt")):
+        trained = os.path.isfile(os.path.join(run, "checkpoints", "last.pt"))
+        if label in CATEGORICAL and not (trained and summary.get("status") == "finished"):
+            print(f"  left out: {run} ({label}) is {summary.get('status')}, not finished")
+        elif label in CATEGORICAL:
             key = (summary.get("seed", 0), run)
             found[label] = min(found.get(label, key), key)
     if not found:
-        raise FileNotFoundError(f"no trained {'/'.join(CATEGORICAL)} run in {sweep}")
+        raise FileNotFoundError(f"no finished {'/'.join(CATEGORICAL)} run in {sweep}")
     return [found[m][1] for m in CATEGORICAL if m in found]
 
 
@@ -66,7 +70,7 @@ def trained_in(run_dir: str) -> str:
         return "unrecorded"
 
 
-def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu") -> pd.DataFrame:
+def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu", stem=None) -> pd.DataFrame:
     cfg, tok, method, model = load_trained(run_dir, device)
     if not method.categorical_posterior:
         raise ValueError(f"{run_dir} trains {cfg.method.name}, which has no temperature")
@@ -90,7 +94,8 @@ def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu") -> pd.Data
               f"{rows[-1]['precision']:.3f}, recall {rows[-1]['recall']:.3f}")  # fmt: skip
         order = torch.argsort(labels[:per_row], stable=True)
         grid.append(images[:per_row][order])  # one image per class, same noise across τ
-    save_grid(torch.cat(grid), os.path.join(out_dir, f"temperature_grid_{method_label(cfg)}.png"),
+    stem = stem or method_label(cfg)
+    save_grid(torch.cat(grid), os.path.join(out_dir, f"temperature_grid_{stem}.png"),
               nrow=per_row)  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -128,15 +133,21 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=None, help="default: <sweep>/analysis")
     ap.add_argument("--sweep", default=None, help="take the default runs from this sweep")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    ap.add_argument("--allow-unfinished", action="store_true")
     args = ap.parse_args(argv)
     runs = args.runs or default_runs(args.sweep or latest_sweep())
+    from analysis.sampling_sweep import check_runs, output_stems
+
+    runs = check_runs(runs, args.allow_unfinished)  # status and identity before any sampling
+    stems = output_stems(runs)
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(runs[0])), "analysis")
     os.makedirs(out_dir, exist_ok=True)
     taus = [float(t) for t in args.taus.split(",")]
-    df = pd.concat([sweep_run(r, taus, out_dir, args.num_samples, device) for r in runs])
+    df = pd.concat([sweep_run(r, taus, out_dir, args.num_samples, device, stems[r])
+                    for r in runs])  # fmt: skip
     check_comparable(df, "runs of the temperature sweep")
     df.to_csv(os.path.join(out_dir, "temperature_sweep.csv"), index=False)
     print("wrote " + ", ".join(plot(df, out_dir)))

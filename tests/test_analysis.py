@@ -120,6 +120,31 @@ def test_temperature_sweep_and_entropy_maps_on_trained_runs(env, tmp_path, monke
         assert (out / f).stat().st_size > 0
     grid = sample_grids.main([str(sweep), "--out", str(out)])
     assert os.path.getsize(grid) > 0
+    # #25.9: only finished runs are picked, the others named; identity is checked before any
+    # sampling; two runs of one label write two grids instead of overwriting one
+    import shutil
+
+    run_in_process(env, ["method=purr", "eval.points=1", "seed=1"], sweep / "2_purr_seed1",
+                   monkeypatch)  # fmt: skip
+    unfinished = sweep / "3_dfm_seed0"
+    shutil.copytree(sweep / "1_dfm_seed0", unfinished)
+    meta = json.loads((unfinished / "summary.json").read_text())
+    (unfinished / "summary.json").write_text(json.dumps({**meta, "status": "interrupted"}))
+    with pytest.raises(SystemExit, match="3_dfm_seed0: status interrupted, not finished"):
+        temperature_sweep.main(["--out", str(out), str(unfinished)])
+    other = tmp_path / "other_dfm_seed5"
+    shutil.copytree(sweep / "1_dfm_seed0", other)
+    meta = json.loads((other / "summary.json").read_text())
+    meta["identity"]["tokenizer_sha256"] = "0123456789abcdef"
+    (other / "summary.json").write_text(json.dumps(meta))
+    fresh = tmp_path / "fresh"
+    with pytest.raises(SystemExit, match="measured differently"):
+        entropy_maps.main(["--out", str(fresh), str(sweep / "1_dfm_seed0"), str(other)])
+    assert not fresh.exists()  # refused before anything was sampled or written
+    temperature_sweep.main(["--taus", "1", "--num-samples", "20", "--out", str(fresh),
+                            str(sweep / "0_purr_seed0"), str(sweep / "2_purr_seed1")])  # fmt: skip
+    assert sorted(p.name for p in fresh.glob("temperature_grid_*.png")) == [
+        "temperature_grid_purr_seed0.png", "temperature_grid_purr_seed1.png"]  # fmt: skip
 
 
 def test_runs_measured_differently_are_never_compared(tmp_path):
