@@ -9,6 +9,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -290,10 +291,94 @@ def test_pack_runs_a_sweep_several_jobs_at_once(env, tmp_path):
     metrics, runs = load_sweep(str(sweep))
     assert sorted(runs["run"]) == ["0_cfm_seed0", "1_purr_seed0"]
     assert set(runs["status"]) == {"finished"} and set(metrics["method"]) == {"cfm", "purr"}
-    again = run_tree(cmd, env=penv, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("finished") >= 2
-    bad = run_tree(cmd[:-1] + ["method=cfm", "eval.steps=0"], env=penv, timeout=120)
-    assert bad.returncode == 1 and "did not finish" in bad.stderr
+    # #25.5: a relaunch with the values reordered knows its runs by their overrides
+    again = run_tree(cmd[:-1] + ["method=purr,cfm"], env=penv, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("finished") >= 2, again.stdout
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_cfm_seed0", "1_purr_seed0"]
+    # #25.6: a bad value or a key typo refuses the pack before any job starts
+    for bad_args, why in ((["method=cfm", "eval.steps=0"], "eval.steps=0 is not allowed"),
+                          (["metod=cfm,dfm"], "metod")):  # fmt: skip
+        bad = run_tree(cmd[:-1] + bad_args, env=penv, timeout=120)
+        assert bad.returncode == 2 and "starts no job" in bad.stderr and why in bad.stderr
+        assert "started" not in bad.stdout
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_cfm_seed0", "1_purr_seed0"]
+
+
+def test_pack_parses_overrides_as_hydra_does():
+    """#25.6: Hydra's own grammar: range() sweeps, lists and quoted commas stay whole."""
+    from experiments.pack import job_key, parse
+
+    jobs = parse(["seed=range(0,2)", "method=cfm,dfm", "optim.betas=[0.9,0.95]"])
+    assert jobs == [["seed=0", "method=cfm", "optim.betas=[0.9,0.95]"],
+                    ["seed=0", "method=dfm", "optim.betas=[0.9,0.95]"],
+                    ["seed=1", "method=cfm", "optim.betas=[0.9,0.95]"],
+                    ["seed=1", "method=dfm", "optim.betas=[0.9,0.95]"]]  # fmt: skip
+    assert job_key(["seed=0", "method=cfm"]) == job_key(["method=cfm", "seed=0"])
+    with pytest.raises(SystemExit, match="no viable alternative at input .range"):
+        parse(["seed=range(0,"])
+
+
+def wait_for(check, timeout, what):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if check():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{what}: not within {timeout} s")
+
+
+def run_status(run_dir):
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.mark.process
+def test_pack_owns_its_jobs_on_sigterm_and_on_its_own_death(env, tmp_path):
+    """#25.4: SIGTERM to the pack stops every job (they checkpoint), then its table; SIGKILL
+    to the pack still stops them (parent-death signal): no orphan keeps its lock, and an
+    immediate relaunch gets past the locks."""
+    from proc import descendants, kill_tree
+
+    sweep = tmp_path / "owned"
+    cmd = [sys.executable, str(REPO_ROOT / "experiments" / "pack.py"), "--parallel", "2",
+           "--sweep-dir", str(sweep), "--", *env["overrides"], "method=cfm,purr",
+           "budget.images=400000", "eval.points=1", "checkpoint_every=50"]  # fmt: skip
+    penv = {**os.environ, "VQBENCH_CACHE": env["cache"]}
+    runs = [sweep / "0_cfm_seed0", sweep / "1_purr_seed0"]
+
+    def launch():
+        proc = subprocess.Popen(cmd, env=penv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)  # fmt: skip
+        try:
+            wait_for(lambda: all(run_status(r) == "running" for r in runs), 120, "jobs running")
+            return proc, descendants(proc.pid)
+        except BaseException:
+            kill_tree(proc.pid)
+            raise
+
+    try:
+        pack, jobs = launch()
+        pack.send_signal(signal.SIGTERM)
+        out, err = pack.communicate(timeout=120)
+        assert pack.returncode == 128 + signal.SIGTERM, out + err
+        assert "SIGTERM: stopping 2 running jobs" in out and "interrupted" in out.split("job")[-1]
+        assert [run_status(r) for r in runs] == ["interrupted", "interrupted"]
+        assert not [p for p in jobs if os.path.exists(f"/proc/{p}")]
+        pack, jobs = launch()  # resumes past the locks; then the pack dies without a word
+        pack.kill()
+        pack.communicate(timeout=30)
+        wait_for(lambda: not [p for p in jobs if os.path.exists(f"/proc/{p}")], 120,
+                 "the jobs of a killed pack stop")  # fmt: skip
+        assert [run_status(r) for r in runs] == ["interrupted", "interrupted"]
+        pack, _ = launch()  # no orphan holds a lock
+        pack.send_signal(signal.SIGINT)
+        out, _ = pack.communicate(timeout=120)
+        assert pack.returncode == 128 + signal.SIGINT and "SIGINT: stopping" in out
+    finally:
+        for p in [pack.pid, *descendants(pack.pid)]:
+            kill_tree(p)
 
 
 @pytest.mark.process
