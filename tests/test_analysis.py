@@ -225,7 +225,9 @@ def test_default_categorical_runs_are_chosen_by_label_and_seed(tmp_path):
         run = tmp_path / name
         (run / "checkpoints").mkdir(parents=True)
         (run / "checkpoints" / "last.pt").write_bytes(b"")
-        (run / "summary.json").write_text(json.dumps({"method": label, "seed": seed}))
+        (run / "summary.json").write_text(
+            json.dumps({"method": label, "seed": seed, "status": "finished"})
+        )
     got = [os.path.basename(r) for r in default_runs(str(tmp_path))]
     assert got == ["10_purr_seed0", "12_dfm_seed0", "3_dfm-metric_seed2"]
 
