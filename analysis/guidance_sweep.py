@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sampling_sweep import check_runs, curve_groups, run_all  # noqa: E402
+from analysis.sampling_sweep import add_run_args, curve_groups, sweep_cli  # noqa: E402
 from analysis.sweeps import save_figure  # noqa: E402
 
 
@@ -78,20 +78,13 @@ def plot(df: pd.DataFrame, out_dir: str) -> list[str]:
 
 def main(argv=None) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("runs", nargs="+", help="trained run directories")
+    add_run_args(ap)
     ap.add_argument("--scales", default="1,1.5,2,3,4")
     ap.add_argument("--solver", default=None, help="for the runs that have it (default: own)")
-    ap.add_argument("--num-samples", type=int, default=None, help="default: the run's protocol")
-    ap.add_argument("--out", default=None, help="default: <first run's sweep>/analysis")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--allow-unfinished", action="store_true")
     args = ap.parse_args(argv)
     scales = [float(x) for x in args.scales.split(",")]
     if min(scales) < 0:
         raise SystemExit(f"error: --scales must be ≥ 0, got {args.scales}")
-    runs = check_runs(args.runs, args.allow_unfinished)
-    out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(runs[0])), "analysis")
-    os.makedirs(out_dir, exist_ok=True)
 
     def points_for(cfg, tok):
         if cfg.backbone.class_dropout <= 0 and any(s != 1 for s in scales):
@@ -105,10 +98,7 @@ def main(argv=None) -> pd.DataFrame:
         solver = args.solver if args.solver in solvers else None
         return [{"cfg_scale": s, "solver": solver} for s in scales]
 
-    csv_path = os.path.join(out_dir, "guidance_sweep.csv")
-    df = run_all(runs, points_for, csv_path, args.device, args.num_samples)
-    print(f"wrote {csv_path}; " + ", ".join(plot(df, out_dir)))
-    return df
+    return sweep_cli(args, "guidance_sweep", points_for, plot)
 
 
 if __name__ == "__main__":

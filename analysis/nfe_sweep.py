@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sampling_sweep import check_runs, curve_groups, run_all  # noqa: E402
+from analysis.sampling_sweep import add_run_args, curve_groups, sweep_cli  # noqa: E402
 from analysis.sweeps import save_figure  # noqa: E402
 
 CONTINUOUS = ("cfm", "cfm-endpoint", "purr")
@@ -115,33 +115,23 @@ def plot(df: pd.DataFrame, out_dir: str) -> list[str]:
 
 def main(argv=None) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("runs", nargs="+", help="trained run directories")
+    add_run_args(ap)
     ap.add_argument("--nfe", default="2,5,10,20,50,100", help="target NFEs (fixed-grid solvers)")
     ap.add_argument("--tolerances", default="1e-1,1e-2,1e-3,1e-4", help="dopri5 rtol = atol")
     ap.add_argument("--solvers", default=None, help="only these solvers (default: all)")
-    ap.add_argument("--num-samples", type=int, default=None, help="default: the run's protocol")
-    ap.add_argument("--out", default=None, help="default: <first run's sweep>/analysis")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--allow-unfinished", action="store_true")
     args = ap.parse_args(argv)
     nfes = [int(x) for x in args.nfe.split(",")]
     tols = [float(x) for x in args.tolerances.split(",")]
     if min(nfes) < 1 or not all(0 < t < 1 for t in tols):
         raise SystemExit(f"error: --nfe must be ≥ 1 and --tolerances in (0, 1): {nfes}, {tols}")
     only = set(args.solvers.split(",")) if args.solvers else None
-    runs = check_runs(args.runs, args.allow_unfinished)
-    out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(runs[0])), "analysis")
-    os.makedirs(out_dir, exist_ok=True)
 
     def points_for(cfg, tok):
         positions = tok.grid[0] * tok.grid[1]
         source = cfg.method.get("source")
         return points(cfg.method.name, source, nfes, tols, only, positions)
 
-    csv_path = os.path.join(out_dir, "nfe_sweep.csv")
-    df = run_all(runs, points_for, csv_path, args.device, args.num_samples)
-    print(f"wrote {csv_path}; " + ", ".join(plot(df, out_dir)))
-    return df
+    return sweep_cli(args, "nfe_sweep", points_for, plot)
 
 
 if __name__ == "__main__":

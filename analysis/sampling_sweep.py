@@ -25,7 +25,11 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sweeps import NotComparableError, check_comparable  # noqa: E402
+from analysis.sweeps import (  # noqa: E402
+    NotComparableError,
+    check_comparable,
+    recorded_training,
+)
 from analysis.temperature_sweep import trained_in  # noqa: E402
 from experiments.runner.checkpoint import training_identity  # noqa: E402
 from experiments.runner.checks import method_label  # noqa: E402
@@ -64,10 +68,7 @@ def check_runs(run_dirs: list[str], allow_unfinished: bool = False) -> list[str]
             problems.append(f"{run}: status {status}, not finished (--allow-unfinished to "
                             "sample its last checkpoint anyway)")  # fmt: skip
             continue
-        from experiments.runner import checkpoint
-
-        ck = checkpoint.load(os.path.join(run, "checkpoints", "last.pt"))
-        key = (training_identity(ck["config"]), ck["config"].get("seed"))
+        key = (recorded_training(run, summary)[0], summary.get("seed"))
         if key in seen:
             problems.append(f"{run} and {seen[key]} train the same config with seed {key[1]}: "
                             "pass each run once")  # fmt: skip
@@ -83,14 +84,10 @@ def check_runs(run_dirs: list[str], allow_unfinished: bool = False) -> list[str]
 def output_stems(run_dirs: list[str]) -> dict[str, str]:
     """run → a file-name stem: its method label, with its seed (and training digest) added
     when other runs share the label, so that no two runs' figures overwrite each other."""
-    from experiments.runner import checkpoint
-
     info = {}
     for run in run_dirs:
         summary = run_summary(run)
-        ident = summary.get("train_identity") or checkpoint.training_identity(
-            checkpoint.load(os.path.join(run, "checkpoints", "last.pt"))["config"]
-        )
+        ident = recorded_training(run, summary)[0] or ""
         info[run] = (summary.get("method", "run"), summary.get("seed"), ident)
     stems = {}
     for run, (label, seed, ident) in info.items():
@@ -194,6 +191,27 @@ def sweep_run(run_dir: str, points_for, csv_path: str, rows: list[dict],
     return rows
 
 
+def add_run_args(ap) -> None:
+    """The arguments every sweep script takes besides its own settings."""
+    ap.add_argument("runs", nargs="+", help="trained run directories")
+    ap.add_argument("--num-samples", type=int, default=None, help="default: the run's protocol")
+    ap.add_argument("--out", default=None, help="default: <first run's sweep>/analysis")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--allow-unfinished", action="store_true")
+
+
+def sweep_cli(args, stem: str, points_for, plot) -> pd.DataFrame:
+    """A sweep script's work once its own arguments are checked: the runs checked, every point
+    sampled (resuming from ``<out>/<stem>.csv``), the figure drawn by ``plot(df, out_dir)``."""
+    runs = check_runs(args.runs, args.allow_unfinished)
+    out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(runs[0])), "analysis")
+    os.makedirs(out_dir, exist_ok=True)
+    csv_path = os.path.join(out_dir, f"{stem}.csv")
+    df = run_all(runs, points_for, csv_path, args.device, args.num_samples)
+    print(f"wrote {csv_path}; " + ", ".join(plot(df, out_dir)))
+    return df
+
+
 def run_all(run_dirs, points_for, csv_path, device="cpu", num_samples=None) -> pd.DataFrame:
     """Every run at its points (``points_for(cfg, tokenizer)`` → list), resuming from
     ``csv_path``; returns the rows of these runs only (others in the file are kept)."""
@@ -220,4 +238,12 @@ def curve_groups(df: pd.DataFrame):
         yield name, grp
 
 
-__all__ = ["NotComparableError", "check_runs", "run_all", "curve_groups", "SETTING"]
+__all__ = [
+    "NotComparableError",
+    "add_run_args",
+    "check_runs",
+    "curve_groups",
+    "run_all",
+    "sweep_cli",
+    "SETTING",
+]
