@@ -2,6 +2,7 @@
 
     python analysis/entropy_maps.py                    # purr + dfm runs of the latest sweep
     python analysis/entropy_maps.py RUN_DIR [RUN_DIR ...] --samples 3 --times 6
+    python analysis/entropy_maps.py --sweep outputs/gpu_sweep/sweep --device auto
 
 From ``sample(..., trace=True)`` the categorical posterior π_t (B, K, H, W) at every step
 gives the entropy H_t = −Σ_k π_k log π_k (nats) of each latent position. For each run,
@@ -38,19 +39,19 @@ def entropy(post: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def trace_run(run_dir: str, n: int, seed: int = 0):
-    cfg, tok, method, model = load_trained(run_dir)
+def trace_run(run_dir: str, n: int, seed: int = 0, device: str = "cpu"):
+    cfg, tok, method, model = load_trained(run_dir, device)
     if not method.categorical_posterior:
         raise ValueError(f"{run_dir} trains {cfg.method.name}: no categorical posterior")
-    y = torch.arange(n) % cfg.data.num_classes
-    g = torch.Generator().manual_seed(seed)
+    y = (torch.arange(n) % cfg.data.num_classes).to(device)
+    g = torch.Generator(device).manual_seed(seed)
     out = method.sample(model, n, tok.grid, cfg.eval.steps, y=y, solver=cfg.eval.solver,
                         generator=g, trace=True)  # fmt: skip
     steps = [r for r in out.trace if r["posterior"] is not None]
     times = [r["t"] for r in steps]
-    ent = torch.stack([entropy(r["posterior"]) for r in steps])  # (T, B, H, W)
-    guesses = [tok.decode(r["posterior"].argmax(1)) for r in steps]  # (B, C, h, w) each
-    final = tok.decode(out.indices)
+    ent = torch.stack([entropy(r["posterior"]) for r in steps]).cpu()  # (T, B, H, W)
+    guesses = [tok.decode(r["posterior"].argmax(1)).cpu() for r in steps]  # (B, C, h, w) each
+    final = tok.decode(out.indices).cpu()
     return cfg, method.num_codes, times, ent, guesses, final
 
 
@@ -93,9 +94,14 @@ def main(argv=None) -> None:
     ap.add_argument("--times", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--sweep", default=None, help="take the default runs from this sweep")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     ap.add_argument("--allow-unfinished", action="store_true")
     args = ap.parse_args(argv)
-    runs = args.runs or default_runs(latest_sweep())
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    runs = args.runs or default_runs(args.sweep or latest_sweep())
     from analysis.sampling_sweep import check_runs, output_stems
 
     runs = check_runs(runs, args.allow_unfinished)  # status and identity before any sampling
@@ -104,7 +110,7 @@ def main(argv=None) -> None:
     os.makedirs(out_dir, exist_ok=True)
     curves, written = [], []
     for run in runs:
-        cfg, k, times, ent, guesses, final = trace_run(run, args.samples, args.seed)
+        cfg, k, times, ent, guesses, final = trace_run(run, args.samples, args.seed, device)
         name = stems[run]  # the label, with the seed where runs share it
         path = os.path.join(out_dir, f"entropy_maps_{stems[run]}.png")
         plot_maps(name, k, times, ent, guesses, final, args.times, path)

@@ -11,7 +11,11 @@
 # Missing Python packages (hydra-core, omegaconf, torch-fidelity, …) can be placed as wheels
 # in .whl/ (installed to /tmp/site; nothing else on the machine is touched). Results go to
 # $OUT (figures, CSVs) and $OUT/sweep (the run folders); a relaunch resumes or reuses runs.
-set -euo pipefail
+#
+# One failure costs only itself: a job that fails (say out of memory) leaves the others
+# running, every figure is drawn from the runs that finished, a figure that fails leaves the
+# rest, and the script names what failed and exits non-zero at the very end.
+set -uo pipefail
 OUT=${OUT:-outputs/gpu_sweep}
 SWEEP=$OUT/sweep
 PY=${PYTHON:-python3}
@@ -29,19 +33,43 @@ if [ "${TINY:-0}" = 1 ]; then  # the same path with a budget of seconds (tests, 
         eval.points=2 eval.spacing=log eval.num_samples=20 eval.batch_size=20 eval.steps=4
         eval.reference_n=32 eval.grid_samples=10 progress=false"
     TAU_ARGS="--taus 0.5,1.0"
+    ENTROPY_ARGS="--samples 2 --times 3"
 else
     SETTING="preset=fashion_gpu"
     TAU_ARGS=""
+    ENTROPY_ARGS=""
 fi
+FAILED=()
+# step NAME LOG CMD...: run one step, its output also in $OUT/LOG; a failure is noted, not fatal
+step() {
+    local name=$1 log=$2
+    shift 2
+    "$@" 2>&1 | tee "$OUT/$log"
+    local rc=${PIPESTATUS[0]}
+    if [ "$rc" != 0 ]; then
+        FAILED+=("$name (exit $rc, see $OUT/$log)")
+        echo "!! $name failed (exit $rc); going on with what there is" >&2
+    fi
+}
 t0=$(date +%s)
 # shellcheck disable=SC2086  # word splitting of the override lists is intended
-$PY experiments/pack.py --parallel "$PARALLEL" --sweep-dir "$SWEEP" -- \
-    seed="$SEEDS" method="$METHODS" $SETTING ${EXTRA:-} 2>&1 | tee "$OUT/pack.log"
+step sweep pack.log $PY experiments/pack.py --parallel "$PARALLEL" --sweep-dir "$SWEEP" -- \
+    seed="$SEEDS" method="$METHODS" $SETTING ${EXTRA:-}
 echo "sweep: $(( $(date +%s) - t0 )) s" | tee "$OUT/timing.txt"
-$PY analysis/convergence_plot.py "$SWEEP" --out "$OUT" 2>&1 | tee "$OUT/convergence.log"
-$PY analysis/ranking_vs_budget.py "$SWEEP" --out "$OUT" 2>&1 | tee "$OUT/ranking.log"
+# every figure from the runs that finished (each script names the runs it leaves out)
+step convergence convergence.log $PY analysis/convergence_plot.py "$SWEEP" --out "$OUT"
+step ranking ranking.log $PY analysis/ranking_vs_budget.py "$SWEEP" --out "$OUT"
 # shellcheck disable=SC2086
-$PY analysis/temperature_sweep.py --sweep "$SWEEP" --device auto --out "$OUT" $TAU_ARGS 2>&1 \
-    | tee "$OUT/temperature.log"
-$PY analysis/sample_grids.py "$SWEEP" --out "$OUT" 2>&1 | tail -1
+step temperature temperature.log $PY analysis/temperature_sweep.py --sweep "$SWEEP" \
+    --device auto --out "$OUT" $TAU_ARGS
+# shellcheck disable=SC2086
+step entropy entropy.log $PY analysis/entropy_maps.py --sweep "$SWEEP" --device auto \
+    --out "$OUT" $ENTROPY_ARGS
+step samples samples.log $PY analysis/sample_grids.py "$SWEEP" --out "$OUT"
 echo "total: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/timing.txt"
+if [ ${#FAILED[@]} -gt 0 ]; then
+    echo "!! ${#FAILED[@]} step(s) failed:" >&2
+    printf '!!   %s\n' "${FAILED[@]}" >&2
+    exit 1
+fi
+echo "every step finished; figures and CSVs in $OUT"

@@ -87,9 +87,18 @@ def test_relaunch_rules(env, tmp_path, monkeypatch):
     with pytest.raises(RunRefused, match="optim.weight_decay: checkpoint 0.01, now 0.1"):
         run_in_process(env, ["method=purr", "optim.weight_decay=0.1"], d, monkeypatch)
     assert metric_rows(d) == rows and summary(d)["status"] == "finished"
-    # evaluation-only keys may change; the change is recorded
-    run_in_process(env, ["method=purr", "eval.steps=2"], d, monkeypatch)
-    assert summary(d)["launches"][-1]["changed"] == {"eval.steps": [4, 2]}
+    # keys that measure nothing may change; the change is recorded
+    run_in_process(env, ["method=purr", "eval.batch_size=3"], d, monkeypatch)
+    assert summary(d)["launches"][-1]["changed"] == {"eval.batch_size": [20, 3]}
+    assert metric_rows(d) == rows
+    # a finished run is never relabelled (issue #25): another sampler, or an allowed training
+    # change, would evaluate nothing and only rewrite its label and summary
+    before = (d / "summary.json").read_bytes()
+    for extra in (["eval.steps=2"], ["eval.steps=2", "allow_changes=[eval.steps]"],
+                  ["method.latent_scale=unit", "allow_changes=[method.latent_scale]"]):  # fmt: skip
+        with pytest.raises(RunRefused, match="is finished \\(step 8 of 8\\).*\n.*runs .*now"):
+            run_in_process(env, ["method=purr", *extra], d, monkeypatch)
+        assert (d / "summary.json").read_bytes() == before
     assert metric_rows(d) == rows
     # one writer at a time: a held lock refuses a second launch at once, naming the holder
     holder = RunDir(str(d))
@@ -368,6 +377,36 @@ def test_checkpoints_from_before_new_training_keys_resume_unless_the_key_changes
             check_resume(
                 "last.pt", {"config": old}, compose([f"method={method}", f"{key}={other}"])
             )
+
+
+def test_a_run_with_rows_keeps_its_measurement_unless_a_mix_is_asked_for():
+    """Issue #25: a dfm run relaunched with eval.solver=maskgit wrote rows labelled dfm and
+    dfm-maskgit into one metrics.csv. Once a run has rows, a key that changes what they
+    measure is refused unless allow_changes names it; before its first row it may change."""
+    from experiments.runner.checkpoint import check_relabel
+    from experiments.runner.checks import flat_keys
+
+    ck = {"config": flat_keys(compose(["method=dfm"])), "progress": {"step": 4},
+          "total_steps": 8}  # fmt: skip
+    assert check_relabel("last.pt", ck, compose(["method=dfm"]), evaluated=True) is None
+    for key, value in (("eval.solver", "maskgit"), ("eval.temperature", 0.5),
+                       ("eval.cfg_scale", 2.0), ("eval.num_samples", 10)):  # fmt: skip
+        cfg = compose(["method=dfm", f"{key}={value}"])
+        msg = check_relabel("last.pt", ck, cfg, evaluated=True)
+        assert f"{key}: rows" in msg and f"allow_changes=[{key}]" in msg
+        assert check_relabel("last.pt", ck, cfg, evaluated=False) is None
+        allowed = compose(["method=dfm", f"{key}={value}", f"allow_changes=[{key}]"])
+        assert check_relabel("last.pt", ck, allowed, evaluated=True) is None
+    # batching and the figure measure nothing
+    cfg = compose(["method=dfm", "eval.batch_size=3", "eval.grid_samples=4"])
+    assert check_relabel("last.pt", ck, cfg, evaluated=True) is None
+    # finished: nothing left to do, so any relabel is refused, allowed or not; a larger
+    # budget (allowed by check_resume) continues the run and is not a relabel
+    done = {**ck, "progress": {"step": 8}}
+    cfg = compose(["method=dfm", "eval.solver=maskgit", "allow_changes=[eval.solver]"])
+    assert "is finished (step 8 of 8)" in check_relabel("last.pt", done, cfg, evaluated=True)
+    cfg = compose(["method=dfm", "budget.images=9999", "allow_changes=[budget.images]"])
+    assert check_relabel("last.pt", done, cfg, evaluated=True) is None
 
 
 def test_mdlm_checkpoints_from_before_its_time_range_are_refused_naming_the_keys():

@@ -384,27 +384,37 @@ def test_pack_owns_its_jobs_on_sigterm_and_on_its_own_death(env, tmp_path):
 @pytest.mark.process
 def test_gpu_sweep_script_runs_its_whole_path_on_cpu(env, tmp_path):
     """experiments/gpu_sweep.sh with TINY=1: the packed sweep (2 seeds × cfm, purr, two at
-    once) and every figure it promises, on this machine in seconds."""
+    once) and every figure it promises, on this machine in seconds. One step fails here (a
+    python wrapper fails the ranking script, as an out-of-memory error would): the script
+    still draws every other figure, entropy maps included, names the failure and exits
+    non-zero at the end (issue #25: it used to stop at the first failure, losing the rest)."""
     out = tmp_path / "gpu"
     extra = " ".join(o for o in env["overrides"] if o.split("=")[0] in
                      ("data.root", "tokenizer.path", "data.latents_dir"))  # fmt: skip
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/bash\ncase "$*" in *ranking_vs_budget.py*) echo simulated '
+                       f'out of memory >&2; exit 3;; esac\nexec {sys.executable} "$@"\n')  # fmt: skip
+    wrapper.chmod(0o755)
     penv = {**os.environ, "VQBENCH_CACHE": env["cache"], "TINY": "1", "OUT": str(out),
             "SEEDS": "0,1", "METHODS": "cfm,purr", "PARALLEL": "2", "EXTRA": extra,
-            "PYTHON": sys.executable}  # fmt: skip
+            "PYTHON": str(wrapper)}  # fmt: skip
     proc = run_tree(["bash", str(REPO_ROOT / "experiments" / "gpu_sweep.sh")],
                     env=penv, cwd=REPO_ROOT, timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 1, log
+    assert "1 step(s) failed" in proc.stderr and "ranking (exit 3" in proc.stderr, log
+    assert not (out / "ranking_vs_budget.png").exists()
     promised = (
         "convergence.png",
-        "ranking_vs_budget.png",
-        "ranking_vs_budget.csv",
-        "crossings.csv",
         "temperature_sweep.csv",
+        "entropy_vs_t.csv",
+        "entropy_maps_purr.png",
         "sample_grids.png",
         "timing.txt",
     )
     for f in promised:
         assert (out / f).stat().st_size > 0, f
+    assert "total:" in (out / "timing.txt").read_text()
     assert len(list((out / "sweep").glob("*_seed*/summary.json"))) == 4
 
 

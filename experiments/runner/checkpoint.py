@@ -147,6 +147,63 @@ def check_resume(path: str, ck: dict, cfg) -> dict:
     return {k: list(v) for k, v in diff.items()}
 
 
+# Evaluation keys that change what an evaluation row measures (its samples or its metric).
+# A run's metrics.csv holds one measurement: once it has rows, a relaunch that changes one of
+# these is refused unless allow_changes names it (issue #25: a dfm run relaunched with
+# eval.solver=maskgit held rows labelled dfm and dfm-maskgit). Keys that only change float
+# batching or the figures (eval.batch_size, eval.grid_samples) or where later evaluations
+# fall (eval.points, eval.spacing) are not among them.
+MEASUREMENT_KEYS = (
+    "eval.num_samples", "eval.steps", "eval.solver", "eval.temperature", "eval.cfg_scale",
+    "eval.extractor", "eval.metric_net", "eval.reference_split", "eval.reference_n",
+    "eval.seed", "eval.precision", "method.maskgit_schedule",
+    "method.maskgit_choice_temperature", "method.maskgit_confidence_temperature",
+)  # fmt: skip
+SAMPLE_ELSEWHERE = (
+    "To sample or score it with other settings use analysis/nfe_sweep.py, "
+    "analysis/guidance_sweep.py or experiments/sample.py + experiments/evaluate.py (they "
+    "write their own files), or train into a new run directory."
+)
+
+
+def check_relabel(path: str, ck: dict, cfg, evaluated: bool) -> str | None:
+    """Why this relaunch would relabel the run instead of extending it, or None.
+
+    - A run with evaluation rows (``evaluated``) keeps its measurement: a change to a
+      ``MEASUREMENT_KEYS`` key is refused unless ``allow_changes`` names it.
+    - A finished run (the checkpoint at its last step, the budget unchanged) trains and
+      evaluates nothing more: a relaunch that changes a training or measurement key would
+      only rewrite its label and summary, so it is refused even under allow_changes."""
+    diff = changes(ck["config"], flat_keys(cfg))
+    allowed = set(cfg.get("allow_changes") or ())
+    step, total = ck.get("progress", {}).get("step", 0), ck.get("total_steps")
+    finished = total is not None and step >= total and not any(
+        k.startswith("budget.") for k in diff
+    )
+    saved, current = ck["config"], flat_keys(cfg)
+    relabel = {
+        k: v for k, v in diff.items()
+        if (k in MEASUREMENT_KEYS or is_training_key(k))
+        and not _added_with_old_behaviour(k, saved, current)
+    }  # fmt: skip
+    lines = "\n  ".join(f"{k}: runs {a!r}, now {b!r}" for k, (a, b) in relabel.items())
+    if finished and relabel:
+        return (
+            f"{path} is finished (step {step} of {total}): this launch would train and "
+            f"evaluate nothing, only relabel the run with\n  {lines}\n{SAMPLE_ELSEWHERE}"
+        )
+    measured = {k: v for k, v in relabel.items() if k in MEASUREMENT_KEYS and k not in allowed}
+    if evaluated and measured:
+        lines = "\n  ".join(f"{k}: rows {a!r}, now {b!r}" for k, (a, b) in measured.items())
+        return (
+            f"{path} has evaluation rows measured with other settings:\n  {lines}\nOne "
+            f"metrics.csv holds one measurement. Relaunch with the run's values, or mix them "
+            f"explicitly with 'allow_changes=[{','.join(measured)}]' (every row names its "
+            f"settings). {SAMPLE_ELSEWHERE}"
+        )
+    return None
+
+
 def check_identity(path: str, ck: dict, identity: dict, legacy: dict | None = None) -> None:
     """The tokenizer, training data and resolved training precision must be the ones the
     checkpoint trained with. ``legacy``: the value of a key that older checkpoints did not

@@ -227,7 +227,17 @@ def open_run_dir(cfg, rundir: RunDir, dd: Dist) -> tuple[dict | None, dict]:
     if not resume:
         return None, {}
     saved = checkpoint.load(rundir.checkpoint)
-    return saved, checkpoint.check_resume(rundir.checkpoint, saved, cfg)
+    changed = checkpoint.check_resume(rundir.checkpoint, saved, cfg)
+    # rank 0 reads metrics.csv and decides (every rank must refuse, or none; see Dist.decide)
+    relabel = None
+    if dd.main:
+        step = saved["progress"]["step"]
+        evaluated = any(int(r["step"]) <= step for r in read_csv(rundir.metrics))
+        relabel = checkpoint.check_relabel(rundir.checkpoint, saved, cfg, evaluated)
+    relabel = dd.decide(relabel)
+    if relabel is not None:
+        raise RunRefused(relabel)
+    return saved, changed
 
 
 def restore(cfg, parts: Parts, saved: dict | None, rundir: RunDir) -> checkpoint.Progress:
