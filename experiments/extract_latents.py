@@ -4,6 +4,13 @@
     python experiments/extract_latents.py --dataset imagefolder --data-root /data/imagenet/train \\
         --tokenizer sd-vq-f8 --tokenizer-path vq-f8/model.ckpt --image-size 256
 
+Where the shards go is one convention, shared with the runs' ``data.latents_dir``: a root
+folder (default: the cache's ``latents/``) under which every extraction has its own folder,
+``<tokenizer id>/<dataset id>``, and the dataset id carries a digest of the data's identity
+(``shared/data/identity.py``: its files or listing, and the image size). So
+``extract_latents.py --out /scratch/lat`` and a run with ``data.latents_dir=/scratch/lat`` find
+the same shards, and two folders both called ``train`` never share one.
+
 On SLURM, an array job splits the shards (``sbatch --array=0-15 ...``): each task takes
 shards s with s % SLURM_ARRAY_TASK_COUNT == task id; under torchrun, RANK/WORLD_SIZE do the
 same. Re-running after an interruption keeps finished shards and redoes the rest; the last
@@ -35,9 +42,31 @@ def worker_position(args) -> tuple[int, int]:
     return 0, 1
 
 
-def default_out(tokenizer_id: str, dataset_id: str) -> str:
+def shard_folder(latents_dir: str | None, tokenizer_id: str, dataset_id: str) -> str:
+    """The shard folder of (tokenizer, dataset) under the root ``latents_dir`` (None: the
+    cache's ``latents/``): ``<root>/<tokenizer id>/<dataset id>``. A ``latents_dir`` that is
+    itself an extraction (it holds plan.json) is taken as it is; its identity is still
+    checked by the reader."""
+    if latents_dir and os.path.isfile(os.path.join(latents_dir, "plan.json")):
+        return latents_dir
     safe = lambda s: s.replace("/", "_").replace(":", "-")  # noqa: E731
-    return str(cache_root() / "latents" / safe(tokenizer_id) / safe(dataset_id))
+    root = latents_dir or str(cache_root() / "latents")
+    return os.path.join(root, safe(tokenizer_id), safe(dataset_id))
+
+
+def data_source(dataset: str, root: str | None, split: str, size: int):
+    """(dataset id, identity, maker of the dataset) of a Fashion-MNIST split or a class-folder
+    tree at ``size`` px. The identity is computed here (a hash of the Fashion files, or one
+    stat per image of the folder); the dataset itself is built only when ``maker()`` is called."""
+    from shared.data.identity import dataset_id, fashion_identity, folder_identity
+
+    if dataset == "fashion":
+        identity = fashion_identity(root, split, size)
+        make = lambda: FashionMNIST(root, split, size=size)  # noqa: E731
+        return dataset_id(f"fashion-mnist-{split}", identity), identity, make
+    identity = folder_identity(root, size)
+    prefix = f"imagefolder-{os.path.basename(os.path.normpath(root))}"
+    return dataset_id(prefix, identity), identity, lambda: ImageFolder(root, size=size)
 
 
 def main() -> None:
@@ -49,7 +78,8 @@ def main() -> None:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--splits", default="train,test", help="fashion only")
     ap.add_argument("--image-size", type=int, default=None)
-    ap.add_argument("--out", default=None, help="parent folder (default: under the cache)")
+    ap.add_argument("--out", default=None,
+                    help="root folder, as data.latents_dir (default: the cache's latents/)")
     ap.add_argument("--shard-size", type=int, default=10000)
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--rank", type=int, default=0)
@@ -61,18 +91,16 @@ def main() -> None:
     local = int(os.environ.get("LOCAL_RANK", 0))
     device = f"cuda:{local}" if args.device == "cuda" else args.device
     tok = load_tokenizer(args.tokenizer, args.tokenizer_path, args.image_size).to(device)
-    if args.dataset == "fashion":
-        jobs = [(FashionMNIST(args.data_root, s, size=tok.image_size), f"fashion-mnist-{s}")
-                for s in args.splits.split(",")]  # fmt: skip
-    else:
-        if not args.data_root:
-            ap.error("--dataset imagefolder needs --data-root")
-        ds = ImageFolder(args.data_root, size=tok.image_size)
-        jobs = [(ds, f"imagefolder-{os.path.basename(os.path.normpath(args.data_root))}")]
-    for ds, ds_id in jobs:
-        out = os.path.join(args.out, ds_id) if args.out else default_out(tok.tokenizer_id, ds_id)
+    if args.dataset == "imagefolder" and not args.data_root:
+        ap.error("--dataset imagefolder needs --data-root")
+    splits = args.splits.split(",") if args.dataset == "fashion" else ["train"]
+    for split in splits:
+        ds_id, identity, make = data_source(args.dataset, args.data_root, split, tok.image_size)
+        ds = make()
+        out = shard_folder(args.out, tok.tokenizer_id, ds_id)
         print(f"[{rank}/{world}] {ds_id}: {len(ds)} images → {out}")
-        manifest = extract(ds, tok, out, ds_id, args.shard_size, args.batch_size, rank, world)
+        manifest = extract(ds, tok, out, ds_id, args.shard_size, args.batch_size, rank, world,
+                           identity=identity)  # fmt: skip
         if manifest:
             print(f"  complete: {manifest['count']} items, checksum {manifest['checksum'][:16]}")
         else:

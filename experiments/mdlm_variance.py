@@ -44,12 +44,13 @@ def main(argv=None) -> dict:
     cfg, tok, method, model = load_trained(args.run)
     if cfg.method.name != "dfm" or cfg.method.get("weighting") != "mdlm":
         raise SystemExit(f"{args.run} is not a dfm-mdlm run (method {cfg.method.name})")
-    from experiments.extract_latents import default_out
+    from experiments.extract_latents import data_source, shard_folder
 
     if cfg.data.dataset != "fashion":
         raise SystemExit("this measurement reads the Fashion-MNIST training shards")
+    ds_id, identity, _ = data_source("fashion", cfg.data.root, "train", tok.image_size)
     shards = IndexShards(
-        cfg.data.latents_dir or default_out(tok.tokenizer_id, "fashion-mnist-train")
+        shard_folder(cfg.data.latents_dir, tok.tokenizer_id, ds_id), identity=identity
     )
     codes, labels = shards.load_all()
     t_min, eps = method.time_sampler.t_min, method.mdlm_eps

@@ -72,10 +72,12 @@ def _shard_done(out_dir: str, s: int, count: int) -> bool:
 
 def extract(dataset, tokenizer, out_dir: str, dataset_id: str, shard_size: int = 10000,
             batch_size: int = 500, rank: int = 0, world_size: int = 1,
-            progress: bool = True) -> dict | None:  # fmt: skip
+            progress: bool = True, identity: dict | None = None) -> dict | None:  # fmt: skip
     """Encode ``dataset`` ((image uint8, label) pairs) into index shards.
 
-    Returns the manifest once every shard exists (from any worker), else None.
+    ``identity`` (``shared.data.identity``): what the dataset is, recorded in the plan and the
+    manifest, so a reader can refuse shards of other data. Returns the manifest once every
+    shard exists (from any worker), else None.
     """
     n = len(dataset)
     num_shards = max(1, -(-n // shard_size))
@@ -84,6 +86,8 @@ def extract(dataset, tokenizer, out_dir: str, dataset_id: str, shard_size: int =
             "code_dim": tokenizer.code_dim, "dataset": dataset_id, "count": n,
             "shard_size": shard_size, "num_shards": num_shards,
             "dtype": "uint16" if k <= 65536 else "uint32"}  # fmt: skip
+    if identity is not None:
+        plan["data_identity"] = identity
     os.makedirs(out_dir, exist_ok=True)
     plan_path = os.path.join(out_dir, "plan.json")
     old = _read_json(plan_path)
@@ -189,13 +193,26 @@ class IndexShards(torch.utils.data.Dataset):
     """
 
     def __init__(self, folder: str, verify: bool = False, num_classes: int | None = None,
-                 progress: bool = False):  # fmt: skip
+                 progress: bool = False, identity: dict | None = None):  # fmt: skip
         self.folder = folder
         self.manifest = _read_json(os.path.join(folder, "manifest.json"))
         if self.manifest is None:
             raise ShardError(
                 f"no manifest.json in {folder}: the extraction is missing or unfinished; run "
                 "`python experiments/extract_latents.py` (it resumes where it stopped)"
+            )
+        if identity is not None and self.manifest.get("data_identity") != identity:
+            from shared.data.identity import difference
+
+            recorded = self.manifest.get("data_identity")
+            why = (
+                "it was extracted before data identities were recorded"
+                if recorded is None
+                else f"it holds latents of other data ({difference(recorded, identity)})"
+            )
+            raise ShardError(
+                f"{folder} cannot serve this run: {why}. Point data.latents_dir at another "
+                "folder (or leave it unset), or delete this one and extract again"
             )
         self.indices, self.labels = [], []
         shards = self.manifest["shards"]

@@ -140,7 +140,6 @@ def ensure_latents(env) -> str:
     old = os.environ.get("VQBENCH_CACHE")
     os.environ["VQBENCH_CACHE"] = env["cache"]
     try:
-        prepare_latents(cfg, load_tokenizer(cfg), Dist())
+        return prepare_latents(cfg, load_tokenizer(cfg), Dist()).folder
     finally:
         os.environ.pop("VQBENCH_CACHE") if old is None else os.environ.update(VQBENCH_CACHE=old)
-    return str(env["base"] / "lat")

@@ -101,3 +101,49 @@ def test_validation_errors(setup, tmp_path):
         IndexShards(str(tmp_path), verify=True)
     with open(tmp_path / "manifest.json") as f:
         assert json.load(f)["shards"][2]["count"] == 5
+
+
+def test_shards_are_keyed_by_what_the_data_is(setup, tmp_path):
+    """Issue #24: shards were keyed by the folder's basename, so every ``…/train`` shared one
+    cache, and latents made at 128 px were reused at 256 px. Now the folder name carries a
+    digest of the data's identity (listing or files, image size), and a reader given shards
+    of other data refuses them, naming what differs."""
+    from test_data import make_fmnist, make_tree
+
+    from experiments.extract_latents import data_source, shard_folder
+
+    a, b = tmp_path / "a" / "train", tmp_path / "b" / "train"
+    make_tree(a)
+    make_tree(b, sizes=((300, 200),))
+    id_a, ident_a, _ = data_source("imagefolder", str(a), "train", 32)
+    id_b, _, _ = data_source("imagefolder", str(b), "train", 32)
+    id_a64, ident_a64, _ = data_source("imagefolder", str(a), "train", 64)
+    assert len({id_a, id_b, id_a64}) == 3
+    assert id_a.startswith("imagefolder-train-32px-") and id_a64.startswith("imagefolder-train-64px-")
+    assert data_source("imagefolder", str(a), "train", 32)[:2] == (id_a, ident_a)  # stable
+    os.utime(a / "ant" / "img0.png", ns=(1, 1))  # a touched file is other data
+    assert data_source("imagefolder", str(a), "train", 32)[0] != id_a
+    # Fashion-MNIST roots are told apart by their files' content
+    f1, f2 = tmp_path / "f1", tmp_path / "f2"
+    f1.mkdir(), f2.mkdir()
+    make_fmnist(f1, n_train=5, n_test=2)
+    make_fmnist(f2, n_train=6, n_test=2)
+    assert data_source("fashion", str(f1), "train", 32)[0] != data_source("fashion", str(f2),
+                                                                         "train", 32)[0]  # fmt: skip
+    # one folder convention: a root (extract_latents.py --out, data.latents_dir) holds
+    # <tokenizer>/<dataset id>/; a folder that is an extraction itself is used as it is
+    root = str(tmp_path / "lat")
+    folder = shard_folder(root, "tok", id_a)
+    assert folder == os.path.join(root, "tok", id_a) != shard_folder(root, "tok", id_a64)
+    ds, tok = setup
+    fm_id, fm_ident, _ = data_source("fashion", ds.root, "train", 32)
+    manifest = run(ds, tok, folder, identity=fm_ident)
+    assert manifest["data_identity"] == fm_ident
+    assert shard_folder(folder, "other", "x") == folder
+    assert len(IndexShards(folder, identity=fm_ident)) == len(ds)
+    _, other, _ = data_source("fashion", ds.root, "train", 36)
+    with pytest.raises(ShardError, match=r"other data \(image_size: 32 → 36\)"):
+        IndexShards(folder, identity=other)
+    run(ds, tok, tmp_path / "legacy")  # extracted without an identity, as before #24
+    with pytest.raises(ShardError, match="extracted before data identities were recorded"):
+        IndexShards(str(tmp_path / "legacy"), identity=fm_ident)

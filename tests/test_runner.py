@@ -131,6 +131,10 @@ BAD_CONFIGS = [
     (["seed=18446744073709551616"], "seed=18446744073709551616 is not allowed"),
     (["eval.seed=-1"], "eval.seed=-1 is not allowed"),
     (["method=dfm", "method.kappa_power=1e300"], "not finite in float32"),
+    # #24: the class count the label embedding is built for must be the data's
+    (["DATA", "data.num_classes=7"], "Fashion-MNIST has 10 classes; set data.num_classes=10"),
+    (["TREE", "data.num_classes=1000"], "holds 3 class folder(s) (ant, moth, zebra); set "
+                                        "data.num_classes=3"),  # fmt: skip
 ]
 # one per stage that refuses: Hydra's composition, value validation, the input files
 BAD_CONFIGS_LAUNCHED = [BAD_CONFIGS[0], BAD_CONFIGS[3], BAD_CONFIGS[5]]
@@ -140,7 +144,18 @@ def with_data(env, args):
     """ "DATA": the synthetic dataset, so the tokenizer checks are reached on machines
     without the Debian package too."""
     data = next(o for o in env["overrides"] if o.startswith("data.root="))
-    return [data if a == "DATA" else a for a in args]
+    tree = env["base"] / "tree"  # "TREE": a 3-class image folder
+    if "TREE" in args and not tree.exists():
+        from test_data import make_tree
+
+        make_tree(tree, sizes=((40, 40),))
+    out = []
+    for a in args:
+        if a == "TREE":
+            out += ["data.dataset=imagefolder", f"data.root={tree}", "eval.extractor=inception"]
+        else:
+            out.append(data if a == "DATA" else a)
+    return out
 
 
 def test_maskgit_steps_beyond_the_grid_are_refused_before_training(env, tmp_path, monkeypatch):

@@ -92,6 +92,20 @@ def rewrite_shard(folder, s, idx=None, lbl=None, fix_checksum=True):
         finalize(str(folder))
 
 
+def test_a_run_refuses_shards_of_other_data_before_training(env, tmp_path, monkeypatch):
+    """data.latents_dir pointing at shards extracted from other data (here: their recorded
+    identity says other files) is refused at start-up, naming the difference (#24)."""
+    from experiments.runner.trainer import RunError
+
+    lat = copy_shards(env, tmp_path)
+    manifest = json.loads((lat / "manifest.json").read_text())
+    manifest["data_identity"]["files_sha256"] = "0" * 64
+    (lat / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RunError, match=r"latents of other data \(files_sha256: '0000"):
+        run_in_process(env, ["method=cfm", f"data.latents_dir={lat}"], tmp_path / "r", monkeypatch)
+    assert not (tmp_path / "r" / "metrics.csv").exists()
+
+
 def test_training_verifies_shards_at_start(env, tmp_path, monkeypatch, payload):
     run = lambda lat, d: run_in_process(env, ["method=cfm", f"data.latents_dir={lat}"],  # noqa: E731
                                         tmp_path / d, monkeypatch)  # fmt: skip

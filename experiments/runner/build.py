@@ -81,21 +81,29 @@ def load_tokenizer(cfg):
 
 
 def prepare_latents(cfg, tok, dd: Dist):
-    """Index shards of the training split (extracted once, shared by every run), verified:
-    checksums and index/label ranges, naming the shard on failure."""
-    from experiments.extract_latents import default_out
-    from shared.data import FashionMNIST, ImageFolder
+    """Index shards of the training split (extracted once, shared by every run of the same
+    data), verified: the data's identity (``shared/data/identity.py``), checksums, the grid,
+    and index/label ranges, naming the shard on failure."""
+    from experiments.extract_latents import data_source, shard_folder
+    from shared.data import ImageFolderError
     from shared.latents import IndexShards, ShardError, extract
 
-    if cfg.data.dataset == "fashion":
-        ds_id = "fashion-mnist-train"
-        make = lambda: FashionMNIST(cfg.data.root, "train", size=tok.image_size)  # noqa: E731
-    else:
-        ds_id = f"imagefolder-{os.path.basename(os.path.normpath(cfg.data.root))}"
-        make = lambda: ImageFolder(cfg.data.root, size=tok.image_size)  # noqa: E731
-    folder = cfg.data.latents_dir or default_out(tok.tokenizer_id, ds_id)
-    # rank 0 looks, every rank follows: all of them reach the barrier below, or none does
-    if not dd.decide(os.path.isfile(os.path.join(folder, "manifest.json"))):
+    # rank 0 reads the data's identity (one pass over the folder's listing) and looks for the
+    # shards; every rank follows: all of them reach the barrier below, or none does
+    found = None
+    if dd.main:
+        try:
+            ds_id, identity, _ = data_source(cfg.data.dataset, cfg.data.root, "train",
+                                             tok.image_size)  # fmt: skip
+            folder = shard_folder(cfg.data.latents_dir, tok.tokenizer_id, ds_id)
+            found = (ds_id, identity, folder, os.path.isfile(os.path.join(folder, "manifest.json")))
+        except (ImageFolderError, OSError) as e:
+            found = f"data.root={cfg.data.root}: {e}"
+    found = dd.decide(found)
+    if isinstance(found, str):
+        raise RunError(found)
+    ds_id, identity, folder, present = found
+    if not present:
         if not cfg.data.extract_if_missing:
             raise RunError(
                 f"no index shards in {folder}; run `python experiments/extract_latents.py` "
@@ -103,18 +111,23 @@ def prepare_latents(cfg, tok, dd: Dist):
             )
         if dd.main:
             print(f"extracting latents into {folder}")
-            extract(make(), tok, folder, ds_id, progress=cfg.progress)
+            _, _, make = data_source(cfg.data.dataset, cfg.data.root, "train", tok.image_size)
+            extract(make(), tok, folder, ds_id, progress=cfg.progress, identity=identity)
         dd.barrier()
     try:
-        shards = IndexShards(
-            folder, verify=True, num_classes=cfg.data.num_classes, progress=cfg.progress and dd.main
-        )
+        shards = IndexShards(folder, verify=True, num_classes=cfg.data.num_classes,
+                             progress=cfg.progress and dd.main, identity=identity)  # fmt: skip
     except ShardError as e:
         raise RunError(str(e)) from None
     if shards.manifest["tokenizer_id"] != tok.tokenizer_id:
         raise RunError(
             f"{folder} was extracted with {shards.manifest['tokenizer_id']}, "
             f"not {tok.tokenizer_id}; delete it or set data.latents_dir"
+        )
+    if tuple(shards.manifest["grid"]) != tuple(tok.grid):
+        raise RunError(
+            f"{folder} holds a {shards.manifest['grid']} latent grid, this tokenizer makes "
+            f"{list(tok.grid)}; delete it or set data.latents_dir"
         )
     return shards
 

@@ -321,11 +321,24 @@ def check_inputs(cfg) -> None:
         root = resolve_root(cfg.data.root)
         if not all(os.path.isfile(os.path.join(root, f)) for pair in FILES.values() for f in pair):
             raise RunError(missing_data_message(root))
+        if cfg.data.num_classes != 10:
+            raise RunError(f"data.num_classes={cfg.data.num_classes}, but Fashion-MNIST has 10 "
+                           "classes; set data.num_classes=10")  # fmt: skip
     elif not cfg.data.root or not os.path.isdir(cfg.data.root):
         raise RunError(
             f"data.root={cfg.data.root!r} is not a folder; point it at an ImageNet-style "
             "train folder (root/<class>/<image>)"
         )
+    else:  # one listing of the root: the class count the label embedding is built for
+        classes = sorted(e.name for e in os.scandir(cfg.data.root)
+                         if e.is_dir() and not e.name.startswith("."))  # fmt: skip
+        if len(classes) != cfg.data.num_classes:
+            shown = ", ".join(classes[:4]) + (", …" if len(classes) > 4 else "")
+            raise RunError(
+                f"data.num_classes={cfg.data.num_classes}, but data.root={cfg.data.root} holds "
+                f"{len(classes)} class folder(s) ({shown or 'none'}); set "
+                f"data.num_classes={len(classes)} or point data.root at the full folder"
+            )
     if cfg.eval.metric_net and not os.path.isfile(os.path.join(cfg.eval.metric_net, "meta.json")):
         raise RunError(f"eval.metric_net={cfg.eval.metric_net!r} holds no network (meta.json + "
                        "model.safetensors); unset it for the shipped one")  # fmt: skip

@@ -204,6 +204,8 @@ def describe(cfg, p: Parts, dd: Dist) -> dict:
         "budget_images": cfg.budget.images,
         "tokenizer": p.identity["tokenizer"],
         "shards": p.identity["shards"],
+        # what the shards were extracted from (shared/data/identity.py): files or listing, size
+        "data_identity": p.shards.manifest.get("data_identity"),
         "train_precision": p.identity["train_precision"],
         "eval_precision": p.evaluator.precision if p.evaluator is not None else None,
         "world_size": dd.world,
