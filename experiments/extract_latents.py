@@ -78,8 +78,11 @@ def main() -> None:
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--splits", default="train,test", help="fashion only")
     ap.add_argument("--image-size", type=int, default=None)
-    ap.add_argument("--out", default=None,
-                    help="root folder, as data.latents_dir (default: the cache's latents/)")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="root folder, as data.latents_dir (default: the cache's latents/)",
+    )
     ap.add_argument("--shard-size", type=int, default=10000)
     ap.add_argument("--batch-size", type=int, default=500)
     ap.add_argument("--rank", type=int, default=0)

@@ -119,7 +119,8 @@ def test_shards_are_keyed_by_what_the_data_is(setup, tmp_path):
     id_b, _, _ = data_source("imagefolder", str(b), "train", 32)
     id_a64, ident_a64, _ = data_source("imagefolder", str(a), "train", 64)
     assert len({id_a, id_b, id_a64}) == 3
-    assert id_a.startswith("imagefolder-train-32px-") and id_a64.startswith("imagefolder-train-64px-")
+    assert id_a.startswith("imagefolder-train-32px-")
+    assert id_a64.startswith("imagefolder-train-64px-")
     assert data_source("imagefolder", str(a), "train", 32)[:2] == (id_a, ident_a)  # stable
     os.utime(a / "ant" / "img0.png", ns=(1, 1))  # a touched file is other data
     assert data_source("imagefolder", str(a), "train", 32)[0] != id_a
@@ -128,8 +129,8 @@ def test_shards_are_keyed_by_what_the_data_is(setup, tmp_path):
     f1.mkdir(), f2.mkdir()
     make_fmnist(f1, n_train=5, n_test=2)
     make_fmnist(f2, n_train=6, n_test=2)
-    assert data_source("fashion", str(f1), "train", 32)[0] != data_source("fashion", str(f2),
-                                                                         "train", 32)[0]  # fmt: skip
+    fm1, fm2 = (data_source("fashion", str(f), "train", 32)[0] for f in (f1, f2))
+    assert fm1 != fm2
     # one folder convention: a root (extract_latents.py --out, data.latents_dir) holds
     # <tokenizer>/<dataset id>/; a folder that is an extraction itself is used as it is
     root = str(tmp_path / "lat")

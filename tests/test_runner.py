@@ -133,8 +133,10 @@ BAD_CONFIGS = [
     (["method=dfm", "method.kappa_power=1e300"], "not finite in float32"),
     # #24: the class count the label embedding is built for must be the data's
     (["DATA", "data.num_classes=7"], "Fashion-MNIST has 10 classes; set data.num_classes=10"),
-    (["TREE", "data.num_classes=1000"], "holds 3 class folder(s) (ant, moth, zebra); set "
-                                        "data.num_classes=3"),  # fmt: skip
+    (
+        ["TREE", "data.num_classes=1000"],
+        "holds 3 class folder(s) (ant, moth, zebra); set data.num_classes=3",
+    ),  # fmt: skip
 ]
 # one per stage that refuses: Hydra's composition, value validation, the input files
 BAD_CONFIGS_LAUNCHED = [BAD_CONFIGS[0], BAD_CONFIGS[3], BAD_CONFIGS[5]]
@@ -407,8 +409,8 @@ def test_gpu_sweep_script_runs_its_whole_path_on_cpu(env, tmp_path):
     extra = " ".join(o for o in env["overrides"] if o.split("=")[0] in
                      ("data.root", "tokenizer.path", "data.latents_dir"))  # fmt: skip
     wrapper = tmp_path / "python"
-    wrapper.write_text(f'#!/bin/bash\ncase "$*" in *ranking_vs_budget.py*) echo simulated '
-                       f'out of memory >&2; exit 3;; esac\nexec {sys.executable} "$@"\n')  # fmt: skip
+    fail = 'case "$*" in *ranking_vs_budget.py*) echo simulated out of memory >&2; exit 3;; esac'
+    wrapper.write_text(f'#!/bin/bash\n{fail}\nexec {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
     penv = {**os.environ, "VQBENCH_CACHE": env["cache"], "TINY": "1", "OUT": str(out),
             "SEEDS": "0,1", "METHODS": "cfm,purr", "PARALLEL": "2", "EXTRA": extra,

@@ -177,8 +177,8 @@ def check_relabel(path: str, ck: dict, cfg, evaluated: bool) -> str | None:
     diff = changes(ck["config"], flat_keys(cfg))
     allowed = set(cfg.get("allow_changes") or ())
     step, total = ck.get("progress", {}).get("step", 0), ck.get("total_steps")
-    finished = total is not None and step >= total and not any(
-        k.startswith("budget.") for k in diff
+    finished = (
+        total is not None and step >= total and not any(k.startswith("budget.") for k in diff)
     )
     saved, current = ck["config"], flat_keys(cfg)
     relabel = {

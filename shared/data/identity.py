@@ -39,8 +39,8 @@ def folder_identity(root: str, size: int) -> dict:
     classes, samples = scan_class_folders(root)
     h = hashlib.sha256()
     for path, label in samples:
-        st = os.stat(path)
-        h.update(f"{os.path.relpath(path, root)}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        st, rel = os.stat(path), os.path.relpath(path, root)
+        h.update(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return {"kind": "imagefolder", "root": os.path.realpath(root), "classes": len(classes),
             "count": len(samples), "listing_sha256": h.hexdigest(),
             "image_size": int(size)}  # fmt: skip
