@@ -78,10 +78,20 @@ def test_killed_and_relaunched_run_equals_uninterrupted(env, tmp_path, monkeypat
     assert {f: (d / f).read_bytes() for f in before} == before
 
 
-def test_relaunch_rules(env, tmp_path, monkeypatch):
+def test_relaunch_rules(env, tmp_path, monkeypatch, capsys):
     d = tmp_path / "run"
     run_in_process(env, ["method=purr"], d, monkeypatch)
     rows = metric_rows(d)
+    # with progress bars off, one line every log_every steps, on the console and in run.log
+    # (issue #24: nothing was printed until the first evaluation, and run.log stayed empty)
+    out = capsys.readouterr().out
+    log = (d / "run.log").read_text().splitlines()
+    lines = [x.split("] ", 1)[1] for x in log if "| images" in x]
+    assert [x.split(" (")[0] for x in lines] == ["step 2/8", "step 4/8", "step 6/8", "step 8/8"]
+    assert lines[1].startswith("step 4/8 (50%) | images 64 | train FLOPs ")
+    assert " | loss " in lines[0] and " | lr 0.0001 | " in lines[0] and " img/s | ETA " in lines[0]
+    assert lines[-1].endswith("ETA 0:00:00") and all(x in out for x in lines)
+    assert sum("[eval] purr step" in x for x in log) == 2
     with pytest.raises(RunRefused, match="method.name: checkpoint 'purr', now 'dfm'"):
         run_in_process(env, ["method=dfm"], d, monkeypatch)
     with pytest.raises(RunRefused, match="optim.weight_decay: checkpoint 0.01, now 0.1"):

@@ -11,8 +11,10 @@ as an uninterrupted one, whatever else the process built (or drew random numbers
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import math
+import os
 import signal
 import threading
 import time
@@ -145,6 +147,34 @@ class Loop:
         # does not depend on where syncs fell (a resumed run syncs at other steps)
         self.pending = torch.zeros((), device=parts.device, dtype=torch.float64)
         self.pending_n, self.synced_step = 0, progress.step
+        # the log line's interval (issue #24: a cluster job without progress bars printed
+        # nothing until its first evaluation, and run.log stayed empty)
+        self.log_sum, self.log_n = 0.0, 0
+        self.log_t, self.log_step, self.log_train_s = time.time(), progress.step, 0.0
+
+    def report(self, line: str, bar, echo: bool = True) -> None:
+        """One status line: to run.log in the run folder (every line), and to the console
+        above the progress bar when ``echo``."""
+        if echo:
+            bar.write(line)
+        with open(os.path.join(self.rundir.path, "run.log"), "a") as f:
+            f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {line}\n")
+
+    def log_line(self, step: int) -> str:
+        """step, images, FLOPs, loss (mean since the last line), lr, training throughput, ETA
+        (training time only; evaluations come on top)."""
+        cfg, p = self.cfg, self.p
+        batch = cfg.budget.batch_size
+        train_s = self.log_train_s + (time.time() - self.log_t)
+        rate = (step - self.log_step) / train_s if train_s > 0 else 0.0  # steps/s
+        loss = self.log_sum / self.log_n if self.log_n else float("nan")
+        eta = datetime.timedelta(seconds=round((p.total_steps - step) / rate)) if rate else "?"
+        self.log_sum, self.log_n = 0.0, 0
+        self.log_t, self.log_step, self.log_train_s = time.time(), step, 0.0
+        return (f"step {step}/{p.total_steps} ({100 * step / p.total_steps:.0f}%) | images "
+                f"{step * batch:,} | train FLOPs {step * p.flops_per_step:.3g} | loss "
+                f"{loss:.4f} | lr {lr_at(step - 1, cfg.optim.lr, cfg.optim.warmup_steps):.3g} "
+                f"| {batch * rate:.1f} img/s | ETA {eta}")  # fmt: skip
 
     def run(self) -> None:
         cfg, p, prog = self.cfg, self.p, self.progress
@@ -168,12 +198,16 @@ class Loop:
                         rate = bar.format_dict.get("rate") or 0.0  # steps/s (tqdm's smoothed)
                         bar.set_postfix(loss=f"{prog.mean_loss():.4f}",
                                         img_s=f"{batch * rate:.0f}", refresh=False)  # fmt: skip
+                    if self.dd.main and step % cfg.log_every == 0:
+                        self.report(self.log_line(step), bar, echo=not cfg.progress)
                 if is_eval or is_ckpt:
-                    prog.wall_s += time.time() - t_seg
+                    now = time.time()
+                    prog.wall_s += now - t_seg
+                    self.log_train_s += now - self.log_t  # the log's rate: training time only
                     if is_eval:
                         self.evaluate(step, bar)
                     self.save()
-                    t_seg = time.time()  # evaluation and checkpoint time are not training time
+                    t_seg = self.log_t = time.time()  # evaluation, checkpoint: not training
                 if self.stop_requested(step):
                     prog.wall_s += time.time() - t_seg
                     self.stop_now(step)
@@ -214,6 +248,7 @@ class Loop:
             )
         self.progress.loss_sum += total
         self.progress.loss_count += self.pending_n
+        self.log_sum, self.log_n = self.log_sum + total, self.log_n + self.pending_n
         self.pending = torch.zeros((), device=self.p.device, dtype=torch.float64)
         self.pending_n, self.synced_step = 0, step
 
@@ -231,11 +266,11 @@ class Loop:
             )
             self.rows.append(row)
             write_csv(self.rundir.metrics, self.rows)
-            bar.write(p.evaluator.describe(row))
+            self.report(p.evaluator.describe(row), bar)
             for hook in self.on_evaluation:  # e.g. the sweep's live figure (experiments/run.py)
                 message = hook(self.rundir.path, row)
                 if message:
-                    bar.write(message)
+                    self.report(message, bar)
         prog.loss_sum, prog.loss_count = 0.0, 0
         self.dd.barrier()
 
