@@ -33,7 +33,7 @@ from analysis.sweeps import (  # noqa: E402
 )
 from experiments.runner.checks import method_label  # noqa: E402
 from experiments.runner.trainer import Evaluator, load_trained  # noqa: E402
-from shared.images import save_grid  # noqa: E402
+from shared.images import pick_by_class, save_grid  # noqa: E402
 
 CATEGORICAL = ("purr", "dfm", "dfm-metric")
 
@@ -77,8 +77,7 @@ def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu", stem=None)
     if num_samples:
         cfg.eval.num_samples = num_samples
     ev = Evaluator(cfg, tok, method, torch.device(device), out_dir)
-    rows, grid = [], []
-    per_row = cfg.data.num_classes
+    rows, grid, shown = [], [], None
     for tau in taus:
         images, labels, out = ev.sample_images(model, temperature=tau)
         m = ev.score(images)
@@ -92,11 +91,13 @@ def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu", stem=None)
                      "eval_precision": ev.precision})  # fmt: skip
         print(f"{method_label(cfg)} τ={tau:g}: FD {rows[-1]['fd']:.3f}, precision "
               f"{rows[-1]['precision']:.3f}, recall {rows[-1]['recall']:.3f}")  # fmt: skip
-        order = torch.argsort(labels[:per_row], stable=True)
-        grid.append(images[:per_row][order])  # one image per class, same noise across τ
+        # a row per τ: one image for each of at most 16 classes (evenly spaced), same noise
+        idx, shown, _ = pick_by_class(labels, max_classes=16, per_class=1)
+        grid.append(images[idx])
     stem = stem or method_label(cfg)
-    save_grid(torch.cat(grid), os.path.join(out_dir, f"temperature_grid_{stem}.png"),
-              nrow=per_row)  # fmt: skip
+    text = {"classes": " ".join(map(str, shown)), "rows": "τ " + " ".join(map(str, taus))}
+    path = os.path.join(out_dir, f"temperature_grid_{stem}.png")
+    save_grid(torch.cat(grid), path, nrow=len(shown), text=text)
     return pd.DataFrame(rows)
 
 

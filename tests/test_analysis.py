@@ -398,3 +398,29 @@ def test_one_training_under_two_samplers_is_two_series_not_a_duplicate(tmp_path)
     metrics, runs = load_sweep([str(s), str(m)])
     assert runs["train_identity"].nunique() == 1
     assert sorted(metrics["method"].unique()) == ["dfm", "dfm-maskgit"]
+
+
+def test_class_grids_stay_readable_at_any_class_count(tmp_path):
+    """Issue #24: grids had one column per class (258,002 px wide at 1000 classes, mostly
+    black). At most 16 classes (evenly spaced, named in the PNG) and 16 images per class."""
+    import torch
+    from PIL import Image
+
+    from shared.images import pick_by_class, save_grid
+
+    labels = torch.arange(5000) % 1000  # class-balanced, as the evaluator draws them
+    idx, classes, per = pick_by_class(labels, max_classes=16, per_class=16)
+    assert len(classes) == 16 and classes[0] == 0 and classes[-1] == 999 and per == 5
+    assert classes == sorted(set(classes)) and (labels[idx].view(16, 5) == torch.tensor(
+        classes).view(16, 1)).all()  # fmt: skip
+    images = torch.randint(0, 256, (5000, 3, 8, 8), dtype=torch.uint8)
+    save_grid(
+        images[idx], tmp_path / "g.png", nrow=per, text={"classes": " ".join(map(str, classes))}
+    )
+    png = Image.open(tmp_path / "g.png")
+    assert png.size == (5 * 10 + 2, 16 * 10 + 2) and png.text["classes"].split()[-1] == "999"
+    # Fashion's 10 classes: the same 10 × 10 grid as before (first 10 images of every class)
+    labels = torch.arange(250) % 10
+    idx, classes, per = pick_by_class(labels, max_classes=10, per_class=10)
+    assert classes == list(range(10)) and per == 10
+    assert torch.equal(idx, torch.argsort(labels[:100], stable=True))

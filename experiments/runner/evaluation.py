@@ -17,7 +17,7 @@ import time
 import torch
 
 from shared import precision
-from shared.images import save_grid
+from shared.images import pick_by_class, save_grid
 from shared.io import atomic_write_text
 from shared.paths import cache_root, config_hash
 
@@ -154,9 +154,12 @@ class Evaluator:
         return torch.cat(images), labels.cpu(), out
 
     def save_grid(self, images, labels, path):
-        k = min(self.cfg.eval.grid_samples, len(images))
-        order = torch.argsort(labels[:k], stable=True)  # one class per row block
-        save_grid(images[:k][order], path, nrow=self.cfg.data.num_classes)
+        """One row per class (at most 16 classes, evenly spaced), about grid_samples images in
+        all; the PNG's "classes" text names the row classes."""
+        rows = min(16, len(torch.unique(labels)))
+        per = max(1, min(16, self.cfg.eval.grid_samples // rows))
+        idx, classes, per = pick_by_class(labels, max_classes=rows, per_class=per)
+        save_grid(images[idx], path, nrow=per, text={"classes": " ".join(map(str, classes))})
 
     def score(self, images) -> dict:
         from shared.metrics import compute_metrics
