@@ -39,24 +39,39 @@ def entropy(post: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def trace_run(run_dir: str, n: int, seed: int = 0, device: str = "cpu"):
+def trace_run(run_dir: str, n: int, seed: int = 0, device: str = "cpu", steps: int | None = None,
+              n_times: int = 6):  # fmt: skip
+    """Sample ``n`` images of a run with its sampler (``steps``: its eval.steps unless given),
+    keeping per step only the entropy map and the argmax codes (B, H, W) — never the
+    (B, K, H, W) posteriors, which at K = 16384 are about 86 MB per step per sample."""
     cfg, tok, method, model = load_trained(run_dir, device)
     if not method.categorical_posterior:
         raise ValueError(f"{run_dir} trains {cfg.method.name}: no categorical posterior")
     y = (torch.arange(n) % cfg.data.num_classes).to(device)
     g = torch.Generator(device).manual_seed(seed)
-    out = method.sample(model, n, tok.grid, cfg.eval.steps, y=y, solver=cfg.eval.solver,
-                        generator=g, trace=True)  # fmt: skip
-    steps = [r for r in out.trace if r["posterior"] is not None]
-    times = [r["t"] for r in steps]
-    ent = torch.stack([entropy(r["posterior"]) for r in steps]).cpu()  # (T, B, H, W)
-    guesses = [tok.decode(r["posterior"].argmax(1)).cpu() for r in steps]  # (B, C, h, w) each
+    times, ents, argmaxes = [], [], []
+
+    def summarise(record):  # called by the sampler at every step
+        if record["posterior"] is not None:
+            times.append(record["t"])
+            ents.append(entropy(record["posterior"]).cpu())
+            argmaxes.append(record["posterior"].argmax(1))
+
+    out = method.sample(model, n, tok.grid, steps or cfg.eval.steps, y=y,
+                        solver=cfg.eval.solver, generator=g, trace=summarise)  # fmt: skip
+    ent = torch.stack(ents)  # (T, B, H, W)
+    # the argmax images, decoded only at the times plot_maps shows
+    guesses = {int(s): tok.decode(argmaxes[s]).cpu() for s in shown_steps(len(times), n_times)}
     final = tok.decode(out.indices).cpu()
     return cfg, method.num_codes, times, ent, guesses, final
 
 
+def shown_steps(n_steps: int, n_times: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n_steps - 1, n_times).round().astype(int))
+
+
 def plot_maps(method, k, times, ent, guesses, final, n_times, out_path):
-    sel = np.unique(np.linspace(0, len(times) - 1, n_times).round().astype(int))
+    sel = shown_steps(len(times), n_times)
     b = ent.shape[1]
     fig, axes = plt.subplots(2 * b, len(sel) + 1, figsize=(1.7 * (len(sel) + 1), 1.75 * 2 * b),
                              squeeze=False)  # fmt: skip
@@ -91,6 +106,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("runs", nargs="*", help="run directories (default: purr and dfm, latest sweep)")
     ap.add_argument("--samples", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the run's)")
     ap.add_argument("--times", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
@@ -110,7 +126,9 @@ def main(argv=None) -> None:
     os.makedirs(out_dir, exist_ok=True)
     curves, written = [], []
     for run in runs:
-        cfg, k, times, ent, guesses, final = trace_run(run, args.samples, args.seed, device)
+        cfg, k, times, ent, guesses, final = trace_run(
+            run, args.samples, args.seed, device, args.steps, args.times
+        )
         name = stems[run]  # the label, with the seed where runs share it
         path = os.path.join(out_dir, f"entropy_maps_{stems[run]}.png")
         plot_maps(name, k, times, ent, guesses, final, args.times, path)

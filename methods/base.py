@@ -28,7 +28,18 @@ class SampleOutput:
     indices: torch.Tensor  # (B, H, W) long, every entry a real code in [0, K)
     nfe: int  # number of model calls (a CFG call over both halves counts once)
     nfe_rows: int  # model calls × batch multiplier (2 with CFG): the compute actually spent
-    trace: list | None = None  # per step: {"t", "state", "posterior" (B,K,H,W) or None}
+    # per step: {"t", "state", "posterior" (B,K,H,W) or None}; empty when trace is a callable
+    trace: list | None = None
+
+
+def keep(records: list, trace, record: dict) -> None:
+    """One trace record: appended to ``records`` (``trace=True``), or handed to ``trace``
+    when it is a callable, which keeps what it needs (analysis/entropy_maps.py keeps
+    entropies and argmaxes, not every (B, K, H, W) posterior)."""
+    if callable(trace):
+        trace(record)
+    else:
+        records.append(record)
 
 
 MIN_TEMPERATURE = 1e-30  # logits/τ stay finite in float32 for logits up to 1e8

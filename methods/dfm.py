@@ -70,6 +70,7 @@ from .base import (
     categorical,
     guided_forward,
 )
+from .base import keep as keep_record
 from .head import DEFAULT_CHUNK, CategoricalHead
 
 MAX_KAPPA_POWER = 1e30  # κ(t) = t^a, κ̇ = a·t^(a−1): a itself must stay finite in float32
@@ -245,7 +246,7 @@ class DFM(CategoricalHead, Method):
             nfe, rows = nfe + 1, rows + mult
             if trace:
                 post = self.carry_over(post, x) if carry else post
-                records.append({"t": t, "state": x.clone(), "posterior": post})
+                keep_record(records, trace, {"t": t, "state": x.clone(), "posterior": post})
             k_t, k_next = self.kappa(t), self.kappa(t_next)
             jump_p = 1.0 if i == steps - 1 else (k_next - k_t) / (1.0 - k_t)
             if jump_p >= 1.0:
@@ -256,7 +257,7 @@ class DFM(CategoricalHead, Method):
                 jump &= x == self.mask_id
             x = torch.where(jump, proposal, x)
         if trace:
-            records.append({"t": 1.0, "state": x.clone(), "posterior": None})
+            keep_record(records, trace, {"t": 1.0, "state": x.clone(), "posterior": None})
         return SampleOutput(x, nfe, rows, records)
 
     def maskgit_masked(self, num_positions: int, step: int, steps: int, masked_now: int) -> int:
@@ -284,7 +285,9 @@ class DFM(CategoricalHead, Method):
             )  # fmt: skip
             nfe, rows = nfe + 1, rows + mult
             if trace:
-                records.append({"t": float(t[0]), "state": x.clone(), "posterior": post})
+                keep_record(
+                    records, trace, {"t": float(t[0]), "state": x.clone(), "posterior": post}
+                )
             keep = self.maskgit_masked(n, i, steps, masked_now)
             u = noise.rand(x.shape, dev, generator).clamp_(1e-20, 1.0)
             gumbel = self.choice_temperature * (1.0 - (i + 1) / steps)
@@ -296,5 +299,5 @@ class DFM(CategoricalHead, Method):
                 x.scatter_(1, remask, self.mask_id)
             x = x.view(num_samples, *grid)
         if trace:
-            records.append({"t": 1.0, "state": x.clone(), "posterior": None})
+            keep_record(records, trace, {"t": 1.0, "state": x.clone(), "posterior": None})
         return SampleOutput(x, nfe, rows, records)

@@ -32,7 +32,7 @@ import math
 import torch
 
 from . import noise
-from .base import Method, SampleOutput, check_steps, inverse_cdf
+from .base import Method, SampleOutput, check_steps, inverse_cdf, keep
 from .head import DEFAULT_CHUNK, CategoricalHead
 
 DISTANCES = ("l2", "sqeuclidean")
@@ -200,8 +200,8 @@ class MetricDFM(CategoricalHead, Method):
                                           trace)  # fmt: skip
             nfe, rows = nfe + 1, rows + mult
             if trace:
-                records.append({"t": t, "state": z.clone(), "posterior": post})
+                keep(records, trace, {"t": t, "state": z.clone(), "posterior": post})
             z = x1 if i == steps - 1 else self.jump(z, x1, t, h, generator)
         if trace:
-            records.append({"t": 1.0, "state": z.clone(), "posterior": None})
+            keep(records, trace, {"t": 1.0, "state": z.clone(), "posterior": None})
         return SampleOutput(z, nfe, rows, records)

@@ -118,6 +118,23 @@ def test_temperature_sweep_and_entropy_maps_on_trained_runs(env, tmp_path, monke
     assert (curve["mean_entropy"] >= 0).all() and (curve["mean_entropy"] <= curve["log_k"]).all()
     for f in ("entropy_maps_purr.png", "entropy_maps_dfm.png", "entropy_vs_t.png"):
         assert (out / f).stat().st_size > 0
+    # #24: running summaries instead of every posterior, equal to the entropies of the full
+    # trace; --steps sets the sampling steps
+    import torch
+
+    from experiments.runner.trainer import load_trained
+
+    run = str(sweep / "0_purr_seed0")
+    _, _, times, ent, guesses, _ = entropy_maps.trace_run(run, 2, 0, steps=3, n_times=2)
+    cfg, tok, method, model = load_trained(run)
+    full = method.sample(model, 2, tok.grid, 3, y=torch.arange(2) % cfg.data.num_classes,
+                         generator=torch.Generator().manual_seed(0), trace=True).trace  # fmt: skip
+    posts = [r["posterior"] for r in full if r["posterior"] is not None]
+    assert times == [r["t"] for r in full[:3]] and sorted(guesses) == [0, 2]
+    torch.testing.assert_close(ent, torch.stack([entropy_maps.entropy(p) for p in posts]))
+    assert torch.equal(guesses[2], tok.decode(posts[2].argmax(1)))
+    entropy_maps.main(["--samples", "1", "--steps", "2", "--out", str(tmp_path / "e2"), run])
+    assert len(pd.read_csv(tmp_path / "e2" / "entropy_vs_t.csv")) == 2
     grid = sample_grids.main([str(sweep), "--out", str(out)])
     assert os.path.getsize(grid) > 0
     # #25.9: only finished runs are picked, the others named; identity is checked before any
