@@ -15,9 +15,13 @@ and redoes the one it was in. Shards are dealt round-robin to ``world_size`` wor
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import time
 
 import numpy as np
 import torch
@@ -28,6 +32,78 @@ from .progress import progress_bar
 
 class ShardError(ValueError):
     pass
+
+
+class ExtractionLock:
+    """``<folder>.lock``: held (flock) by the one job extracting into ``folder``, so that
+    concurrent jobs of a sweep (a SLURM array, submitit, pack.py) wait for it instead of
+    extracting the same data again. The kernel drops it when its holder dies, so a waiter
+    can tell a finished extraction (manifest written) from an abandoned one (lock free, no
+    manifest)."""
+
+    def __init__(self, folder: str):
+        self.path = os.path.normpath(folder) + ".lock"
+        self._file = None
+
+    def acquire(self) -> bool | str:
+        """True if this process holds the lock now; else a description of the holder."""
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        f = open(self.path, "a+")  # noqa: SIM115 (held until release)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            return holder
+        except OSError:  # no flock on this file system: extract without one
+            f.close()
+            return True
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                            "slurm_job": os.environ.get("SLURM_JOB_ID"),
+                            "since": time.strftime("%Y-%m-%d %H:%M:%S")}))  # fmt: skip
+        f.flush()
+        self._file = f
+        return True
+
+    def held_elsewhere(self) -> bool:
+        """Whether another process holds the lock (taken and dropped at once if free)."""
+        got = self.acquire()
+        if got is True:
+            self.release()
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.seek(0)
+                self._file.truncate()
+            self._file.close()
+            self._file = None
+
+
+def wait_for_manifest(folder: str, lock: ExtractionLock | None = None, holder: str = "",
+                      poll_s: float = 2.0, say=print) -> None:  # fmt: skip
+    """Block until ``folder``'s manifest.json exists, without any collective (so ranks and
+    jobs can wait for hours). With ``lock``: fail (ShardError) when its holder is gone and
+    the manifest is still missing (the holder writes the manifest before it lets go, so the
+    lock is checked first)."""
+    manifest, t0, told = os.path.join(folder, "manifest.json"), time.time(), 0.0
+    while not os.path.isfile(manifest):
+        if lock is not None and not lock.held_elsewhere() and not os.path.isfile(manifest):
+            raise ShardError(
+                f"the extraction into {folder} by {holder} stopped before it finished; "
+                "relaunch (finished shards are kept), or run `python experiments/"
+                "extract_latents.py` first"
+            )
+        if say and time.time() - told >= 60:
+            say(f"waiting for the extraction into {folder} by {holder or 'other ranks'} "
+                f"({time.time() - t0:.0f} s so far)")  # fmt: skip
+            told = time.time()
+        time.sleep(poll_s)
 
 
 def _sha256(*arrays: np.ndarray, chunk: int = 1 << 16) -> str:

@@ -2,13 +2,15 @@
 
 import json
 import os
+import shutil
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ensure_latents, run_in_process
+from conftest import compose, ensure_latents, run_in_process
 
 from shared.io import atomic_write_text, remove_stale_temporaries
 from shared.latents import IndexShards, ShardError, shard_paths
@@ -170,3 +172,49 @@ def test_shard_verification_cost_script(tmp_path):
     args = "--rows 2500 --grid 4 --codes 16 --classes 3 --reps 1 --dir".split() + [str(tmp_path)]
     out = shard_verify_cost.main(args)
     assert out["bytes"] > 2500 * 16 * 2 and out["verify_s"] > 0 and os.listdir(tmp_path) == []
+
+
+def test_a_second_job_waits_for_the_extraction_in_progress(env, tmp_path, monkeypatch):
+    """Issue #24: every job of a sweep extracted the same data itself. A job that finds the
+    shards being extracted (their lock held) waits for the manifest instead, and fails with
+    a relaunch hint when the extracting job dies before finishing."""
+    import threading
+
+    from experiments.runner import build
+    from experiments.runner.errors import RunError
+    from shared.latents import ExtractionLock
+
+    src = Path(ensure_latents(env))
+    cfg = compose(env["overrides"] + ["method=cfm", f"data.latents_dir={tmp_path / 'lat'}"])
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    tok = build.load_tokenizer(cfg)
+    folder = Path(build.shard_location(cfg, tok)[2])
+    extracted = []
+    monkeypatch.setattr("shared.latents.extract", lambda *a, **k: extracted.append(1))
+    outcome = {}
+
+    def job():
+        try:
+            outcome["shards"] = build.prepare_latents(cfg, tok, build.Dist())
+        except RunError as e:
+            outcome["error"] = str(e)
+
+    for holder_finishes in (True, False):
+        lock = ExtractionLock(str(folder))  # another job, extracting
+        assert lock.acquire() is True
+        t = threading.Thread(target=job)
+        t.start()
+        time.sleep(3)
+        assert t.is_alive() and not outcome  # waiting, not extracting
+        if holder_finishes:
+            folder.mkdir(parents=True)
+            for f in os.listdir(src):
+                (folder / f).write_bytes((src / f).read_bytes())
+        lock.release()
+        t.join(30)
+        if holder_finishes:
+            assert len(outcome.pop("shards")) == 64
+        else:
+            assert "stopped before it finished; relaunch" in outcome.pop("error")
+        shutil.rmtree(folder, ignore_errors=True)
+    assert extracted == []

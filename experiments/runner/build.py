@@ -80,22 +80,27 @@ def load_tokenizer(cfg):
     return load_tokenizer(cfg.tokenizer.backend, cfg.tokenizer.path, cfg.tokenizer.image_size)
 
 
+def shard_location(cfg, tok) -> tuple[str, dict, str]:
+    """(dataset id, data identity, shard folder) of the run's training split."""
+    from experiments.extract_latents import data_source, shard_folder
+
+    ds_id, identity, _ = data_source(cfg.data.dataset, cfg.data.root, "train", tok.image_size)
+    return ds_id, identity, shard_folder(cfg.data.latents_dir, tok.tokenizer_id, ds_id)
+
+
 def prepare_latents(cfg, tok, dd: Dist):
     """Index shards of the training split (extracted once, shared by every run of the same
     data), verified: the data's identity (``shared/data/identity.py``), checksums, the grid,
     and index/label ranges, naming the shard on failure."""
-    from experiments.extract_latents import data_source, shard_folder
     from shared.data import ImageFolderError
-    from shared.latents import IndexShards, ShardError, extract
+    from shared.latents import IndexShards, ShardError
 
     # rank 0 reads the data's identity (one pass over the folder's listing) and looks for the
     # shards; every rank follows: all of them reach the barrier below, or none does
     found = None
     if dd.main:
         try:
-            ds_id, identity, _ = data_source(cfg.data.dataset, cfg.data.root, "train",
-                                             tok.image_size)  # fmt: skip
-            folder = shard_folder(cfg.data.latents_dir, tok.tokenizer_id, ds_id)
+            ds_id, identity, folder = shard_location(cfg, tok)
             found = (ds_id, identity, folder, os.path.isfile(os.path.join(folder, "manifest.json")))
         except (ImageFolderError, OSError) as e:
             found = f"data.root={cfg.data.root}: {e}"
@@ -109,11 +114,10 @@ def prepare_latents(cfg, tok, dd: Dist):
                 f"no index shards in {folder}; run `python experiments/extract_latents.py` "
                 "or set data.extract_if_missing=true"
             )
-        if dd.main:
-            print(f"extracting latents into {folder}")
-            _, _, make = data_source(cfg.data.dataset, cfg.data.root, "train", tok.image_size)
-            extract(make(), tok, folder, ds_id, progress=cfg.progress, identity=identity)
-        dd.barrier()
+        try:
+            extract_once(cfg, tok, dd, folder, ds_id, identity)
+        except ShardError as e:
+            raise RunError(str(e)) from None
     try:
         shards = IndexShards(folder, verify=True, num_classes=cfg.data.num_classes,
                              progress=cfg.progress and dd.main, identity=identity)  # fmt: skip
@@ -130,6 +134,36 @@ def prepare_latents(cfg, tok, dd: Dist):
             f"{list(tok.grid)}; delete it or set data.latents_dir"
         )
     return shards
+
+
+def extract_once(cfg, tok, dd: Dist, folder: str, ds_id: str, identity: dict) -> None:
+    """Extract the shards once, whoever asks (issue #24: a sweep extracted once per job).
+
+    The first job takes ``<folder>.lock`` and extracts, its shards dealt over all of its
+    ranks; any other job waiting for the same data polls for the manifest instead of
+    extracting again. Every wait is a file poll, never a collective: an extraction takes
+    hours at ImageNet scale, far past NCCL's collective timeout."""
+    from experiments.extract_latents import data_source
+    from shared.latents import ExtractionLock, extract, wait_for_manifest
+
+    lock = ExtractionLock(folder)
+    mine = lock.acquire() if dd.main else None
+    got, holder = dd.decide((mine is True, None if mine is True else mine))
+    say = print if dd.main else None
+    if not got:
+        if say:
+            print(f"{folder} is being extracted by {holder}; waiting for it")
+        wait_for_manifest(folder, lock, holder, say=say)
+        return
+    try:
+        if dd.main:
+            print(f"extracting latents into {folder} over {dd.world} rank(s)")
+        _, _, make = data_source(cfg.data.dataset, cfg.data.root, "train", tok.image_size)
+        extract(make(), tok, folder, ds_id, rank=dd.rank, world_size=dd.world,
+                progress=cfg.progress and dd.main, identity=identity)  # fmt: skip
+        wait_for_manifest(folder, say=say)  # the other ranks' shards (the last one writes it)
+    finally:
+        lock.release()
 
 
 def build_method_and_model(cfg, tok, device):
