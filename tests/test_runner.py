@@ -133,6 +133,15 @@ BAD_CONFIGS = [
     (["method=dfm", "method.kappa_power=1e300"], "not finite in float32"),
     # #24: the class count the label embedding is built for must be the data's
     (["DATA", "data.num_classes=7"], "Fashion-MNIST has 10 classes; set data.num_classes=10"),
+    # #24: everything knowable before any model: reference n, metric minimum, FID weights,
+    # the folder's contents, the tokenizer file's kind
+    (["DATA", "eval.reference_n=1000"], "train split holds 64 images; lower eval.reference_n"),
+    (["eval.num_samples=2"], "eval.num_samples=2 is not allowed; expected a number ≥ 4"),
+    (["DATA", "eval.extractor=inception"], "needs the offline Inception weights"),
+    (["TREE", "data.num_classes=3", "eval.reference_n=10"], "holds 3 images; lower eval.ref"),
+    (["EMPTY_CLASS"], "1 class folder(s) hold no images"),
+    (["DATA", "tokenizer=llamagen", "tokenizer.path=BASE"], "is a folder; LlamaGen's tokenizer"),
+    (["DATA", "tokenizer=sd_vq_f8", "tokenizer.path=BASE"], "give the file itself (…/vq-f8/mod"),
     (
         ["TREE", "data.num_classes=1000"],
         "holds 3 class folder(s) (ant, moth, zebra); set data.num_classes=3",
@@ -146,15 +155,24 @@ def with_data(env, args):
     """ "DATA": the synthetic dataset, so the tokenizer checks are reached on machines
     without the Debian package too."""
     data = next(o for o in env["overrides"] if o.startswith("data.root="))
-    tree = env["base"] / "tree"  # "TREE": a 3-class image folder
+    tree = env["base"] / "tree"  # "TREE": a 3-class image folder (one image each)
     if "TREE" in args and not tree.exists():
         from test_data import make_tree
 
         make_tree(tree, sizes=((40, 40),))
+    empty = env["base"] / "tree_with_an_empty_class"
+    if "EMPTY_CLASS" in args and not empty.exists():
+        from test_data import make_tree
+
+        make_tree(empty, sizes=((40, 40),))
+        (empty / "zz_empty").mkdir()
     out = []
     for a in args:
-        if a == "TREE":
-            out += ["data.dataset=imagefolder", f"data.root={tree}", "eval.extractor=inception"]
+        if a in ("TREE", "EMPTY_CLASS"):
+            out += ["data.dataset=imagefolder", f"data.root={tree if a == 'TREE' else empty}",
+                    "eval.extractor=inception"]  # fmt: skip
+        elif a == "tokenizer.path=BASE":
+            out.append(f"tokenizer.path={env['base']}")
         else:
             out.append(data if a == "DATA" else a)
     return out

@@ -172,3 +172,23 @@ def test_fashion_training_artifact(fashion_tok):
     assert fashion_tok.grid == (8, 8) and fashion_tok.codebook.shape == (256, 4)
     assert meta["id"] == fashion_tok.tokenizer_id and meta["backend"] == "fashion-vq"
     assert meta["config"]["steps"] == 6 and "data_root" not in meta["config"]
+
+
+def test_the_runner_refuses_a_tokenizer_of_another_layout(tmp_path):
+    """Issue #24: a 3-level VQModel loaded as "sd-vq-f8" with a 64×64 grid and no warning, and
+    a swapped tokenizer family failed late with a raw traceback. Both are one-line RunErrors
+    before any data or model work."""
+    from conftest import compose
+
+    from experiments.runner.build import load_tokenizer as runner_tokenizer
+    from experiments.runner.errors import RunError
+
+    _, sd_path = ref_checkpoint(tmp_path, "ldm")  # 2 levels: f=2, not 8
+    _, lg_path = ref_checkpoint(tmp_path, "llamagen")
+    cfg = compose(["tokenizer=sd_vq_f8", f"tokenizer.path={sd_path}", "tokenizer.image_size=16"])
+    expect = r"to a 8x8 grid \(factor 2\), but tokenizer.backend=sd-vq-f8 means factor 8 \(2x2\)"
+    with pytest.raises(RunError, match=expect):
+        runner_tokenizer(cfg)
+    cfg = compose(["tokenizer=sd_vq_f8", f"tokenizer.path={lg_path}", "tokenizer.image_size=16"])
+    with pytest.raises(RunError, match="does not load as tokenizer.backend=sd-vq-f8"):
+        runner_tokenizer(cfg)

