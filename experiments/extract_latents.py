@@ -54,19 +54,26 @@ def shard_folder(latents_dir: str | None, tokenizer_id: str, dataset_id: str) ->
     return os.path.join(root, safe(tokenizer_id), safe(dataset_id))
 
 
+def open_dataset(dataset: str, root: str | None, split: str, size: int):
+    """The Fashion-MNIST split or the class-folder tree itself, at ``size`` px."""
+    if dataset == "fashion":
+        return FashionMNIST(root, split, size=size)
+    return ImageFolder(root, size=size)
+
+
 def data_source(dataset: str, root: str | None, split: str, size: int):
     """(dataset id, identity, maker of the dataset) of a Fashion-MNIST split or a class-folder
     tree at ``size`` px. The identity is computed here (a hash of the Fashion files, or one
     stat per image of the folder); the dataset itself is built only when ``maker()`` is called."""
     from shared.data.identity import dataset_id, fashion_identity, folder_identity
 
+    make = lambda: open_dataset(dataset, root, split, size)  # noqa: E731
     if dataset == "fashion":
         identity = fashion_identity(root, split, size)
-        make = lambda: FashionMNIST(root, split, size=size)  # noqa: E731
         return dataset_id(f"fashion-mnist-{split}", identity), identity, make
     identity = folder_identity(root, size)
     prefix = f"imagefolder-{os.path.basename(os.path.normpath(root))}"
-    return dataset_id(prefix, identity), identity, lambda: ImageFolder(root, size=size)
+    return dataset_id(prefix, identity), identity, make
 
 
 def main() -> None:

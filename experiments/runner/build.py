@@ -168,7 +168,7 @@ def extract_once(cfg, tok, dd: Dist, folder: str, ds_id: str, identity: dict) ->
     ranks; any other job waiting for the same data polls for the manifest instead of
     extracting again. Every wait is a file poll, never a collective: an extraction takes
     hours at ImageNet scale, far past NCCL's collective timeout."""
-    from experiments.extract_latents import data_source
+    from experiments.extract_latents import open_dataset
     from shared.latents import ExtractionLock, extract, wait_for_manifest
 
     lock = ExtractionLock(folder)
@@ -183,8 +183,9 @@ def extract_once(cfg, tok, dd: Dist, folder: str, ds_id: str, identity: dict) ->
     try:
         if dd.main:
             print(f"extracting latents into {folder} over {dd.world} rank(s)")
-        _, _, make = data_source(cfg.data.dataset, cfg.data.root, "train", tok.image_size)
-        extract(make(), tok, folder, ds_id, rank=dd.rank, world_size=dd.world,
+        # the identity came from rank 0 (computed once); here only the images are opened
+        dataset = open_dataset(cfg.data.dataset, cfg.data.root, "train", tok.image_size)
+        extract(dataset, tok, folder, ds_id, rank=dd.rank, world_size=dd.world,
                 progress=cfg.progress and dd.main, identity=identity)  # fmt: skip
         wait_for_manifest(folder, say=say)  # the other ranks' shards (the last one writes it)
     finally:
