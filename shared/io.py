@@ -11,10 +11,14 @@ trainer calls it while it holds its run directory's lock).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import hashlib
+import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 
 TMP_SUFFIX = ".tmp"
@@ -79,3 +83,38 @@ def file_sha256(path: str | os.PathLike, algo: str = "sha256") -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def take_flock(path: str | os.PathLike, unsupported=None):
+    """An exclusive advisory ``flock`` on ``path`` that names its holder in the file (host,
+    pid, SLURM job, since): ``(open file, None)`` once held, or ``(None, the holder's
+    description)`` when another process holds it. The kernel drops the lock when the holder
+    dies. On a file system without flock (e.g. Lustre mounted without it), ``unsupported``
+    is called with the error and the file is kept as if locked."""
+    f = open(path, "a+")  # noqa: SIM115 (held until release_flock)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        return None, holder
+    except OSError as e:
+        if unsupported is not None:
+            unsupported(e)
+    holder = {"host": socket.gethostname(), "pid": os.getpid(),
+              "slurm_job": os.environ.get("SLURM_JOB_ID"),
+              "since": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps(holder))
+    f.flush()
+    return f, None
+
+
+def release_flock(f) -> None:
+    """Drop a lock from :func:`take_flock` (the holder's name is cleared first)."""
+    with contextlib.suppress(OSError):
+        f.seek(0)
+        f.truncate()
+    f.close()  # closing the descriptor drops the flock

@@ -15,18 +15,15 @@ and redoes the one it was in. Shards are dealt round-robin to ``world_size`` wor
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
-import socket
 import time
 
 import numpy as np
 import torch
 
-from .io import atomic_open, atomic_write_text
+from .io import atomic_open, atomic_write_text, release_flock, take_flock
 from .progress import progress_bar
 
 
@@ -46,27 +43,11 @@ class ExtractionLock:
         self._file = None
 
     def acquire(self) -> bool | str:
-        """True if this process holds the lock now; else a description of the holder."""
+        """True if this process holds the lock now (or the file system has no flock); else
+        a description of the holder."""
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        f = open(self.path, "a+")  # noqa: SIM115 (held until release)
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            return holder
-        except OSError:  # no flock on this file system: extract without one
-            f.close()
-            return True
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                            "slurm_job": os.environ.get("SLURM_JOB_ID"),
-                            "since": time.strftime("%Y-%m-%d %H:%M:%S")}))  # fmt: skip
-        f.flush()
-        self._file = f
-        return True
+        self._file, holder = take_flock(self.path)
+        return True if holder is None else holder
 
     def held_elsewhere(self) -> bool:
         """Whether another process holds the lock (taken and dropped at once if free)."""
@@ -78,10 +59,7 @@ class ExtractionLock:
 
     def release(self) -> None:
         if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.seek(0)
-                self._file.truncate()
-            self._file.close()
+            release_flock(self._file)
             self._file = None
 
 

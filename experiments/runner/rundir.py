@@ -14,14 +14,17 @@ node failure), so a preempted run never blocks its own requeue.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
-import socket
-import time
 
-from shared.io import atomic_open, atomic_write_text, remove_stale_temporaries
+from shared.io import (
+    atomic_open,
+    atomic_write_text,
+    release_flock,
+    remove_stale_temporaries,
+    take_flock,
+)
 
 from .errors import RunRefused
 
@@ -40,30 +43,17 @@ class RunDir:
     def lock(self) -> None:
         """Take the directory's lock or refuse at once, naming the holder."""
         os.makedirs(self.path, exist_ok=True)
-        f = open(os.path.join(self.path, ".lock"), "a+")  # noqa: SIM115 (held until release)
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
+
+        def unsupported(e):  # e.g. Lustre mounted without flock support: warn, do not fail
+            print(f"warning: cannot lock {self.path} ({e}); this file system does not support "
+                  "flock, so a second launch into this directory would not be stopped")  # fmt: skip
+
+        f, holder = take_flock(os.path.join(self.path, ".lock"), unsupported)
+        if f is None:
             raise RunRefused(
                 f"{self.path} is in use by {holder}; wait for that run to end (or stop it), or "
                 "launch into another directory"
-            ) from None
-        except OSError as e:  # e.g. Lustre mounted without flock support: warn, do not fail
-            print(f"warning: cannot lock {self.path} ({e}); this file system does not support "
-                  "flock, so a second launch into this directory would not be stopped")  # fmt: skip
-        holder = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "slurm_job": os.environ.get("SLURM_JOB_ID"),
-            "since": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps(holder))
-        f.flush()
+            )
         self._lock_file = f
 
     @property
@@ -72,10 +62,7 @@ class RunDir:
 
     def release(self) -> None:
         if self._lock_file is not None:
-            with contextlib.suppress(OSError):
-                self._lock_file.seek(0)
-                self._lock_file.truncate()
-            self._lock_file.close()  # closing the descriptor drops the flock
+            release_flock(self._lock_file)
             self._lock_file = None
 
     # --------------------------------------------------------- ownership of .hydra
