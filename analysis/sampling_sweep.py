@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from analysis.sweeps import (  # noqa: E402
     NotComparableError,
     check_comparable,
+    read_table,
     recorded_training,
 )
 from analysis.temperature_sweep import trained_in  # noqa: E402
@@ -108,7 +109,7 @@ def setting_key(point: dict) -> str:
 def load_done(csv_path: str) -> pd.DataFrame:
     if not os.path.isfile(csv_path):
         return pd.DataFrame()
-    return pd.read_csv(csv_path, dtype={"checkpoint_sha256": str})
+    return read_table(csv_path)
 
 
 def save_rows(csv_path: str, rows: list[dict]) -> None:

@@ -14,6 +14,15 @@ import os
 import pandas as pd
 
 SWEEPS_ROOT = "outputs/sweeps"
+# hex digests in CSVs: read as text, or pandas parses one like "8e12…" (or all digits) as a
+# number, and rows of one identity stop comparing equal (a flake: digests vary with paths)
+DIGEST_COLUMNS = ("train_identity", "checkpoint_sha256", "tokenizer_sha256",
+                  "metric_net_sha256", "reference_sha256")  # fmt: skip
+
+
+def read_table(path: str) -> pd.DataFrame:
+    """A CSV of this project (metrics.csv, a sweep CSV), its digest columns as text."""
+    return pd.read_csv(path, dtype=dict.fromkeys(DIGEST_COLUMNS, str))
 
 
 def latest_sweep(root: str = SWEEPS_ROOT) -> str:
@@ -46,7 +55,7 @@ def load_sweep(sweep_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
         metrics_path = os.path.join(run_dir, "metrics.csv")
         n_rows = 0
         if os.path.isfile(metrics_path):
-            df = pd.read_csv(metrics_path)
+            df = read_table(metrics_path)
             if len(df):
                 fill_legacy_precisions(df, summary)
                 df["run"] = run_name(run_dir, len(dirs))

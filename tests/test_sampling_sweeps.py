@@ -179,3 +179,19 @@ def test_sweeps_refuse_unfinished_and_repeated_runs(env, trained, tmp_path, monk
         nfe_sweep.main([str(trained / "dfm_seed0"), str(run), "--allow-unfinished",
                         "--out", str(tmp_path)])  # fmt: skip
     assert not (tmp_path / "nfe_sweep.csv").exists()  # refused before any sampling
+
+
+def test_digests_read_back_from_csvs_stay_text(tmp_path):
+    """A hex digest such as "8e12…" or one of digits only was parsed back as a number, so a
+    resumed sweep's rows no longer matched their run's identity (a fresh-clone failure of
+    test_sweep_resumes_after_a_crash_mid_way: digests vary with the temporary paths)."""
+    import pandas as pd
+
+    from analysis.sampling_sweep import load_done
+    from analysis.sweeps import DIGEST_COLUMNS, read_table
+
+    row = dict(zip(DIGEST_COLUMNS, ("8e12345678901234", "0123456789abcdef", "1234567890123456",
+                                    "00000000000000e5", "7e3"), strict=True))  # fmt: skip
+    pd.DataFrame([{"step": 4, **row}]).to_csv(tmp_path / "m.csv", index=False)
+    assert read_table(str(tmp_path / "m.csv")).iloc[0].to_dict() == {"step": 4, **row}
+    assert load_done(str(tmp_path / "m.csv")).iloc[0][list(row)].to_dict() == row
