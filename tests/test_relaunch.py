@@ -449,3 +449,35 @@ def test_the_runner_never_imports_the_analysis_layer():
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "analysis"]
     assert offenders == []
     assert len(list((REPO_ROOT / "experiments" / "runner").glob("*.py"))) >= 9
+
+
+@pytest.mark.parametrize("tok", ["sd", "llamagen"])
+def test_imagenet_presets_are_flop_matched_and_name_the_paper_setting(tok):
+    """#24.8: each ImageNet preset's budget is the FLOPs cfm spends on 400M images on that
+    backbone (recomputed here from the analytic count, on the meta device); budget=
+    imagenet_iters is the paper's 400M images for every method; setting images on top of a
+    FLOP budget is refused naming both keys and the fix."""
+    import torch
+
+    import methods
+    from experiments.runner.config import PAPER_IMAGES
+    from shared.backbone import build_dit
+
+    d = {"sd": 4, "llamagen": 8}[tok]
+    for b in ("b2", "l2", "xl2"):
+        preset = f"preset=imagenet_{tok}_{b}"
+        cfg = compose(["method=purr", preset, "data.root=/x"])
+        assert validation_errors(cfg) == [] and cfg.budget.images is None
+        cfm = methods.build("cfm", codebook=torch.randn(16, d))
+        with torch.device("meta"):
+            net = build_dit(cfg.backbone.preset, input_size=(32, 32), num_classes=1000,
+                            **cfm.model_kwargs())  # fmt: skip
+        # one number per backbone: LlamaGen's 8-dim codes add 0.03% to cfm's count over SD's 4
+        assert cfg.budget.train_flops == pytest.approx(PAPER_IMAGES * net.train_flops(1), 5e-4)
+        iters = compose(["method=purr", preset, "data.root=/x", "budget=imagenet_iters"])
+        assert validation_errors(iters) == []
+        assert (iters.budget.images, iters.budget.train_flops) == (PAPER_IMAGES, None)
+    both = compose(["method=purr", f"preset=imagenet_{tok}_b2", "data.root=/x",
+                    "budget.images=400000000"])  # fmt: skip
+    (err,) = [e for e in validation_errors(both) if "exactly one" in e]
+    assert "budget.train_flops=null" in err and "budget=imagenet_iters" in err

@@ -224,7 +224,9 @@ def validation_errors(cfg) -> list[str]:
     if (get("budget.train_flops") is None) == (get("budget.images") is None):
         errors.append(
             "set exactly one of budget.train_flops and budget.images (got "
-            f"train_flops={get('budget.train_flops')}, images={get('budget.images')})"
+            f"train_flops={get('budget.train_flops')}, images={get('budget.images')}): to match "
+            "compute, budget.train_flops=F budget.images=null; to match iterations, "
+            "budget.images=N budget.train_flops=null (on ImageNet: budget=imagenet_iters)"
         )
     if get("backbone.preset") not in DiT_models:
         bad("backbone.preset", "one of " + ", ".join(DiT_models))
