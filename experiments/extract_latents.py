@@ -91,7 +91,9 @@ def main() -> None:
         help="root folder, as data.latents_dir (default: the cache's latents/)",
     )
     ap.add_argument("--shard-size", type=int, default=10000)
-    ap.add_argument("--batch-size", type=int, default=500)
+    ap.add_argument("--batch-size", type=lambda v: v if v == "auto" else int(v), default="auto",
+                    help="images per encoder call; auto: the largest that fits in half the "
+                         "free memory, at most 500")  # fmt: skip
     ap.add_argument("--rank", type=int, default=0)
     ap.add_argument("--world-size", type=int, default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

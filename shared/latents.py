@@ -124,14 +124,98 @@ def _shard_done(out_dir: str, s: int, count: int) -> bool:
     return len(idx) == len(lbl) == count and _sha256(idx, lbl) == meta["sha256"]
 
 
+MAX_BATCH = 500  # the batch every extraction used before it was chosen from memory
+
+
+def activation_bytes_per_image(tokenizer, device=None) -> int:
+    """Memory one image takes while ``tokenizer`` encodes it (bytes).
+
+    CUDA: measured, the allocator's peak at batch 2 minus its peak at batch 1. Elsewhere (no
+    allocator statistics): an upper bound, the sum of every leaf module's output during a
+    batch-1 encode (under no_grad most are freed before the next one is made, so the real
+    peak is lower; attention's internal scores are not counted, a few MB per image at 256 px).
+    Issue #24 measured about 160 MB per image for SD vq-f8 at 256 px."""
+    device = torch.device(device or tokenizer.codebook.device)
+    shape = (tokenizer.channels, tokenizer.image_size, tokenizer.image_size)
+    probe = lambda b: torch.zeros((b, *shape), dtype=torch.uint8)  # noqa: E731
+    if device.type == "cuda":
+        peaks = []
+        for b in (1, 2):
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            tokenizer.encode(probe(b))
+            peaks.append(torch.cuda.max_memory_allocated(device))
+        return max(1, peaks[1] - peaks[0])
+    total = [0]
+
+    def count(_module, _inputs, out):
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                total[0] += t.numel() * t.element_size()
+
+    leaves = [m for m in tokenizer.modules() if not any(True for _ in m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        tokenizer.encode(probe(1))
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(1, total[0])
+
+
+def available_memory(device) -> int:
+    """Bytes free for activations: CUDA's free memory, else the host's MemAvailable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def auto_batch_size(tokenizer, device=None, budget_bytes: int | None = None,
+                    fraction: float = 0.5) -> int:  # fmt: skip
+    """The largest extraction batch whose activations fit in ``fraction`` of the free memory
+    (or in ``budget_bytes``), between 1 and :data:`MAX_BATCH`. At 32 px (Fashion) that is
+    always MAX_BATCH, so those shards are the ones every earlier version wrote."""
+    device = torch.device(device or tokenizer.codebook.device)
+    per_image = activation_bytes_per_image(tokenizer, device)
+    budget = budget_bytes if budget_bytes is not None else fraction * available_memory(device)
+    return int(min(MAX_BATCH, max(1, budget // per_image)))
+
+
+def _encode_fitting(tokenizer, images: torch.Tensor, state: dict) -> torch.Tensor:
+    """``tokenizer.encode(images)`` in pieces of at most ``state["batch"]``; a CUDA
+    out-of-memory halves that batch (kept for the rest of the extraction) and retries."""
+    out, i = [], 0
+    while i < len(images):
+        b = state["batch"]
+        try:
+            out.append(tokenizer.encode(images[i : i + b]).cpu())
+        except torch.cuda.OutOfMemoryError:
+            if b == 1:
+                raise
+            state["batch"] = b // 2
+            torch.cuda.empty_cache()
+            print(f"out of memory at an extraction batch of {b}; going on with {b // 2}")
+            continue
+        i += b
+    return torch.cat(out)
+
+
 def extract(dataset, tokenizer, out_dir: str, dataset_id: str, shard_size: int = 10000,
-            batch_size: int = 500, rank: int = 0, world_size: int = 1,
+            batch_size: int | str = "auto", rank: int = 0, world_size: int = 1,
             progress: bool = True, identity: dict | None = None) -> dict | None:  # fmt: skip
     """Encode ``dataset`` ((image uint8, label) pairs) into index shards.
 
     ``identity`` (``shared.data.identity``): what the dataset is, recorded in the plan and the
-    manifest, so a reader can refuse shards of other data. Returns the manifest once every
-    shard exists (from any worker), else None.
+    manifest, so a reader can refuse shards of other data. ``batch_size="auto"``: chosen
+    from memory (:func:`auto_batch_size`); the batch can change float rounding in the
+    encoder, never which images go where. Returns the manifest once every shard exists
+    (from any worker), else None; an interrupted extraction resumes by shard.
     """
     n = len(dataset)
     num_shards = max(1, -(-n // shard_size))
@@ -156,6 +240,11 @@ def extract(dataset, tokenizer, out_dir: str, dataset_id: str, shard_size: int =
     mine = [s for s in range(num_shards) if s % world_size == rank]
     todo = [s for s in mine if not _shard_done(out_dir, s, min(shard_size, n - s * shard_size))]
     total = sum(min(shard_size, n - s * shard_size) for s in todo)
+    if todo and batch_size == "auto":
+        batch_size = auto_batch_size(tokenizer)
+        if progress:
+            print(f"extraction batch size {batch_size} (from free memory; --batch-size sets it)")
+    state = {"batch": int(batch_size) if todo else 1}
     bar = progress_bar(
         total=total, desc=f"extract[{rank}/{world_size}]", unit="img", disable=not progress
     )
@@ -163,12 +252,15 @@ def extract(dataset, tokenizer, out_dir: str, dataset_id: str, shard_size: int =
         start, stop = s * shard_size, min(n, (s + 1) * shard_size)
         idx_out = np.empty((stop - start, *tokenizer.grid), dtype=plan["dtype"])
         lbl_out = np.empty(stop - start, dtype=np.int32)
-        for b in range(start, stop, batch_size):
-            items = [dataset[i] for i in range(b, min(stop, b + batch_size))]
+        b = start
+        while b < stop:
+            items = [dataset[i] for i in range(b, min(stop, b + state["batch"]))]
             images = torch.stack([im for im, _ in items])
-            idx_out[b - start : b - start + len(items)] = tokenizer.encode(images).cpu().numpy()
+            codes = _encode_fitting(tokenizer, images, state)
+            idx_out[b - start : b - start + len(items)] = codes.numpy()
             lbl_out[b - start : b - start + len(items)] = [int(lbl) for _, lbl in items]
             bar.update(len(items))
+            b += len(items)
         idx_p, lbl_p, meta_p = shard_paths(out_dir, s)
         _save_npy(idx_p, idx_out)
         _save_npy(lbl_p, lbl_out)

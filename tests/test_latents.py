@@ -148,3 +148,44 @@ def test_shards_are_keyed_by_what_the_data_is(setup, tmp_path):
     run(ds, tok, tmp_path / "legacy")  # extracted without an identity, as before #24
     with pytest.raises(ShardError, match="extracted before data identities were recorded"):
         IndexShards(str(tmp_path / "legacy"), identity=fm_ident)
+
+
+def test_extraction_batch_is_chosen_from_memory(setup):
+    """#24.5: the per-image estimate bounds the first conv's own output from above and grows
+    with the pixels (4× at twice the size); the batch is what a budget holds, within
+    [1, MAX_BATCH]."""
+    from shared.latents import MAX_BATCH, activation_bytes_per_image, auto_batch_size
+
+    _, tok = setup
+    per = activation_bytes_per_image(tok, "cpu")
+    assert per >= 16 * 32 * 32 * 4  # conv_in alone: 16 channels × 32² float32
+    big = Tokenizer(tok.vq, 64, "test-tok-64")
+    assert activation_bytes_per_image(big, "cpu") / per == pytest.approx(4, rel=0.05)
+    assert auto_batch_size(tok, "cpu", budget_bytes=7.5 * per) == 7
+    assert auto_batch_size(tok, "cpu", budget_bytes=per / 10) == 1
+    assert auto_batch_size(tok, "cpu", budget_bytes=1e15) == MAX_BATCH
+    assert auto_batch_size(tok, "cpu") == MAX_BATCH  # 32 px: tiny next to this machine
+
+
+def test_out_of_memory_halves_the_batch_and_loses_nothing(setup, tmp_path, monkeypatch):
+    """A CUDA out-of-memory during extraction halves the batch and retries it: the shards
+    equal an extraction at the smaller batch."""
+    ds, tok = setup
+    reference = run(ds, tok, tmp_path / "ref", batch_size=2)
+    encode, sizes = tok.encode, []
+
+    def tight(images):
+        sizes.append(len(images))
+        if len(images) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return encode(images)
+
+    monkeypatch.setattr(tok, "encode", tight)
+    got = run(ds, tok, tmp_path / "oom", batch_size=5, shard_size=10)
+    assert 5 in sizes and max(sizes[sizes.index(2) :]) == 2
+    assert got["count"] == reference["count"]
+    a, b = (
+        IndexShards(str(tmp_path / "ref")).load_all(),
+        IndexShards(str(tmp_path / "oom")).load_all(),
+    )
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
