@@ -481,3 +481,31 @@ def test_imagenet_presets_are_flop_matched_and_name_the_paper_setting(tok):
                     "budget.images=400000000"])  # fmt: skip
     (err,) = [e for e in validation_errors(both) if "exactly one" in e]
     assert "budget.train_flops=null" in err and "budget=imagenet_iters" in err
+
+
+@pytest.mark.parametrize("mode", ["ok", "fail"])
+def test_rank_zero_work_outlasts_the_collective_timeout(tmp_path, mode):
+    """#24: rank 0 builds the evaluator (the reference set, the baselines) for longer than the
+    group's collective timeout (5 s against 2 s) while rank 1 waits by polling a file; rank
+    0's failure reaches rank 1 as an error naming it."""
+    script = str(REPO_ROOT / "tests" / "two_ranks_main_first.py")
+    penv = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    procs = [
+        subprocess.Popen([sys.executable, script, str(tmp_path / "store"), str(tmp_path), mode],
+                         env={**penv, "RANK": str(r)}, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for r in (0, 1)
+    ]  # fmt: skip
+    try:
+        outs = [p.communicate(timeout=90)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                kill_tree(p.pid)
+    if mode == "ok":
+        assert [p.returncode for p in procs] == [0, 0], outs
+        assert "rank 0: 'built'" in outs[0] and "rank 1: None" in outs[1], outs
+        assert not list(tmp_path.glob(".evaluator-*")), "the flag file is left behind"
+    else:
+        assert [p.returncode for p in procs] == [3, 3], outs
+        assert "rank 1 failed: evaluator: rank 0 failed: ValueError: no reference images" in outs[1]

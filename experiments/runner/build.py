@@ -53,6 +53,47 @@ class Dist:
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
+    def main_first(self, work, folder: str, name: str, poll_s: float = 1.0):
+        """``work()`` on rank 0 (its result; None elsewhere) while the other ranks wait by
+        polling a file in ``folder`` (shared by all ranks), never in a collective: building a
+        50k-image reference set, or a baseline at ImageNet scale, outlasts NCCL's collective
+        timeout (issue #24). A failure on rank 0 is told to the others, which fail too."""
+        if self.world == 1:
+            return work()
+        import time
+        import uuid
+
+        flag = os.path.join(folder, f".{name}-{self.decide(uuid.uuid4().hex)}.done")
+        if self.main:
+            try:
+                result = work()
+            except BaseException as e:
+                _write_flag(flag, f"rank 0 failed: {type(e).__name__}: {e}")
+                raise
+            _write_flag(flag, "ok")
+        else:
+            result, t0, told = None, time.time(), time.time()
+            while not os.path.isfile(flag):
+                if time.time() - told >= 60:
+                    print(f"[rank {self.rank}] waiting for rank 0's {name} "
+                          f"({time.time() - t0:.0f} s so far)")  # fmt: skip
+                    told = time.time()
+                time.sleep(poll_s)
+            with open(flag) as f:
+                status = f.read()
+            if status != "ok":
+                raise RunError(f"{name}: {status}")
+        self.barrier()  # every rank is here now: a short wait
+        if self.main:
+            os.remove(flag)
+        return result
+
+
+def _write_flag(path: str, text: str) -> None:
+    from shared.io import atomic_write_text
+
+    atomic_write_text(path, text)
+
 
 def setup_distributed(device_kind: str) -> Dist:
     """torchrun (RANK/WORLD_SIZE) or submitit with several tasks → process group."""

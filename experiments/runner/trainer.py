@@ -140,8 +140,16 @@ def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
             f"eval.points to at most {len(evals)}, or raise the budget"
         )
     shards = prepare_latents(cfg, tok, dd)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
     o = cfg.optim
+    # resolved once (rank 0's hardware): ranks of one run never train in different precisions
+    train_precision = dd.decide(precision.resolve(o.precision, device.type))
+    # the evaluator's reference features and baselines (hours for 50k ImageNet images) are
+    # built by rank 0 before the first collective of DDP; the other ranks poll meanwhile
+    evaluator = dd.main_first(
+        lambda: Evaluator(cfg, tok, method, device, rundir.path, train_precision),
+        rundir.path, "evaluator",
+    )  # fmt: skip
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = build_adamw(model.parameters(), o.lr, o.betas, o.weight_decay, fused=o.fused)
     net = model
     if dd.world > 1:
@@ -149,11 +157,6 @@ def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:
         net = torch.compile(net)
-    # resolved once (rank 0's hardware): ranks of one run never train in different precisions
-    train_precision = dd.decide(precision.resolve(o.precision, device.type))
-    evaluator = (
-        Evaluator(cfg, tok, method, device, rundir.path, train_precision) if dd.main else None
-    )
     return Parts(
         method,
         model,
