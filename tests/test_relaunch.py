@@ -301,6 +301,23 @@ def test_two_rank_ddp_run_stops_on_sigterm_and_resumes_exactly(env, tmp_path):
     assert metric_rows(d) == metric_rows(tmp_path / "full")
 
 
+def two_ranks(args, penv, timeout=90):
+    """``python ARGS`` as RANK=0 and RANK=1 side by side: (processes, their outputs); on a
+    timeout each process's whole tree is killed."""
+    procs = [
+        subprocess.Popen([sys.executable, *args], env={**penv, "RANK": str(r)},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for r in (0, 1)
+    ]  # fmt: skip
+    try:
+        outs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:  # still running (timed out): its tree goes
+                kill_tree(p.pid)
+    return procs, outs
+
+
 @pytest.mark.process
 def test_ranks_that_see_different_files_take_the_same_collectives(env, tmp_path):
     """The root of the 2-rank abort: rank 1 finds the shard manifest that rank 0 has just
@@ -312,18 +329,7 @@ def test_ranks_that_see_different_files_take_the_same_collectives(env, tmp_path)
     OmegaConf.save(cfg, tmp_path / "cfg.yaml")
     script = str(REPO_ROOT / "tests" / "two_ranks_latents.py")
     penv = {**os.environ, "VQBENCH_CACHE": env["cache"], "OMP_NUM_THREADS": "1"}
-    procs = [
-        subprocess.Popen([sys.executable, script, str(tmp_path / "cfg.yaml"),
-                          str(tmp_path / "store")], env={**penv, "RANK": str(r)},
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for r in (0, 1)
-    ]  # fmt: skip
-    try:
-        outs = [p.communicate(timeout=90)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:  # still running (timed out): its tree goes
-                kill_tree(p.pid)
+    procs, outs = two_ranks([script, str(tmp_path / "cfg.yaml"), str(tmp_path / "store")], penv)
     for r, (p, out) in enumerate(zip(procs, outs, strict=True)):
         assert p.returncode == 0 and f"rank {r}: 64 shard rows, all-reduce 3" in out, out[-3000:]
 
@@ -490,18 +496,7 @@ def test_rank_zero_work_outlasts_the_collective_timeout(tmp_path, mode):
     0's failure reaches rank 1 as an error naming it."""
     script = str(REPO_ROOT / "tests" / "two_ranks_main_first.py")
     penv = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
-    procs = [
-        subprocess.Popen([sys.executable, script, str(tmp_path / "store"), str(tmp_path), mode],
-                         env={**penv, "RANK": str(r)}, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
-        for r in (0, 1)
-    ]  # fmt: skip
-    try:
-        outs = [p.communicate(timeout=90)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                kill_tree(p.pid)
+    procs, outs = two_ranks([script, str(tmp_path / "store"), str(tmp_path), mode], penv)
     if mode == "ok":
         assert [p.returncode for p in procs] == [0, 0], outs
         assert "rank 0: 'built'" in outs[0] and "rank 1: None" in outs[1], outs
