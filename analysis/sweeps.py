@@ -253,11 +253,23 @@ def status_labels(runs: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, str]:
 
 
 def save_figure(fig, out_dir: str, stem: str, exts=("png", "pdf")) -> list[str]:
-    """Write ``fig`` as <out_dir>/<stem>.<ext> for each format, close it, return the paths."""
+    """Write ``fig`` as <out_dir>/<stem>.<ext> for each format, close it, return the paths.
+
+    Each file is written beside its final name and renamed into place, so a reader (or a
+    second run redrawing the same live figure, as ``make demo``'s two concurrent runs do)
+    never sees a half-written figure."""
     import matplotlib.pyplot as plt  # callers choose the backend before importing pyplot
 
     paths = [os.path.join(out_dir, f"{stem}.{ext}") for ext in exts]
-    for p in paths:
-        fig.savefig(p, dpi=130)
-    plt.close(fig)
+    try:
+        for p, ext in zip(paths, exts, strict=True):
+            tmp = f"{p}.{os.getpid()}.tmp"
+            try:
+                fig.savefig(tmp, dpi=130, format=ext)
+                os.replace(tmp, p)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+    finally:
+        plt.close(fig)
     return paths

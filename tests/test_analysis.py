@@ -441,3 +441,31 @@ def test_class_grids_stay_readable_at_any_class_count(tmp_path):
     idx, classes, per = pick_by_class(labels, max_classes=10, per_class=10)
     assert classes == list(range(10)) and per == 10
     assert torch.equal(idx, torch.argsort(labels[:100], stable=True))
+
+
+def test_save_figure_replaces_files_whole(tmp_path, monkeypatch):
+    """A figure is renamed into place: a failed redraw leaves the previous file intact and no
+    temporary behind (make demo's two concurrent runs redraw the same live figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analysis.sweeps import save_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    png, pdf = save_figure(fig, str(tmp_path), "f")
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and open(pdf, "rb").read(4) == b"%PDF"
+    before = open(png, "rb").read()
+    fig, ax = plt.subplots()
+
+    def broken(self, fname, **kw):
+        open(fname, "wb").write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(fig), "savefig", broken)
+    with pytest.raises(OSError, match="disk full"):
+        save_figure(fig, str(tmp_path), "f")
+    assert open(png, "rb").read() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.pdf", "f.png"]
