@@ -58,20 +58,17 @@ assets: setup data
 	$(PY) experiments/extract_latents.py
 	$(PY) experiments/prepare_metrics.py
 
-# Two runs at once, one thread each: a DiT-Mini/1 bf16 training step gives 2.21 steps/s
-# that way against 1.84 for one run on both threads (measured side by side, 2026-12-03).
-DEMO_PARALLEL ?= 2
-DEMO_THREADS ?= 1
+# One run at a time on both cores. Two at once on one thread each (experiments/pack.py) was
+# tried from an empty folder on 2026-12-03: cfm and dfm together took 482 s, against 268 + 242
+# s one after the other in the 2026-11-30 demo (1.06x, not side by side), so the demo keeps
+# the plain sweep and its progress bars.
 # A fixed sweep folder: a second `make demo` resumes or reuses the finished runs. Its
 # convergence figure is redrawn after every evaluation (live_figure=true).
 demo:
 	@python3 experiments/demo_plan.py
 	@$(MAKE) --no-print-directory assets
-	@echo "==> main job on the default: the Fashion-MNIST sweep of cfm, dfm, dfm-metric, purr,"
-	@echo "    two runs at a time on one thread each (1.2x the images/s of one run on both cores);"
-	@echo "    each run logs to $(DEMO)/<run>.log"
-	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) experiments/pack.py --parallel $(DEMO_PARALLEL) \
-		--sweep-dir $(DEMO) -- method=cfm,dfm,dfm-metric,purr live_figure=true
+	@echo "==> main job on the default: the Fashion-MNIST sweep of cfm, dfm, dfm-metric, purr"
+	$(PY) experiments/run.py -m method=cfm,dfm,dfm-metric,purr hydra.sweep.dir=$(DEMO) live_figure=true
 	@echo "==> figures of that sweep (written to its analysis/ folder; temperature sweep at 3 values)"
 	$(PY) analysis/convergence_plot.py $(DEMO)
 	$(PY) analysis/temperature_sweep.py $(DEMO)/3_purr_seed0 $(DEMO)/1_dfm_seed0 $(DEMO)/2_dfm-metric_seed0 \

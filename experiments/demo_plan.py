@@ -17,16 +17,17 @@ SWEEP = os.path.join(REPO, "outputs", "sweeps", "fashion-default")
 FASHION = os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist")
 
 # seconds, measured on the 2-core machine from an empty folder (2026-11-30: bf16 training, as
-# optim.precision=auto gives on this CPU; fp32 evaluation); see README "Reproducing the demo"
+# optim.precision=auto gives on this CPU; fp32 evaluation; venv, shards and figures again on
+# 2026-12-03); see the README's opening paragraph
 MEASURED = {
-    "venv": 95,  # pip install of the pinned wheels from local disk + the FID wheel download
+    "venv": 32,  # uv install of the pinned wheels (warm uv cache) + the FID wheel download
     "data": 10,  # apt-get install dataset-fashion-mnist
     "verify": 5,  # sha256 of the shipped tokenizer and fd_fashion network, Inception weights
-    "extract": 45,  # encode the 60k training images into index shards
+    "extract": 55,  # encode the 60k training and 10k test images into index shards
     # one 20-TFLOP run: ≈ 150–165 s of training, 4 evaluations of ≈ 22 s, start-up
     "run": {"cfm": 268, "dfm": 242, "dfm-metric": 237, "purr": 255},
     "first_eval": 75,  # from the start of the first run to the first point of the figure
-    "figures": 332,  # temperature sweep of 3 runs (≈ 315 s), entropy maps, sample grids
+    "figures": 245,  # temperature sweep of 3 runs at 3 τ (≈ 230 s), entropy maps, grids
 }
 
 
