@@ -256,8 +256,8 @@ def save_figure(fig, out_dir: str, stem: str, exts=("png", "pdf")) -> list[str]:
     """Write ``fig`` as <out_dir>/<stem>.<ext> for each format, close it, return the paths.
 
     Each file is written beside its final name and renamed into place, so a reader (or a
-    second run redrawing the same live figure, as ``make demo``'s two concurrent runs do)
-    never sees a half-written figure."""
+    second run of the same sweep redrawing the live figure, under pack.py or SLURM) never
+    sees a half-written figure."""
     import matplotlib.pyplot as plt  # callers choose the backend before importing pyplot
 
     paths = [os.path.join(out_dir, f"{stem}.{ext}") for ext in exts]

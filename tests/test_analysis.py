@@ -445,7 +445,7 @@ def test_class_grids_stay_readable_at_any_class_count(tmp_path):
 
 def test_save_figure_replaces_files_whole(tmp_path, monkeypatch):
     """A figure is renamed into place: a failed redraw leaves the previous file intact and no
-    temporary behind (make demo's two concurrent runs redraw the same live figure)."""
+    temporary behind (concurrent runs of one sweep redraw the same live figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
