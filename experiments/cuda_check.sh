@@ -19,7 +19,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
     --format=csv | tee "$OUT/gpu.txt"
-$PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, \
+$PY -c "import torch; print('torch', torch.__version__, \
 torch.cuda.get_device_name(), 'capability', torch.cuda.get_device_capability())" | tee -a "$OUT/gpu.txt"
 
 echo "== runner tests on CUDA"

@@ -1,4 +1,5 @@
-"""Score a sample file against a reference batch: FID, KID, precision/recall (torch-fidelity).
+"""Score a sample file against a reference batch: FID, KID, precision/recall (torch-fidelity's
+arithmetic).
 
     python experiments/evaluate.py samples.npz --reference fashion:train --out results.json
     python experiments/evaluate.py samples.npz --reference VIRTUAL_imagenet256_labeled.npz \\
@@ -14,7 +15,8 @@ writes one, with its protocol card; any ADM-layout file works). REF is one of
   statistics as given, and KID and precision/recall use its images;
 - a folder of image files (PNG/JPEG/…, read in sorted order).
 
-Metrics come from torch-fidelity's own functions on features of the offline TF-2015
+Metrics come from torch-fidelity's metric arithmetic (``shared/metrics/stats.py``, equal to its
+functions bit for bit) on features of the offline TF-2015
 Inception (``inception-v3-compat``, ``shared/metrics/inception.py``): ``fid``, ``kid``
 (± ``kid_std``), ``precision``, ``recall``. Greyscale 32-px images (Fashion-like) also get
 ``fd_fashion`` (… ``_fashion``) from the shipped in-domain classifier. Inception Score needs
@@ -167,16 +169,15 @@ def features(extractor, images: torch.Tensor, batch: int, progress: bool) -> dic
 
 def fid_from_stats(gen_feat: torch.Tensor, stats: dict) -> float:
     """FID of features against precomputed statistics (mu, sigma), as given."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from shared.metrics.stats import fd_statistics, frechet_distance
 
-    g = fid_features_to_statistics(gen_feat.double())
+    g = fd_statistics(gen_feat.double())
     if np.shape(stats["mu"]) != np.shape(g["mu"]):
         raise EvalError(
             f"the reference statistics have dimension {np.shape(stats['mu'])}, the features "
             f"{np.shape(g['mu'])}: they come from another network"
         )
-    out = fid_statistics_to_metric(g, stats, verbose=False)
-    return float(out["frechet_inception_distance"])
+    return frechet_distance(g, stats)
 
 
 PLAIN = {  # torch-fidelity keys of this project → results.json keys

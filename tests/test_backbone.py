@@ -127,3 +127,44 @@ def test_presets_and_paper_parameter_counts():
         build_dit("DiT-XXL/2")
     with pytest.raises(ValueError, match="not divisible by patch size"):
         DiT(input_size=6, patch_size=4, **TINY)
+
+
+@pytest.mark.parametrize("kind,patch", [("latent", 1), ("latent", 2), ("tokens", 2)])
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_own_layers_equal_timms_bit_for_bit(kind, patch, dtype, monkeypatch):
+    """shared/backbone/layers.py against the timm modules it replaces: a DiT built with
+    timm's Attention/Mlp/PatchEmbed under the same seed has the same state dict (keys and
+    initial values), the same outputs and the same gradients, in fp32 and under bf16."""
+    import timm.layers
+    import timm.models.vision_transformer
+
+    import shared.backbone.dit as dit_mod
+
+    kw = dict(input_size=(4, 8), patch_size=patch, input_kind=kind, in_channels=3,
+              vocab_size=11, out_channels=5, **TINY)  # fmt: skip
+
+    def build():
+        torch.manual_seed(7)
+        net = DiT(**kw)
+        torch.manual_seed(8)
+        randomize_head(net)
+        return net
+
+    ours = build()
+    monkeypatch.setattr(dit_mod, "Attention", timm.models.vision_transformer.Attention)
+    monkeypatch.setattr(dit_mod, "Mlp", timm.layers.Mlp)
+    monkeypatch.setattr(dit_mod, "PatchEmbed", timm.layers.PatchEmbed)
+    theirs = build()
+    assert type(theirs.blocks[0].attn).__module__.startswith("timm")
+    sa, sb = ours.state_dict(), theirs.state_dict()
+    assert list(sa) == list(sb)
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    x, t, y = inputs(ours, b=4, g=torch.Generator().manual_seed(0))
+    outs = []
+    for net in (ours, theirs):
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = net(x, t, y)
+        out.float().square().sum().backward()
+        outs.append((out, [p.grad for p in net.parameters()]))
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(outs[0][1], outs[1][1], strict=True))

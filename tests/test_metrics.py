@@ -133,3 +133,40 @@ def test_inception_fid_offline(tmp_path, monkeypatch, test_images):
     ref = reference_features("inception", split="train", n=200, extractor=fe, progress=False)
     m = compute_metrics(test_images[:200], ref, fe)
     assert 0 < m["fid_inception"] < 200 and "is_inception" not in m
+
+
+@pytest.mark.parametrize("n_gen,n_ref,batch", [(300, 400, 10000), (257, 190, 64)])
+def test_metric_arithmetic_equals_torch_fidelity_bit_for_bit(n_gen, n_ref, batch):
+    """stats.py against torch-fidelity 0.4.0's own functions, on correlated random features
+    (both sides shifted and scaled apart, so that every term matters): FD, KID mean and std,
+    precision and recall (in batches smaller than a set, too), IS — equal, not close."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    from shared.metrics import stats
+
+    g = torch.Generator().manual_seed(n_gen)
+    mix = torch.randn(16, 16, generator=g, dtype=torch.float64)
+    gen = torch.randn(n_gen, 16, generator=g, dtype=torch.float64) @ mix
+    ref = 1.3 * torch.randn(n_ref, 16, generator=g, dtype=torch.float64) @ mix + 0.4
+    logits = torch.randn(n_gen, 10, generator=g) * 3
+
+    fd = fid_statistics_to_metric(fid_features_to_statistics(gen), fid_features_to_statistics(ref),
+                                  verbose=False)["frechet_inception_distance"]  # fmt: skip
+    assert stats.frechet_distance(stats.fd_statistics(gen), stats.fd_statistics(ref)) == fd > 0
+    size = min(n_gen, n_ref, 150)
+    k = kid_features_to_metric(gen, ref, kid_subset_size=size, kid_subsets=20, rng_seed=5,
+                               verbose=False)  # fmt: skip
+    assert stats.kid(gen, ref, size, 20, 5) == (k["kernel_inception_distance_mean"],
+                                                k["kernel_inception_distance_std"])  # fmt: skip
+    p = prc_features_to_metric(gen, ref, prc_neighborhood=3, prc_batch_size=batch,
+                               save_cpu_ram=True, verbose=False)  # fmt: skip
+    assert stats.precision_recall(gen, ref, 3, batch) == (p["precision"], p["recall"])
+    assert 0 < p["precision"] < 1 and 0 < p["recall"] < 1
+    isc = isc_features_to_metric(logits, splits=10, rng_seed=3)
+    assert stats.inception_score(logits, 10, 3) == (isc["inception_score_mean"],
+                                                    isc["inception_score_std"])  # fmt: skip
+    with pytest.raises(ValueError, match="different dimensions"):
+        stats.frechet_distance(stats.fd_statistics(gen), stats.fd_statistics(ref[:, :8]))

@@ -457,6 +457,35 @@ def test_the_runner_never_imports_the_analysis_layer():
     assert len(list((REPO_ROOT / "experiments" / "runner").glob("*.py"))) >= 9
 
 
+HEAVY = ("torch._dynamo", "torch._inductor", "torchvision", "timm", "diffusers", "torch_fidelity")
+
+
+def test_a_run_process_imports_none_of_the_slow_packages(env):
+    """What every training and sampling process loads (the runner, the DiT, a tokenizer, the
+    fd_fashion extractor, deterministic kernels) imports none of torchvision, timm,
+    diffusers, torch-fidelity or dynamo: ≈ 4 CPU-s of imports per process that the process
+    tests pay dozens of times (`make test`'s time; see shared/tokenizers/vqmodel.py)."""
+    code = (
+        "import sys; sys.argv = ['run.py']; import experiments.run\n"
+        "from experiments.runner import trainer, evaluation, build, train_loop\n"
+        "from shared.backbone import build_dit\n"
+        "from shared.tokenizers import load_tokenizer\n"
+        "from shared.metrics import build_extractor, compute_metrics\n"
+        "import methods, torch\n"
+        f"tok = load_tokenizer('fashion-vq', {env['overrides'][1].split('=', 1)[1]!r})\n"
+        "fe = build_extractor('fashion')\n"
+        "trainer.set_deterministic()\n"
+        "assert torch.are_deterministic_algorithms_enabled()\n"
+        "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    penv = {**os.environ, "VQBENCH_CACHE": env["cache"]}
+    p = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                       text=True, timeout=120, env=penv)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout
+
+
 @pytest.mark.parametrize("tok", ["sd", "llamagen"])
 def test_imagenet_presets_are_flop_matched_and_name_the_paper_setting(tok):
     """#24.8: each ImageNet preset's budget is the FLOPs cfm spends on 400M images on that

@@ -219,7 +219,7 @@ def test_evaluate_against_itself_torch_fidelity_and_given_statistics(env, runs, 
 
     from experiments.evaluate import evaluate, fid_from_stats
     from shared.metrics import build_extractor, extract_features, metrics_from_features
-    from shared.metrics.fashion_cnn import EXTRACTOR_NAME
+    from shared.metrics.fashion_cnn import register_with_torch_fidelity
 
     monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
     s = tmp_path / "s.npz"
@@ -245,8 +245,9 @@ def test_evaluate_against_itself_torch_fidelity_and_given_statistics(env, runs, 
             return self.x[i]
 
     tf = calculate_metrics(input1=Images(load(s)["arr_0"]), input2=Images(load(ref)["arr_0"]),
-                           fid=True, feature_extractor=EXTRACTOR_NAME, feature_layer_fid="feat",
-                           cuda=False, verbose=False, cache=False, batch_size=10)  # fmt: skip
+                           fid=True, feature_extractor=register_with_torch_fidelity(),
+                           feature_layer_fid="feat", cuda=False, verbose=False, cache=False,
+                           batch_size=10)  # fmt: skip
     assert res["fd_fashion"] == pytest.approx(tf["frechet_inception_distance"], rel=1e-6)
     # FID from statistics = FID from the images they summarise
     fe = build_extractor("fashion")

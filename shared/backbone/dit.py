@@ -17,7 +17,8 @@ with probability ``class_dropout``, so that the unconditional branch CFG uses is
 forward pass itself draws no random numbers, so training randomness never depends on the
 global RNG or on what else a process built first.
 
-Attention and MLP are timm's ``Attention`` and ``Mlp``. ``flops(batch)`` is the analytic
+Attention, MLP and patch embedding are timm's modules in timm's layout, written out in
+``layers.py`` (the same numbers, without timm's import cost). ``flops(batch)`` is the analytic
 forward count (2 FLOPs per multiply-add, matmuls and convolutions only — the same terms
 ``torch.utils.flop_counter`` counts).
 """
@@ -29,8 +30,8 @@ import math
 import numpy as np
 import torch
 import torch.nn as nn
-from timm.layers import Mlp, PatchEmbed
-from timm.models.vision_transformer import Attention
+
+from .layers import Attention, Mlp, PatchEmbed
 
 NULL_LABEL = -1
 

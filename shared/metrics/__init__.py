@@ -1,4 +1,5 @@
-"""Sample-quality metrics (torch-fidelity engine): FID/KID/PRC/IS, in-domain and Inception."""
+"""Sample-quality metrics (torch-fidelity's arithmetic, stats.py): FID/KID/PRC/IS, in-domain and
+Inception."""
 
 from .fashion_cnn import FashionCNN, FashionCNNConfig, load_classifier, train_classifier
 from .fidelity import (

@@ -18,7 +18,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save as save_safetensors
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
 from ..io import atomic_open, atomic_write_text
 from ..paths import cache_root, config_hash
@@ -149,30 +148,62 @@ def load_classifier(path: str | None = None) -> FashionCNN:
     return net.eval()
 
 
-class FeatureExtractorFashionCNN(FeatureExtractorBase):
-    """torch-fidelity wrapper: features 'feat' (FD/KID/PRC) and 'logits_unbiased' (IS)."""
+class FashionFeatures(nn.Module):
+    """The ``fd_fashion`` feature extractor: uint8 images → {'feat': (B, 128) for FD, KID and
+    precision/recall, 'logits': (B, 10) for the IS analogue}. ``sha256`` names its weights."""
 
-    def __init__(self, name, features_list, net: FashionCNN | None = None, **kwargs):
-        super().__init__(name, features_list)
+    kind, has_logits = "fashion", True
+
+    def __init__(self, net: FashionCNN | None = None):
+        super().__init__()
         self.net = net if net is not None else load_classifier()
+        self.requires_grad_(False)
+        self.eval()
+        from ..artifacts import state_digest
 
-    @staticmethod
-    def get_provided_features_list():
-        return "feat", "logits_unbiased"
+        self.sha256 = state_digest(self.net)
 
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return {"isc": "logits_unbiased"}.get(metric, "feat")
-
-    @staticmethod
-    def can_be_compiled():
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
-
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feat, logits = self.net(x)
-        out = {"feat": feat, "logits_unbiased": logits}
-        return tuple(out[f] for f in self.features_list)
+        return {"feat": feat, "logits": logits}
+
+
+def register_with_torch_fidelity() -> str:
+    """Register the network with torch-fidelity as feature extractor ``fashion-cnn``, so that
+    ``torch_fidelity.calculate_metrics(..., feature_extractor="fashion-cnn",
+    feature_layer_fid="feat")`` measures with it; returns that name. Our own scoring never
+    goes through torch-fidelity (see ``stats.py``), so its import is paid only here."""
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+    class FeatureExtractorFashionCNN(FeatureExtractorBase):
+        """torch-fidelity wrapper: features 'feat' (FD/KID/PRC) and 'logits_unbiased' (IS)."""
+
+        def __init__(self, name, features_list, net: FashionCNN | None = None, **kwargs):
+            super().__init__(name, features_list)
+            self.net = net if net is not None else load_classifier()
+
+        @staticmethod
+        def get_provided_features_list():
+            return "feat", "logits_unbiased"
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return {"isc": "logits_unbiased"}.get(metric, "feat")
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
+
+        def forward(self, x):
+            feat, logits = self.net(x)
+            out = {"feat": feat, "logits_unbiased": logits}
+            return tuple(out[f] for f in self.features_list)
+
+    if EXTRACTOR_NAME not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(EXTRACTOR_NAME, FeatureExtractorFashionCNN)
+    return EXTRACTOR_NAME

@@ -1,13 +1,14 @@
-"""Sample-quality metrics with torch-fidelity as the engine, and cached reference features.
+"""Sample-quality metrics on cached reference features, with torch-fidelity's arithmetic.
 
 One entry point::
 
     ref = reference_features("fashion", split="train", n=1000)        # cached, validated
     metrics = compute_metrics(generated_uint8, ref)                   # dict
 
-Features are extracted by torch-fidelity feature extractors (``inception-v3-compat`` with
-the offline weights, or the registered in-domain ``fashion-cnn``), and every number comes
-from torch-fidelity's own metric functions (FID/FD, KID, precision/recall, IS). Keys say
+Features come from the in-domain ``fashion-cnn`` (``FashionFeatures``) or torch-fidelity's
+``inception-v3-compat`` with the offline weights (torch-fidelity is imported only then), and
+every number from ``stats.py``: torch-fidelity 0.4.0's metric functions (FID/FD, KID,
+precision/recall, IS) operation for operation, equal to them to the last bit (tested). Keys say
 which network measured them: ``fid_inception``, ``kid_inception`` … vs ``fd_fashion``,
 ``kid_fashion`` …; a Fréchet distance in the classifier's space is never called FID.
 """
@@ -20,37 +21,29 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
-from torch_fidelity.metric_isc import isc_features_to_metric
-from torch_fidelity.metric_kid import kid_features_to_metric
-from torch_fidelity.metric_prc import prc_features_to_metric
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
-from torch_fidelity.utils import create_feature_extractor
 
 from ..artifacts import state_digest
 from ..io import atomic_torch_save
 from ..paths import cache_root, config_hash
 from ..progress import progress_bar
 from ..safe_load import FileLoadError, load_torch_file
-from .fashion_cnn import EXTRACTOR_NAME, FeatureExtractorFashionCNN
+from . import stats
+from .fashion_cnn import FashionFeatures
 from .inception import inception_weights_path
-
-if EXTRACTOR_NAME not in FEATURE_EXTRACTORS_REGISTRY:
-    register_feature_extractor(EXTRACTOR_NAME, FeatureExtractorFashionCNN)
 
 KINDS = ("fashion", "inception")
 FD_KEY = {"fashion": "fd_fashion", "inception": "fid_inception"}
 
 
 def build_extractor(kind: str, device="cpu", inception_weights: str = "auto", net=None):
-    """A torch-fidelity feature extractor. ``net`` overrides the fashion classifier (tests)."""
+    """A feature extractor: ``FashionFeatures``, or torch-fidelity's Inception. ``net``
+    overrides the fashion classifier (tests)."""
     cuda = torch.device(device).type == "cuda"
     if kind == "fashion":
-        fe = create_feature_extractor(
-            EXTRACTOR_NAME, ["feat", "logits_unbiased"], cuda=False, verbose=False, net=net
-        )
-        fe.has_logits = True
-    elif kind == "inception":
+        return FashionFeatures(net).to("cuda" if cuda else "cpu")
+    if kind == "inception":
+        from torch_fidelity.utils import create_feature_extractor
+
         if inception_weights == "download":  # torch-fidelity's own download (needs internet)
             path = None
         elif inception_weights == "auto":
@@ -67,7 +60,7 @@ def build_extractor(kind: str, device="cpu", inception_weights: str = "auto", ne
         raise ValueError(f"unknown feature extractor {kind!r}; choose one of {KINDS}")
     fe.kind = kind
     # the identity of the network that measures: results are comparable only under the same one
-    fe.sha256 = state_digest(fe.net if kind == "fashion" else fe)
+    fe.sha256 = state_digest(fe)
     return fe.to("cuda" if cuda else "cpu")
 
 
@@ -89,7 +82,10 @@ def extract_features(extractor, images: torch.Tensor | Iterable[torch.Tensor], b
             raise TypeError(f"metrics take uint8 images, got {batch.dtype}")
         if extractor.kind == "inception" and batch.shape[1] == 1:
             batch = batch.expand(-1, 3, -1, -1)  # greyscale → RGB by replication
-        feats = extractor.convert_features_tuple_to_dict(extractor(batch.to(device)))
+        if isinstance(extractor, FashionFeatures):
+            feats = extractor(batch.to(device))
+        else:  # torch-fidelity's: a tuple in the order of the requested features
+            feats = extractor.convert_features_tuple_to_dict(extractor(batch.to(device)))
         for name, value in feats.items():
             key = "feat" if name in ("feat", "2048") else "logits"
             out.setdefault(key, []).append(value.double().cpu())
@@ -195,28 +191,19 @@ def metrics_from_features(
     kid_subset_size=None,
     seed=2020,
 ) -> dict:
-    """Apply torch-fidelity's metric functions to precomputed features."""
+    """The metrics of precomputed features (``stats.py``: torch-fidelity's arithmetic, with
+    its defaults: KID 100 subsets, precision/recall k = 3, IS 10 splits)."""
     out = {}
     g, r = gen["feat"].double(), ref["feat"].double()  # float64: KID sums tiny kernel gaps
     if "fd" in which:
-        sg, sr = fid_features_to_statistics(g), fid_features_to_statistics(r)
-        out[FD_KEY[kind]] = fid_statistics_to_metric(sg, sr, verbose=False)[
-            "frechet_inception_distance"
-        ]
+        out[FD_KEY[kind]] = stats.frechet_distance(stats.fd_statistics(g), stats.fd_statistics(r))
     if "kid" in which:
         size = kid_subset_size or min(len(g), len(r), 1000)
-        kid = kid_features_to_metric(g, r, kid_subset_size=size, kid_subsets=100, rng_seed=seed,
-                                     verbose=False)  # fmt: skip
-        out[f"kid_{kind}"] = kid["kernel_inception_distance_mean"]
-        out[f"kid_{kind}_std"] = kid["kernel_inception_distance_std"]
+        out[f"kid_{kind}"], out[f"kid_{kind}_std"] = stats.kid(g, r, size, 100, seed)
     if "prc" in which:
-        prc = prc_features_to_metric(g, r, prc_neighborhood=3, prc_batch_size=10000,
-                                     save_cpu_ram=True, verbose=False)  # fmt: skip
-        out[f"precision_{kind}"] = prc["precision"]
-        out[f"recall_{kind}"] = prc["recall"]
+        out[f"precision_{kind}"], out[f"recall_{kind}"] = stats.precision_recall(g, r, 3, 10000)
     if "is" in which and "logits" in gen:
-        isc = isc_features_to_metric(gen["logits"].float(), splits=10, rng_seed=seed)
-        out[f"is_{kind}"] = isc["inception_score_mean"]
+        out[f"is_{kind}"] = stats.inception_score(gen["logits"].float(), 10, seed)[0]
     return {k: float(np.float64(v)) for k, v in out.items()}
 
 

@@ -1,4 +1,5 @@
-"""Tokenizers: one interface (``Tokenizer``), three backends, all on diffusers VQModel."""
+"""Tokenizers: one interface (``Tokenizer``), three backends, all on one ``VQModel``
+(diffusers' layout, ``vqmodel.py``)."""
 
 from .base import Tokenizer, to_float, to_uint8
 from .fashion import FashionVQ, FashionVQConfig, shipped_fashion_tokenizer, train_fashion_vq

@@ -1,4 +1,4 @@
-"""One tokenizer interface over a diffusers ``VQModel``, for every backend.
+"""One tokenizer interface over a ``VQModel`` (diffusers' layout, ``vqmodel.py``), every backend.
 
     encode(images uint8 (B,C,h,w)) → indices (B,H,W)      nearest code of quant_conv(encoder(x))
     lookup(indices)                → z (B,d,H,W) = E[indices]
@@ -32,7 +32,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 class Tokenizer(nn.Module):
-    """Base class; ``self.vq`` is a diffusers VQModel, ``backend``/``tokenizer_id`` name it."""
+    """Base class; ``self.vq`` is a ``VQModel``, ``backend``/``tokenizer_id`` name it."""
 
     backend = ""
 
@@ -77,7 +77,7 @@ class Tokenizer(nn.Module):
                 f"expected images (B,{self.channels},{self.image_size},{self.image_size}), "
                 f"got {tuple(images.shape)}"
             )
-        return self.vq.encode(to_float(images).to(self.codebook.device)).latents
+        return self.vq.encode(to_float(images).to(self.codebook.device))
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
@@ -90,7 +90,7 @@ class Tokenizer(nn.Module):
         return lookup(self.codebook, indices)
 
     def decoder(self, z: torch.Tensor) -> torch.Tensor:
-        return self.vq.decode(z, force_not_quantize=True).sample
+        return self.vq.decode(z)
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Convert taming-style VQ checkpoints (LDM vq-f8, LlamaGen vq-ds8) into diffusers VQModel.
+"""Convert taming-style VQ checkpoints (LDM vq-f8, LlamaGen vq-ds8) into diffusers' VQModel layout.
 
 Both originals share taming-transformers' Encoder/Decoder (ResnetBlock: norm1, conv1,
 norm2, conv2, nin_shortcut; AttnBlock: norm, q, k, v, proj_out as 1×1 convs; Downsample
@@ -155,14 +155,7 @@ def convert_taming_to_diffusers(sd: dict, layout: str) -> tuple[dict, dict]:
 
 
 def load_into_vqmodel(sd: dict, config: dict, source: str):
-    """Build a diffusers VQModel and load a converted state dict strictly."""
-    from diffusers import VQModel
+    """Build a VQModel (diffusers' layout) and load a converted state dict strictly."""
+    from .vqmodel import VQModel, load_into
 
-    vq = VQModel(**config)
-    result = vq.load_state_dict(sd, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointLayoutError(
-            f"{source}: converted checkpoint does not fit the inferred architecture; "
-            f"missing {result.missing_keys[:6]}, unexpected {result.unexpected_keys[:6]}"
-        )
-    return vq.eval()
+    return load_into(VQModel(config), sd, f"{source} (converted)")

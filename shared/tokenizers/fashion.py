@@ -1,7 +1,7 @@
 """The default tokenizer: a small VQ autoencoder trained here on Fashion-MNIST.
 
-32×32×1 → 8×8 grid (f=4), K=256 codes of dimension 4 by default, built on
-``diffusers.VQModel`` so it shares its code path with the SD vq-f8 backend.
+32×32×1 → 8×8 grid (f=4), K=256 codes of dimension 4 by default, a ``VQModel`` in diffusers'
+layout (``vqmodel.py``) so it shares its code path with the SD vq-f8 backend.
 
 Training: MSE reconstruction + codebook loss ‖sg(h) − e‖² + β‖h − sg(e)‖² (β=0.25,
 van den Oord et al. 2017) with a straight-through estimator; the codebook is initialised
@@ -27,6 +27,7 @@ from ..images import save_grid
 from ..paths import cache_root, config_hash
 from ..progress import progress_bar
 from .base import Tokenizer, to_float
+from .vqmodel import VQModel, load_pretrained
 
 
 @dataclass
@@ -51,9 +52,7 @@ class FashionVQConfig:
         return d
 
 
-def build_vqmodel(cfg: FashionVQConfig):
-    from diffusers import VQModel
-
+def build_vqmodel(cfg: FashionVQConfig) -> VQModel:
     levels = len(cfg.block_out_channels)
     return VQModel(
         in_channels=1,
@@ -81,13 +80,9 @@ class FashionVQ(Tokenizer):
                 f"no trained Fashion-MNIST tokenizer at {path} (missing tokenizer.json); train "
                 "one with `python experiments/train_tokenizer.py`"
             )
-        from diffusers import VQModel
-
         with open(meta_path) as f:
             meta = json.load(f)
-        vq = VQModel.from_pretrained(
-            os.path.join(path, "model"), low_cpu_mem_usage=False, use_safetensors=True
-        )
+        vq = load_pretrained(os.path.join(path, "model"))
         meta["sha256"] = sha = folder_digest(os.path.join(path, "model"))  # the weights' identity
         # the id names the weights, not the config: a retrained tokenizer never shares index
         # shards (keyed by id) with another
@@ -140,7 +135,7 @@ def train_fashion_vq(cfg: FashionVQConfig, out_dir: str | None = None, progress=
     bar = progress_bar(range(cfg.steps), desc="tokenizer", disable=not progress, unit="step")
     for step in bar:
         x = to_float(train[torch.randint(0, len(train), (cfg.batch_size,), generator=g)])
-        h = vq.encode(x).latents  # (B, d, H, W)
+        h = vq.encode(x)  # (B, d, H, W)
         flat = h.permute(0, 2, 3, 1).reshape(-1, cfg.code_dim)
         if step == 0:  # data-dependent init: codes start on encoder outputs
             with torch.no_grad():

@@ -19,6 +19,7 @@ from ..artifacts import folder_digest, sha256_file
 from ..safe_load import PRETRAINED_ALLOWLIST, load_torch_file
 from .base import Tokenizer
 from .convert import convert_taming_to_diffusers, load_into_vqmodel
+from .vqmodel import load_pretrained
 
 SD_HINT = (
     "download the latent-diffusion vq-f8 first-stage model from "
@@ -54,9 +55,7 @@ class SDVQF8(Tokenizer):
         if os.path.isdir(path):
             if not os.path.isfile(os.path.join(path, "config.json")):
                 raise FileNotFoundError(f"{path} has no config.json: {SD_HINT}")
-            from diffusers import VQModel
-
-            vq = VQModel.from_pretrained(path, low_cpu_mem_usage=False)
+            vq = load_pretrained(path)
             sha = folder_digest(path)
         else:
             sd, config = convert_taming_to_diffusers(_load_checkpoint(path), "ldm")
