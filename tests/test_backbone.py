@@ -114,6 +114,10 @@ def test_analytic_flops_match_flop_counter(kind, patch):
 def test_presets_and_paper_parameter_counts():
     assert SIZES["B"] == (768, 12, 12) and SIZES["L"] == (1024, 24, 16)
     assert SIZES["XL"] == (1152, 28, 16)
+    from shared.backbone import DiT_models
+    from shared.backbone.presets import PRESETS
+
+    assert list(DiT_models) == list(PRESETS)  # the torch-free names are the models' names
     with torch.device("meta"):  # no memory, no init cost
         xl = build_dit("DiT-XL/2", input_size=32, in_channels=4, out_channels=4, num_classes=1000)
         b = build_dit("DiT-B/2", input_size=32, in_channels=4, out_channels=4, num_classes=1000)

@@ -201,7 +201,7 @@ def _method_errors(get, bad) -> None:
 
 def validation_errors(cfg) -> list[str]:
     """Every problem with ``cfg``, one line each (empty when the config is sound)."""
-    from shared.backbone import DiT_models
+    from shared.backbone.presets import PRESETS
 
     errors = []
 
@@ -228,8 +228,8 @@ def validation_errors(cfg) -> list[str]:
             "compute, budget.train_flops=F budget.images=null; to match iterations, "
             "budget.images=N budget.train_flops=null (on ImageNet: budget=imagenet_iters)"
         )
-    if get("backbone.preset") not in DiT_models:
-        bad("backbone.preset", "one of " + ", ".join(DiT_models))
+    if get("backbone.preset") not in PRESETS:
+        bad("backbone.preset", "one of " + ", ".join(PRESETS))
 
     _method_errors(get, bad)
     _float32_errors(get, bad)

@@ -202,7 +202,7 @@ IMAGENET_EVAL = EvalConfig(points=10, spacing="log", num_samples=10000, steps=10
 
 
 def register() -> None:
-    from shared.backbone import DiT_models
+    from shared.backbone.presets import PRESETS
 
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
@@ -211,7 +211,7 @@ def register() -> None:
                    "dfm": DFMConfig, "dfm-uniform": DFMConfig(source="uniform"),
                    "dfm-mdlm": DFMConfig(weighting="mdlm"), "dfm-metric": DFMMetricConfig},
         "backbone": {name.lower().replace("-", "_").replace("/", "_"): BackboneConfig(preset=name)
-                     for name in DiT_models},
+                     for name in PRESETS},
         "tokenizer": {"fashion": TokenizerConfig(),
                       "sd_vq_f8": TokenizerConfig("sd-vq-f8", "vq-f8/model.ckpt", 256),
                       "llamagen": TokenizerConfig("llamagen-vq-ds8", "vq_ds8_c2i.pt", 256)},

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from .layers import Attention, Mlp, PatchEmbed
+from .presets import SIZES
 
 NULL_LABEL = -1
 
@@ -314,18 +315,7 @@ def sincos_2d(dim: int, gh: int, gw: int) -> np.ndarray:
 #################################################################################
 #                                   DiT presets                                  #
 #################################################################################
-# (hidden, depth, heads): Ti/S/B/L/XL as in DiT/DeiT; Nano is for smoke tests; Mini is a
-# CPU-sized model for Fashion-MNIST (192 wide, 6 deep, 4 heads: 4 heads ran ~6% faster than
-# 6 on this CPU).
-SIZES = {
-    "Nano": (64, 2, 2),  # smoke tests and CI: the whole pipeline in seconds
-    "Mini": (192, 6, 4),
-    "Ti": (192, 12, 3),
-    "S": (384, 12, 6),
-    "B": (768, 12, 12),
-    "L": (1024, 24, 16),
-    "XL": (1152, 28, 16),
-}
+# (sizes and names: presets.py, which needs no torch)
 
 
 def _dit(size: str, patch: int, **kw) -> DiT:
