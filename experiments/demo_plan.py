@@ -1,7 +1,10 @@
 """What ``make demo`` is about to run, with a measured estimate for each stage.
 
+    python3 experiments/demo_plan.py SWEEP_DIR [OVERRIDES ...]    # as the Makefile calls it
+
 Standard library only: it runs before the venv exists. The estimates were measured on the
-project's 2-core CPU machine (see README); stages whose output already exists are marked
+project's 2-core CPU machine (see README) and scale with the overrides the demo passes
+(``budget.train_flops``, ``eval.points``); stages whose output already exists are marked
 "done" and cost nothing.
 """
 
@@ -13,7 +16,7 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("VQBENCH_CACHE") or os.path.join(REPO, "cache")
-SWEEP = os.path.join(REPO, "outputs", "sweeps", "fashion-default")
+DEFAULT_FLOPS, DEFAULT_POINTS = 20e12, 4  # the default protocol (experiments/runner/config.py)
 FASHION = os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist")
 
 # seconds, measured on the 2-core machine from an empty folder (2026-11-30: bf16 training, as
@@ -24,18 +27,38 @@ MEASURED = {
     "data": 10,  # apt-get install dataset-fashion-mnist
     "verify": 5,  # sha256 of the shipped tokenizer and fd_fashion network, Inception weights
     "extract": 55,  # encode the 60k training and 10k test images into index shards
-    # one 20-TFLOP run: ≈ 150–165 s of training, 4 evaluations of ≈ 22 s, start-up
-    "run": {"cfm": 268, "dfm": 242, "dfm-metric": 237, "purr": 255},
-    "first_eval": 75,  # from the start of the first run to the first point of the figure
+    "start": 10,  # a run's start-up: imports, shards, model, baselines
+    # training alone at the default 20 TFLOP (bf16), and one evaluation (250 samples, fp32)
+    "train": {"cfm": 170, "dfm": 144, "dfm-metric": 139, "purr": 157},
+    "eval": 22,
     "figures": 245,  # temperature sweep of 3 runs at 3 τ (≈ 230 s), entropy maps, grids
 }
+METHODS = ("cfm", "dfm", "dfm-metric", "purr")
+
+
+def overrides(args: list[str]) -> tuple[float, int]:
+    """(training FLOPs, evaluation points) of a run under these Hydra overrides."""
+    flops, points = DEFAULT_FLOPS, DEFAULT_POINTS
+    for a in args:
+        key, _, value = a.partition("=")
+        if key == "budget.train_flops":
+            flops = float(value)
+        elif key == "eval.points":
+            points = int(value)
+    return flops, points
+
+
+def run_seconds(method: str, flops: float, points: int) -> float:
+    return MEASURED["start"] + MEASURED["train"][method] * flops / DEFAULT_FLOPS + (
+        points * MEASURED["eval"]
+    )
 
 
 def fmt(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def stages() -> list[tuple[str, float, bool]]:
+def stages(sweep: str, args: list[str]) -> list[tuple[str, float, bool]]:
     venv_done = bool(glob.glob(os.path.join(REPO, ".venv", ".deps-*")))
     data_done = os.path.isfile(os.path.join(FASHION, "train-images-idx3-ubyte.gz"))
     shards_done = bool(
@@ -47,10 +70,11 @@ def stages() -> list[tuple[str, float, bool]]:
         ("check the shipped tokenizer and fd_fashion network (sha256)", MEASURED["verify"], False),
         ("index shards of the 60k training images (cached)", MEASURED["extract"], shards_done),
     ]
-    for m in ("cfm", "dfm", "dfm-metric", "purr"):
-        done = any(_finished(p) for p in glob.glob(os.path.join(SWEEP, f"*_{m}_seed0")))
-        out.append((f"train + evaluate {m} (DiT-Mini/1, 20 TFLOP, 4 evaluations)",
-                    MEASURED["run"][m], done))  # fmt: skip
+    flops, points = overrides(args)
+    for m in METHODS:
+        done = any(_finished(p) for p in glob.glob(os.path.join(sweep, f"*_{m}_seed0")))
+        out.append((f"train + evaluate {m} (DiT-Mini/1, {flops / 1e12:g} TFLOP, {points} evals)",
+                    run_seconds(m, flops, points), done))  # fmt: skip
     out.append(("figures: convergence, temperature sweep, entropy maps, samples",
                 MEASURED["figures"], False))  # fmt: skip
     return out
@@ -64,18 +88,27 @@ def _finished(run_dir: str) -> bool:
         return False
 
 
-def main() -> float:
-    plan = stages()
+def main(argv: list[str]) -> float:
+    sweep, args = argv[0], argv[1:]
+    flops, points = overrides(args)
+    plan = stages(sweep, args)
     total = sum(s for _, s, done in plan if not done)
     print("==> make demo will run (estimates measured on a 2-core CPU):")
     for i, (name, seconds, done) in enumerate(plan, 1):
         print(f"  {i}. {name:<66} {'done' if done else '≈ ' + fmt(seconds)}")
-    first = sum(s for name, s, done in plan[:4] if not done) + MEASURED["first_eval"]
-    print(f"    total ≈ {fmt(total)}; the first figure, {SWEEP}/analysis/convergence.png, "
+    first = sum(s for name, s, done in plan[:4] if not done) + MEASURED["start"] + (
+        MEASURED["train"]["cfm"] * flops / DEFAULT_FLOPS / points + MEASURED["eval"]
+    )
+    print(f"    total ≈ {fmt(total)}; the first figure, {sweep}/analysis/convergence.png, "
           f"appears after ≈ {fmt(first)} and is redrawn after every evaluation")  # fmt: skip
+    if (flops, points) != (DEFAULT_FLOPS, DEFAULT_POINTS):
+        full = sum(run_seconds(m, DEFAULT_FLOPS, DEFAULT_POINTS) for m in METHODS)
+        print(f"    demo scale: {flops / 1e12:g} TFLOP and {points} evaluations per run; the "
+              f"default protocol ({DEFAULT_FLOPS / 1e12:g} TFLOP, {DEFAULT_POINTS}) takes "
+              f"≈ {fmt(full)} of runs: make demo DEMO_ARGS=")  # fmt: skip
     sys.stdout.flush()
     return total
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -478,3 +478,22 @@ def test_maskgit_options_are_sampler_settings_not_training_keys(env):
     ]
     assert ignored_options(compose(base + ["method.maskgit_schedule=linear",
                                            "eval.solver=maskgit"])) == []  # fmt: skip
+
+
+def test_demo_plan_scales_its_estimates_with_the_demo_overrides(capsys, tmp_path):
+    """experiments/demo_plan.py reads the overrides `make demo` passes: a run's estimate is
+    start-up + training × (FLOPs / 20 TFLOP) + evaluations × one evaluation, and a demo below
+    the default protocol says so, with the estimate of the default."""
+    from experiments import demo_plan as plan
+
+    m = plan.MEASURED
+    assert plan.overrides(["budget.train_flops=8e12", "eval.points=3", "seed=1"]) == (8e12, 3)
+    assert plan.overrides([]) == (20e12, 4)
+    assert plan.run_seconds("purr", 8e12, 3) == pytest.approx(
+        m["start"] + 0.4 * m["train"]["purr"] + 3 * m["eval"])  # fmt: skip
+    plan.main([str(tmp_path / "sweep"), "budget.train_flops=8e12", "eval.points=3"])
+    out = capsys.readouterr().out
+    assert "8 TFLOP, 3 evals" in out and "demo scale" in out and "make demo DEMO_ARGS=" in out
+    plan.main([str(tmp_path / "sweep")])
+    out = capsys.readouterr().out
+    assert "20 TFLOP, 4 evals" in out and "demo scale" not in out
