@@ -49,8 +49,10 @@ def overrides(args: list[str]) -> tuple[float, int]:
 
 
 def run_seconds(method: str, flops: float, points: int) -> float:
-    return MEASURED["start"] + MEASURED["train"][method] * flops / DEFAULT_FLOPS + (
-        points * MEASURED["eval"]
+    return (
+        MEASURED["start"]
+        + MEASURED["train"][method] * flops / DEFAULT_FLOPS
+        + (points * MEASURED["eval"])
     )
 
 
@@ -96,8 +98,10 @@ def main(argv: list[str]) -> float:
     print("==> make demo will run (estimates measured on a 2-core CPU):")
     for i, (name, seconds, done) in enumerate(plan, 1):
         print(f"  {i}. {name:<66} {'done' if done else '≈ ' + fmt(seconds)}")
-    first = sum(s for name, s, done in plan[:4] if not done) + MEASURED["start"] + (
-        MEASURED["train"]["cfm"] * flops / DEFAULT_FLOPS / points + MEASURED["eval"]
+    first = (
+        sum(s for name, s, done in plan[:4] if not done)
+        + MEASURED["start"]
+        + (MEASURED["train"]["cfm"] * flops / DEFAULT_FLOPS / points + MEASURED["eval"])
     )
     print(f"    total ≈ {fmt(total)}; the first figure, {sweep}/analysis/convergence.png, "
           f"appears after ≈ {fmt(first)} and is redrawn after every evaluation")  # fmt: skip
