@@ -49,11 +49,16 @@ def evaluation_hooks(cfg) -> list:
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg) -> float | None:
-    from experiments.runner.trainer import RunError, RunInterrupted, run
+    from experiments.runner.checks import check_inputs, validate
+    from experiments.runner.errors import RunError, RunInterrupted
     from shared.safe_load import FileLoadError
 
     run_dir = HydraConfig.get().runtime.output_dir
     try:
+        validate(cfg)  # a bad value or a missing input fails here, before torch is imported
+        check_inputs(cfg)
+        from experiments.runner.trainer import run
+
         summary = run(cfg, run_dir, on_evaluation=evaluation_hooks(cfg))
     except RunInterrupted as e:  # SIGTERM/SIGINT: checkpointed; exit as the signal would
         print(f"interrupted: {e}", file=sys.stderr)

@@ -10,29 +10,39 @@ purr          Purrception: categorical posterior over the codebook, CE loss
 
 from __future__ import annotations
 
-from .base import LossOutput, Method, SampleOutput, TimeSampler, guided_forward, nearest_code
-from .cfm import CFM, CFMEndpoint
-from .dfm import DFM
-from .dfm_metric import MetricDFM
-from .purrception import Purrception, velocity_from_posterior
+from .catalog import SOLVERS
 
-METHODS = {
-    "cfm": CFM, "cfm-endpoint": CFMEndpoint, "dfm": DFM, "dfm-metric": MetricDFM,
-    "purr": Purrception,
+# the classes load on first use (PEP 562), so that ``methods.catalog`` (names, samplers,
+# limits: what the start-up checks read) never imports torch
+_EXPORTS = {
+    "LossOutput": "base", "Method": "base", "SampleOutput": "base", "TimeSampler": "base",
+    "guided_forward": "base", "nearest_code": "base", "CFM": "cfm", "CFMEndpoint": "cfm",
+    "DFM": "dfm", "MetricDFM": "dfm_metric", "Purrception": "purrception",
+    "velocity_from_posterior": "purrception",
 }  # fmt: skip
+_CLASSES = {"cfm": "CFM", "cfm-endpoint": "CFMEndpoint", "dfm": "DFM", "dfm-metric": "MetricDFM",
+            "purr": "Purrception"}  # fmt: skip
 
 
-def build(name: str, codebook, **cfg) -> Method:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+def __getattr__(name: str):
+    import importlib
+
+    if name == "METHODS":
+        return {key: __getattr__(cls) for key, cls in _CLASSES.items()}
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def build(name: str, codebook, **cfg):
+    """A method by name: ``build("purr", codebook=E, **options)``."""
+    methods = __getattr__("METHODS")
+    if name not in methods:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(methods)}")
     try:
-        return METHODS[name](codebook, **cfg)
+        return methods[name](codebook, **cfg)
     except TypeError as e:
         raise TypeError(f"bad option for method {name!r}: {e}") from e
 
 
-__all__ = [
-    "METHODS", "build", "Method", "LossOutput", "SampleOutput", "TimeSampler", "guided_forward",
-    "nearest_code", "velocity_from_posterior", "CFM", "CFMEndpoint", "DFM", "MetricDFM",
-    "Purrception",
-]  # fmt: skip
+__all__ = ["METHODS", "SOLVERS", "build", *_EXPORTS]

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from shared.backbone.dit import NULL_LABEL
 from shared.codebook import lookup, nearest_code  # noqa: F401  (re-exported)
 
+from .catalog import MIN_TEMPERATURE  # noqa: F401  (re-exported)
+
 
 @dataclass
 class LossOutput:
@@ -40,9 +42,6 @@ def keep(records: list, trace, record: dict) -> None:
         trace(record)
     else:
         records.append(record)
-
-
-MIN_TEMPERATURE = 1e-30  # logits/τ stay finite in float32 for logits up to 1e8
 
 
 def below(x: float, dtype: torch.dtype = torch.float32) -> float:

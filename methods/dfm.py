@@ -71,9 +71,9 @@ from .base import (
     guided_forward,
 )
 from .base import keep as keep_record
+from .catalog import MAX_KAPPA_POWER, SOLVERS
 from .head import DEFAULT_CHUNK, CategoricalHead
 
-MAX_KAPPA_POWER = 1e30  # κ(t) = t^a, κ̇ = a·t^(a−1): a itself must stay finite in float32
 SCHEDULES = {  # γ(r): the fraction of positions still masked after a fraction r of steps
     "cosine": lambda r: math.cos(math.pi / 2 * r),
     "linear": lambda r: 1.0 - r,
@@ -87,7 +87,7 @@ class DFM(CategoricalHead, Method):
     name = "dfm"
     # discrete Euler jumps (carry-over for the masked source); the official code's Euler that
     # redraws decoded tokens (masked source); MaskGIT (masked source)
-    solvers = ("euler", "euler-redraw", "maskgit")
+    solvers = SOLVERS["dfm"]
     input_kind = "tokens"
     categorical_posterior = True
 

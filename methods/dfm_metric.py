@@ -27,40 +27,20 @@ positions at a time.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import noise
 from .base import Method, SampleOutput, check_steps, inverse_cdf, keep
+from .catalog import MAX_BETA, MAX_RATIO, SOLVERS, beta_overflow  # noqa: F401
 from .head import DEFAULT_CHUNK, CategoricalHead
 
 DISTANCES = ("l2", "sqeuclidean")
 TABLE_MAX_CODES = 4096
-# β_t·d must stay finite in float32 (3.4e38) at every training time, up to the largest float32
-# t below 1, where t/(1 − t) = MAX_RATIO; distances have mean 1, and MAX_BETA leaves room for
-# distances up to 3000× their mean. (Beyond it −β·d is −inf, 0·inf is NaN at the data code, and
-# corrupted tokens silently become code K − 1.)
-MAX_BETA = 1e35
-MAX_RATIO = 2.0**24 - 1
-
-
-def beta_overflow(beta_scale: float, beta_power: float) -> str | None:
-    """Why β_t overflows float32 on the training times, naming the limit, or None."""
-    log_beta = math.log10(beta_scale) + beta_power * math.log10(MAX_RATIO)
-    if log_beta <= math.log10(MAX_BETA):
-        return None
-    power = (math.log10(MAX_BETA) - math.log10(beta_scale)) / math.log10(MAX_RATIO)
-    fix = (f"beta_power ≤ {power:.3g} at beta_scale={beta_scale:g}" if power >= 1
-           else f"beta_scale ≤ {MAX_BETA / MAX_RATIO:.3g} at beta_power=1")  # fmt: skip
-    return (f"β_t = beta_scale·(t/(1−t))^beta_power reaches 1e{log_beta:.0f} at the largest "
-            f"float32 t below 1 (t/(1−t) = {MAX_RATIO:.3g}); β_t·d must stay finite in float32 "
-            f"(β_t ≤ {MAX_BETA:g}): {fix}")  # fmt: skip
 
 
 class MetricDFM(CategoricalHead, Method):
     name = "dfm-metric"
-    solvers = ("euler",)
+    solvers = SOLVERS["dfm-metric"]
     input_kind = "tokens"
     categorical_posterior = True
 

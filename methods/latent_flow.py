@@ -32,9 +32,9 @@ import torch
 
 from . import noise
 from .base import Method, SampleOutput, check_steps, keep, nearest_code
+from .catalog import ADAPTIVE_SOLVERS
+from .catalog import LATENT_SOLVERS as SOLVERS
 
-SOLVERS = ("euler", "heun", "midpoint")
-ADAPTIVE_SOLVERS = ("dopri5",)
 ADAPTIVE_TAIL = 1e-3  # dopri5 stops at t = 1 − this; a last Euler step (one NFE) reaches t = 1
 
 

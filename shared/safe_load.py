@@ -16,8 +16,6 @@ from __future__ import annotations
 import os
 import pickle
 
-import torch
-
 # Globals seen in public first-stage / tokenizer checkpoints beside the weights. They are
 # never imported: each name is bound to ``Inert``.
 PRETRAINED_ALLOWLIST = (
@@ -65,6 +63,8 @@ def load_torch_file(
 ):
     """``torch.load(path, weights_only=True)`` with the globals in ``allow`` bound to
     :class:`Inert`. Refuses (``UnsafeFileError`` naming ``path``) anything else."""
+    import torch  # here, so that the error classes above import without torch
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {path} does not exist")

@@ -366,3 +366,14 @@ def test_standardised_latents_keep_codes_and_reproduce_the_toy():
             assert (tv < TV_TOL) == should_pass, f"{name}: TV {tv:.3f}"
     with pytest.raises(ValueError, match="latent_scale"):
         methods.build("cfm", codebook=E, latent_scale="global")
+
+
+def test_the_torch_free_catalog_is_what_the_classes_say():
+    """methods/catalog.py (read by the start-up checks without torch) against the classes."""
+    import methods
+    from methods import catalog
+
+    assert list(catalog.SOLVERS) == list(methods.METHODS)
+    for name, cls in methods.METHODS.items():
+        assert cls.name == name and tuple(cls.solvers) == catalog.SOLVERS[name]
+        assert cls.categorical_posterior == (name in catalog.CATEGORICAL)

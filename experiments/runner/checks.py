@@ -101,9 +101,7 @@ RANGES = {
 def _float32_errors(get, bad) -> None:
     """Options that pass their ranges but overflow float32 (the dtype every sampler and loss
     computes in) where the method uses them; the limits live with the methods."""
-    from methods.base import MIN_TEMPERATURE
-    from methods.dfm import MAX_KAPPA_POWER
-    from methods.dfm_metric import beta_overflow
+    from methods.catalog import MAX_KAPPA_POWER, MIN_TEMPERATURE, beta_overflow
 
     for key in ("eval.temperature", "method.maskgit_confidence_temperature"):
         v = get(key)
@@ -162,17 +160,16 @@ def method_label(cfg, sampler: bool = True) -> str:
 
 def _method_errors(get, bad) -> None:
     """The method exists, and the sampler options suit it (solver, temperature)."""
-    import methods
+    from methods.catalog import CATEGORICAL, SOLVERS
 
     name = get("method.name")
-    if name not in methods.METHODS:
-        bad("method.name", "one of " + ", ".join(methods.METHODS))
+    if name not in SOLVERS:
+        bad("method.name", "one of " + ", ".join(SOLVERS))
         return
-    cls = methods.METHODS[name]
     if get("method.source") is not None and get("method.source") not in ("mask", "uniform"):
         bad("method.source", "one of mask, uniform")
-    if get("eval.solver") not in cls.solvers:
-        bad("eval.solver", f"one of {', '.join(cls.solvers)} (the samplers of {name})")
+    if get("eval.solver") not in SOLVERS[name]:
+        bad("eval.solver", f"one of {', '.join(SOLVERS[name])} (the samplers of {name})")
     elif get("eval.solver") in ("maskgit", "euler-redraw") and get("method.source") != "mask":
         bad("eval.solver", "euler: maskgit and euler-redraw unmask tokens and need "
             "method.source=mask")  # fmt: skip
@@ -195,7 +192,7 @@ def _method_errors(get, bad) -> None:
     ):
         bad("method.t_min", "a number > 0 with method.kappa_power < 1 and weighting=mdlm (the "
             "weight κ̇/(1−κ) is infinite at t = 0)")  # fmt: skip
-    if not cls.categorical_posterior and get("eval.temperature") != 1.0:
+    if name not in CATEGORICAL and get("eval.temperature") != 1.0:
         bad("eval.temperature", f"1.0: {name} has no categorical posterior to temper")
 
 
