@@ -78,9 +78,9 @@ demo:
 	@$(MAKE) --no-print-directory assets
 	@echo "==> main job on the default: the Fashion-MNIST sweep of cfm, dfm, dfm-metric, purr $(if $(strip $(DEMO_ARGS)),at demo scale ($(DEMO_ARGS)),)"
 	$(PY) experiments/run.py -m method=cfm,dfm,dfm-metric,purr $(DEMO_ARGS) hydra.sweep.dir=$(DEMO) live_figure=true
-	@echo "==> figures of that sweep (written to its analysis/ folder; temperature sweep at 3 values)"
+	@echo "==> figures of that sweep (written to its analysis/ folder; purr's temperature at 3 values)"
 	$(PY) analysis/convergence_plot.py $(DEMO)
-	$(PY) analysis/temperature_sweep.py $(DEMO)/3_purr_seed0 $(DEMO)/1_dfm_seed0 --taus 0.5,1.0,1.5
+	$(PY) analysis/temperature_sweep.py $(DEMO)/3_purr_seed0 --taus 0.5,1.0,1.5
 	$(PY) analysis/entropy_maps.py $(DEMO)/3_purr_seed0 $(DEMO)/1_dfm_seed0 $(DEMO)/2_dfm-metric_seed0
 	$(PY) analysis/sample_grids.py $(DEMO)
 

@@ -31,7 +31,7 @@ MEASURED = {
     # training alone at the default 20 TFLOP (bf16), and one evaluation (250 samples, fp32)
     "train": {"cfm": 170, "dfm": 144, "dfm-metric": 139, "purr": 157},
     "eval": 22,
-    "figures": 245,  # temperature sweep of 3 runs at 3 τ (≈ 230 s), entropy maps, grids
+    "figures": 110,  # purr's temperature sweep at 3 τ (≈ 66 s), entropy maps, grids
 }
 METHODS = ("cfm", "dfm", "dfm-metric", "purr")
 
