@@ -84,6 +84,7 @@ def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu", stem=None)
         kind = cfg.eval.extractor
         rows.append({"run": os.path.basename(run_dir), "method": method_label(cfg),
                      "seed": cfg.seed, "temperature": tau, "nfe": out.nfe,
+                     "num_samples": cfg.eval.num_samples,
                      "fd": m.get("fd_fashion", m.get("fid_inception")),
                      "kid": m.get(f"kid_{kind}"), "precision": m.get(f"precision_{kind}"),
                      "recall": m.get(f"recall_{kind}"), "extractor": kind,
@@ -118,8 +119,10 @@ def plot(df: pd.DataFrame, out_dir: str) -> list[str]:
     for ax in (a, b):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("Posterior temperature: fidelity vs diversity (same noise and labels per τ)",
-                 fontsize=10)  # fmt: skip
+    n = sorted(set(df["num_samples"])) if "num_samples" in df else []
+    n_text = f", {'/'.join(map(str, n))} samples per τ" if n else ""
+    fig.suptitle("Posterior temperature: fidelity vs diversity (same noise and labels per τ"
+                 f"{n_text})", fontsize=10)  # fmt: skip
     fig.tight_layout()
     return save_figure(fig, out_dir, "temperature_sweep")
 

