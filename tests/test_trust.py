@@ -204,7 +204,7 @@ def test_a_second_job_waits_for_the_extraction_in_progress(env, tmp_path, monkey
         assert lock.acquire() is True
         t = threading.Thread(target=job)
         t.start()
-        time.sleep(3)
+        time.sleep(1.5)
         assert t.is_alive() and not outcome  # waiting, not extracting
         if holder_finishes:
             folder.mkdir(parents=True)

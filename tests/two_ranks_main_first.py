@@ -1,4 +1,4 @@
-"""Two gloo ranks whose collectives time out after 2 s; rank 0's work takes 5 s.
+"""Two gloo ranks whose collectives time out after 2 s; rank 0's work takes 3.5 s.
 
     RANK=r python tests/two_ranks_main_first.py STORE FOLDER ok|fail
 
@@ -22,7 +22,7 @@ dd = Dist(rank, 2)
 
 
 def work():
-    time.sleep(5)
+    time.sleep(3.5)
     if mode == "fail":
         raise ValueError("no reference images")
     return "built"
