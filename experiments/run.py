@@ -59,7 +59,7 @@ def main(cfg) -> float | None:
         check_inputs(cfg)
         from experiments.runner.trainer import run
 
-        summary = run(cfg, run_dir, on_evaluation=evaluation_hooks(cfg))
+        summary = run(cfg, run_dir, on_evaluation=evaluation_hooks(cfg), checked=True)
     except RunInterrupted as e:  # SIGTERM/SIGINT: checkpointed; exit as the signal would
         print(f"interrupted: {e}", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from shared.backbone.dit import NULL_LABEL
 from shared.codebook import lookup, nearest_code  # noqa: F401  (re-exported)
 
-from .catalog import MIN_TEMPERATURE  # noqa: F401  (re-exported)
+from .catalog import MIN_TEMPERATURE
 
 
 @dataclass

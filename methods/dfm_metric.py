@@ -31,7 +31,7 @@ import torch
 
 from . import noise
 from .base import Method, SampleOutput, check_steps, inverse_cdf, keep
-from .catalog import MAX_BETA, MAX_RATIO, SOLVERS, beta_overflow  # noqa: F401
+from .catalog import SOLVERS, beta_overflow
 from .head import DEFAULT_CHUNK, CategoricalHead
 
 DISTANCES = ("l2", "sqeuclidean")

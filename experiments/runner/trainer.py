@@ -285,13 +285,15 @@ def record_stop(rundir: RunDir, e: BaseException, info: dict, step: int | None) 
     rundir.write_summary(summary)
 
 
-def run(cfg, run_dir: str, on_evaluation=()) -> dict:
+def run(cfg, run_dir: str, on_evaluation=(), checked: bool = False) -> dict:
     """Train and evaluate one run into ``run_dir``; returns its summary. ``on_evaluation``:
     callables ``(run_dir, metrics row) → message or None`` run on rank 0 after each evaluation
-    (the runner itself never imports the analysis layer; experiments/run.py wires it)."""
+    (the runner itself never imports the analysis layer; experiments/run.py wires it).
+    ``checked``: the caller has already run ``validate`` and ``check_inputs`` on ``cfg``."""
     # checks: every config value, then the input files (seconds, before any model work)
-    validate(cfg)
-    check_inputs(cfg)
+    if not checked:
+        validate(cfg)
+        check_inputs(cfg)
     for warning in ignored_options(cfg):
         print(f"warning: {warning}", file=sys.stderr)
     # environment
