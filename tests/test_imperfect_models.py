@@ -265,7 +265,8 @@ def test_float32_limits_hold_where_validation_puts_them():
     is a finite point mass on the data code; past it, it was NaN. τ at the smallest allowed
     value still draws the argmax; below it the method refuses."""
     from methods.base import MIN_TEMPERATURE, categorical
-    from methods.dfm_metric import MAX_BETA, MAX_RATIO, MetricDFM, beta_overflow
+    from methods.catalog import MAX_BETA, MAX_RATIO, beta_overflow
+    from methods.dfm_metric import MetricDFM
 
     codebook = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
     power = 4.7  # beta_scale=10: the limit is 4.71
