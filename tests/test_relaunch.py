@@ -462,9 +462,10 @@ HEAVY = ("torch._dynamo", "torch._inductor", "torchvision", "timm", "diffusers",
 
 def test_a_run_process_imports_none_of_the_slow_packages(env):
     """What every training and sampling process loads (the runner, the DiT, a tokenizer, the
-    fd_fashion extractor, deterministic kernels) imports none of torchvision, timm,
-    diffusers, torch-fidelity or dynamo: ≈ 4 CPU-s of imports per process that the process
-    tests pay dozens of times (`make test`'s time; see shared/tokenizers/vqmodel.py)."""
+    fd_fashion extractor, deterministic kernels, the optimizer's step) imports none of
+    torchvision, timm, diffusers, torch-fidelity or dynamo: ≈ 4 CPU-s of imports per process
+    that the process tests pay dozens of times (`make test`'s time; see
+    shared/tokenizers/vqmodel.py and shared/optim.py)."""
     code = (
         "import sys; sys.argv = ['run.py']; import experiments.run\n"
         "from experiments.runner import trainer, evaluation, build, train_loop\n"
@@ -475,6 +476,10 @@ def test_a_run_process_imports_none_of_the_slow_packages(env):
         f"tok = load_tokenizer('fashion-vq', {env['overrides'][1].split('=', 1)[1]!r})\n"
         "fe = build_extractor('fashion')\n"
         "trainer.set_deterministic()\n"
+        "from shared.optim import build_adamw, clip_and_step\n"  # the training step's update
+        "m = torch.nn.Linear(3, 2); opt = build_adamw(m.parameters(), 1e-3)\n"
+        "m(torch.randn(4, 3)).sum().backward(); clip_and_step(m, opt, 1.0)\n"
+        "opt.zero_grad(set_to_none=True); opt.load_state_dict(opt.state_dict())\n"
         "assert torch.are_deterministic_algorithms_enabled()\n"
         "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"

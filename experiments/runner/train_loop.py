@@ -111,7 +111,7 @@ class Parts:
     model: torch.nn.Module
     net: torch.nn.Module  # model, wrapped by DDP / torch.compile
     ema: torch.nn.Module
-    opt: torch.optim.Optimizer
+    opt: object  # shared.optim.FusedAdamW or a torch.optim.Optimizer (optim.fused=false)
     shards: object
     evaluator: object  # None on ranks > 0
     device: torch.device
