@@ -55,7 +55,7 @@ class FusedAdamW:
                 )
         group = {"lr": lr, "betas": (float(betas[0]), float(betas[1])), "eps": eps,
                  "weight_decay": weight_decay, **_TORCH_GROUP}  # fmt: skip
-        if "decoupled_weight_decay" in _torch_adamw_group_keys():
+        if _torch_records_decoupled_weight_decay():
             group["decoupled_weight_decay"] = True
         group["params"] = params
         self.param_groups = [group]
@@ -134,12 +134,12 @@ class FusedAdamW:
         self.state = state
 
 
-def _torch_adamw_group_keys() -> tuple[str, ...]:
-    """The param-group keys this torch's AdamW records (``decoupled_weight_decay`` since the
-    Adam/AdamW merge), read from its signature without building one."""
+def _torch_records_decoupled_weight_decay() -> bool:
+    """Whether this torch's AdamW records ``decoupled_weight_decay`` in its param groups (it
+    does since the Adam/AdamW merge), read from Adam's signature without building one."""
     import inspect
 
-    return tuple(inspect.signature(torch.optim.Adam.__init__).parameters)
+    return "decoupled_weight_decay" in inspect.signature(torch.optim.Adam.__init__).parameters
 
 
 def build_adamw(
