@@ -319,8 +319,13 @@ def test_pack_runs_a_sweep_several_jobs_at_once(env, tmp_path):
     cmd = [sys.executable, str(REPO_ROOT / "experiments" / "pack.py"), "--parallel", "2",
            "--sweep-dir", str(sweep), "--", *env["overrides"], "method=cfm,purr"]  # fmt: skip
     penv = {**os.environ, "VQBENCH_CACHE": env["cache"]}
+    penv.pop("OMP_NUM_THREADS", None)  # the pack chooses: cores ÷ --parallel
     proc = run_tree(cmd, env=penv, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert f"pack: {threads} CPU thread(s) per job" in proc.stdout
+    for run in ("0_cfm_seed0", "1_purr_seed0"):  # what each job's torch ran with
+        assert json.loads((sweep / run / "summary.json").read_text())["cpu_threads"] == threads
     lines = [ln.strip() for ln in proc.stdout.splitlines()]
     first_end = next(i for i, ln in enumerate(lines) if ln.startswith("ended"))
     assert sum(ln.startswith("started") for ln in lines[:first_end]) == 2  # ran together
@@ -338,6 +343,17 @@ def test_pack_runs_a_sweep_several_jobs_at_once(env, tmp_path):
         assert bad.returncode == 2 and "starts no job" in bad.stderr and why in bad.stderr
         assert "started" not in bad.stdout
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_cfm_seed0", "1_purr_seed0"]
+
+
+def test_pack_gives_each_job_its_share_of_the_cores(monkeypatch):
+    from experiments import pack
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert pack.threads_per_job(2, None, env={}) == 8
+    assert pack.threads_per_job(3, None, env={}) == 5
+    assert pack.threads_per_job(32, None, env={}) == 1  # never 0
+    assert pack.threads_per_job(2, None, env={"OMP_NUM_THREADS": "4"}) is None  # the user's
+    assert pack.threads_per_job(2, ["0", "1"], env={}) is None  # GPU jobs: torch's default
 
 
 def test_pack_parses_overrides_as_hydra_does():

@@ -96,6 +96,7 @@ def load(path: str, map_location="cpu") -> dict:
 ADDED_KEYS = {
     "method.weighting": "none",  # dfm: MDLM weighting (issue #16)
     "method.latent_scale": "none",  # cfm, cfm-endpoint, purr (issue #14)
+    "optim.schedule": "constant",
 }
 
 
@@ -112,6 +113,7 @@ def changes(saved: dict, current: dict) -> dict[str, tuple]:
 INERT_UNLESS = {
     "method.mdlm_eps": ("method.weighting", "mdlm"),
     "method.mdlm_stratified": ("method.weighting", "mdlm"),
+    "optim.decay_fraction": ("optim.schedule", "wsd"),
 }
 
 

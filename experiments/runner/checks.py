@@ -53,6 +53,7 @@ ENUMS = {
     "tokenizer.backend": ("fashion-vq", "sd-vq-f8", "llamagen-vq-ds8"),
     "data.dataset": ("fashion", "imagefolder"),
     "optim.precision": ("auto", "fp32", "bf16"),
+    "optim.schedule": ("constant", "wsd"),
     "eval.precision": ("auto", "fp32", "bf16"),
     "eval.spacing": ("linear", "log"),
     "eval.extractor": ("fashion", "inception"),
@@ -81,6 +82,7 @@ RANGES = {
     "optim.weight_decay": (0, None, True, False),
     "optim.grad_clip": (0, None, True, False),
     "optim.warmup_steps": (0, None, True, False),
+    "optim.decay_fraction": (0, 1, False, False),
     "optim.ema_decay": (0, 1, True, False),
     "eval.points": (1, None, True, False),
     # precision/recall count each sample's 3 nearest neighbours besides itself (torch-fidelity)

@@ -138,6 +138,11 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
     warmup_steps: int = 20
+    # constant (after warm-up) | wsd: linear decay to zero over the last decay_fraction of the
+    # budget, and a decay branch from the run for every earlier evaluation
+    # (experiments/runner/train_loop.py)
+    schedule: str = "constant"
+    decay_fraction: float = 0.2
     ema_decay: float = 0.99
     ema_warmup: bool = True  # decay min(ema_decay, (1+n)/(10+n)), as torch_ema
     # auto: bf16 autocast where the device has native bf16 (CUDA; CPUs with avx512_bf16/amx),

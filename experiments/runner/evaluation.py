@@ -34,6 +34,9 @@ METRIC_COLUMNS = [
     "tokenizer_sha256", "metric_net_sha256", "reference", "reference_sha256",
     # resolved precisions (fp32 | bf16) of training and of evaluation sampling
     "train_precision", "eval_precision",
+    # learning-rate schedule (constant | wsd<fraction>) and, under wsd, the step its decay
+    # began (a decay branch's fork; experiments/runner/train_loop.py)
+    "lr_schedule", "decay_from",
 ]  # fmt: skip
 
 

@@ -5,8 +5,18 @@ Randomness and learning rate are functions of the step, so a resumed run continu
 as an uninterrupted one, whatever else the process built (or drew random numbers for) first:
 
     generator of step s = seeded from (seed, rank, s)      time, noise, corruption, class dropout
-    lr(s)               = optim.lr · min(1, (s+1)/warmup)
+    lr(s)               = optim.lr · min(1, (s+1)/warmup) · decay(s)
     data rows of step s = positions s·B … (s+1)·B−1 of the seeded stream (InfiniteSampler)
+
+``optim.schedule=wsd`` (warmup-stable-decay: MiniCPM, Hu et al. 2024, arXiv 2404.06395;
+Hägele et al. 2024, arXiv 2405.18392) decays the learning rate linearly to zero over the last
+``optim.decay_fraction`` of the budget. Every earlier evaluation point e gets its own decay
+branch: at step d(e) = e − round(fraction·e) the loop sets the run's state aside, trains on to
+e with the learning rate decaying to zero at e, evaluates, and restores the state. Since data,
+noise and learning rate are functions of the step, that branch is exactly the end of a run
+whose budget is e, so one run gives an annealed FD at every budget for about 1.4× its compute
+(log spacing, fraction 0.2). A stop inside a branch restores the state and stops at d(e); the
+relaunch runs the branch again, identically.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -40,9 +50,45 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def lr_at(step: int, lr: float, warmup_steps: int) -> float:
-    """Linear warm-up over ``warmup_steps`` optimiser steps, then constant (0-based step)."""
-    return lr * min(1.0, (step + 1) / max(1, warmup_steps))
+def decay_start(end: int, fraction: float) -> int:
+    """The first step of the decay phase of a run whose budget is ``end`` steps."""
+    return end - max(1, round(fraction * end)) if fraction > 0 else end
+
+
+def lr_at(step: int, lr: float, warmup_steps: int, end: int | None = None,
+          decay_fraction: float = 0.0) -> float:  # fmt: skip
+    """Linear warm-up over ``warmup_steps`` optimiser steps, then constant (0-based step);
+    with ``end`` and a ``decay_fraction``, times (end − step)/(end − d) on the decay phase
+    d = decay_start(end) ≤ step < end: linear to zero at ``end`` (its last step: lr/(end − d))."""
+    scale = min(1.0, (step + 1) / max(1, warmup_steps))
+    if end is not None and decay_fraction > 0:
+        start = decay_start(end, decay_fraction)
+        if step >= start:
+            scale *= (end - step) / (end - start)
+    return lr * scale
+
+
+def schedule_of(optim) -> tuple[str, float]:
+    """(schedule, decay fraction) of an optim config; configs from before the key: constant."""
+    schedule = optim.get("schedule", "constant")
+    return schedule, (float(optim.get("decay_fraction", 0.2)) if schedule == "wsd" else 0.0)
+
+
+def row_anchor(row: dict) -> int:
+    """The main-line step at which a metrics row was written: a decay branch's row (its step
+    before the run's last) at the branch's fork, any other row at its own step. A resumed run
+    keeps the rows whose anchor it has reached."""
+    step, fork = int(row["step"]), row.get("decay_from")
+    total = row.get("total_steps")
+    if fork not in (None, "") and total not in (None, "") and step < int(total):
+        return int(fork)
+    return step
+
+
+def schedule_label(optim) -> str:
+    """``constant`` or ``wsd0.2``: the learning-rate schedule a metrics row was trained with."""
+    schedule, fraction = schedule_of(optim)
+    return f"wsd{fraction:g}" if schedule == "wsd" else schedule
 
 
 def train_step(
@@ -74,6 +120,17 @@ def train_step(
     clip_and_step(model, opt, grad_clip)
     ema_update(ema, model, ema_decay)
     return out.loss.detach().float()
+
+
+def clone(state):
+    """A copy of a (nested) state dict whose tensors share no memory with the original."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: clone(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(clone(v) for v in state)
+    return state
 
 
 class StopSignals:
@@ -118,8 +175,10 @@ class Parts:
     use_bf16: bool
     flops_per_step: int
     total_steps: int
-    evals: list[int]
+    evals: list[int]  # main-line evaluations (under wsd: the last step only)
     identity: dict
+    # wsd: decay branch start → the evaluation steps whose branches fork there
+    branches: dict[int, list[int]] = field(default_factory=dict)
 
 
 class Loop:
@@ -151,6 +210,13 @@ class Loop:
         # nothing until its first evaluation, and run.log stayed empty)
         self.log_sum, self.log_n = 0.0, 0
         self.log_t, self.log_step, self.log_train_s = time.time(), progress.step, 0.0
+        self.schedule = schedule_of(cfg.optim)[1]  # decay fraction (0: constant after warm-up)
+        self.schedule_label = schedule_label(cfg.optim)
+
+    def lr(self, step: int, end: int) -> float:
+        """The learning rate of ``step`` on the way to ``end`` (the budget or a branch's end)."""
+        o = self.cfg.optim
+        return lr_at(step, o.lr, o.warmup_steps, end, self.schedule)
 
     def report(self, line: str, bar, echo: bool = True) -> None:
         """One status line: to run.log in the run folder (every line), and to the console
@@ -173,7 +239,7 @@ class Loop:
         self.log_t, self.log_step, self.log_train_s = time.time(), step, 0.0
         return (f"step {step}/{p.total_steps} ({100 * step / p.total_steps:.0f}%) | images "
                 f"{step * batch:,} | train FLOPs {step * p.flops_per_step:.3g} | loss "
-                f"{loss:.4f} | lr {lr_at(step - 1, cfg.optim.lr, cfg.optim.warmup_steps):.3g} "
+                f"{loss:.4f} | lr {self.lr(step - 1, p.total_steps):.3g} "
                 f"| {batch * rate:.1f} img/s | ETA {eta}")  # fmt: skip
 
     def run(self) -> None:
@@ -187,11 +253,17 @@ class Loop:
                    disable=not (self.dd.main and cfg.progress))  # fmt: skip
         t_seg = time.time()
         try:
+            if self.pending_branches(prog.step):  # resumed where a stop cut a branch short
+                self.decay_branches(prog.step, gen, bar)
+                self.save()
+                t_seg = self.log_t = time.time()
             while prog.step < p.total_steps:
                 self.step(stream, gen)
                 bar.update()
                 step = prog.step
+                is_branch = bool(self.pending_branches(step))
                 is_eval, is_ckpt = step in p.evals, step % cfg.checkpoint_every == 0
+                is_ckpt = is_ckpt or is_branch
                 if step % cfg.log_every == 0 or is_eval or is_ckpt:
                     self.sync_losses(step)
                     if self.dd.main and cfg.progress:
@@ -204,6 +276,8 @@ class Loop:
                     now = time.time()
                     prog.wall_s += now - t_seg
                     self.log_train_s += now - self.log_t  # the log's rate: training time only
+                    if is_branch:
+                        self.decay_branches(step, gen, bar)
                     if is_eval:
                         self.evaluate(step, bar)
                     self.save()
@@ -216,20 +290,66 @@ class Loop:
 
     def step(self, stream, gen: torch.Generator) -> None:
         """The next global batch from the data stream, one train_step, step counter + 1."""
-        cfg, p, step = self.cfg, self.p, self.progress.step
+        loss = self.train_at(self.progress.step, self.p.total_steps, stream, gen)
+        self.pending, self.pending_n = self.pending + loss.double(), self.pending_n + 1
+        self.progress.step += 1
+
+    def train_at(self, step: int, end: int, stream, gen: torch.Generator) -> torch.Tensor:
+        """Optimiser step ``step`` of a run that ends at ``end``: its batch (the stream's next
+        rows), its generator and its learning rate are functions of the step alone."""
+        cfg, p = self.cfg, self.p
         local_batch = cfg.budget.batch_size // self.dd.world
         rows = np.fromiter((next(stream) for _ in range(local_batch)), np.int64, local_batch)
         c, y = p.shards.gather(rows)
         c, y = c.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
         gen.manual_seed(step_seed(cfg.seed, self.dd.rank, step))
-        loss = train_step(
+        return train_step(
             p.method, p.model, p.net, p.opt, p.ema, c, y, gen,
-            lr=lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps), grad_clip=cfg.optim.grad_clip,
+            lr=self.lr(step, end), grad_clip=cfg.optim.grad_clip,
             ema_decay=ema_decay(step, cfg.optim.ema_decay, cfg.optim.ema_warmup),
             use_bf16=p.use_bf16,
         )  # fmt: skip
-        self.pending, self.pending_n = self.pending + loss.double(), self.pending_n + 1
-        self.progress.step += 1
+
+    # ------------------------------------------------------------ decay branches (wsd)
+    def pending_branches(self, step: int) -> list[int]:
+        """The evaluation steps whose decay branch forks at ``step`` and has no row yet."""
+        done = {int(r["step"]) for r in self.rows}
+        return [end for end in self.p.branches.get(step, ()) if end not in done]
+
+    def decay_branches(self, start: int, gen: torch.Generator, bar) -> None:
+        """Every pending branch that forks at ``start``: set the state aside, train to the
+        branch's end with the learning rate decaying to zero there, evaluate, restore."""
+        cfg, p, batch = self.cfg, self.p, self.cfg.budget.batch_size
+        self.sync_losses(start)
+        saved = {"model": clone(p.model.state_dict()), "ema": clone(p.ema.state_dict()),
+                 "opt": clone(p.opt.state_dict())}  # fmt: skip
+        for end in self.pending_branches(start):
+            stream = iter(InfiniteSampler(len(p.shards), seed=cfg.seed, start=start * batch,
+                                          rank=self.dd.rank, world_size=self.dd.world))  # fmt: skip
+            t0, losses = time.time(), torch.zeros((), device=p.device, dtype=torch.float64)
+            stopped = False
+            for step in range(start, end):
+                losses += self.train_at(step, end, stream, gen).double()
+                if (step + 1 - start) % cfg.log_every == 0 and self.stop_requested(step + 1):
+                    stopped = True
+                    break
+            if not stopped:
+                if self.dd.world > 1:
+                    dist.all_reduce(losses)
+                    losses /= self.dd.world
+                loss = losses.item() / (end - start)
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"non-finite loss in the decay branch from step {start} to {end}. "
+                        + self.resume_hint()
+                    )
+                wall = self.progress.wall_s + time.time() - t0
+                self.evaluate(end, bar, wall_s=wall, loss=loss, branch_from=start)
+            p.model.load_state_dict(saved["model"])
+            p.ema.load_state_dict(saved["ema"])
+            p.opt.load_state_dict(clone(saved["opt"]))
+            if stopped:
+                self.stop_now(start)
 
     # ---------------------------------------------------------------- pieces
     def sync_losses(self, step: int) -> None:
@@ -252,7 +372,9 @@ class Loop:
         self.pending = torch.zeros((), device=self.p.device, dtype=torch.float64)
         self.pending_n, self.synced_step = 0, step
 
-    def evaluate(self, step: int, bar) -> None:
+    def evaluate(self, step: int, bar, wall_s=None, loss=None, branch_from=None) -> None:
+        """Score the EMA weights at ``step``. A decay branch passes its own training wall time
+        and mean loss, and the main-line step it forked from (the row's ``decay_from``)."""
         p, prog = self.p, self.progress
         if self.dd.main:
             row = p.evaluator(
@@ -261,9 +383,14 @@ class Loop:
                 p.total_steps,
                 self.cfg.budget.batch_size,
                 p.flops_per_step,
-                prog.wall_s,
-                prog.mean_loss(),
+                prog.wall_s if wall_s is None else wall_s,
+                prog.mean_loss() if loss is None else loss,
             )
+            # the step where this row's learning-rate decay began: its branch's fork, or the
+            # main line's own decay phase (blank: constant after warm-up)
+            if branch_from is None and self.schedule:
+                branch_from = decay_start(p.total_steps, self.schedule)
+            row["lr_schedule"], row["decay_from"] = self.schedule_label, branch_from
             self.rows.append(row)
             write_csv(self.rundir.metrics, self.rows)
             self.report(p.evaluator.describe(row), bar)
@@ -271,7 +398,8 @@ class Loop:
                 message = hook(self.rundir.path, row)
                 if message:
                     self.report(message, bar)
-        prog.loss_sum, prog.loss_count = 0.0, 0
+        if branch_from is None:
+            prog.loss_sum, prog.loss_count = 0.0, 0
         self.dd.barrier()
 
     def save(self) -> None:

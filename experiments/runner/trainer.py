@@ -48,7 +48,15 @@ from .checks import check_inputs, flat_keys, ignored_options, method_label, vali
 from .errors import NonFiniteLossError, RunError, RunInterrupted, RunRefused
 from .evaluation import METRIC_COLUMNS, Evaluator, read_csv
 from .rundir import RunDir
-from .train_loop import Loop, Parts, StopSignals
+from .train_loop import (
+    Loop,
+    Parts,
+    StopSignals,
+    decay_start,
+    row_anchor,
+    schedule_label,
+    schedule_of,
+)
 
 __all__ = [
     "run",
@@ -74,6 +82,20 @@ def eval_steps(total: int, points: int, spacing: str) -> list[int]:
     else:  # "log" (validated)
         fracs = np.geomspace(max(1.0 / total, 1.0 / 2 ** (points - 1)), 1.0, points)
     return sorted({max(1, min(total, round(f * total))) for f in fracs})
+
+
+def decay_plan(evals: list[int], total: int, fraction: float) -> tuple[list, dict]:
+    """(main-line evaluations, decay branches) for evaluation steps ``evals``. Constant
+    schedule (``fraction`` 0): every evaluation on the main line, no branches. wsd: the main
+    line evaluates at ``total`` only; each earlier evaluation step e is the end of a branch
+    that forks at decay_start(e) (several may fork at one step)."""
+    if not fraction:
+        return evals, {}
+    branches: dict[int, list[int]] = {}
+    for end in evals:
+        if end < total:
+            branches.setdefault(decay_start(end, fraction), []).append(end)
+    return [total], branches
 
 
 def steps_for_budget(budget, flops_per_step: int) -> int:
@@ -144,6 +166,7 @@ def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
             f"{len(evals)} distinct evaluation steps: the budget buys {total} steps; lower "
             f"eval.points to at most {len(evals)}, or raise the budget"
         )
+    evals, branches = decay_plan(evals, total, schedule_of(cfg.optim)[1])
     shards = prepare_latents(cfg, tok, dd)
     o = cfg.optim
     # resolved once (rank 0's hardware): ranks of one run never train in different precisions
@@ -163,24 +186,12 @@ def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
     if cfg.compile:
         net = torch.compile(net)
     return Parts(
-        method,
-        model,
-        net,
-        ema,
-        opt,
-        shards,
-        evaluator,
-        device,
-        train_precision == "bf16",
-        flops,
-        total,
-        evals,
-        {
-            "tokenizer": tok.tokenizer_id,
-            "shards": shards.manifest["checksum"],
-            "train_precision": train_precision,
-        },  # fmt: skip
-    )
+        method=method, model=model, net=net, ema=ema, opt=opt, shards=shards,
+        evaluator=evaluator, device=device, use_bf16=train_precision == "bf16",
+        flops_per_step=flops, total_steps=total, evals=evals, branches=branches,
+        identity={"tokenizer": tok.tokenizer_id, "shards": shards.manifest["checksum"],
+                  "train_precision": train_precision},
+    )  # fmt: skip
 
 
 def describe(cfg, p: Parts, dd: Dist) -> dict:
@@ -207,7 +218,10 @@ def describe(cfg, p: Parts, dd: Dist) -> dict:
         "train_flops_per_image": p.model.train_flops(1),
         "total_steps": p.total_steps,
         "batch_size": cfg.budget.batch_size,
-        "eval_steps": p.evals,
+        "eval_steps": sorted([*p.evals, *(e for ends in p.branches.values() for e in ends)]),
+        "lr_schedule": schedule_label(cfg.optim),
+        # wsd: fork step → the evaluation steps whose decay branches start there
+        "decay_branches": {str(k): v for k, v in sorted(p.branches.items())},
         "budget_train_flops": cfg.budget.train_flops,
         "budget_images": cfg.budget.images,
         "tokenizer": p.identity["tokenizer"],
@@ -218,6 +232,7 @@ def describe(cfg, p: Parts, dd: Dist) -> dict:
         "eval_precision": p.evaluator.precision if p.evaluator is not None else None,
         "world_size": dd.world,
         "device": str(p.device),
+        "cpu_threads": torch.get_num_threads(),
     }
 
 
@@ -242,7 +257,7 @@ def open_run_dir(cfg, rundir: RunDir, dd: Dist) -> tuple[dict | None, dict]:
     relabel = None
     if dd.main:
         step = saved["progress"]["step"]
-        evaluated = any(int(r["step"]) <= step for r in read_csv(rundir.metrics))
+        evaluated = any(row_anchor(r) <= step for r in read_csv(rundir.metrics))
         relabel = checkpoint.check_relabel(rundir.checkpoint, saved, cfg, evaluated)
     relabel = dd.decide(relabel)
     if relabel is not None:
@@ -309,7 +324,7 @@ def run(cfg, run_dir: str, on_evaluation=(), checked: bool = False) -> dict:
             progress = restore(cfg, parts, saved, rundir)
             del saved
             info = describe(cfg, parts, dd)
-            rows = [r for r in read_csv(rundir.metrics) if int(r["step"]) <= progress.step]
+            rows = [r for r in read_csv(rundir.metrics) if row_anchor(r) <= progress.step]
             if dd.main:
                 start_launch(rundir, info, progress.step, changed)
                 if progress.step:

@@ -327,6 +327,14 @@ def DiT_Nano_1(**kw):
     return _dit("Nano", 1, **kw)
 
 
+def DiT_Micro_1(**kw):
+    return _dit("Micro", 1, **kw)  # noqa: E704
+
+
+def DiT_Micro_2(**kw):
+    return _dit("Micro", 2, **kw)  # noqa: E704
+
+
 def DiT_Mini_1(**kw):
     return _dit("Mini", 1, **kw)  # noqa: E704
 
@@ -397,6 +405,7 @@ def DiT_XL_4(**kw):
 
 DiT_models = {
     "DiT-Nano/1": DiT_Nano_1,
+    "DiT-Micro/1": DiT_Micro_1, "DiT-Micro/2": DiT_Micro_2,
     "DiT-Mini/1": DiT_Mini_1, "DiT-Mini/2": DiT_Mini_2,
     "DiT-Ti/1": DiT_Ti_1, "DiT-Ti/2": DiT_Ti_2, "DiT-Ti/4": DiT_Ti_4,
     "DiT-S/1": DiT_S_1, "DiT-S/2": DiT_S_2, "DiT-S/4": DiT_S_4,
