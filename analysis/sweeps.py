@@ -69,6 +69,7 @@ def load_sweep(sweep_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
             "evaluations": n_rows, "total_steps": summary.get("total_steps"),
             "train_flops_per_step": summary.get("train_flops_per_step"),
             "params": summary.get("params"), "error": summary.get("error"),
+            "backbone": summary.get("backbone"),
             "budget_train_flops": summary.get("budget_train_flops"),
             "budget_images": summary.get("budget_images"),
         })  # fmt: skip
