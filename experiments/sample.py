@@ -18,8 +18,11 @@ on how many processes share the work, or on where a killed job stopped. Work is 
 shards of ``--shard-size`` images under ``FILE.npz.parts/``, each written atomically;
 a relaunch of the same command skips the finished shards (a relaunch with other settings is
 refused, naming them) and the final file is assembled from the shards in order, with fixed
-zip timestamps, so the same command gives the same bytes. Under torchrun the shards are
-dealt across ranks and rank 0 assembles the file (the ranks share a file system).
+zip timestamps, so the same command gives the same bytes. Under torchrun rank r starts with
+shards r, r + world, … and then takes any shard no rank has claimed (an exclusive file create),
+so a relaunch's owed shards spread over every rank; rank 0 assembles the file (the ranks share
+a file system). Ranks wait for each other by polling that folder, never in a collective, so
+no wait runs into NCCL's timeout however long a shard or the assembly takes.
 
 On SLURM: ``--launcher slurm --partition P --gpus-per-node G [--nodes N --timeout-min T]``
 submits the same command as a submitit job (one task per GPU, the ranks as under torchrun);
@@ -41,6 +44,8 @@ import os
 import platform
 import shutil
 import sys
+import time
+import uuid
 import zipfile
 
 import numpy as np
@@ -267,6 +272,37 @@ def sample_shard(method, model, tok, card, lo, hi, batch_size, device) -> dict:
             "index": np.arange(lo, hi, dtype=np.int64), "nfe": np.array([n, rows])}  # fmt: skip
 
 
+def claim(parts: str, launch: str, k: int) -> bool:
+    """Take shard ``k`` for this rank in launch ``launch`` (an exclusive create on the shared
+    file system); False when another rank of this launch took it first. Claims of earlier
+    launches are ignored: their ranks are gone, their unfinished shards are owed again."""
+    folder = os.path.join(parts, "claims", launch)
+    os.makedirs(folder, exist_ok=True)
+    try:
+        os.close(os.open(os.path.join(folder, str(k)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def wait_for_shards(parts: str, ranges, rank: int, poll_s: float = 1.0) -> None:
+    """Until every shard is written (by any rank), polling; says every minute what it waits
+    for. A rank that died leaves its claimed shard unwritten: torchrun and SLURM end the
+    launch, and the relaunch samples it again."""
+    t0 = told = time.time()
+    missing = list(range(len(ranges)))
+    while True:
+        missing = [k for k in missing if not shard_done(shard_path(parts, k), *ranges[k])]
+        if not missing:
+            return
+        if time.time() - told >= 60:
+            print(f"[rank {rank}] waiting for {len(missing)} shard(s) of other ranks "
+                  f"({', '.join(map(str, missing[:8]))}…; {time.time() - t0:.0f} s so far)",
+                  flush=True)  # fmt: skip
+            told = time.time()
+        time.sleep(poll_s)
+
+
 def card_changes(old: dict, card: dict) -> str:
     """The settings in which two cards differ ("" when they agree; versions may differ)."""
     keys = sorted(k for k in card if k != "versions" and old.get(k) != card.get(k))
@@ -416,21 +452,33 @@ def main(argv=None) -> dict | None:
             print(f"{out} is complete (same settings); nothing to do")
         return None
     ranges = shard_ranges(args.num_samples, args.shard_size)
-    mine = [k for k in range(len(ranges)) if k % dd.world == dd.rank]
-    todo = [k for k in mine if not shard_done(shard_path(parts, k), *ranges[k])]
+    launch = dd.decide(uuid.uuid4().hex)  # this launch's claims (a relaunch's are its own)
+    done = sum(shard_done(shard_path(parts, k), *ranges[k]) for k in range(len(ranges)))
     if dd.main:
         print(f"sampling {args.num_samples} images of {card['method']} (step {card['step']}, "
               f"{card['solver']} × {card['steps']}, τ={card['temperature']}, "
               f"CFG {card['cfg_scale']}) in {len(ranges)} shards over {dd.world} process(es); "
-              f"{len(mine) - len(todo)} of this rank's {len(mine)} already done")  # fmt: skip
-    for k in progress_bar(todo, desc=f"shards[rank {dd.rank}]", disable=not args.progress):
+              f"{done} of the {len(ranges)} shards already done")  # fmt: skip
+    # rank r starts with shards r, r + world, …, then takes any shard nobody has claimed: a
+    # relaunch that owes only the last shards spreads them over every rank
+    order = sorted(range(len(ranges)), key=lambda k: (k % dd.world != dd.rank, k))
+    bar = progress_bar(total=len(ranges) - done, desc=f"shards[rank {dd.rank}]",
+                       disable=not args.progress)  # fmt: skip
+    for k in order:
         lo, hi = ranges[k]
+        if shard_done(shard_path(parts, k), lo, hi) or not claim(parts, launch, k):
+            continue
         blob = sample_shard(method, model, tok, card, lo, hi, batch, device)
         write_npz(shard_path(parts, k), blob)
-    dd.barrier()
-    final = None
+        bar.update()
+    bar.close()
+    # the ranks wait for each other's shards, then for rank 0's assembly, by polling the shared
+    # folder, never in a collective: one shard at ImageNet scale (10–40 min) and the assembly
+    # of a 50k file outlast NCCL's 10-minute collective timeout
+    wait_for_shards(parts, ranges, dd.rank)
+    final = dd.main_first(lambda: assemble(out, parts, card, args.png_dir),
+                          os.path.dirname(out), f"assembly-{os.path.basename(out)}")  # fmt: skip
     if dd.main:
-        final = assemble(out, parts, card, args.png_dir)
         print(f"wrote {out} ({args.num_samples} images, NFE {final['nfe']}) and its card "
               f"{out[:-4]}.json")  # fmt: skip
     dd.close(True)

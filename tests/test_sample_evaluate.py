@@ -174,7 +174,7 @@ def test_sampling_killed_midway_resumes_to_the_same_bytes(env, runs, tmp_path):
     assert 1 <= len(done) < 6
     p = run_tree(sample_cmd(env, runs["dfm"], cut), timeout=120, env=penv(env))
     assert p.returncode == 0, p.stderr[-2000:]
-    assert f"{len(done)} of this rank's 6 already done" in p.stdout
+    assert f"{len(done)} of the 6 shards already done" in p.stdout
     assert cut.read_bytes() == full.read_bytes()
 
 
@@ -195,6 +195,26 @@ def test_two_rank_sampling_equals_one_process(env, runs, tmp_path):
     a, b = load(one), load(two)
     assert (a["labels"] == b["labels"]).all() and (a["arr_0"] == b["arr_0"]).all()
     assert a["card"] == b["card"]
+
+
+@pytest.mark.process
+def test_two_ranks_with_uneven_shards_never_wait_in_a_collective(env, runs, tmp_path):
+    """3 shards of 4 s on 2 gloo ranks whose collectives time out after 2.5 s: dealt k % world,
+    rank 1 would wait 4 s in the final barrier for rank 0's second shard. It takes that shard
+    instead, and every wait (shards, assembly) polls the folder: no timeout, and the file is
+    the one-process file."""
+    one = tmp_path / "one.npz"
+    p = run_tree(sample_cmd(env, runs["cfm"], one, n=6), timeout=120, env=penv(env))
+    assert p.returncode == 0, p.stderr[-2000:]
+    two = tmp_path / "two.npz"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", str(REPO_ROOT / "tests" / "sample_with_slow_shards.py"),
+                "2.5", "4", "--"]  # fmt: skip
+    p = run_tree(torchrun + sample_cmd(env, runs["cfm"], two, n=6)[2:], timeout=180,
+                 env=penv(env))  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    a, b = load(one), load(two)
+    assert (a["arr_0"] == b["arr_0"]).all() and a["card"] == b["card"]
 
 
 # ---------------------------------------------------------------------------- evaluate.py
