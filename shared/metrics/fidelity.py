@@ -160,7 +160,8 @@ def reference_features(kind: str = "fashion", dataset: str = "fashion-mnist", sp
         except (FileLoadError, KeyError, TypeError) as e:  # unreadable, truncated or unsafe
             ok, why = False, str(e)
         if ok:
-            return {"key": key, "features": feats, "images_sha256": blob["images_sha256"]}
+            return {"key": key, "features": feats, "images_sha256": blob["images_sha256"],
+                    "stats": reference_statistics(feats)}  # fmt: skip
         print(f"reference statistics {path} are stale or corrupt; rebuilding them ({why})")
     total, get = image_source(dataset, split, size, data_root)
     pick = torch.arange(total)
@@ -180,7 +181,43 @@ def reference_features(kind: str = "fashion", dataset: str = "fashion-mnist", sp
     blob = {"key": key, "features": feats, "sha256": _digest(feats),
             "images_sha256": images_sha.hexdigest()}  # fmt: skip
     atomic_torch_save(blob, path)
-    return {"key": key, "features": feats, "images_sha256": blob["images_sha256"]}
+    return {"key": key, "features": feats, "images_sha256": blob["images_sha256"],
+            "stats": reference_statistics(feats, progress)}  # fmt: skip
+
+
+PRC_K = 3  # precision/recall's k nearest neighbours (torch-fidelity's default)
+
+
+def kid_size(n_gen: int, n_ref: int, asked: int | None = None) -> int:
+    """KID's subset size: the one asked for, else torch-fidelity's 1000 capped by both sets."""
+    return asked or min(n_gen, n_ref, 1000)
+
+
+def reference_statistics(ref: dict, progress: bool = False) -> dict:
+    """What every evaluation needs of a reference set's features and nothing else does: FD's
+    {mu, sigma} and the manifold radii of precision (k = PRC_K). Computed once per feature set
+    and cached, keyed by the features' sha256 (so by the images and the network that made
+    them), as EDM2 caches its reference statistics; a stale or corrupt file is rebuilt."""
+    digest = _digest({"feat": ref["feat"]})
+    path = cache_root() / "metrics" / "ref_stats" / f"{digest[:32]}-k{PRC_K}.pt"
+    if path.is_file():
+        try:
+            blob = load_torch_file(path, "reference statistics")
+            if blob["features_sha256"] == digest and blob["k"] == PRC_K:
+                return {"mu": blob["mu"].numpy(), "sigma": blob["sigma"].numpy(),
+                        "radii": blob["radii"]}  # fmt: skip
+        except (FileLoadError, KeyError, TypeError, AttributeError):
+            pass
+        print(f"reference statistics {path} are stale or corrupt; rebuilding them")
+    r = ref["feat"].double()
+    fd = stats.fd_statistics(r)
+    if progress:
+        print(f"reference statistics: FD moments and precision radii of {len(r)} features")
+    radii = stats.manifold_radii(r, PRC_K, 10000) if len(r) > PRC_K else None
+    blob = {"features_sha256": digest, "k": PRC_K, "mu": torch.from_numpy(fd["mu"]),
+            "sigma": torch.from_numpy(fd["sigma"]), "radii": radii}  # fmt: skip
+    atomic_torch_save(blob, path)
+    return {"mu": fd["mu"], "sigma": fd["sigma"], "radii": radii}
 
 
 def metrics_from_features(
@@ -190,18 +227,24 @@ def metrics_from_features(
     which=("fd", "kid", "prc", "is"),
     kid_subset_size=None,
     seed=2020,
+    ref_stats: dict | None = None,
 ) -> dict:
     """The metrics of precomputed features (``stats.py``: torch-fidelity's arithmetic, with
-    its defaults: KID 100 subsets, precision/recall k = 3, IS 10 splits)."""
+    its defaults: KID 100 subsets, precision/recall k = 3, IS 10 splits). ``ref_stats``: the
+    reference's :func:`reference_statistics` (the same numbers, without recomputing them)."""
     out = {}
     g, r = gen["feat"].double(), ref["feat"].double()  # float64: KID sums tiny kernel gaps
     if "fd" in which:
-        out[FD_KEY[kind]] = stats.frechet_distance(stats.fd_statistics(g), stats.fd_statistics(r))
+        ref_fd = ref_stats if ref_stats is not None else stats.fd_statistics(r)
+        out[FD_KEY[kind]] = stats.frechet_distance(stats.fd_statistics(g), ref_fd)
     if "kid" in which:
-        size = kid_subset_size or min(len(g), len(r), 1000)
+        size = kid_size(len(g), len(r), kid_subset_size)
         out[f"kid_{kind}"], out[f"kid_{kind}_std"] = stats.kid(g, r, size, 100, seed)
     if "prc" in which:
-        out[f"precision_{kind}"], out[f"recall_{kind}"] = stats.precision_recall(g, r, 3, 10000)
+        radii = ref_stats.get("radii") if ref_stats is not None else None
+        out[f"precision_{kind}"], out[f"recall_{kind}"] = stats.precision_recall(
+            g, r, PRC_K, 10000, real_radii=radii
+        )
     if "is" in which and "logits" in gen:
         out[f"is_{kind}"] = stats.inception_score(gen["logits"].float(), 10, seed)[0]
     return {k: float(np.float64(v)) for k, v in out.items()}
@@ -214,4 +257,5 @@ def compute_metrics(generated, reference: dict, extractor=None, which=("fd", "ki
     kind = reference["key"]["extractor"]
     extractor = extractor or build_extractor(kind, device)
     gen = extract_features(extractor, generated)
-    return metrics_from_features(gen, reference["features"], kind, which, kid_subset_size)
+    return metrics_from_features(gen, reference["features"], kind, which, kid_subset_size,
+                                 ref_stats=reference.get("stats"))  # fmt: skip

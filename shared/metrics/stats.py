@@ -76,22 +76,37 @@ def _cdist(a: torch.Tensor, b: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat([torch.cdist(a, part).cpu() for part in b.split(batch)], dim=1)
 
 
-def _inside(queries: torch.Tensor, members: torch.Tensor, k: int, batch: int) -> float:
-    """Fraction of queries within some member's distance to its k-th neighbour (row by row
-    over batches, as torch-fidelity's ``save_cpu_ram`` path)."""
-    radii = torch.cat([
+def manifold_radii(members: torch.Tensor, k: int = 3, batch: int = 10000) -> torch.Tensor:
+    """Each member's distance to its k-th nearest neighbour in its own set (itself excluded):
+    the radii of the set's manifold. For a 60k reference set this is 3.6e9 distances, the
+    bulk of an evaluation, so a reference's radii are cached with its features
+    (``fidelity.reference_statistics``)."""
+    return torch.cat([
         _cdist(part, members, batch).kthvalue(k + 1).values for part in members.split(batch)
     ])  # fmt: skip
+
+
+def _inside(queries: torch.Tensor, members: torch.Tensor, k: int, batch: int,
+            radii: torch.Tensor | None = None) -> float:  # fmt: skip
+    """Fraction of queries within some member's distance to its k-th neighbour (row by row
+    over batches, as torch-fidelity's ``save_cpu_ram`` path)."""
+    radii = manifold_radii(members, k, batch) if radii is None else radii
     hits = [(_cdist(part, members, batch) <= radii).any(dim=1).float()
             for part in queries.split(batch)]  # fmt: skip
     return torch.cat(hits).mean().item()
 
 
-def precision_recall(gen: torch.Tensor, real: torch.Tensor, k: int = 3,
-                     batch: int = 10000) -> tuple[float, float]:  # fmt: skip
-    """(precision, recall) of generated against real features."""
+def precision_recall(gen: torch.Tensor, real: torch.Tensor, k: int = 3, batch: int = 10000,
+                     real_radii: torch.Tensor | None = None) -> tuple[float, float]:  # fmt: skip
+    """(precision, recall) of generated against real features; ``real_radii``: the real set's
+    :func:`manifold_radii` at this k, when already known."""
+    if len(gen) <= k or len(real) <= k:
+        raise ValueError(
+            f"precision/recall with k={k} needs more than {k} samples per set, got "
+            f"{len(gen)} generated and {len(real)} real"
+        )
     recall = _inside(real, gen, k, batch)
-    precision = _inside(gen, real, k, batch)
+    precision = _inside(gen, real, k, batch, real_radii)
     return precision, recall
 
 
