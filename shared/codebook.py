@@ -20,14 +20,22 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 1 << 24) 
     For a unit-norm codebook (LlamaGen) this equals the cosine nearest neighbour. Distances
     are computed for a chunk of positions at a time (at most ``chunk`` entries alive): at
     K=16384 and a 32×32 grid the full (B·H·W, K) map would be 64 MiB per image.
+
+    The search runs in at least float32 with autocast off, whatever the caller's autocast: in
+    bf16 (8 mantissa bits) the cross term z·e rounds away differences of 1% between the two
+    nearest codes, so a bf16 sampler snapped near-ties to the wrong code, most of all in a
+    dense codebook (LlamaGen's K=16384 on the unit sphere).
     """
     b, d, h, w = z.shape
-    flat = z.permute(0, 2, 3, 1).reshape(-1, d).to(codebook.dtype)
-    norms = codebook.pow(2).sum(1)
-    rows = max(1, chunk // codebook.shape[0])
-    out = torch.empty(flat.shape[0], dtype=torch.long, device=z.device)
-    for s in range(0, flat.shape[0], rows):
-        part = flat[s : s + rows]
-        dist = (part.pow(2).sum(1, keepdim=True) - 2 * part @ codebook.T) + norms
-        out[s : s + rows] = dist.argmin(1)
+    dtype = torch.promote_types(codebook.dtype, torch.float32)
+    with torch.autocast(z.device.type, enabled=False):
+        book = codebook.to(dtype)
+        flat = z.permute(0, 2, 3, 1).reshape(-1, d).to(dtype)
+        norms = book.pow(2).sum(1)
+        rows = max(1, chunk // book.shape[0])
+        out = torch.empty(flat.shape[0], dtype=torch.long, device=z.device)
+        for s in range(0, flat.shape[0], rows):
+            part = flat[s : s + rows]
+            dist = (part.pow(2).sum(1, keepdim=True) - 2 * part @ book.T) + norms
+            out[s : s + rows] = dist.argmin(1)
     return out.view(b, h, w)

@@ -231,6 +231,23 @@ def test_nearest_code_and_lookup_roundtrip():
     assert torch.equal(nearest_code(z, E), c)
 
 
+def test_the_snap_to_the_codebook_is_exact_under_bf16_autocast():
+    """Two codes 1e-3 apart and a state between them, nearer the second: in bf16 the cross
+    term z·e of both rounds to 1.0 and the first code wins. The search runs in float32
+    whatever the caller's autocast, so a bf16 sampler snaps as an fp32 one does."""
+    book = torch.zeros(2, 4)
+    book[0, 0], book[1, 0] = 1.0, 1.001
+    z = torch.zeros(1, 4, 1, 1)
+    z[0, 0] = 1.0006
+    exact = ((z.flatten() - book.double()) ** 2).sum(1).argmin()
+    assert int(exact) == 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert int(nearest_code(z, book)) == 1
+        assert int(nearest_code(z.bfloat16().float(), book)) == int(
+            ((z.bfloat16().float().flatten() - book) ** 2).sum(1).argmin()
+        )
+
+
 def test_time_sampler_ranges():
     g = torch.Generator().manual_seed(0)
     u = methods.TimeSampler("uniform", t_min=0.2)(20000, "cpu", g)
