@@ -31,11 +31,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sampling_sweep import add_run_args, curve_groups, sweep_cli  # noqa: E402
+from analysis.sampling_sweep import add_run_args, check_one_measurement, curve_groups, sweep_cli  # noqa: E402
 from analysis.sweeps import save_figure  # noqa: E402
 
 
 def plot(df: pd.DataFrame, out_dir: str) -> list[str]:
+    check_one_measurement(df)  # one measurement per (run, setting): means are over seeds only
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.6))
     for name, grp in curve_groups(df):
         for solver, s in grp.groupby("solver", sort=False):

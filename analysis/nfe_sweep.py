@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sampling_sweep import add_run_args, curve_groups, sweep_cli  # noqa: E402
+from analysis.sampling_sweep import add_run_args, check_one_measurement, curve_groups, sweep_cli  # noqa: E402
 from analysis.sweeps import save_figure  # noqa: E402
 
 CONTINUOUS = ("cfm", "cfm-endpoint", "purr")
@@ -80,6 +80,7 @@ def plot(df: pd.DataFrame, out_dir: str) -> list[str]:
         metrics[0] = ("fd", "FID (Inception) ↓")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    check_one_measurement(df)  # one measurement per (run, setting): means are over seeds only
     for i, (name, grp) in enumerate(curve_groups(df)):
         colour = colours[i % len(colours)]
         for solver, s in grp.groupby("solver", sort=False):

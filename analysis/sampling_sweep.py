@@ -5,8 +5,10 @@ Every point samples the run's own protocol (its labels, noise seed ``eval.seed``
 and evaluation precision, EMA weights of the last checkpoint) with one setting changed, and
 scores it against the run's reference. A point is one CSV row, written atomically as soon as
 it is done, keyed by what produced it: the run folder, its checkpoint's sha256 and the
-setting. A relaunch with the same output folder skips the points it has (a retrained run has
-another checkpoint, so its points are recomputed), so a killed sweep loses at most one point.
+setting, including the number of samples it was scored at. A relaunch with the same output
+folder skips the points it has (a retrained run has another checkpoint, so its points are
+recomputed), so a killed sweep loses at most one point. A figure reads only the rows of each
+run's current checkpoint at the sweep's sample count, and refuses two rows for one point.
 
 Rows carry the run's ``train_identity`` (a digest of its training config, seed excluded):
 runs are grouped by it, never by label alone, and two runs with one identity and one seed
@@ -102,6 +104,45 @@ def output_stems(run_dirs: list[str]) -> dict[str, str]:
     return stems
 
 
+def run_key(run_dir: str, csv_path: str) -> str:
+    """A run's key in a sweep CSV: its folder relative to the CSV's, so that a committed CSV
+    names no path of the machine that ran it and still finds its runs when moved with them."""
+    return os.path.relpath(os.path.abspath(run_dir), os.path.dirname(os.path.abspath(csv_path)))
+
+
+def current_rows(rows: list[dict], run_dirs, csv_path: str, num_samples: int | None):
+    """The rows that measure these runs as they are now: each run's current checkpoint (a
+    retrained run's old rows stay in the file, unused) at this sweep's sample count (a rerun
+    with more samples replaces the points, it is not averaged with them)."""
+    from experiments.runner.build import load_trained
+
+    wanted = {}
+    for run in run_dirs:
+        sha = file_sha256(os.path.join(run, "checkpoints", "last.pt"))[:16]
+        n = num_samples or int(load_trained(run, "cpu")[0].eval.num_samples)
+        wanted[run_key(run, csv_path)] = (sha, n)
+    return [r for r in rows if r["path"] in wanted
+            and (r["checkpoint_sha256"], int(r["num_samples"])) == wanted[r["path"]]]  # fmt: skip
+
+
+def check_one_measurement(df: pd.DataFrame) -> None:
+    """Refuse two rows of one run at one setting (another checkpoint, or another sample
+    count): a figure draws one measurement per point and never averages two, naming both."""
+    keys = ["path", *(k for k in SETTING if k != "num_samples" and k in df)]
+    dup = df[df[keys].astype("string").fillna("protocol").duplicated(keep=False)]
+    if dup.empty:
+        return
+    lines = "\n  ".join(
+        f"{r['run']} {r['solver']} steps={r['steps']} cfg={r['cfg_scale']}: checkpoint "
+        f"{r['checkpoint_sha256']}, n={r['num_samples']}, fd={r['fd']:.3f}"
+        for _, r in dup.iterrows()
+    )
+    raise NotComparableError(
+        f"these rows measure one run at one setting more than once, and a point is one "
+        f"measurement:\n  {lines}\nKeep the rows of one checkpoint and one sample count."
+    )
+
+
 def setting_key(point: dict) -> str:
     return "|".join(f"{k}={point.get(k)}" for k in SETTING)
 
@@ -124,14 +165,14 @@ def sweep_run(run_dir: str, points_for, csv_path: str, rows: list[dict],
     checkpoint are kept, not recomputed."""
     from experiments.runner.trainer import Evaluator, load_trained
 
-    path = os.path.abspath(run_dir)
+    path = run_key(run_dir, csv_path)
     ck_sha = file_sha256(os.path.join(run_dir, "checkpoints", "last.pt"))[:16]
     have = {r["setting"] for r in rows if r["path"] == path and r["checkpoint_sha256"] == ck_sha}
     cfg, tok, method, model, ck = load_trained(run_dir, device, with_checkpoint=True)
     points = points_for(cfg, tok)
     todo = []
-    for point in points:
-        full = {"num_samples": num_samples, **point}
+    for point in points:  # the key names the sample count a point is measured at, resolved
+        full = {"num_samples": num_samples or int(cfg.eval.num_samples), **point}
         if setting_key(full) not in have:
             todo.append(full)
     if not todo:
@@ -224,9 +265,9 @@ def run_all(run_dirs, points_for, csv_path, device="cpu", num_samples=None) -> p
                 r[k] = None
     for run in run_dirs:
         rows = sweep_run(run, points_for, csv_path, rows, device, num_samples)
-    paths = {os.path.abspath(r) for r in run_dirs}
-    df = pd.DataFrame([r for r in rows if r["path"] in paths])
+    df = pd.DataFrame(current_rows(rows, run_dirs, csv_path, num_samples))
     check_comparable(df, "runs of this sweep")
+    check_one_measurement(df)
     return df
 
 
@@ -242,6 +283,7 @@ def curve_groups(df: pd.DataFrame):
 __all__ = [
     "NotComparableError",
     "add_run_args",
+    "check_one_measurement",
     "check_runs",
     "curve_groups",
     "run_all",

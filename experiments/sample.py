@@ -177,7 +177,31 @@ def parse_args(argv=None):
     return args
 
 
-def build_card(args, cfg, tok, method, model, ck, ck_path, device_type) -> dict:
+def fp32_is_fp32(device_type: str, sampling_precision: str) -> dict:
+    """Under fp32 sampling on CUDA, turn TF32 off for convolutions too: PyTorch allows it for
+    cuDNN by default (``torch.backends.cudnn.allow_tf32``), so the decoder's convolutions ran
+    with 10-bit mantissas while the card said fp32. Returns the TF32 state the card records."""
+    if device_type == "cuda" and sampling_precision == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    if device_type != "cuda":
+        return {"matmul": False, "cudnn": False}  # no TF32 on a CPU
+    return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn": bool(torch.backends.cudnn.allow_tf32)}  # fmt: skip
+
+
+def trained_precision(ck: dict) -> str:
+    """The precision the checkpoint trained in (recorded since the key existed)."""
+    from shared import precision
+
+    recorded = ck.get("identity", {}).get("train_precision")
+    if recorded:
+        return recorded
+    setting = ck.get("config", {}).get("optim.precision", "auto")
+    return precision.legacy_train_precision(setting, "cpu")
+
+
+def build_card(args, cfg, tok, method, model, ck, ck_path, device_type, world=1) -> dict:
     from experiments.runner.checks import method_label
     from shared import precision
 
@@ -221,6 +245,13 @@ def build_card(args, cfg, tok, method, model, ck, ck_path, device_type) -> dict:
         "num_samples": int(args.num_samples),
         "shard_size": int(args.shard_size),
         "precision": precision.resolve(args.precision, device_type),
+        # images depend on the batch (batched kernels round differently) and the device; not
+        # on the world size (image i's noise and label come from (seed, i) alone)
+        "batch_size": int(args.batch_size or cfg.eval.batch_size),
+        "device": device_type,
+        "world_size": int(world),
+        "train_precision": trained_precision(ck),
+        "tf32": fp32_is_fp32(device_type, precision.resolve(args.precision, device_type)),
         "versions": {
             "torch": torch.__version__,
             "numpy": np.__version__,
@@ -303,9 +334,13 @@ def wait_for_shards(parts: str, ranges, rank: int, poll_s: float = 1.0) -> None:
         time.sleep(poll_s)
 
 
+# card keys a relaunch may change without changing a single image
+CARD_FREE = ("versions", "world_size")
+
+
 def card_changes(old: dict, card: dict) -> str:
     """The settings in which two cards differ ("" when they agree; versions may differ)."""
-    keys = sorted(k for k in card if k != "versions" and old.get(k) != card.get(k))
+    keys = sorted(k for k in card if k not in CARD_FREE and old.get(k) != card.get(k))
     return ", ".join(f"{k}: {old.get(k)!r} → {card.get(k)!r}" for k in keys)
 
 
@@ -420,6 +455,7 @@ def submit(args, argv: list[str]):
 
 def main(argv=None) -> dict | None:
     from experiments.runner.build import load_trained, setup_distributed
+    from experiments.runner.errors import RunError
     from shared.progress import progress_bar
 
     argv = list(sys.argv[1:] if argv is None else map(str, argv))
@@ -435,10 +471,24 @@ def main(argv=None) -> dict | None:
         cfg, tok, method, model, ck = load_trained(args.run, device, args.checkpoint, args.weights,
                                                    with_checkpoint=True)  # fmt: skip
         ck_path = args.checkpoint or os.path.join(args.run, "checkpoints", "last.pt")
-        card = build_card(args, cfg, tok, method, model, ck, ck_path, device.type)
-    except (ValueError, FileNotFoundError) as e:
+        step, total = int(ck["progress"]["step"]), int(ck["total_steps"])
+        if args.checkpoint is None and step < total:
+            raise ValueError(
+                f"{args.run} is unfinished (its last checkpoint is at step {step} of {total}): "
+                "relaunch its training to finish it, or pass --checkpoint to sample that "
+                "intermediate checkpoint on purpose (the card records its step)"
+            )
+        card = build_card(args, cfg, tok, method, model, ck, ck_path, device.type, dd.world)
+    except (ValueError, FileNotFoundError, RunError) as e:
         raise SystemExit(f"error: {e}") from None
-    batch = args.batch_size or cfg.eval.batch_size
+    # every rank must sample the same weights (a checkpoint rewritten between the ranks' loads,
+    # or ranks that see different file systems, would mix two models in one file)
+    digests = dd.gather(card["checkpoint_sha256"])
+    if len(set(digests)) > 1:
+        raise SystemExit(f"error: the ranks loaded different checkpoints ({ck_path}: sha256 "
+                         f"{', '.join(d[:12] for d in digests)} on ranks 0…{dd.world - 1}); "
+                         "sample a checkpoint that no job is writing")  # fmt: skip
+    batch = card["batch_size"]
     out = os.path.abspath(args.out)
     parts = out + ".parts"
     # rank 0 looks at the files, every rank follows (Dist.decide): no rank can take another

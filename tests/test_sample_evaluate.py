@@ -117,6 +117,53 @@ def test_sample_refuses_changed_settings_and_reuses_a_complete_file(env, runs, t
                monkeypatch=monkeypatch)  # fmt: skip
 
 
+def test_the_card_names_its_batch_and_a_relaunch_keeps_it(env, runs, tmp_path, monkeypatch):
+    import experiments.sample as sampler
+
+    out = tmp_path / "b.npz"
+    real = sampler.sample_shard
+    calls = {"n": 0}
+
+    def die_after_one(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the job dies after its first shard
+        return real(*a, **k)
+
+    monkeypatch.setattr(sampler, "sample_shard", die_after_one)
+    args = ("--num-samples", 4, "--shard-size", 2, "--batch-size", 2)
+    with pytest.raises(KeyboardInterrupt):
+        sample(env, runs["cfm"], out, *args, monkeypatch=monkeypatch)
+    monkeypatch.setattr(sampler, "sample_shard", real)
+    # images depend on the batch: a relaunch with another one would mix two protocols
+    with pytest.raises(SystemExit, match="batch_size: 2 → 3"):
+        sample(env, runs["cfm"], out, *args[:-1], 3, monkeypatch=monkeypatch)
+    card = sample(env, runs["cfm"], out, *args, monkeypatch=monkeypatch)
+    assert card["batch_size"] == 2 and card["device"] == "cpu" and card["world_size"] == 1
+    assert card["train_precision"] in ("fp32", "bf16") and card["precision"] == "fp32"
+    assert card["tf32"] == {"matmul": False, "cudnn": False}
+
+
+def test_unfinished_runs_and_folders_without_a_run_are_refused(env, runs, tmp_path, monkeypatch):
+    import shutil
+
+    from experiments.runner import checkpoint
+
+    part = tmp_path / "part"
+    shutil.copytree(runs["cfm"], part)
+    ck = checkpoint.load(part / "checkpoints" / "last.pt")
+    torch.save({**ck, "total_steps": 100}, part / "checkpoints" / "last.pt")  # step 8 of 100
+    with pytest.raises(SystemExit, match="unfinished .*step 8 of 100"):
+        sample(env, part, tmp_path / "u.npz", "--num-samples", 2, monkeypatch=monkeypatch)
+    card = sample(env, part, tmp_path / "u.npz", "--num-samples", 2, "--checkpoint",
+                  part / "checkpoints" / "last.pt", monkeypatch=monkeypatch)  # fmt: skip
+    assert card["step"] == 8 and card["total_steps"] == 100  # on purpose, and labelled
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="not a trained run"):
+        sample(env, tmp_path / "empty", tmp_path / "e.npz", "--num-samples", 2,
+               monkeypatch=monkeypatch)  # fmt: skip
+
+
 @pytest.mark.parametrize("variant", ["cfm", "purr", "dfm", "dfm-uniform", "dfm-metric", "maskgit"])
 def test_per_sample_noise_does_not_depend_on_the_batch(variant):
     """With one generator per sample, sample i is the same drawn alone, in any batch, at any

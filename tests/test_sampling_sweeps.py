@@ -4,6 +4,7 @@ reproducing its own metrics.csv, resume point by point, refusals."""
 
 import json
 import math
+import os
 import shutil
 
 import pandas as pd
@@ -144,6 +145,24 @@ def test_sweep_resumes_after_a_crash_mid_way(env, trained, tmp_path, monkeypatch
     assert sorted(full["steps"]) == [1, 2, 3]
     fresh = nfe_sweep.main([*args[:-1], str(tmp_path / "fresh")])
     assert list(full.sort_values("steps")["fd"]) == list(fresh.sort_values("steps")["fd"])
+
+
+def test_a_rerun_with_more_samples_replaces_the_points(env, trained, tmp_path, monkeypatch):
+    from analysis import nfe_sweep
+    from analysis.sampling_sweep import NotComparableError, check_one_measurement
+
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    args = [str(trained / "dfm_seed0"), "--nfe", "2", "--solvers", "euler", "--out", str(tmp_path)]
+    first = nfe_sweep.main(args)
+    more = nfe_sweep.main([*args, "--num-samples", "12"])
+    assert len(first) == len(more) == 1 and list(more["num_samples"]) == [12]
+    assert list(first["num_samples"]) == [20]  # the run's protocol, resolved in the key
+    table = pd.read_csv(tmp_path / "nfe_sweep.csv")
+    assert len(table) == 2  # both measurements kept in the file, one drawn
+    assert not any(os.path.isabs(p) for p in table["path"])  # no path of this machine
+    # the same run at one setting twice: refused, naming both
+    with pytest.raises(NotComparableError, match="n=20.*\n.*n=12"):
+        check_one_measurement(table)
 
 
 def test_guidance_sweep_scale_one_is_the_run_and_guidance_changes_it(env, trained, tmp_path,

@@ -53,6 +53,14 @@ class Dist:
         dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
+    def gather(self, value) -> list:
+        """Every rank's ``value``, in rank order, on every rank."""
+        if self.world == 1:
+            return [value]
+        out = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+
     def main_first(self, work, folder: str, name: str, poll_s: float = 1.0):
         """``work()`` on rank 0 (its result; None elsewhere) while the other ranks wait by
         polling a file in ``folder`` (shared by all ranks), never in a collective: building a
