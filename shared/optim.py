@@ -11,9 +11,10 @@ gradient and both moments once (DiT-S/2, 32.5M parameters, on this project's 2-c
 multi-tensor (``foreach``) kernels. The update rule is AdamW's either way (tested against the
 closed-form update in ``tests/test_optim.py``).
 
-``fused=True`` is :class:`FusedAdamW`, not ``torch.optim.AdamW(fused=True)``: it runs the same
-kernel (``torch._fused_adamw_``, with the same arguments, so parameters, moments and the state
-dict are equal bit for bit; tested), but without ``torch.optim.Optimizer``. That class
+``fused=True`` is :class:`FusedAdamW`, not ``torch.optim.AdamW(fused=True)``: it steps through
+torch's public functional AdamW (``torch.optim.adamw.adamw(..., fused=True)``, the function the
+class's ``step`` calls, so parameters, moments and the state dict are equal bit for bit;
+tested), but without ``torch.optim.Optimizer``. That class
 imports ``torch._dynamo`` when it is built (``add_param_group`` is wrapped in
 ``torch._disable_dynamo``) and again in every ``step``: 1.2–1.9 CPU-s per process on this
 project's machine, a quarter of what the process tests spend (py-spy, 2026-12-03). Nothing
@@ -26,6 +27,7 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
+from torch.optim.adamw import adamw
 
 # the hyperparameters torch.optim.AdamW(fused=True) records in each param group, in its order
 _TORCH_GROUP = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
@@ -90,11 +92,11 @@ class FusedAdamW:
                 lst.append(t)
         beta1, beta2 = g["betas"]
         for ps, grads, m, v, steps in by_device.values():
-            torch._foreach_add_(steps, 1)
-            torch._fused_adamw_(ps, grads, m, v, [], steps, amsgrad=False, lr=g["lr"],
-                                beta1=beta1, beta2=beta2, weight_decay=g["weight_decay"],
-                                eps=g["eps"], maximize=False, grad_scale=None,
-                                found_inf=None)  # fmt: skip
+            # torch's public functional AdamW: with fused=True it adds 1 to every step count
+            # and runs the fused kernel, as torch.optim.AdamW(fused=True).step does
+            adamw(ps, grads, m, v, [], steps, foreach=False, fused=True, amsgrad=False,
+                  beta1=beta1, beta2=beta2, lr=g["lr"], weight_decay=g["weight_decay"],
+                  eps=g["eps"], maximize=False)  # fmt: skip
 
     def state_dict(self) -> dict:
         """torch.optim's layout: parameters by their index, tensors by reference."""
@@ -149,10 +151,9 @@ def build_adamw(
     weight_decay: float = 0.0,
     fused: bool = True,
 ):
-    """AdamW; ``fused`` selects the single-kernel implementation (CPU and CUDA):
-    :class:`FusedAdamW`, or ``torch.optim.AdamW(fused=True)`` where this torch lacks the
-    kernel; ``fused=False`` is torch's for-loop AdamW."""
-    if fused and hasattr(torch, "_fused_adamw_"):
+    """AdamW; ``fused`` selects the single-kernel implementation (CPU and CUDA),
+    :class:`FusedAdamW`; ``fused=False`` is torch's for-loop ``torch.optim.AdamW``."""
+    if fused:
         return FusedAdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     kw = {"fused": True} if fused else {}
     return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, **kw)
