@@ -262,3 +262,55 @@ def test_vqmodel_refuses_what_it_does_not_implement(tmp_path):
     (folder / "config.json").write_text(json.dumps({**cfg, "_class_name": "AutoencoderKL"}))
     with pytest.raises(ValueError, match="AutoencoderKL, not a VQModel"):
         load_pretrained(str(folder))
+
+
+# the real checkpoints' shapes: LDM's vq-f8 config (ch 128, ch_mult 1,2,2,4, 2 res blocks,
+# attention at 32 px of 256, 16384 codes of dim 4) and LlamaGen's VQ-8 (the same encoder
+# widths, z 256, 16384 l2-normalised codes of dim 8, attention on the last level)
+REAL = {
+    "ldm": dict(ch=128, ch_mult=(1, 2, 2, 4), n_res=2, z_ch=4, embed_dim=4, n_embed=16384,
+                attn_levels={3}),
+    "llamagen": dict(ch=128, ch_mult=(1, 2, 2, 4), n_res=2, z_ch=256, embed_dim=8,
+                     n_embed=16384, attn_levels={3}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", ["ldm", "llamagen"])
+def test_vqmodel_has_diffusers_layout_at_the_real_checkpoint_shapes(layout):
+    """Every real SD vq-f8 / LlamaGen checkpoint loads through shared/tokenizers/vqmodel.py:
+    at their full shapes (built on the meta device: no memory, no time) the converted keys
+    and shapes are diffusers' VQModel's."""
+    import diffusers
+
+    from shared.tokenizers.vqmodel import VQModel
+
+    with torch.device("meta"):
+        ref = RefVQ(layout, **REAL[layout])
+    sd, config = convert_taming_to_diffusers(ref.state_dict(), layout)
+    assert tuple(config["block_out_channels"]) == (128, 256, 256, 512)
+    assert config["num_vq_embeddings"] == 16384
+    with torch.device("meta"):
+        ours, twin = VQModel(config), diffusers.VQModel(**config)
+    shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in twin.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in sd.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["ldm", "llamagen"])
+def test_vqmodel_equals_diffusers_at_the_real_checkpoint_shapes(layout):
+    """Random weights at the real shapes (68M parameters, 4 s each on a CPU): a 32-px image
+    (the convolutions do not care) encodes and decodes bit for bit as diffusers does."""
+    from shared.tokenizers.convert import load_into_vqmodel
+
+    torch.manual_seed(0)
+    ref = RefVQ(layout, **REAL[layout]).eval()
+    sd, config = convert_taming_to_diffusers(ref.state_dict(), layout)
+    ours = load_into_vqmodel(sd, config, "random real-shape weights").eval()
+    twin = diffusers_twin(ours)
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    with torch.no_grad():
+        h = ours.encode(x)
+        assert h.shape == (1, REAL[layout]["embed_dim"], 4, 4)  # f = 8
+        assert torch.equal(h, twin.encode(x).latents)
+        assert torch.equal(ours.decode(h), twin.decode(h, force_not_quantize=True).sample)
