@@ -30,12 +30,14 @@ import seaborn as sns  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from analysis.sweeps import (  # noqa: E402
+    IDENTITY,
     headline_metric,
     latest_sweep,
     load_sweep,
     save_figure,
     status_labels,
 )
+from shared.io import atomic_write_text  # noqa: E402
 
 AXES = [("step", "training steps"), ("train_flops", "training FLOPs"),
         ("wall_s", "training wall-clock (s)")]  # fmt: skip
@@ -176,8 +178,13 @@ def main(argv=None) -> None:
     metric = args.metric or headline_metric(metrics)
     metrics = metrics[metrics[metric].notna()]
     cols = [c for c in (metric, "kid", "precision", "recall") if c in metrics]
-    metrics[["run", "method", "seed", "step", "images_seen", "train_flops", "wall_s", "loss",
-             *cols]].to_csv(os.path.join(out_dir, "convergence_data.csv"), index=False)  # fmt: skip
+    # with what produced every row (analysis/sweeps.py IDENTITY, the protocol), so that a
+    # reader of this file alone (precision_check.py, a paper's table) knows what it compares
+    ident = [c for c in (*IDENTITY, "num_samples", "lr_schedule", "decay_from", "label",
+                         "train_identity") if c in metrics]  # fmt: skip
+    data = metrics[["run", "method", "seed", "step", "images_seen", "train_flops", "wall_s",
+                    "loss", *cols, *ident]]  # fmt: skip
+    atomic_write_text(os.path.join(out_dir, "convergence_data.csv"), data.to_csv(index=False))
     seeds = metrics.groupby("method")["seed"].nunique().to_dict()
     names = " + ".join(os.path.basename(os.path.normpath(d)) for d in sweeps)
     title = (f"{names}: {metric} vs compute "

@@ -101,9 +101,12 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
     fp32, bf16 = rows_of(args.fp32), rows_of(args.bf16)
     for name, df, want in (("--fp32", fp32, "fp32"), ("--bf16", bf16, "bf16")):
-        if "train_precision" not in df:  # e.g. a convergence_data.csv of older CPU runs
-            print(f"note: {name} rows do not record train_precision; taken as {want}")
-            continue
+        if "train_precision" not in df:  # e.g. a convergence_data.csv written before it
+            raise SystemExit(
+                f"{name} rows do not record train_precision, so they cannot show they were "
+                f"trained in {want}; pass the sweep folder itself, or a convergence_data.csv "
+                "written by today's analysis/convergence_plot.py (it records the precision)"
+            )
         got = set(df["train_precision"].fillna("unrecorded"))
         if got != {want}:
             raise SystemExit(f"{name} rows were trained in {sorted(got)}, not {want}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 
 import pandas as pd
 
@@ -217,7 +218,13 @@ def check_comparable(metrics: pd.DataFrame, what: str = "runs") -> None:
     """Refuse, naming the runs of each group, when rows were produced by different
     tokenizers, metric networks or reference sets (or some recorded it and some did not)."""
     cols = [c for c in IDENTITY if c in metrics]
-    if metrics.empty or not cols:
+    if metrics.empty:
+        return
+    absent = [c for c in IDENTITY if c not in metrics]
+    if absent:  # rows from before a column existed: say what the check could not see
+        print(f"note: the {what} do not record {', '.join(absent)}; they are compared "
+              f"without {'it' if len(absent) == 1 else 'them'}", file=sys.stderr)  # fmt: skip
+    if not cols:
         return
     ident = metrics[cols].astype("string").fillna("unrecorded").agg(" ".join, axis=1)
     groups = metrics.assign(_identity=ident).groupby("_identity")["run"].unique()

@@ -283,6 +283,32 @@ def test_ranking_vs_budget_finds_the_crossing_and_both_views(tmp_path, capsys):
         assert (tmp_path / "out" / f).stat().st_size > 0
 
 
+def test_convergence_data_names_what_made_each_row_and_gaps_are_said(tmp_path, capsys):
+    """convergence_data.csv carries the identity columns (precisions, metric network, n), so
+    precision_check.py reading it alone need not assume; rows without a precision are refused
+    there; a comparison that cannot see an identity column says which."""
+    from analysis import precision_check
+
+    sweep = write_sweep(tmp_path)
+    for run in sweep.iterdir():  # these runs record their precisions and sample count
+        if (run / "metrics.csv").is_file():
+            df = pd.read_csv(run / "metrics.csv")
+            df = df.assign(train_precision="fp32", eval_precision="fp32", num_samples=250,
+                           metric_net_sha256="abc", extractor="fashion")  # fmt: skip
+            df.to_csv(run / "metrics.csv", index=False)
+    convergence_plot.main([str(sweep), "--out", str(tmp_path / "out")])
+    data = pd.read_csv(tmp_path / "out" / "convergence_data.csv")
+    for col in ("train_precision", "eval_precision", "num_samples", "metric_net_sha256"):
+        assert col in data and data[col].notna().all(), col
+    err = capsys.readouterr().err
+    assert "do not record tokenizer_sha256, reference_sha256" in err
+    old = data.drop(columns=["train_precision"])
+    old.to_csv(tmp_path / "old.csv", index=False)
+    with pytest.raises(SystemExit, match="do not record train_precision"):
+        precision_check.main(["--fp32", str(tmp_path / "old.csv"), "--bf16",
+                              str(tmp_path / "old.csv"), "--out", str(tmp_path)])  # fmt: skip
+
+
 def test_precision_check_compares_against_seed_noise(tmp_path):
     """bf16 vs fp32 rows matched by method and step: means, seed stds, and the verdict."""
     from analysis import precision_check
