@@ -170,3 +170,22 @@ def test_metric_arithmetic_equals_torch_fidelity_bit_for_bit(n_gen, n_ref, batch
                                                     isc["inception_score_std"])  # fmt: skip
     with pytest.raises(ValueError, match="different dimensions"):
         stats.frechet_distance(stats.fd_statistics(gen), stats.fd_statistics(ref[:, :8]))
+
+
+def test_the_two_matrix_square_roots_of_the_fd_agree_and_the_old_bf16_snap_differs():
+    """analysis/metric_arithmetic_check.py's two computations: scipy's sqrtm (ADM) against
+    torch-fidelity's eigenvalues on random features, and the legacy bf16 snap on a near-tie."""
+    from analysis.metric_arithmetic_check import bf16_snap, fd_sqrtm
+    from shared.codebook import nearest_code
+    from shared.metrics.stats import fd_statistics, frechet_distance
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(300, 16, generator=g).double(), torch.randn(400, 16, generator=g).double()
+    b = b * 1.5 + 0.3
+    sa, sb = fd_statistics(a), fd_statistics(b)
+    assert fd_sqrtm(sa, sb) == pytest.approx(frechet_distance(sa, sb), rel=1e-9)
+    book = torch.zeros(2, 4)
+    book[0, 0], book[1, 0] = 1.0, 1.001
+    z = torch.zeros(1, 4, 1, 1)
+    z[0, 0] = 1.0006
+    assert int(nearest_code(z, book)) == 1 and int(bf16_snap(z, book)) == 0
