@@ -249,6 +249,11 @@ def evaluate(samples_path: str, reference: str, extractors=None, reference_n=Non
     if stats is not None and "inception" not in extractors:
         raise EvalError(f"{reference} gives Inception statistics (mu, sigma); keep the "
                         "inception extractor to use them")  # fmt: skip
+    # TF32 off for the feature networks on CUDA (cuDNN allows it for convolutions by default):
+    # the Inception's features in full fp32, as the TensorFlow evaluator computes them
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     results: dict = {}
     nets: dict = {}
     kid_sizes: dict = {}
@@ -297,6 +302,8 @@ def evaluate(samples_path: str, reference: str, extractors=None, reference_n=Non
             # KID's subsets: this many images per side, 100 subsets (torch-fidelity's default)
             "kid_subset_size": kid_sizes,
             "prc_k": PRC_K,
+            "device": torch.device(device).type,
+            "tf32": False,  # turned off above on CUDA; a CPU has none
             **ref_id,
             "torch_fidelity": _version("torch_fidelity"),
         },  # fmt: skip

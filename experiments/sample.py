@@ -31,7 +31,9 @@ on a timeout or preemption submitit requeues it and the relaunch skips the finis
 
 Defaults: the run's own evaluation settings (``eval.solver``, ``eval.steps``,
 ``eval.temperature``, ``eval.cfg_scale``), its last checkpoint, the EMA weights, fp32
-sampling, class-balanced labels (image i has label i mod C).
+sampling, labels drawn uniformly per image from (seed, i), as DiT's, SiT's, LlamaGen's and
+ADM's sampling scripts draw them (``--labels balanced``: image i has label i mod C, MAR's and
+VAR's 50 per class).
 """
 
 from __future__ import annotations
@@ -145,7 +147,9 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--temperature", type=float, default=None)
     ap.add_argument("--cfg-scale", type=float, default=None)
-    ap.add_argument("--labels", choices=("balanced", "random"), default="balanced")
+    # random: DiT's, SiT's, LlamaGen's and ADM's sample scripts draw each label uniformly;
+    # balanced (image i has label i mod C) is MAR's and VAR's 50 per class
+    ap.add_argument("--labels", choices=("random", "balanced"), default="random")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=None, help="default: the run's eval batch")
     ap.add_argument("--shard-size", type=int, default=1000, help="images per resumable shard")

@@ -54,7 +54,18 @@ def test_sample_file_layout_card_and_per_image_randomness(env, runs, tmp_path, m
     z = load(a)
     assert z["arr_0"].dtype == np.uint8 and z["arr_0"].shape == (10, 32, 32, 3)
     assert (z["arr_0"][..., 0] == z["arr_0"][..., 2]).all()  # greyscale repeated
-    assert list(z["labels"]) == [i % 10 for i in range(10)]
+    # the default labels: drawn per image from (seed, i), as DiT/SiT/LlamaGen/ADM sample
+    from experiments.sample import labels_for
+
+    assert (
+        card["labels"] == "random"
+        and list(z["labels"]) == labels_for(range(10), 10, "random", 0).tolist()
+    )
+    assert len(set(z["labels"].tolist())) > 1
+    bal = sample(env, runs["dfm"], tmp_path / "bal.npz", "--num-samples", 10, "--labels",
+                 "balanced", monkeypatch=monkeypatch)  # fmt: skip
+    assert bal["labels"] == "balanced"
+    assert list(load(tmp_path / "bal.npz")["labels"]) == [i % 10 for i in range(10)]
     assert json.loads(str(z["card"])) == card == json.loads((tmp_path / "a.json").read_text())
     ck = runs["dfm"] / "checkpoints" / "last.pt"
     from experiments.sample import file_sha256
