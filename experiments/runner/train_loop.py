@@ -328,6 +328,9 @@ class Loop:
                                           rank=self.dd.rank, world_size=self.dd.world))  # fmt: skip
             t0, losses = time.time(), torch.zeros((), device=p.device, dtype=torch.float64)
             stopped = False
+            if self.dd.main:
+                self.report(f"decay branch: steps {start} → {end} (learning rate to zero at "
+                            f"{end}, then back to step {start})", bar)  # fmt: skip
             for step in range(start, end):
                 losses += self.train_at(step, end, stream, gen).double()
                 if (step + 1 - start) % cfg.log_every == 0 and self.stop_requested(step + 1):
