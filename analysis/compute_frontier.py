@@ -83,20 +83,34 @@ def rankings(points: pd.DataFrame) -> list[str]:
             orders[size] = tuple(g.sort_values("fd")["label"])
         full = max(len(o) for o in orders.values())
         complete = {s: o for s, o in orders.items() if len(o) == full}
-        same = len(set(complete.values())) == 1
-        lines.append(f"budget {budget:.3g} FLOPs: ranking "
-                     + ("the same at every size" if same else "DEPENDS on the size"))  # fmt: skip
+        if len(complete) < 2:
+            verdict = f"only {', '.join(complete)} has every method: nothing to compare"
+        elif len(set(complete.values())) == 1:
+            verdict = "the same at every size"
+        else:
+            verdict = "DEPENDS on the size"
+        lines.append(f"budget {budget:.3g} FLOPs: ranking {verdict}")
         for size, order in complete.items():
             lines.append(f"  {size:12s} " + " < ".join(order))
     return lines
 
 
-def plot(points: pd.DataFrame, env: pd.DataFrame, metric: str, out_dir: str, note: str):
+def plot(points: pd.DataFrame, env: pd.DataFrame, metric: str, out_dir: str, note: str,
+         ceiling: float | None = None):  # fmt: skip
+    """One panel per method (its sizes and their envelope), and one of every envelope."""
+    from matplotlib.ticker import NullFormatter
+
     labels = sorted(points["label"].unique())
     sizes = points.drop_duplicates("size").sort_values("params")["size"].tolist()
-    ncol = len(labels) + 1
-    fig, axes = plt.subplots(1, ncol, figsize=(3.2 * ncol, 3.6), sharey=True, squeeze=False)
-    axes = axes[0]
+    panels = len(labels) + 1
+    ncol = min(3, panels)
+    nrow = -(-panels // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), sharey=True,
+                             squeeze=False)  # fmt: skip
+    axes = axes.ravel()
+    for ax in axes[panels:]:
+        ax.set_visible(False)
+    axes = axes[:panels]
     shades = plt.cm.viridis(np.linspace(0.15, 0.85, len(sizes)))
     colors = dict(zip(labels, plt.cm.tab10(np.arange(len(labels))), strict=True))
     for ax, label in zip(axes, labels, strict=False):
@@ -121,8 +135,15 @@ def plot(points: pd.DataFrame, env: pd.DataFrame, metric: str, out_dir: str, not
     for ax in axes:
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel(metric.replace("_", " ") + " (lower is better)")
+        if ceiling is not None:
+            ax.axhline(ceiling, color="grey", ls=":", lw=1)
+    if ceiling is not None:
+        last.text(last.get_xlim()[0], ceiling, " tokenizer ceiling (its reconstructions)",
+                  va="bottom", fontsize=7, color="grey")  # fmt: skip
+    for row in range(nrow):
+        axes[row * ncol].set_ylabel(metric.replace("_", " ") + " (lower is better)")
     fig.suptitle(f"Compute frontier per objective: {note}", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, out_dir, "compute_frontier")
@@ -148,7 +169,10 @@ def main(argv=None) -> int:
     n = ", ".join(str(v) for v in sorted(metrics["num_samples"].unique()))
     note = (f"one seed per (method, size) (seed {seeds}); lr schedule {schedules}; "
             f"{metric} at n={n} samples")  # fmt: skip
-    paths = plot(points, env, metric, out_dir, note)
+    ceiling = None
+    if "fd_recon" in metrics and metrics["fd_recon"].notna().any():
+        ceiling = float(metrics["fd_recon"].median())
+    paths = plot(points, env, metric, out_dir, note, ceiling)
     atomic_write_text(os.path.join(out_dir, "frontier_curves.csv"), points.to_csv(index=False))
     atomic_write_text(os.path.join(out_dir, "compute_frontier.csv"), env.to_csv(index=False))
     for line in rankings(points):
