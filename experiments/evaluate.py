@@ -251,9 +251,9 @@ def evaluate(samples_path: str, reference: str, extractors=None, reference_n=Non
                         "inception extractor to use them")  # fmt: skip
     # TF32 off for the feature networks on CUDA (cuDNN allows it for convolutions by default):
     # the Inception's features in full fp32, as the TensorFlow evaluator computes them
-    if torch.device(device).type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+    from shared.precision import fp32_without_tf32
+
+    fp32_without_tf32(torch.device(device).type, "fp32")
     results: dict = {}
     nets: dict = {}
     kid_sizes: dict = {}

@@ -181,19 +181,6 @@ def parse_args(argv=None):
     return args
 
 
-def fp32_is_fp32(device_type: str, sampling_precision: str) -> dict:
-    """Under fp32 sampling on CUDA, turn TF32 off for convolutions too: PyTorch allows it for
-    cuDNN by default (``torch.backends.cudnn.allow_tf32``), so the decoder's convolutions ran
-    with 10-bit mantissas while the card said fp32. Returns the TF32 state the card records."""
-    if device_type == "cuda" and sampling_precision == "fp32":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    if device_type != "cuda":
-        return {"matmul": False, "cudnn": False}  # no TF32 on a CPU
-    return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32),
-            "cudnn": bool(torch.backends.cudnn.allow_tf32)}  # fmt: skip
-
-
 def trained_precision(ck: dict) -> str:
     """The precision the checkpoint trained in (recorded since the key existed)."""
     from shared import precision
@@ -255,7 +242,9 @@ def build_card(args, cfg, tok, method, model, ck, ck_path, device_type, world=1)
         "device": device_type,
         "world_size": int(world),
         "train_precision": trained_precision(ck),
-        "tf32": fp32_is_fp32(device_type, precision.resolve(args.precision, device_type)),
+        "tf32": precision.fp32_without_tf32(
+            device_type, precision.resolve(args.precision, device_type)
+        ),
         "versions": {
             "torch": torch.__version__,
             "numpy": np.__version__,

@@ -67,3 +67,20 @@ def legacy_train_precision(setting: str, device_type: str) -> str:
     """What ``optim.precision`` meant before CPU bf16 was detected (checkpoints and rows that
     predate the recorded value): bf16 only when asked for, or ``auto`` on CUDA."""
     return "bf16" if setting == "bf16" or (setting == "auto" and device_type == "cuda") else "fp32"
+
+
+def fp32_without_tf32(device_type: str, sampling_precision: str) -> dict:
+    """Under fp32 on CUDA, turn TF32 off for convolutions too: PyTorch allows it for cuDNN by
+    default (``torch.backends.cudnn.allow_tf32``), so a VQ decoder's or the Inception's
+    convolutions ran with 10-bit mantissas while a card said fp32. Returns the TF32 state
+    ({matmul, cudnn}) to record. (Here, not in experiments/sample.py: submitit pickles that
+    script's functions by value, and ``torch.backends.cudnn`` cannot be pickled.)"""
+    import torch
+
+    if device_type != "cuda":
+        return {"matmul": False, "cudnn": False}  # no TF32 on a CPU
+    if sampling_precision == "fp32":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn": bool(torch.backends.cudnn.allow_tf32)}  # fmt: skip
