@@ -81,7 +81,8 @@ def describe(built: dict[str, str], data_root=None) -> dict:
 
 
 def install(built: dict[str, str], described: dict) -> None:
-    entries = {}
+    # the other shipped artifacts (e.g. trained runs, experiments/shipped_runs.py) are kept
+    entries = {k: v for k, v in artifacts.manifest().items() if k not in built}
     for name, folder in built.items():
         dest = artifacts.ARTIFACTS_DIR / name
         shutil.rmtree(dest, ignore_errors=True)
