@@ -249,6 +249,9 @@ def test_default_and_paper_configs_validate():
     assert validation_errors(compose(["method=dfm", "eval.solver=maskgit"])) == []
     assert validation_errors(compose(["method=cfm", "method.latent_scale=unit"])) == []
     assert validation_errors(compose(["method=purr", "preset=fashion_gpu"])) == []
+    cpu = compose(["method=dfm", "preset=fashion_cpu"])  # the frontier's candidate protocol
+    assert validation_errors(cpu) == [] and cpu.backbone.preset == "DiT-Nano/1"
+    assert cpu.optim.schedule == "constant" and cpu.budget.train_flops == 8e13
     for preset in ("imagenet_sd_xl2", "imagenet_llamagen_b2"):
         cfg = compose(["method=purr", f"preset={preset}", "data.root=/x", "device=auto"])
         assert validation_errors(cfg) == []
