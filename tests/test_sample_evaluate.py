@@ -219,11 +219,14 @@ def penv(env):
 def test_sampling_killed_midway_resumes_to_the_same_bytes(env, runs, tmp_path):
     """SIGKILL after the first shards, relaunch: the file is byte-identical to an
     uninterrupted job's, with no image lost or repeated."""
+    # 16 sampling steps: shards slow enough that the kill lands before the last one, on an idle
+    # machine too (at the run's 4 steps all six were sometimes written before the kill)
+    slow = ["--steps", "16"]
     full = tmp_path / "full.npz"
-    p = run_tree(sample_cmd(env, runs["dfm"], full), timeout=120, env=penv(env))
+    p = run_tree(sample_cmd(env, runs["dfm"], full) + slow, timeout=120, env=penv(env))
     assert p.returncode == 0, p.stderr[-2000:]
     cut = tmp_path / "cut.npz"
-    proc = subprocess.Popen(sample_cmd(env, runs["dfm"], cut), env=penv(env),
+    proc = subprocess.Popen(sample_cmd(env, runs["dfm"], cut) + slow, env=penv(env),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.time() + 120
@@ -237,7 +240,7 @@ def test_sampling_killed_midway_resumes_to_the_same_bytes(env, runs, tmp_path):
     assert not cut.exists()
     done = sorted(f.name for f in (tmp_path / "cut.npz.parts").glob("shard_*.npz"))
     assert 1 <= len(done) < 6
-    p = run_tree(sample_cmd(env, runs["dfm"], cut), timeout=120, env=penv(env))
+    p = run_tree(sample_cmd(env, runs["dfm"], cut) + slow, timeout=120, env=penv(env))
     assert p.returncode == 0, p.stderr[-2000:]
     assert f"{len(done)} of the 6 shards already done" in p.stdout
     assert cut.read_bytes() == full.read_bytes()
