@@ -461,9 +461,12 @@ def main(argv=None) -> dict | None:
     dd = setup_distributed(kind)
     device = torch.device(f"cuda:{dd.local_rank}" if kind == "cuda" else "cpu")
     try:
+        ck_path = args.checkpoint or os.path.join(args.run, "checkpoints", "last.pt")
+        # hashed before and after the load: a checkpoint rewritten meanwhile is refused, so the
+        # digest the ranks compare below is the one of the bytes each rank loaded
+        before = file_sha256(ck_path) if os.path.isfile(ck_path) else None
         cfg, tok, method, model, ck = load_trained(args.run, device, args.checkpoint, args.weights,
                                                    with_checkpoint=True)  # fmt: skip
-        ck_path = args.checkpoint or os.path.join(args.run, "checkpoints", "last.pt")
         step, total = int(ck["progress"]["step"]), int(ck["total_steps"])
         if args.checkpoint is None and step < total:
             raise ValueError(
@@ -472,6 +475,9 @@ def main(argv=None) -> dict | None:
                 "intermediate checkpoint on purpose (the card records its step)"
             )
         card = build_card(args, cfg, tok, method, model, ck, ck_path, device.type, dd.world)
+        if card["checkpoint_sha256"] != before:
+            raise ValueError(f"{ck_path} changed while it was being loaded; sample a checkpoint "
+                             "that no job is writing")  # fmt: skip
     except (ValueError, FileNotFoundError, RunError) as e:
         raise SystemExit(f"error: {e}") from None
     # every rank must sample the same weights (a checkpoint rewritten between the ranks' loads,
@@ -515,12 +521,18 @@ def main(argv=None) -> dict | None:
         write_npz(shard_path(parts, k), blob)
         bar.update()
     bar.close()
+
     # the ranks wait for each other's shards, then for rank 0's assembly, by polling the shared
     # folder, never in a collective: one shard at ImageNet scale (10–40 min) and the assembly
     # of a 50k file outlast NCCL's 10-minute collective timeout
-    wait_for_shards(parts, ranges, dd.rank)
-    final = dd.main_first(lambda: assemble(out, parts, card, args.png_dir),
-                          os.path.dirname(out), f"assembly-{os.path.basename(out)}")  # fmt: skip
+    # only rank 0 waits for the shards, then assembles (and deletes the shard folder); the
+    # others poll main_first's flag: a rank still polling shards could not see them deleted
+    def gather_and_assemble():
+        wait_for_shards(parts, ranges, dd.rank)
+        return assemble(out, parts, card, args.png_dir)
+
+    final = dd.main_first(gather_and_assemble, os.path.dirname(out),
+                          f"assembly-{os.path.basename(out)}", token=launch)  # fmt: skip
     if dd.main:
         print(f"wrote {out} ({args.num_samples} images, NFE {final['nfe']}) and its card "
               f"{out[:-4]}.json")  # fmt: skip

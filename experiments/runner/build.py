@@ -61,7 +61,8 @@ class Dist:
         dist.all_gather_object(out, value)
         return out
 
-    def main_first(self, work, folder: str, name: str, poll_s: float = 1.0):
+    def main_first(self, work, folder: str, name: str, poll_s: float = 1.0,
+                   token: str | None = None):  # fmt: skip
         """``work()`` on rank 0 (its result; None elsewhere) while the other ranks wait by
         polling a file in ``folder`` (shared by all ranks), never in a collective: building a
         50k-image reference set, or a baseline at ImageNet scale, outlasts NCCL's collective
@@ -71,7 +72,10 @@ class Dist:
         import time
         import uuid
 
-        flag = os.path.join(folder, f".{name}-{self.decide(uuid.uuid4().hex)}.done")
+        # the flag's token: agreed now (a collective), or earlier by the caller (``token``),
+        # when the ranks may reach this point minutes apart
+        token = token or self.decide(uuid.uuid4().hex)
+        flag = os.path.join(folder, f".{name}-{token}.done")
         if self.main:
             try:
                 result = work()

@@ -333,7 +333,10 @@ class Loop:
                             f"{end}, then back to step {start})", bar)  # fmt: skip
             for step in range(start, end):
                 losses += self.train_at(step, end, stream, gen).double()
-                if (step + 1 - start) % cfg.log_every == 0 and self.stop_requested(step + 1):
+                # ranks agree every log_every branch steps (not at steps that are multiples of
+                # log_every: the fork need not be one); never on the last step, whose branch is done
+                if (step + 1 < end and (step + 1 - start) % cfg.log_every == 0
+                        and self.stop_requested(step + 1, sync=True)):  # fmt: skip
                     stopped = True
                     break
             if not stopped:
@@ -441,10 +444,12 @@ class Loop:
             f"(now optim.lr={self.cfg.optim.lr})."
         )
 
-    def stop_requested(self, step: int) -> bool:
+    def stop_requested(self, step: int, sync: bool = False) -> bool:
+        """Whether to stop now. Ranks agree (an all-reduce) at steps that are multiples of
+        log_every, or wherever every rank passes ``sync`` (a decay branch's own points)."""
         if self.dd.world == 1:
             return self.stop.signum is not None
-        if step % self.cfg.log_every:  # ranks agree at sync points only
+        if not sync and step % self.cfg.log_every:  # ranks agree at sync points only
             return False
         flag = torch.tensor(float(self.stop.signum or 0), device=self.p.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
