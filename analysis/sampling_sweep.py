@@ -110,19 +110,13 @@ def run_key(run_dir: str, csv_path: str) -> str:
     return os.path.relpath(os.path.abspath(run_dir), os.path.dirname(os.path.abspath(csv_path)))
 
 
-def current_rows(rows: list[dict], run_dirs, csv_path: str, num_samples: int | None):
-    """The rows that measure these runs as they are now: each run's current checkpoint (a
+def current_rows(rows: list[dict], measured: dict) -> list[dict]:
+    """The rows that measure these runs as they are now (``measured``: run key → (checkpoint
+    sha256, sample count), as ``sweep_run`` found them): each run's current checkpoint (a
     retrained run's old rows stay in the file, unused) at this sweep's sample count (a rerun
     with more samples replaces the points, it is not averaged with them)."""
-    from experiments.runner.build import load_trained
-
-    wanted = {}
-    for run in run_dirs:
-        sha = file_sha256(os.path.join(run, "checkpoints", "last.pt"))[:16]
-        n = num_samples or int(load_trained(run, "cpu")[0].eval.num_samples)
-        wanted[run_key(run, csv_path)] = (sha, n)
-    return [r for r in rows if r["path"] in wanted
-            and (r["checkpoint_sha256"], int(r["num_samples"])) == wanted[r["path"]]]  # fmt: skip
+    return [r for r in rows if r["path"] in measured
+            and (r["checkpoint_sha256"], int(r["num_samples"])) == measured[r["path"]]]  # fmt: skip
 
 
 def check_one_measurement(df: pd.DataFrame) -> None:
@@ -158,7 +152,8 @@ def save_rows(csv_path: str, rows: list[dict]) -> None:
 
 
 def sweep_run(run_dir: str, points_for, csv_path: str, rows: list[dict],
-              device: str = "cpu", num_samples: int | None = None) -> list[dict]:  # fmt: skip
+              device: str = "cpu", num_samples: int | None = None,
+              measured: dict | None = None) -> list[dict]:  # fmt: skip
     """Sample ``run_dir`` at every point of ``points_for(cfg, tokenizer)`` (dicts of SETTING
     keys; missing keys keep the run's protocol), appending a row per point to ``rows`` and
     rewriting ``csv_path`` after each. Rows already in ``rows`` for this run folder and
@@ -169,10 +164,13 @@ def sweep_run(run_dir: str, points_for, csv_path: str, rows: list[dict],
     ck_sha = file_sha256(os.path.join(run_dir, "checkpoints", "last.pt"))[:16]
     have = {r["setting"] for r in rows if r["path"] == path and r["checkpoint_sha256"] == ck_sha}
     cfg, tok, method, model, ck = load_trained(run_dir, device, with_checkpoint=True)
+    n = num_samples or int(cfg.eval.num_samples)
+    if measured is not None:  # what this sweep measures the run as (see current_rows)
+        measured[path] = (ck_sha, n)
     points = points_for(cfg, tok)
     todo = []
     for point in points:  # the key names the sample count a point is measured at, resolved
-        full = {"num_samples": num_samples or int(cfg.eval.num_samples), **point}
+        full = {"num_samples": n, **point}
         if setting_key(full) not in have:
             todo.append(full)
     if not todo:
@@ -263,9 +261,10 @@ def run_all(run_dirs, points_for, csv_path, device="cpu", num_samples=None) -> p
         for k in SETTING:
             if isinstance(r.get(k), float) and math.isnan(r[k]):
                 r[k] = None
+    measured: dict = {}
     for run in run_dirs:
-        rows = sweep_run(run, points_for, csv_path, rows, device, num_samples)
-    df = pd.DataFrame(current_rows(rows, run_dirs, csv_path, num_samples))
+        rows = sweep_run(run, points_for, csv_path, rows, device, num_samples, measured)
+    df = pd.DataFrame(current_rows(rows, measured))
     check_comparable(df, "runs of this sweep")
     check_one_measurement(df)
     return df

@@ -522,11 +522,10 @@ def main(argv=None) -> dict | None:
         bar.update()
     bar.close()
 
-    # the ranks wait for each other's shards, then for rank 0's assembly, by polling the shared
-    # folder, never in a collective: one shard at ImageNet scale (10–40 min) and the assembly
-    # of a 50k file outlast NCCL's 10-minute collective timeout
-    # only rank 0 waits for the shards, then assembles (and deletes the shard folder); the
-    # others poll main_first's flag: a rank still polling shards could not see them deleted
+    # no rank waits in a collective: one shard at ImageNet scale (10–40 min) and the assembly of
+    # a 50k file outlast NCCL's 10-minute timeout. Rank 0 polls the folder for every shard, then
+    # assembles (and deletes the shard folder); the others poll main_first's flag, whose token
+    # was agreed before sampling
     def gather_and_assemble():
         wait_for_shards(parts, ranges, dd.rank)
         return assemble(out, parts, card, args.png_dir)

@@ -83,6 +83,8 @@ def test_a_decay_branch_is_exactly_the_end_of_a_shorter_run(env, tmp_path, monke
     b = torch.load(tmp_path / "long" / "checkpoints" / "last.pt", weights_only=True)
     for part in ("model", "ema"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    # the last evaluation (the main line's own decay) resets the loss counters, as any does
+    assert b["progress"]["loss_count"] == a["progress"]["loss_count"] == 0
     # and the decay changes the weights: a constant-schedule run ends elsewhere
     const = tmp_path / "const"
     run_in_process(env, [*WSD[:1], *WSD[3:], "eval.points=1"], const, monkeypatch)

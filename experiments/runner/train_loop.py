@@ -14,9 +14,10 @@ Hägele et al. 2024, arXiv 2405.18392) decays the learning rate linearly to zero
 branch: at step d(e) = e − round(fraction·e) the loop sets the run's state aside, trains on to
 e with the learning rate decaying to zero at e, evaluates, and restores the state. Since data,
 noise and learning rate are functions of the step, that branch is exactly the end of a run
-whose budget is e, so one run gives an annealed FD at every budget for about 1.4× its compute
-(log spacing, fraction 0.2). A stop inside a branch restores the state and stops at d(e); the
-relaunch runs the branch again, identically.
+whose budget is e, so one run gives an annealed FD at every budget for about 1.2× its compute
+(log spacing, fraction 0.2: the branches add 0.2·(e₁ + … + e_{K−1}) ≈ 0.2 of the budget).
+A stop inside a branch restores the state and stops at d(e); the relaunch runs the branch
+again, identically.
 """
 
 from __future__ import annotations
@@ -261,7 +262,7 @@ class Loop:
                 self.step(stream, gen)
                 bar.update()
                 step = prog.step
-                is_branch = bool(self.pending_branches(step))
+                is_branch = step in p.branches and bool(self.pending_branches(step))
                 is_eval, is_ckpt = step in p.evals, step % cfg.checkpoint_every == 0
                 is_ckpt = is_ckpt or is_branch
                 if step % cfg.log_every == 0 or is_eval or is_ckpt:
@@ -394,9 +395,10 @@ class Loop:
             )
             # the step where this row's learning-rate decay began: its branch's fork, or the
             # main line's own decay phase (blank: constant after warm-up)
-            if branch_from is None and self.schedule:
-                branch_from = decay_start(p.total_steps, self.schedule)
-            row["lr_schedule"], row["decay_from"] = self.schedule_label, branch_from
+            fork = branch_from
+            if fork is None and self.schedule:
+                fork = decay_start(p.total_steps, self.schedule)
+            row["lr_schedule"], row["decay_from"] = self.schedule_label, fork
             self.rows.append(row)
             write_csv(self.rundir.metrics, self.rows)
             self.report(p.evaluator.describe(row), bar)
