@@ -24,13 +24,12 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sweeps import headline_metric, latest_sweep, load_sweep, save_figure  # noqa: E402
-from shared.io import atomic_write_text  # noqa: E402
+from analysis.sweeps import headline_metric, latest_sweep, load_sweep, save_figure
+from shared.io import atomic_write_text
 
 
 def frontier_points(metrics: pd.DataFrame, runs: pd.DataFrame, metric: str) -> pd.DataFrame:

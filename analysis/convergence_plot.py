@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sweeps import (  # noqa: E402
+from analysis.sweeps import (
     IDENTITY,
     headline_metric,
     latest_sweep,
@@ -37,7 +35,7 @@ from analysis.sweeps import (  # noqa: E402
     save_figure,
     status_labels,
 )
-from shared.io import atomic_write_text  # noqa: E402
+from shared.io import atomic_write_text
 
 AXES = [("step", "training steps"), ("train_flops", "training FLOPs"),
         ("wall_s", "training wall-clock (s)")]  # fmt: skip
@@ -147,6 +145,12 @@ def refresh(sweep_dir: str) -> str | None:
     except Exception as e:  # noqa: BLE001 (reported, never fatal)
         print(f"live figure not updated: {type(e).__name__}: {e}")
         return None
+
+
+def live_figure(run_dir: str, row: dict) -> str | None:
+    """The runner's ``live_figure_hook``: redraw the figure of the sweep holding ``run_dir``."""
+    path = refresh(os.path.dirname(os.path.abspath(run_dir)))
+    return f"[figure] {path}" if path else None
 
 
 def main(argv=None) -> None:

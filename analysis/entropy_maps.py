@@ -17,20 +17,18 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sweeps import latest_sweep, save_figure  # noqa: E402
-from analysis.temperature_sweep import default_runs  # noqa: E402
-from experiments.runner.trainer import load_trained  # noqa: E402
+from analysis.sweeps import check_runs, latest_sweep, output_stems, save_figure
+from analysis.temperature_sweep import default_runs
+from experiments.runner.build import load_trained
 
 
 def entropy(post: torch.Tensor) -> torch.Tensor:
@@ -118,7 +116,6 @@ def main(argv=None) -> None:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     runs = args.runs or default_runs(args.sweep or latest_sweep())
-    from analysis.sampling_sweep import check_runs, output_stems
 
     runs = check_runs(runs, args.allow_unfinished)  # status and identity before any sampling
     stems = output_stems(runs)

@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.runner.build import load_trained  # noqa: E402
-from experiments.runner.evaluation import Evaluator  # noqa: E402
-from shared.io import atomic_write_text  # noqa: E402
-from shared.metrics import extract_features  # noqa: E402
-from shared.metrics.stats import fd_statistics, frechet_distance  # noqa: E402
+from experiments.runner.build import load_trained
+from experiments.runner.evaluation import Evaluator
+from shared.io import atomic_write_text
+from shared.metrics import extract_features
+from shared.metrics.stats import fd_statistics, frechet_distance
 
 
 def fd_sqrtm(s1: dict, s2: dict) -> float:

@@ -24,18 +24,15 @@ mean over seeds with the seeds' range shaded.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sampling_sweep import add_run_args, check_one_measurement, curve_groups, sweep_cli  # noqa: E402
-from analysis.sweeps import save_figure  # noqa: E402
+from analysis.sampling_sweep import add_run_args, check_one_measurement, curve_groups, sweep_cli
+from analysis.sweeps import save_figure
 
 CONTINUOUS = ("cfm", "cfm-endpoint", "purr")
 STYLE = {"euler": "-", "heun": "--", "midpoint": ":", "dopri5": "-.", "maskgit": (0, (5, 1, 1, 1))}

@@ -22,15 +22,13 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import sys
 import time
 
 import pandas as pd
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sweeps import headline_metric, load_sweep  # noqa: E402
-from shared.io import atomic_write_text  # noqa: E402
+from analysis.sweeps import headline_metric, load_sweep
+from shared.io import atomic_write_text
 
 
 def rows_of(source: str) -> pd.DataFrame:
@@ -66,8 +64,9 @@ def compare_training(fp32: pd.DataFrame, bf16: pd.DataFrame, metric: str) -> pd.
 
 
 def compare_sampling(run_dirs: list[str], device: str = "cpu") -> pd.DataFrame:
+    from experiments.runner.build import load_trained
     from experiments.runner.checks import method_label
-    from experiments.runner.trainer import Evaluator, load_trained
+    from experiments.runner.evaluation import Evaluator
 
     out = []
     for run in run_dirs:

@@ -27,17 +27,15 @@ import argparse
 import itertools
 import math
 import os
-import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sweeps import headline_metric, latest_sweep, load_sweep, save_figure  # noqa: E402
+from analysis.sweeps import headline_metric, latest_sweep, load_sweep, save_figure
 
 # two-sided 97.5% quantiles of Student's t, df = 1..30 (beyond: the normal 1.96)
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,

@@ -12,16 +12,14 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
+import matplotlib.pyplot as plt
+from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sweeps import headline_metric, latest_sweep, load_sweep  # noqa: E402
+from analysis.sweeps import headline_metric, latest_sweep, load_sweep
 
 
 def main(argv=None) -> str:

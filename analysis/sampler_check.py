@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import pandas as pd
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.temperature_sweep import trained_in  # noqa: E402
-from experiments.runner.checks import method_label  # noqa: E402
-from experiments.runner.trainer import Evaluator, load_trained  # noqa: E402
+from analysis.sweeps import trained_in
+from experiments.runner.build import load_trained
+from experiments.runner.checks import method_label
+from experiments.runner.evaluation import Evaluator
 
 
 def check_run(run_dir: str, solvers: list[str], out_dir: str, device="cpu") -> list[dict]:

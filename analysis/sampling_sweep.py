@@ -17,91 +17,26 @@ are refused (``check_runs``).
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 import time
 
 import pandas as pd
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sweeps import (  # noqa: E402
+from analysis.sweeps import (
     NotComparableError,
     check_comparable,
+    check_runs,
     read_table,
-    recorded_training,
+    trained_in,
 )
-from analysis.temperature_sweep import trained_in  # noqa: E402
-from experiments.runner.checkpoint import training_identity  # noqa: E402
-from experiments.runner.checks import method_label  # noqa: E402
-from shared.io import atomic_write_text, file_sha256  # noqa: E402
+from experiments.runner.checkpoint import training_identity
+from experiments.runner.checks import method_label
+from shared.io import atomic_write_text, file_sha256
 
 # a point's setting: every key a sampler takes from the protocol that a sweep may change
 SETTING = ("solver", "steps", "tolerance", "temperature", "cfg_scale", "num_samples")
-
-
-def run_summary(run_dir: str) -> dict:
-    try:
-        with open(os.path.join(run_dir, "summary.json")) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise SystemExit(f"error: {run_dir} is not a run folder (no summary.json)") from None
-    except ValueError as e:
-        raise SystemExit(f"error: {run_dir}/summary.json is unreadable ({e})") from None
-
-
-def check_runs(run_dirs: list[str], allow_unfinished: bool = False) -> list[str]:
-    """The run folders to sample, checked before any sampling: each finished (unless
-    ``allow_unfinished``) with a last checkpoint, all measured the same way (tokenizer, metric
-    network, reference, precisions: their summary.json identity), and no two with the same
-    training identity and seed (they would be averaged as one). Refuses naming every run."""
-    problems, seen, measured = [], {}, {}
-    for run in run_dirs:
-        summary = run_summary(run)
-        ident = {**summary.get("identity", {}), "train_precision": summary.get("train_precision"),
-                 "eval_precision": summary.get("eval_precision")}  # fmt: skip
-        measured.setdefault(json.dumps(ident, sort_keys=True), []).append(run)
-        status = summary.get("status", "unknown")
-        if not os.path.isfile(os.path.join(run, "checkpoints", "last.pt")):
-            problems.append(f"{run}: no checkpoints/last.pt (status {status})")
-            continue
-        if status != "finished" and not allow_unfinished:
-            problems.append(f"{run}: status {status}, not finished (--allow-unfinished to "
-                            "sample its last checkpoint anyway)")  # fmt: skip
-            continue
-        key = (recorded_training(run, summary)[0], summary.get("seed"))
-        if key in seen:
-            problems.append(f"{run} and {seen[key]} train the same config with seed {key[1]}: "
-                            "pass each run once")  # fmt: skip
-        seen.setdefault(key, run)
-    if len(measured) > 1:
-        problems += [f"measured with {k}: {', '.join(v)}" for k, v in measured.items()]
-        problems.append("runs measured differently cannot be drawn in one comparison")
-    if problems:
-        raise SystemExit("error: cannot sample these runs:\n  " + "\n  ".join(problems))
-    return list(run_dirs)
-
-
-def output_stems(run_dirs: list[str]) -> dict[str, str]:
-    """run → a file-name stem: its method label, with its seed (and training digest) added
-    when other runs share the label, so that no two runs' figures overwrite each other."""
-    info = {}
-    for run in run_dirs:
-        summary = run_summary(run)
-        ident = recorded_training(run, summary)[0] or ""
-        info[run] = (summary.get("method", "run"), summary.get("seed"), ident)
-    stems = {}
-    for run, (label, seed, ident) in info.items():
-        same = [i for i in info.values() if i[0] == label]
-        stem = label
-        if len(same) > 1:
-            stem += f"_seed{seed}"
-            if len({i[2] for i in same}) > 1:
-                stem += f"_{ident[:6]}"
-        stems[run] = stem
-    return stems
 
 
 def run_key(run_dir: str, csv_path: str) -> str:
@@ -158,7 +93,8 @@ def sweep_run(run_dir: str, points_for, csv_path: str, rows: list[dict],
     keys; missing keys keep the run's protocol), appending a row per point to ``rows`` and
     rewriting ``csv_path`` after each. Rows already in ``rows`` for this run folder and
     checkpoint are kept, not recomputed."""
-    from experiments.runner.trainer import Evaluator, load_trained
+    from experiments.runner.build import load_trained
+    from experiments.runner.evaluation import Evaluator
 
     path = run_key(run_dir, csv_path)
     ck_sha = file_sha256(os.path.join(run_dir, "checkpoints", "last.pt"))[:16]
@@ -280,10 +216,8 @@ def curve_groups(df: pd.DataFrame):
 
 
 __all__ = [
-    "NotComparableError",
     "add_run_args",
     "check_one_measurement",
-    "check_runs",
     "curve_groups",
     "run_all",
     "sweep_cli",

@@ -260,6 +260,77 @@ def status_labels(runs: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, str]:
     return out
 
 
+def run_summary(run_dir: str) -> dict:
+    try:
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise SystemExit(f"error: {run_dir} is not a run folder (no summary.json)") from None
+    except ValueError as e:
+        raise SystemExit(f"error: {run_dir}/summary.json is unreadable ({e})") from None
+
+
+def check_runs(run_dirs: list[str], allow_unfinished: bool = False) -> list[str]:
+    """The run folders to sample, checked before any sampling: each finished (unless
+    ``allow_unfinished``) with a last checkpoint, all measured the same way (tokenizer, metric
+    network, reference, precisions: their summary.json identity), and no two with the same
+    training identity and seed (they would be averaged as one). Refuses naming every run."""
+    problems, seen, measured = [], {}, {}
+    for run in run_dirs:
+        summary = run_summary(run)
+        ident = {**summary.get("identity", {}), "train_precision": summary.get("train_precision"),
+                 "eval_precision": summary.get("eval_precision")}  # fmt: skip
+        measured.setdefault(json.dumps(ident, sort_keys=True), []).append(run)
+        status = summary.get("status", "unknown")
+        if not os.path.isfile(os.path.join(run, "checkpoints", "last.pt")):
+            problems.append(f"{run}: no checkpoints/last.pt (status {status})")
+            continue
+        if status != "finished" and not allow_unfinished:
+            problems.append(f"{run}: status {status}, not finished (--allow-unfinished to "
+                            "sample its last checkpoint anyway)")  # fmt: skip
+            continue
+        key = (recorded_training(run, summary)[0], summary.get("seed"))
+        if key in seen:
+            problems.append(f"{run} and {seen[key]} train the same config with seed {key[1]}: "
+                            "pass each run once")  # fmt: skip
+        seen.setdefault(key, run)
+    if len(measured) > 1:
+        problems += [f"measured with {k}: {', '.join(v)}" for k, v in measured.items()]
+        problems.append("runs measured differently cannot be drawn in one comparison")
+    if problems:
+        raise SystemExit("error: cannot sample these runs:\n  " + "\n  ".join(problems))
+    return list(run_dirs)
+
+
+def output_stems(run_dirs: list[str]) -> dict[str, str]:
+    """run → a file-name stem: its method label, with its seed (and training digest) added
+    when other runs share the label, so that no two runs' figures overwrite each other."""
+    info = {}
+    for run in run_dirs:
+        summary = run_summary(run)
+        ident = recorded_training(run, summary)[0] or ""
+        info[run] = (summary.get("method", "run"), summary.get("seed"), ident)
+    stems = {}
+    for run, (label, seed, ident) in info.items():
+        same = [i for i in info.values() if i[0] == label]
+        stem = label
+        if len(same) > 1:
+            stem += f"_seed{seed}"
+            if len({i[2] for i in same}) > 1:
+                stem += f"_{ident[:6]}"
+        stems[run] = stem
+    return stems
+
+
+def trained_in(run_dir: str) -> str:
+    """The run's training precision, as its summary.json records it."""
+    try:
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            return recorded_train_precision(json.load(f))
+    except (OSError, ValueError):
+        return "unrecorded"
+
+
 def save_figure(fig, out_dir: str, stem: str, exts=("png", "pdf")) -> list[str]:
     """Write ``fig`` as <out_dir>/<stem>.<ext> for each format, close it, return the paths.
 

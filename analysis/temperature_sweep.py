@@ -15,25 +15,26 @@ import argparse
 import glob
 import json
 import os
-import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from analysis.sweeps import (  # noqa: E402
+from analysis.sweeps import (
     check_comparable,
+    check_runs,
     latest_sweep,
-    recorded_train_precision,
+    output_stems,
     save_figure,
+    trained_in,
 )
-from experiments.runner.checks import method_label  # noqa: E402
-from experiments.runner.trainer import Evaluator, load_trained  # noqa: E402
-from shared.images import pick_by_class, save_grid  # noqa: E402
+from experiments.runner.build import load_trained
+from experiments.runner.checks import method_label
+from experiments.runner.evaluation import Evaluator
+from shared.images import pick_by_class, save_grid
 
 CATEGORICAL = ("purr", "dfm", "dfm-metric")
 
@@ -59,15 +60,6 @@ def default_runs(sweep: str) -> list[str]:
     if not found:
         raise FileNotFoundError(f"no finished {'/'.join(CATEGORICAL)} run in {sweep}")
     return [found[m][1] for m in CATEGORICAL if m in found]
-
-
-def trained_in(run_dir: str) -> str:
-    """The run's training precision, as its summary.json records it."""
-    try:
-        with open(os.path.join(run_dir, "summary.json")) as f:
-            return recorded_train_precision(json.load(f))
-    except (OSError, ValueError):
-        return "unrecorded"
 
 
 def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu", stem=None) -> pd.DataFrame:
@@ -140,7 +132,6 @@ def main(argv=None) -> None:
     ap.add_argument("--allow-unfinished", action="store_true")
     args = ap.parse_args(argv)
     runs = args.runs or default_runs(args.sweep or latest_sweep())
-    from analysis.sampling_sweep import check_runs, output_stems
 
     runs = check_runs(runs, args.allow_unfinished)  # status and identity before any sampling
     stems = output_stems(runs)

@@ -37,24 +37,20 @@ from __future__ import annotations
 import argparse
 import copy
 import io
-import os
 import resource
 import statistics
-import sys
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
-
-import methods  # noqa: E402
-from experiments.runner.train_loop import train_step  # noqa: E402
-from methods.head import DEFAULT_CHUNK  # noqa: E402
-from shared.backbone import build_dit  # noqa: E402
-from shared.io import atomic_write_text  # noqa: E402
-from shared.optim import build_adamw  # noqa: E402
-from shared.precision import autocast, resolve  # noqa: E402
+import methods
+from experiments.runner.train_loop import train_step
+from methods.head import DEFAULT_CHUNK
+from shared.backbone import build_dit
+from shared.io import atomic_write_text
+from shared.optim import build_adamw
+from shared.precision import autocast, resolve
 
 METHODS = {"cfm": {}, "purr": {}, "dfm": {"source": "mask"}, "dfm-metric": {}}
 

@@ -18,21 +18,19 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from shared import artifacts  # noqa: E402
-from shared.data import load_fashion_mnist  # noqa: E402
-from shared.io import atomic_write_text  # noqa: E402
-from shared.metrics.fashion_cnn import (  # noqa: E402
+from shared import artifacts
+from shared.data import load_fashion_mnist
+from shared.io import atomic_write_text
+from shared.metrics.fashion_cnn import (
     FashionCNNConfig,
     classifier_dir,
     load_classifier,
     test_accuracy,
     train_classifier,
 )
-from shared.tokenizers.fashion import (  # noqa: E402
+from shared.tokenizers.fashion import (
     FashionVQ,
     FashionVQConfig,
     evaluate_reconstruction,

@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 if compgen -G ".whl/*.whl" >/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
     --format=csv | tee "$OUT/gpu.txt"
@@ -31,7 +31,7 @@ timeout 280 $PY experiments/benchmark.py --presets DiT-B/2,DiT-XL/2 --sample-pre
     --grid 32 --codes 16384 --code-dim 4 --batch 32 --heads chunked,full --out "$OUT/bench_eager.csv" 2>&1 \
     | tee "$OUT/bench_eager.log"
 
-echo "== memory: DiT-B/2 at batch 256, chunked heads (issue #15 target: < 80 GiB)"
+echo "== memory: DiT-B/2 at batch 256, chunked heads (target: < 80 GiB)"
 timeout 120 $PY experiments/benchmark.py --presets DiT-B/2 --sample-presets none --grid 32 \
     --codes 16384 --code-dim 4 --batch 256 --heads chunked --reps 2 --steps-per-rep 1 \
     --out "$OUT/bench_b2_b256.csv" 2>&1 | tee "$OUT/bench_b2_b256.log"

@@ -35,14 +35,12 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from shared.io import atomic_write_text, file_sha256  # noqa: E402
-from shared.metrics.fidelity import PRC_K  # noqa: E402
+from shared.io import atomic_write_text, file_sha256
+from shared.metrics.fidelity import PRC_K
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 NAMED = {"fashion:train": "train", "fashion:test": "test"}

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The GPU headline sweep (issue #14) in one prepared run: 3 seeds of cfm, dfm, dfm-metric
+# The GPU headline sweep in one prepared run: 3 seeds of cfm, dfm, dfm-metric
 # and purr on the fashion_gpu preset, PARALLEL runs packed on the GPU at once
 # (experiments/pack.py), then every figure: convergence, ranking vs budget (FLOP- and
 # iteration-matched), temperature sweep, entropy maps, samples. Meant for one H200 within
-# 10 minutes; the preset's budget is provisional until the #14 scan has been run.
+# 10 minutes; the preset's budget is provisional until its GPU scan has been run.
 #
 #     OUT=outputs/gpu_sweep bash experiments/gpu_sweep.sh
 #     TINY=1 OUT=/tmp/x EXTRA="data.root=… tokenizer.path=…" bash experiments/gpu_sweep.sh  # CPU check
@@ -26,7 +26,7 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" >/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 fi
 if [ "${TINY:-0}" = 1 ]; then  # the same path with a budget of seconds (tests, CPU)
     SETTING="backbone=dit_nano_1 budget.train_flops=null budget.images=128 budget.batch_size=16

@@ -18,17 +18,14 @@ against ``full``.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.benchmark import LargestTensor  # noqa: E402
-from methods.head import DEFAULT_CHUNK, LinearHead  # noqa: E402
+from experiments.benchmark import LargestTensor
+from methods.head import DEFAULT_CHUNK, LinearHead
 
 
 def variants(chunk: int):

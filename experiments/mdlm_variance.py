@@ -21,15 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.runner.build import load_trained  # noqa: E402
-from methods.base import TimeSampler  # noqa: E402
-from shared.latents import IndexShards  # noqa: E402
+from experiments.runner.build import load_trained
+from methods.base import TimeSampler
+from shared.latents import IndexShards
 
 
 def main(argv=None) -> dict:

@@ -20,31 +20,31 @@ the latest sweep.
 
 from __future__ import annotations
 
-import os
+import importlib
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.runner.config import register  # noqa: E402
+from experiments.runner.config import register
 
 register()
 
 
 def evaluation_hooks(cfg) -> list:
-    """What runs after each evaluation, on rank 0: with ``live_figure=true``, the sweep's
-    convergence figure is redrawn (by the analysis layer, which the runner never imports)."""
+    """What runs after each evaluation, on rank 0: with ``live_figure=true``, the callable
+    that ``live_figure_hook`` names (by default the analysis layer's convergence figure,
+    which the runner does not import)."""
     if not cfg.live_figure:
         return []
-
-    def live_figure(run_dir: str, row: dict) -> str | None:
-        from analysis.convergence_plot import refresh
-
-        path = refresh(os.path.dirname(os.path.abspath(run_dir)))
-        return f"[figure] {path}" if path else None
-
-    return [live_figure]
+    module, _, name = cfg.live_figure_hook.partition(":")
+    try:
+        return [getattr(importlib.import_module(module), name)]
+    except (ImportError, AttributeError) as e:
+        raise SystemExit(
+            f"error: live_figure_hook={cfg.live_figure_hook!r} names no callable ({e}); "
+            "give it as module:function"
+        ) from None
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")

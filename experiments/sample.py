@@ -53,8 +53,7 @@ import zipfile
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from shared.io import atomic_open, atomic_write_text, file_sha256  # noqa: E402
+from shared.io import atomic_open, atomic_write_text, file_sha256
 
 CARD_VERSION = 1
 

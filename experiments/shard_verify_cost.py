@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from shared.io import atomic_write_text  # noqa: E402
-from shared.latents import IndexShards, _save_npy, _sha256, finalize, shard_paths  # noqa: E402
+from shared.io import atomic_write_text
+from shared.latents import IndexShards, _save_npy, _sha256, finalize, shard_paths
 
 
 def write_shards(folder, rows, grid, codes, classes, shard_size=10000, seed=0):

@@ -20,11 +20,9 @@ import csv
 import datetime
 import json
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from shared import artifacts  # noqa: E402
-from shared.io import atomic_torch_save, atomic_write_text  # noqa: E402
+from shared import artifacts
+from shared.io import atomic_torch_save, atomic_write_text
 
 RUNS = "runs"
 OUT = os.path.join("outputs", "shipped")

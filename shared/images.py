@@ -44,8 +44,8 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
 
 
 def pick_by_class(labels: torch.Tensor, max_classes: int = 16, per_class: int = 16):
-    """Which images a class grid shows, for any class count (issue #24: grids with one
-    column per class were 258,002 px wide at 1000 classes): at most ``max_classes`` classes,
+    """Which images a class grid shows, for any class count (one column per class
+    would be 258,002 px wide at 1000 classes): at most ``max_classes`` classes,
     evenly spaced over those present, and the first ``per_class`` images of each (fewer if a
     chosen class has fewer). Returns (indices, class-major, into ``labels``; the classes shown;
     images per class)."""

@@ -118,11 +118,11 @@ def test_temperature_sweep_and_entropy_maps_on_trained_runs(env, tmp_path, monke
     assert (curve["mean_entropy"] >= 0).all() and (curve["mean_entropy"] <= curve["log_k"]).all()
     for f in ("entropy_maps_purr.png", "entropy_maps_dfm.png", "entropy_vs_t.png"):
         assert (out / f).stat().st_size > 0
-    # #24: running summaries instead of every posterior, equal to the entropies of the full
+    # running summaries instead of every posterior, equal to the entropies of the full
     # trace; --steps sets the sampling steps
     import torch
 
-    from experiments.runner.trainer import load_trained
+    from experiments.runner.build import load_trained
 
     run = str(sweep / "0_purr_seed0")
     _, _, times, ent, guesses, _ = entropy_maps.trace_run(run, 2, 0, steps=3, n_times=2)
@@ -137,7 +137,7 @@ def test_temperature_sweep_and_entropy_maps_on_trained_runs(env, tmp_path, monke
     assert len(pd.read_csv(tmp_path / "e2" / "entropy_vs_t.csv")) == 2
     grid = sample_grids.main([str(sweep), "--out", str(out)])
     assert os.path.getsize(grid) > 0
-    # #25.9: only finished runs are picked, the others named; identity is checked before any
+    # only finished runs are picked, the others named; identity is checked before any
     # sampling; two runs of one label write two grids instead of overwriting one
     import shutil
 
@@ -369,7 +369,7 @@ def write_runs(sweep, specs, points=4, steps_total=100):
 
 
 def test_runs_that_differ_in_an_unnamed_option_are_two_series(tmp_path, capsys):
-    """#25.1: dfm-metric at beta_scale 1 and 100, two seeds each: one label, two training
+    """dfm-metric at beta_scale 1 and 100, two seeds each: one label, two training
     identities. They are two curves named by the option, each with its 2 seeds (they used to be
     averaged as one, and the table said 'seeds 2' for 4 runs)."""
     base = {"method.name": "dfm-metric", "optim.lr": 1e-3}
@@ -399,7 +399,7 @@ def test_runs_that_differ_in_an_unnamed_option_are_two_series(tmp_path, capsys):
 
 
 def test_rows_of_one_run_under_two_solvers_are_two_series(tmp_path):
-    """#25.3: a run relaunched with another eval setting has rows of both; each setting is its
+    """A run relaunched with another eval setting has rows of both; each setting is its
     own series (the convergence plot used to crash on them)."""
     cfg = {"method.name": "cfm"}
     sweep = write_runs(tmp_path / "sweeps" / "s", [("cfm", cfg, 0, lambda s: 200 - s)])
@@ -413,7 +413,7 @@ def test_rows_of_one_run_under_two_solvers_are_two_series(tmp_path):
 
 
 def test_budget_points_are_matched_by_fraction_and_budgets_must_agree(tmp_path, capsys):
-    """#25.2: eval.points=2 and =4 on the same budget meet at 50% and 100%, never at 'the 2nd
+    """eval.points=2 and =4 on the same budget meet at 50% and 100%, never at 'the 2nd
     evaluation' (50% of one, 25%... of the other); unequal budgets are refused unless --by-flops."""
     from analysis import ranking_vs_budget
 
@@ -444,8 +444,8 @@ def test_one_training_under_two_samplers_is_two_series_not_a_duplicate(tmp_path)
 
 
 def test_class_grids_stay_readable_at_any_class_count(tmp_path):
-    """Issue #24: grids had one column per class (258,002 px wide at 1000 classes, mostly
-    black). At most 16 classes (evenly spaced, named in the PNG) and 16 images per class."""
+    """One column per class would be 258,002 px wide at 1000 classes, mostly black: at
+    most 16 classes (evenly spaced, named in the PNG) and 16 images per class."""
     import torch
     from PIL import Image
 

@@ -261,7 +261,7 @@ def test_time_sampler_draws_through_its_maps_and_never_reaches_one():
 
 
 def test_float32_limits_hold_where_validation_puts_them():
-    """#25.8: at the largest β validation allows, dfm-metric's path at the top training time
+    """At the largest β validation allows, dfm-metric's path at the top training time
     is a finite point mass on the data code; past it, it was NaN. τ at the smallest allowed
     value still draws the argmax; below it the method refuses."""
     from methods.base import MIN_TEMPERATURE, categorical

@@ -104,8 +104,8 @@ def test_validation_errors(setup, tmp_path):
 
 
 def test_shards_are_keyed_by_what_the_data_is(setup, tmp_path):
-    """Issue #24: shards were keyed by the folder's basename, so every ``…/train`` shared one
-    cache, and latents made at 128 px were reused at 256 px. Now the folder name carries a
+    """Shards keyed by the folder's basename would let every ``…/train`` share one
+    cache, and latents made at 128 px be reused at 256 px. The folder name carries a
     digest of the data's identity (listing or files, image size), and a reader given shards
     of other data refuses them, naming what differs."""
     from test_data import make_fmnist, make_tree
@@ -145,13 +145,13 @@ def test_shards_are_keyed_by_what_the_data_is(setup, tmp_path):
     _, other, _ = data_source("fashion", ds.root, "train", 36)
     with pytest.raises(ShardError, match=r"other data \(image_size: 32 → 36\)"):
         IndexShards(folder, identity=other)
-    run(ds, tok, tmp_path / "legacy")  # extracted without an identity, as before #24
+    run(ds, tok, tmp_path / "legacy")  # extracted without an identity (a legacy layout)
     with pytest.raises(ShardError, match="extracted before data identities were recorded"):
         IndexShards(str(tmp_path / "legacy"), identity=fm_ident)
 
 
 def test_extraction_batch_is_chosen_from_memory(setup):
-    """#24.5: the per-image estimate bounds the first conv's own output from above and grows
+    """The per-image estimate bounds the first conv's own output from above and grows
     with the pixels (4× at twice the size); the batch is what a budget holds, within
     [1, MAX_BATCH]."""
     from shared.latents import MAX_BATCH, activation_bytes_per_image, auto_batch_size

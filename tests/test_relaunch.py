@@ -82,8 +82,8 @@ def test_relaunch_rules(env, tmp_path, monkeypatch, capsys):
     d = tmp_path / "run"
     run_in_process(env, ["method=purr"], d, monkeypatch)
     rows = metric_rows(d)
-    # with progress bars off, one line every log_every steps, on the console and in run.log
-    # (issue #24: nothing was printed until the first evaluation, and run.log stayed empty)
+    # with progress bars off, one line every log_every steps, on the console and in run.log,
+    # so that a cluster job shows progress before its first evaluation
     out = capsys.readouterr().out
     log = (d / "run.log").read_text().splitlines()
     lines = [x.split("] ", 1)[1] for x in log if "| images" in x]
@@ -101,7 +101,7 @@ def test_relaunch_rules(env, tmp_path, monkeypatch, capsys):
     run_in_process(env, ["method=purr", "eval.batch_size=3"], d, monkeypatch)
     assert summary(d)["launches"][-1]["changed"] == {"eval.batch_size": [20, 3]}
     assert metric_rows(d) == rows
-    # a finished run is never relabelled (issue #25): another sampler, or an allowed training
+    # a finished run is never relabelled: another sampler, or an allowed training
     # change, would evaluate nothing and only rewrite its label and summary
     before = (d / "summary.json").read_bytes()
     for extra in (["eval.steps=2"], ["eval.steps=2", "allow_changes=[eval.steps]"],
@@ -399,8 +399,8 @@ def test_checkpoints_from_before_new_training_keys_resume_unless_the_key_changes
 
 
 def test_a_run_with_rows_keeps_its_measurement_unless_a_mix_is_asked_for():
-    """Issue #25: a dfm run relaunched with eval.solver=maskgit wrote rows labelled dfm and
-    dfm-maskgit into one metrics.csv. Once a run has rows, a key that changes what they
+    """A dfm run relaunched with eval.solver=maskgit must not write rows labelled dfm and
+    dfm-maskgit into one metrics.csv: once a run has rows, a key that changes what they
     measure is refused unless allow_changes names it; before its first row it may change."""
     from experiments.runner.checkpoint import check_relabel
     from experiments.runner.checks import flat_keys
@@ -429,7 +429,7 @@ def test_a_run_with_rows_keeps_its_measurement_unless_a_mix_is_asked_for():
 
 
 def test_mdlm_checkpoints_from_before_its_time_range_are_refused_naming_the_keys():
-    """method.mdlm_eps / mdlm_stratified (issue #20) change training only under weighting=mdlm:
+    """method.mdlm_eps / mdlm_stratified change training only under weighting=mdlm:
     an old dfm checkpoint resumes, an old dfm-mdlm one (trained on t up to 1) is refused."""
     from experiments.runner.checkpoint import check_resume
     from experiments.runner.checks import flat_keys
@@ -496,7 +496,7 @@ def test_a_run_process_imports_none_of_the_slow_packages(env):
 
 @pytest.mark.parametrize("tok", ["sd", "llamagen"])
 def test_imagenet_presets_are_flop_matched_and_name_the_paper_setting(tok):
-    """#24.8: each ImageNet preset's budget is the FLOPs cfm spends on 400M images on that
+    """Each ImageNet preset's budget is the FLOPs cfm spends on 400M images on that
     backbone (recomputed here from the analytic count, on the meta device); budget=
     imagenet_iters is the paper's 400M images for every method; setting images on top of a
     FLOP budget is refused naming both keys and the fix."""
@@ -528,7 +528,7 @@ def test_imagenet_presets_are_flop_matched_and_name_the_paper_setting(tok):
 
 @pytest.mark.parametrize("mode", ["ok", "fail"])
 def test_rank_zero_work_outlasts_the_collective_timeout(tmp_path, mode):
-    """#24: rank 0 builds the evaluator (the reference set, the baselines) for longer than the
+    """Rank 0 builds the evaluator (the reference set, the baselines) for longer than the
     group's collective timeout (3.5 s against 2 s) while rank 1 waits by polling a file; rank
     0's failure reaches rank 1 as an error naming it."""
     script = str(REPO_ROOT / "tests" / "two_ranks_main_first.py")

@@ -102,7 +102,7 @@ def test_same_seed_same_loss_curve_and_nonfinite_stop(env, tmp_path, monkeypatch
     b = run_in_process(env, ["method=cfm", "eval.points=1"], tmp_path / "b", monkeypatch)
     assert metric_rows(tmp_path / "a") == metric_rows(tmp_path / "b")
     assert a["final"]["loss"] == b["final"]["loss"]
-    from experiments.runner.trainer import NonFiniteLossError
+    from experiments.runner.errors import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError, match="non-finite loss between steps"):
         run_in_process(env, ["method=cfm", "optim.lr=1e30", "optim.warmup_steps=0"],
@@ -123,7 +123,7 @@ BAD_CONFIGS = [
     (["method=dfm-mdlm", "method.time_sampling=logit_normal"], "the ELBO under uniform t"),
     (["method=dfm-uniform", "eval.solver=euler-redraw"], "need method.source=mask"),
     (["method=dfm-mdlm", "method.kappa_power=0.5", "method.t_min=0"], "infinite at t = 0"),
-    # #25.8: values within their ranges that overflow float32 where the method uses them
+    # values within their ranges that overflow float32 where the method uses them
     (["method=dfm-metric", "method.beta_scale=1e308"], "beta_scale ≤ 5.96e+27 at beta_power=1"),
     (["method=dfm-metric", "method.beta_power=20"], "beta_power ≤ 4.71 at beta_scale=10"),
     (["eval.temperature=1e-300"], "0 (the argmax) or a number ≥ 1e-30"),
@@ -131,9 +131,9 @@ BAD_CONFIGS = [
     (["seed=18446744073709551616"], "seed=18446744073709551616 is not allowed"),
     (["eval.seed=-1"], "eval.seed=-1 is not allowed"),
     (["method=dfm", "method.kappa_power=1e300"], "not finite in float32"),
-    # #24: the class count the label embedding is built for must be the data's
+    # the class count the label embedding is built for must be the data's
     (["DATA", "data.num_classes=7"], "Fashion-MNIST has 10 classes; set data.num_classes=10"),
-    # #24: everything knowable before any model: reference n, metric minimum, FID weights,
+    # everything knowable before any model: reference n, metric minimum, FID weights,
     # the folder's contents, the tokenizer file's kind
     (["DATA", "eval.reference_n=1000"], "train split holds 64 images; lower eval.reference_n"),
     (["eval.num_samples=2"], "eval.num_samples=2 is not allowed; expected a number ≥ 4"),
@@ -192,8 +192,8 @@ def test_maskgit_steps_beyond_the_grid_are_refused_before_training(env, tmp_path
 
 
 def test_more_evaluations_than_steps_and_unknown_keys_are_refused(env, tmp_path, monkeypatch):
-    """#25.10: eval.points beyond the steps the budget buys used to give fewer evaluations
-    without a word; a '+eval.key' nothing reads used to be accepted."""
+    """eval.points beyond the steps the budget buys is refused rather than giving fewer
+    evaluations without a word, and so is a '+eval.key' that nothing reads."""
     from experiments.runner.errors import RunError
 
     run_dir = tmp_path / "points"
@@ -332,11 +332,11 @@ def test_pack_runs_a_sweep_several_jobs_at_once(env, tmp_path):
     metrics, runs = load_sweep(str(sweep))
     assert sorted(runs["run"]) == ["0_cfm_seed0", "1_purr_seed0"]
     assert set(runs["status"]) == {"finished"} and set(metrics["method"]) == {"cfm", "purr"}
-    # #25.5: a relaunch with the values reordered knows its runs by their overrides
+    # a relaunch with the values reordered knows its runs by their overrides
     again = run_tree(cmd[:-1] + ["method=purr,cfm"], env=penv, timeout=300)
     assert again.returncode == 0 and again.stdout.count("finished") >= 2, again.stdout
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_cfm_seed0", "1_purr_seed0"]
-    # #25.6: a bad value or a key typo refuses the pack before any job starts
+    # a bad value or a key typo refuses the pack before any job starts
     for bad_args, why in ((["method=cfm", "eval.steps=0"], "eval.steps=0 is not allowed"),
                           (["metod=cfm,dfm"], "metod")):  # fmt: skip
         bad = run_tree(cmd[:-1] + bad_args, env=penv, timeout=120)
@@ -357,7 +357,7 @@ def test_pack_gives_each_job_its_share_of_the_cores(monkeypatch):
 
 
 def test_pack_parses_overrides_as_hydra_does():
-    """#25.6: Hydra's own grammar: range() sweeps, lists and quoted commas stay whole."""
+    """Hydra's own grammar: range() sweeps, lists and quoted commas stay whole."""
     from experiments.pack import job_key, parse
 
     jobs = parse(["seed=range(0,2)", "method=cfm,dfm", "optim.betas=[0.9,0.95]"])
@@ -388,7 +388,7 @@ def run_status(run_dir):
 
 @pytest.mark.process
 def test_pack_owns_its_jobs_on_sigterm_and_on_its_own_death(env, tmp_path):
-    """#25.4: SIGTERM to the pack stops every job (they checkpoint), then its table; SIGKILL
+    """SIGTERM to the pack stops every job (they checkpoint), then its table; SIGKILL
     to the pack still stops them (parent-death signal): no orphan keeps its lock, and an
     immediate relaunch gets past the locks."""
     from proc import descendants, kill_tree
@@ -438,8 +438,7 @@ def test_gpu_sweep_script_runs_every_step_and_reports_the_failed_one(tmp_path):
     records its command (the real path is the slow test below): the sweep and all five
     figure steps run in order on the sweep folder; one failing step (ranking, as an
     out-of-memory error would) leaves the rest running, is named at the end with its exit
-    code and log, and the script exits non-zero (issue #25: it stopped at the first
-    failure); the timings are written."""
+    code and log, and the script exits non-zero; the timings are written."""
     out, calls = tmp_path / "gpu", tmp_path / "calls.txt"
     stub = tmp_path / "python"
     stub.write_text(
@@ -477,7 +476,7 @@ def test_gpu_sweep_script_runs_its_whole_path_on_cpu(env, tmp_path):
     and every figure it promises, on this machine in 30 s. One step fails here (a python
     wrapper fails the ranking script, as an out-of-memory error would): the script
     still draws every other figure, entropy maps included, names the failure and exits
-    non-zero at the end (issue #25: it used to stop at the first failure, losing the rest).
+    non-zero at the end, so one failure loses none of the rest.
     Slow: the script's logic is the fast test above; pack, the runs and every figure script
     have their own process tests."""
     out = tmp_path / "gpu"
@@ -511,7 +510,7 @@ def test_gpu_sweep_script_runs_its_whole_path_on_cpu(env, tmp_path):
 
 
 def test_maskgit_options_are_sampler_settings_not_training_keys(env):
-    """#25.10: the maskgit_* options are read only by the MaskGIT sampler: a resume that
+    """The maskgit_* options are read only by the MaskGIT sampler: a resume that
     changes one is accepted (they used to count as training keys), and setting one under
     another solver warns."""
     from experiments.runner.checkpoint import changes, is_training_key

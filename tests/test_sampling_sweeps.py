@@ -149,7 +149,8 @@ def test_sweep_resumes_after_a_crash_mid_way(env, trained, tmp_path, monkeypatch
 
 def test_a_rerun_with_more_samples_replaces_the_points(env, trained, tmp_path, monkeypatch):
     from analysis import nfe_sweep
-    from analysis.sampling_sweep import NotComparableError, check_one_measurement
+    from analysis.sampling_sweep import check_one_measurement
+    from analysis.sweeps import NotComparableError
 
     monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
     args = [str(trained / "dfm_seed0"), "--nfe", "2", "--solvers", "euler", "--out", str(tmp_path)]

@@ -20,7 +20,8 @@ from shared.tokenizers import (
     to_float,
     train_fashion_vq,
 )
-from shared.tokenizers.convert import CheckpointLayoutError, convert_taming_to_diffusers
+from shared.tokenizers.convert import convert_taming_to_diffusers
+from shared.tokenizers.layout import CheckpointLayoutError
 
 REF_SIZE = 16  # 2 levels → f=2 → 8×8 grid
 
@@ -175,9 +176,9 @@ def test_fashion_training_artifact(fashion_tok):
 
 
 def test_the_runner_refuses_a_tokenizer_of_another_layout(tmp_path):
-    """Issue #24: a 3-level VQModel loaded as "sd-vq-f8" with a 64×64 grid and no warning, and
-    a swapped tokenizer family failed late with a raw traceback. Both are one-line RunErrors
-    before any data or model work."""
+    """A 3-level VQModel loaded as "sd-vq-f8" (a 64×64 grid) and a swapped tokenizer
+    family are each a one-line RunError before any data or model work, not a silent wrong
+    grid or a late traceback."""
     from conftest import compose
 
     from experiments.runner.build import load_tokenizer as runner_tokenizer

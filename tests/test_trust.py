@@ -36,7 +36,7 @@ def test_pretrained_tokenizer_loaders_refuse_code(tmp_path, payload):
 
 
 def test_trainer_loaders_refuse_code(env, tmp_path, monkeypatch, payload):
-    from experiments.runner.trainer import load_trained
+    from experiments.runner.build import load_trained
 
     run_dir = tmp_path / "run"
     ckpt = payload.write(run_dir / "checkpoints" / "last.pt")
@@ -96,8 +96,8 @@ def rewrite_shard(folder, s, idx=None, lbl=None, fix_checksum=True):
 
 def test_a_run_refuses_shards_of_other_data_before_training(env, tmp_path, monkeypatch):
     """data.latents_dir pointing at shards extracted from other data (here: their recorded
-    identity says other files) is refused at start-up, naming the difference (#24)."""
-    from experiments.runner.trainer import RunError
+    identity says other files) is refused at start-up, naming the difference."""
+    from experiments.runner.errors import RunError
 
     lat = copy_shards(env, tmp_path)
     manifest = json.loads((lat / "manifest.json").read_text())
@@ -111,7 +111,7 @@ def test_a_run_refuses_shards_of_other_data_before_training(env, tmp_path, monke
 def test_training_verifies_shards_at_start(env, tmp_path, monkeypatch, payload):
     run = lambda lat, d: run_in_process(env, ["method=cfm", f"data.latents_dir={lat}"],  # noqa: E731
                                         tmp_path / d, monkeypatch)  # fmt: skip
-    from experiments.runner.trainer import RunError
+    from experiments.runner.errors import RunError
 
     lat = copy_shards(env, tmp_path)
     idx_p, lbl_p, _ = shard_paths(str(lat), 0)
@@ -175,7 +175,7 @@ def test_shard_verification_cost_script(tmp_path):
 
 
 def test_a_second_job_waits_for_the_extraction_in_progress(env, tmp_path, monkeypatch):
-    """Issue #24: every job of a sweep extracted the same data itself. A job that finds the
+    """The jobs of a sweep extract the same data once. A job that finds the
     shards being extracted (their lock held) waits for the manifest instead, and fails with
     a relaunch hint when the extracting job dies before finishing."""
     import threading

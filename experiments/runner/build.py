@@ -66,7 +66,7 @@ class Dist:
         """``work()`` on rank 0 (its result; None elsewhere) while the other ranks wait by
         polling a file in ``folder`` (shared by all ranks), never in a collective: building a
         50k-image reference set, or a baseline at ImageNet scale, outlasts NCCL's collective
-        timeout (issue #24). A failure on rank 0 is told to the others, which fail too."""
+        timeout. A failure on rank 0 is told to the others, which fail too."""
         if self.world == 1:
             return work()
         import time
@@ -215,7 +215,7 @@ def prepare_latents(cfg, tok, dd: Dist):
 
 
 def extract_once(cfg, tok, dd: Dist, folder: str, ds_id: str, identity: dict) -> None:
-    """Extract the shards once, whoever asks (issue #24: a sweep extracted once per job).
+    """Extract the shards once, whoever asks, not once per job of a sweep.
 
     The first job takes ``<folder>.lock`` and extracts, its shards dealt over all of its
     ranks; any other job waiting for the same data polls for the manifest instead of

@@ -94,8 +94,8 @@ def load(path: str, map_location="cpu") -> dict:
 # checkpoint written before them trained with: a relaunch of such a checkpoint that leaves
 # them at this value changes nothing, so it is accepted (and recorded) without allow_changes.
 ADDED_KEYS = {
-    "method.weighting": "none",  # dfm: MDLM weighting (issue #16)
-    "method.latent_scale": "none",  # cfm, cfm-endpoint, purr (issue #14)
+    "method.weighting": "none",  # dfm: MDLM weighting
+    "method.latent_scale": "none",  # cfm, cfm-endpoint, purr
     "optim.schedule": "constant",
 }
 
@@ -107,9 +107,9 @@ def changes(saved: dict, current: dict) -> dict[str, tuple]:
 
 
 # Training keys added later that change nothing unless another key has a value: a checkpoint
-# from before them resumes without allow_changes when that key is not set so (issue #20: the
-# MDLM time range and stratification matter only to weighting=mdlm, whose old checkpoints
-# trained without them and are refused, naming the keys)
+# from before them resumes without allow_changes when that key is not set so (the MDLM time
+# range and stratification matter only to weighting=mdlm, whose checkpoints without them
+# are refused, naming the keys)
 INERT_UNLESS = {
     "method.mdlm_eps": ("method.weighting", "mdlm"),
     "method.mdlm_stratified": ("method.weighting", "mdlm"),
@@ -151,8 +151,8 @@ def check_resume(path: str, ck: dict, cfg) -> dict:
 
 # Evaluation keys that change what an evaluation row measures (its samples or its metric).
 # A run's metrics.csv holds one measurement: once it has rows, a relaunch that changes one of
-# these is refused unless allow_changes names it (issue #25: a dfm run relaunched with
-# eval.solver=maskgit held rows labelled dfm and dfm-maskgit). Keys that only change float
+# these is refused unless allow_changes names it (otherwise a dfm run relaunched with
+# eval.solver=maskgit would hold rows labelled dfm and dfm-maskgit). Keys that only change float
 # batching or the figures (eval.batch_size, eval.grid_samples) or where later evaluations
 # fall (eval.points, eval.spacing) are not among them.
 MEASUREMENT_KEYS = (

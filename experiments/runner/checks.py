@@ -31,6 +31,7 @@ NON_TRAINING_KEYS = (
     "tokenizer.path",
     "preset_name",
     "live_figure",
+    "live_figure_hook",
     "method.head",  # the same loss and posterior, computed chunk-wise or in full (rounding)
     "method.head_chunk",
     # the setting may change; the precision it resolves to may not (checked as identity)

@@ -113,7 +113,7 @@ class BudgetConfig:
     batch_size: int = 64  # global batch (split across ranks)
 
 
-# The ImageNet-256 presets' budgets (issue #24). FLOP-matched by default, like the rest of the
+# The ImageNet-256 presets' budgets. FLOP-matched by default, like the rest of the
 # project: every method gets the training FLOPs that cfm spends on the presets' 400M images
 # (1,562,500 steps at batch 256) on that backbone at a 32×32 grid. cfm's training FLOPs per
 # image (shared/backbone/dit.py's analytic count, SD's 4-dim codes): 1.3801e11 on DiT-B/2,
@@ -198,6 +198,9 @@ class RunConfig:
     progress: bool = True
     # redraw <sweep dir>/analysis/convergence.png after every evaluation (make demo sets it)
     live_figure: bool = False
+    # the callable ("module:function", called as f(run_dir, row) -> message or None) that
+    # live_figure runs; named, not imported, so that the runner never imports analysis/
+    live_figure_hook: str = "analysis.convergence_plot:live_figure"
     preset_name: str = "fashion"
 
 

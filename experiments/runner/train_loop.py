@@ -207,8 +207,8 @@ class Loop:
         # does not depend on where syncs fell (a resumed run syncs at other steps)
         self.pending = torch.zeros((), device=parts.device, dtype=torch.float64)
         self.pending_n, self.synced_step = 0, progress.step
-        # the log line's interval (issue #24: a cluster job without progress bars printed
-        # nothing until its first evaluation, and run.log stayed empty)
+        # the log line's interval: a cluster job without progress bars still prints (and
+        # writes run.log) every log_every steps, long before its first evaluation
         self.log_sum, self.log_n = 0.0, 0
         self.log_t, self.log_step, self.log_train_s = time.time(), progress.step, 0.0
         self.schedule = schedule_of(cfg.optim)[1]  # decay fraction (0: constant after warm-up)

@@ -1,4 +1,4 @@
-"""What a dataset *is*, so that caches derived from it are keyed by content (issue #24).
+"""What a dataset *is*, so that caches derived from it are keyed by content.
 
 Index shards used to be keyed by a name (``imagefolder-<basename>``): two folders called
 ``train`` shared one cache, and latents extracted at 128 px were reused by a 256 px run. A

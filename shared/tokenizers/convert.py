@@ -20,13 +20,11 @@ import re
 
 import torch
 
+from .layout import CheckpointLayoutError
+
 LEAF = {"nin_shortcut": "conv_shortcut", "norm": "group_norm", "q": "to_q", "k": "to_k",
         "v": "to_v", "proj_out": "to_out.0"}  # fmt: skip
 LAYOUTS = ("ldm", "llamagen")
-
-
-class CheckpointLayoutError(ValueError):
-    pass
 
 
 def _levels(sd, prefix: str, layout: str):

@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .layout import CheckpointLayoutError
+
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 CONFIG_NAME = "config.json"
 DIFFUSERS_LAYOUT = "0.42.1"  # the diffusers version whose VQModel this reproduces
@@ -317,7 +319,6 @@ def _renamed(key: str) -> str:
 
 def load_into(model: VQModel, state: dict, source: str) -> VQModel:
     """Load a state dict strictly; missing or unexpected keys are named."""
-    from .convert import CheckpointLayoutError
 
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -1,0 +1,144 @@
+"""The codebase's own rules, checked on its source: no import cycles (imports inside
+functions included), the runner never imports the analysis layer, the commands import the
+installed package instead of editing ``sys.path``, and comments carry no issue history."""
+
+import ast
+import functools
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGES = ("methods", "shared", "experiments", "analysis")
+
+
+def modules() -> dict[str, pathlib.Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = path
+    return found
+
+
+def imported(name: str, path: pathlib.Path, known: dict) -> set[str]:
+    """The project modules that ``name`` imports anywhere in its file: each import resolved
+    to the deepest project module it names (``from pkg import mod`` → ``pkg.mod``)."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package[: len(package) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            candidates = [
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base
+                for alias in node.names
+            ]
+        else:
+            continue
+        for candidate in candidates:
+            while candidate and candidate not in known:
+                candidate = candidate.rpartition(".")[0]
+            if candidate and candidate != name:
+                targets.add(candidate)
+    return targets
+
+
+@functools.cache
+def import_graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imported(name, path, known) for name, path in known.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function(tmp_path):
+    a = tmp_path / "a.py"
+    a.write_text("def f():\n    from b import g\n")
+    (tmp_path / "b.py").write_text("import a\n")
+    (tmp_path / "c.py").write_text("import a\n")
+    known = {"a": a, "b": tmp_path / "b.py", "c": tmp_path / "c.py"}
+    graph = {name: imported(name, path, known) for name, path in known.items()}
+    assert graph == {"a": {"b"}, "b": {"a"}, "c": {"a"}}
+    assert cycles(graph) == [["a", "b"]]
+
+
+def test_no_module_imports_itself_back():
+    graph = import_graph()
+    assert len(graph) > 50  # the walk saw the project
+    assert cycles(graph) == []
+
+
+@pytest.mark.parametrize("package", ["methods", "shared", "experiments"])
+def test_only_the_analysis_layer_imports_analysis(package):
+    graph = import_graph()
+    offenders = {
+        m: sorted(t for t in targets if t.split(".")[0] == "analysis")
+        for m, targets in graph.items()
+        if m.split(".")[0] == package
+    }
+    assert {m: t for m, t in offenders.items() if t} == {}
+
+
+def test_commands_import_the_installed_package_not_a_sys_path_edit():
+    edits = [
+        str(path.relative_to(ROOT))
+        for path in modules().values()
+        if "sys.path.insert" in path.read_text() or "sys.path.append" in path.read_text()
+    ]
+    assert edits == []
+
+
+HISTORY = re.compile(r"(?i)\bissues? #?\d+|(?<![\w&])#\d{1,2}(\.\d+)?\b")
+
+
+def test_comments_name_no_issue_numbers():
+    """Why a line is as it is belongs beside it; which issue changed it belongs in the
+    commit log and CHANGELOG.md."""
+    files = [p for p in modules().values()] + sorted((ROOT / "tests").rglob("*.py"))
+    files += sorted((ROOT / "experiments").rglob("*.yaml")) + sorted(ROOT.glob("*/*.sh"))
+    hits = [
+        f"{path.relative_to(ROOT)}:{i}: {line.strip()}"
+        for path in files
+        if path != pathlib.Path(__file__)
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if HISTORY.search(line)
+    ]
+    assert hits == []
+    assert HISTORY.search("(issue #24: it stopped)") and HISTORY.search('"""#25.8: at')
+    assert not HISTORY.search("color #1f77b4") and not HISTORY.search("&#39;")
