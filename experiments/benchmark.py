@@ -1,7 +1,7 @@
 """Throughput, FLOP utilisation and sampling speed of every method on one backbone.
 
     python experiments/benchmark.py                                  # precision as optim=auto
-    python experiments/benchmark.py --precisions fp32,bf16 --compile # the README's precision table
+    python experiments/benchmark.py --precisions fp32,bf16 --compile # the precision table
     python experiments/benchmark.py --presets DiT-B/2,DiT-XL/2 --grid 32 --codes 16384
     python experiments/benchmark.py --compile --unfused             # + torch.compile, + loop AdamW
     python experiments/benchmark.py --heads chunked,full             # categorical heads: both paths
@@ -357,7 +357,7 @@ def report(results, peaks, mem, device) -> None:
 
 def speedups(results) -> None:
     """Each variant's speed relative to eager fp32 of the same preset, method, head (and NFE):
-    the README's precision table."""
+    docs/performance.md's precision table."""
     ref = {}
     for r in results:
         if r["variant"] == "eager" and r["precision"] == "fp32":

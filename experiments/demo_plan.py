@@ -3,7 +3,7 @@
     python3 experiments/demo_plan.py SWEEP_DIR [OVERRIDES ...]    # as the Makefile calls it
 
 Standard library only: it runs before the venv exists. The estimates were measured on the
-project's 2-core CPU machine (see README) and scale with the overrides the demo passes
+project's 2-core CPU machine (docs/running.md) and scale with the overrides the demo passes
 (``budget.train_flops``, ``eval.points``); stages whose output already exists are marked
 "done" and cost nothing.
 """
@@ -20,8 +20,8 @@ DEFAULT_FLOPS, DEFAULT_POINTS = 20e12, 4  # the default protocol (experiments/ru
 FASHION = os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist")
 
 # seconds, measured on the 2-core machine from an empty folder (`make demo`, 2026-12-03: bf16
-# training, as optim.precision=auto gives on this CPU; fp32 evaluation); see the README's
-# opening paragraph
+# training, as optim.precision=auto gives on this CPU; fp32 evaluation); see docs/running.md
+# ("make demo")
 MEASURED = {
     "venv": 34,  # venv, uv install of the pinned wheels (warm uv cache), FID wheel download
     "data": 10,  # apt-get install dataset-fashion-mnist

@@ -1,4 +1,4 @@
-"""A toy ImageNet for trying the README's "ImageNet-256 on a cluster" walkthrough on a CPU.
+"""A toy ImageNet for trying the walkthrough of docs/imagenet.md on a CPU.
 
     python tests/toy_imagenet.py OUT [--classes 3] [--per-class 8]
 

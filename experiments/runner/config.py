@@ -169,7 +169,7 @@ class EvalConfig:
     reference_n: int = 1000
     seed: int = 1234  # sampling seed, the same for every method and evaluation
     batch_size: int = 250
-    # of sampling: fp32 (default; see README "Precision") | bf16 (autocast) | auto (as optim)
+    # of sampling: fp32 (default; docs/performance.md) | bf16 (autocast) | auto (as optim)
     precision: str = "fp32"
     grid_samples: int = 100
 
