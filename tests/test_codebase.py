@@ -142,3 +142,29 @@ def test_comments_name_no_issue_numbers():
     assert hits == []
     assert HISTORY.search("(issue #24: it stopped)") and HISTORY.search('"""#25.8: at')
     assert not HISTORY.search("color #1f77b4") and not HISTORY.search("&#39;")
+
+
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def test_the_readme_is_short_and_every_docs_page_is_linked_and_exists():
+    """The README is a first screen and an index: at most 300 lines, every page of docs/
+    linked from it, and every local link in it and in docs/ pointing at a file that exists."""
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    assert len(text.splitlines()) <= 300
+    pages = sorted((ROOT / "docs").glob("*.md"))
+    assert pages, "docs/ holds the README's topics"
+    linked = {(ROOT / target).resolve() for target in LINK.findall(text)}
+    assert [p.name for p in pages if p.resolve() not in linked] == []
+    broken = [
+        f"{doc.relative_to(ROOT)} → {target}"
+        for doc in [readme, *pages]
+        for target in LINK.findall(doc.read_text())
+        if "://" not in target and not (doc.parent / target).exists()
+    ]
+    assert broken == []
+    assert LINK.findall("see [a](docs/a.md#part) and [b](https://x.org)") == [
+        "docs/a.md",
+        "https://x.org",
+    ]
