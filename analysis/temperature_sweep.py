@@ -34,9 +34,8 @@ from analysis.sweeps import (
 from experiments.runner.build import load_trained
 from experiments.runner.checks import method_label
 from experiments.runner.evaluation import Evaluator
+from methods.catalog import CATEGORICAL
 from shared.images import pick_by_class, save_grid
-
-CATEGORICAL = ("purr", "dfm", "dfm-metric")
 
 
 def default_runs(sweep: str) -> list[str]:

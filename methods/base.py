@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from shared.backbone.dit import NULL_LABEL
 from shared.codebook import lookup, nearest_code  # noqa: F401  (re-exported)
 
-from .catalog import MIN_TEMPERATURE
+from .catalog import MIN_TEMPERATURE, TIME_SAMPLINGS
 
 
 @dataclass
@@ -64,8 +64,8 @@ class TimeSampler:
 
     def __init__(self, kind: str = "uniform", t_min: float = 1e-3, mean: float = 0.0, std=1.0,
                  t_max: float = 1.0, stratified: bool = False):  # fmt: skip
-        if kind not in ("uniform", "logit_normal"):
-            raise ValueError(f"time sampling must be 'uniform' or 'logit_normal', got {kind!r}")
+        if kind not in TIME_SAMPLINGS:
+            raise ValueError(f"time sampling must be one of {TIME_SAMPLINGS}, got {kind!r}")
         if not 0.0 <= t_min < t_max <= 1.0:
             raise ValueError(f"need 0 ≤ t_min < t_max ≤ 1, got t_min={t_min}, t_max={t_max}")
         if stratified and kind != "uniform":

@@ -20,8 +20,25 @@ SOLVERS = {
     "purr": LATENT_SOLVERS,
 }
 
-# the methods whose network outputs a categorical posterior over the codebook (τ tempers it)
-CATEGORICAL = ("dfm", "dfm-metric", "purr")
+# the methods whose network outputs a categorical posterior over the codebook (τ tempers it),
+# in the order the analyses list them
+CATEGORICAL = ("purr", "dfm", "dfm-metric")
+
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+HEADS = ("chunked", "full")  # the categorical loss chunk by chunk, or from the full logit map
+DISTANCES = ("l2", "sqeuclidean")  # dfm-metric's d(·, x1) between codes
+LATENT_SCALES = ("none", "unit")
+# dfm: the source of the mixture path (the mask token, or a uniform draw over the codebook),
+# and the weight of its cross-entropy (none, or MDLM's ELBO weight κ̇/(1 − κ))
+SOURCES = ("mask", "uniform")
+WEIGHTINGS = ("none", "mdlm")
+# MaskGIT's γ(r): the fraction of positions still masked after a fraction r of the steps
+MASKGIT_SCHEDULES = {
+    "cosine": lambda r: math.cos(math.pi / 2 * r),
+    "linear": lambda r: 1.0 - r,
+    "square": lambda r: 1.0 - r * r,
+    "sqrt": lambda r: 1.0 - math.sqrt(r),
+}
 
 MIN_TEMPERATURE = 1e-30  # logits/τ stay finite in float32 for logits up to 1e8
 MAX_KAPPA_POWER = 1e30  # κ(t) = t^a, κ̇ = a·t^(a−1): a itself must stay finite in float32
@@ -32,6 +49,55 @@ MAX_KAPPA_POWER = 1e30  # κ(t) = t^a, κ̇ = a·t^(a−1): a itself must stay f
 # corrupted tokens silently become code K − 1.)
 MAX_BETA = 1e35
 MAX_RATIO = 2.0**24 - 1
+
+
+def _number(v):
+    return v if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def dfm_option_errors(source="mask", weighting="none", kappa_power=1.0, time_sampling="uniform",
+                      t_min=0.0, mdlm_eps=1e-3, maskgit_schedule="cosine",
+                      maskgit_choice_temperature=4.5,
+                      maskgit_confidence_temperature=1.0) -> list[tuple[str, str]]:  # fmt: skip
+    """Every problem with a dfm's options, as (option, what it must be): the one list that
+    both ``DFM.__init__`` and the start-up checks report from. Options of the wrong type are
+    left to the checks' ranges."""
+    errors = []
+    if source not in SOURCES:
+        errors.append(("source", "one of " + ", ".join(SOURCES)))
+    if weighting not in WEIGHTINGS:
+        errors.append(("weighting", "one of " + ", ".join(WEIGHTINGS)))
+    if maskgit_schedule not in MASKGIT_SCHEDULES:
+        errors.append(("maskgit_schedule", "one of " + ", ".join(MASKGIT_SCHEDULES)))
+    a = _number(kappa_power)
+    if a is not None and not 0 < a <= MAX_KAPPA_POWER:
+        errors.append(("kappa_power", f"a number in (0, {MAX_KAPPA_POWER:g}]: κ(t) = t^a and "
+                       "its derivative a·t^(a−1) are not finite in float32 beyond it"))  # fmt: skip
+    choice = _number(maskgit_choice_temperature)
+    if choice is not None and choice < 0:
+        errors.append(("maskgit_choice_temperature", "a number ≥ 0"))
+    confidence = _number(maskgit_confidence_temperature)
+    if confidence is not None and confidence < MIN_TEMPERATURE:
+        errors.append(("maskgit_confidence_temperature", f"a number ≥ {MIN_TEMPERATURE:g}: "
+                       "logits/τ overflow float32 below it, and the draws become arbitrary "
+                       "instead of the argmax"))  # fmt: skip
+    if weighting != "mdlm":
+        return errors
+    # MDLM's weight is the masked-diffusion ELBO under uniform t, on [t_min, 1 − mdlm_eps]
+    if source != "mask":
+        errors.append(("weighting", "none: the MDLM weight is for the masked source only (it "
+                       "needs source='mask')"))  # fmt: skip
+    if time_sampling != "uniform":
+        errors.append(("time_sampling", "uniform with weighting=mdlm: the MDLM weight is the "
+                       "ELBO under uniform t (another sampler needs its density divided out; "
+                       "use time_sampling='uniform')"))  # fmt: skip
+    t0, eps = _number(t_min) or 0.0, _number(mdlm_eps)
+    if eps is not None and not 0 < eps < 1 - t0:
+        errors.append(("mdlm_eps", "a number in (0, 1 − t_min): t is drawn on [t_min, 1 − ε]"))
+    if a is not None and a < 1 and t0 == 0:
+        errors.append(("t_min", "t_min > 0 with kappa_power < 1 and weighting=mdlm (the weight "
+                       "κ̇/(1−κ) is infinite at t = 0; e.g. 1e-3)"))  # fmt: skip
+    return errors
 
 
 def beta_overflow(beta_scale: float, beta_power: float) -> str | None:

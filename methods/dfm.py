@@ -62,7 +62,6 @@ import torch
 
 from . import noise
 from .base import (
-    MIN_TEMPERATURE,
     LossOutput,
     Method,
     SampleOutput,
@@ -71,16 +70,8 @@ from .base import (
     guided_forward,
 )
 from .base import keep as keep_record
-from .catalog import MAX_KAPPA_POWER, SOLVERS
+from .catalog import MASKGIT_SCHEDULES, SOLVERS, dfm_option_errors
 from .head import DEFAULT_CHUNK, CategoricalHead
-
-SCHEDULES = {  # γ(r): the fraction of positions still masked after a fraction r of steps
-    "cosine": lambda r: math.cos(math.pi / 2 * r),
-    "linear": lambda r: 1.0 - r,
-    "square": lambda r: 1.0 - r * r,
-    "sqrt": lambda r: 1.0 - math.sqrt(r),
-}
-WEIGHTINGS = ("none", "mdlm")
 
 
 class DFM(CategoricalHead, Method):
@@ -98,53 +89,39 @@ class DFM(CategoricalHead, Method):
                  head_chunk: int = DEFAULT_CHUNK, **kw):  # fmt: skip
         super().__init__(codebook, **kw)
         self.init_head(head, head_chunk)
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"dfm weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        if weighting == "mdlm" and source != "mask":
-            raise ValueError(
-                "weighting='mdlm' is the masked-diffusion ELBO: it needs source='mask'"
-            )
-        if maskgit_schedule not in SCHEDULES:
-            raise ValueError(
-                f"maskgit_schedule must be one of {', '.join(SCHEDULES)}, got {maskgit_schedule!r}"
-            )
-        if maskgit_choice_temperature < 0 or maskgit_confidence_temperature < MIN_TEMPERATURE:
-            raise ValueError(
-                "maskgit choice temperature must be ≥ 0, confidence temperature ≥ "
-                f"{MIN_TEMPERATURE:g} (logits/τ overflow float32 below it)"
-            )
-        self.weighting, self.maskgit_schedule = weighting, maskgit_schedule
+        options = dict(
+            source=source,
+            weighting=weighting,
+            kappa_power=kappa_power,
+            time_sampling=self.time_sampler.kind,
+            t_min=self.time_sampler.t_min,
+            mdlm_eps=mdlm_eps,
+            maskgit_schedule=maskgit_schedule,
+            maskgit_choice_temperature=maskgit_choice_temperature,
+            maskgit_confidence_temperature=maskgit_confidence_temperature,
+        )
+        errors = dfm_option_errors(**options)
+        if errors:
+            raise ValueError("dfm: " + "; ".join(
+                f"{k}={options[k]!r} is not allowed; expected {expected}" for k, expected in errors
+            ))  # fmt: skip
+        self.source = source
+        self.weighting = weighting
+        self.kappa_power = kappa_power
+        self.z_loss_weight = z_loss_weight
+        self.maskgit_schedule = maskgit_schedule
         self.choice_temperature = maskgit_choice_temperature
         self.confidence_temperature = maskgit_confidence_temperature
-        if source not in ("mask", "uniform"):
-            raise ValueError(f"dfm source must be 'mask' or 'uniform', got {source!r}")
-        if not 0 < kappa_power <= MAX_KAPPA_POWER:
-            raise ValueError(
-                f"kappa_power must be in (0, {MAX_KAPPA_POWER:g}], got {kappa_power} (κ(t) = t^a "
-                "and a·t^(a−1) are not finite in float32 beyond it)"
-            )
-        self.source, self.z_loss_weight, self.kappa_power = source, z_loss_weight, kappa_power
+        self.mdlm_eps = mdlm_eps
+        self.mdlm_stratified = mdlm_stratified
         self._mdlm_norm = None
         if weighting == "mdlm":
-            ts = self.time_sampler
-            if ts.kind != "uniform":
-                raise ValueError(
-                    f"weighting='mdlm' is the ELBO under uniform t; time_sampling={ts.kind!r} "
-                    "would need the weight divided by its density: use time_sampling='uniform'"
-                )
-            if kappa_power < 1 and ts.t_min == 0:  # κ̇(0) = ∞: an infinite weight at t = 0
-                raise ValueError(
-                    f"weighting='mdlm' with kappa_power={kappa_power} < 1 has an infinite weight "
-                    "at t = 0: set t_min > 0 (e.g. 1e-3)"
-                )
-            if not 0.0 < mdlm_eps < 1.0 - ts.t_min:
-                raise ValueError(f"mdlm_eps must lie in (0, 1 − t_min), got {mdlm_eps}")
             # MDLM's time range and stratification: w(t) ≤ w(1 − ε), never infinite
-            self.time_sampler = TimeSampler("uniform", ts.t_min, t_max=1.0 - mdlm_eps,
-                                            stratified=mdlm_stratified)  # fmt: skip
+            self.time_sampler = TimeSampler(
+                "uniform", self.time_sampler.t_min, t_max=1.0 - mdlm_eps, stratified=mdlm_stratified
+            )
             # E_t[κ̇] under that sampler: the MDLM weight's divisor, computed once
             self._mdlm_norm = self.time_sampler.expectation(self.kappa_dot)
-        self.mdlm_eps, self.mdlm_stratified = mdlm_eps, mdlm_stratified
 
     @property
     def mask_id(self) -> int | None:
@@ -264,7 +241,8 @@ class DFM(CategoricalHead, Method):
         """How many positions stay masked after ``step`` (0-based) of ``steps``."""
         if step == steps - 1:
             return 0
-        keep = math.floor(num_positions * SCHEDULES[self.maskgit_schedule]((step + 1) / steps))
+        gamma = MASKGIT_SCHEDULES[self.maskgit_schedule]
+        keep = math.floor(num_positions * gamma((step + 1) / steps))
         # ≥ 1 unmasked now, ≥ 1 left for each step to come (steps ≤ positions: both hold)
         return max(steps - 1 - step, min(keep, masked_now - 1))
 

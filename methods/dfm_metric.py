@@ -31,10 +31,9 @@ import torch
 
 from . import noise
 from .base import Method, SampleOutput, check_steps, inverse_cdf, keep
-from .catalog import SOLVERS, beta_overflow
+from .catalog import DISTANCES, SOLVERS, beta_overflow
 from .head import DEFAULT_CHUNK, CategoricalHead
 
-DISTANCES = ("l2", "sqeuclidean")
 TABLE_MAX_CODES = 4096
 
 

@@ -43,8 +43,8 @@ from .base import (
     guided_forward,
     inverse_cdf,
 )
+from .catalog import HEADS
 
-HEADS = ("chunked", "full")
 DEFAULT_CHUNK = 1 << 24  # logits alive at once: 64 MiB of float32
 
 

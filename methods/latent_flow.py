@@ -32,13 +32,10 @@ import torch
 
 from . import noise
 from .base import Method, SampleOutput, check_steps, keep, nearest_code
-from .catalog import ADAPTIVE_SOLVERS
+from .catalog import ADAPTIVE_SOLVERS, LATENT_SCALES
 from .catalog import LATENT_SOLVERS as SOLVERS
 
 ADAPTIVE_TAIL = 1e-3  # dopri5 stops at t = 1 − this; a last Euler step (one NFE) reaches t = 1
-
-
-LATENT_SCALES = ("none", "unit")
 
 
 def standardise(codebook: torch.Tensor) -> torch.Tensor:

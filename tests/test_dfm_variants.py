@@ -16,7 +16,7 @@ from test_head import make
 from toy import CODEBOOK, GRID, PROBS, WRONG_PROBS, K, Oracle, total_variation
 
 import methods
-from methods.dfm import SCHEDULES
+from methods.catalog import MASKGIT_SCHEDULES as SCHEDULES
 
 E = CODEBOOK.float()
 N_SAMPLES, TV_TOL = 4000, 0.04  # as tests/test_methods.py
@@ -190,6 +190,37 @@ def test_mdlm_refuses_what_is_not_its_elbo():
         methods.build("dfm", codebook=E, weighting="mdlm", t_min=0.5, mdlm_eps=0.5)
     with pytest.raises(ValueError, match="t_min > 0"):
         methods.build("dfm", codebook=E, weighting="mdlm", kappa_power=0.5, t_min=0.0)
+
+
+BAD_DFM_OPTIONS = [
+    {"source": "absorb"},
+    {"weighting": "mdlm", "source": "uniform"},
+    {"weighting": "mdlm", "time_sampling": "logit_normal"},
+    {"weighting": "mdlm", "kappa_power": 0.5, "t_min": 0.0},
+    {"weighting": "mdlm", "t_min": 0.5, "mdlm_eps": 0.5},
+    {"kappa_power": 1e300},
+    {"maskgit_schedule": "exp"},
+    {"maskgit_confidence_temperature": 1e-300},
+]
+
+
+@pytest.mark.parametrize("options", BAD_DFM_OPTIONS)
+def test_a_bad_dfm_option_is_refused_in_the_same_words_by_the_method_and_the_checks(options):
+    """One rule, one source (methods.catalog.dfm_option_errors): the line the start-up checks
+    print for a config is the one DFM raises for the same options."""
+    from omegaconf import OmegaConf
+
+    from experiments.runner.checks import validation_errors
+
+    with pytest.raises(ValueError, match="is not allowed; expected") as raised:
+        methods.build("dfm", codebook=E, **options)
+    cfg = OmegaConf.create(
+        {"method": {"name": "dfm", **options}, "eval": {"solver": "euler", "temperature": 1.0}}
+    )
+    lines = [line for line in validation_errors(cfg) if line.startswith("method.")]
+    assert lines
+    for line in lines:
+        assert line.removeprefix("method.") in str(raised.value)
 
 
 def test_stratified_times_one_per_stratum():

@@ -263,7 +263,7 @@ def test_build_errors():
         methods.build("flow", codebook=E)
     with pytest.raises(TypeError, match="bad option for method 'cfm'"):
         methods.build("cfm", codebook=E, source="mask")
-    with pytest.raises(ValueError, match="source must be"):
+    with pytest.raises(ValueError, match="source=.absorb. is not allowed; expected one of mask"):
         methods.build("dfm", codebook=E, source="absorb")
 
 

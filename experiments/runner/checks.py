@@ -13,6 +13,8 @@ import os
 
 from omegaconf import OmegaConf
 
+from methods.catalog import DISTANCES, HEADS, LATENT_SCALES, TIME_SAMPLINGS
+
 from .errors import RunError
 
 # keys that may change when a run directory is relaunched: they decide how a run is
@@ -43,13 +45,13 @@ NON_TRAINING_KEYS = (
 )
 MASKGIT_KEYS = NON_TRAINING_KEYS[-3:]
 
+# the dfm's own options (source, weighting, maskgit_*, kappa_power, mdlm_eps) are checked by
+# methods.catalog.dfm_option_errors, which DFM.__init__ reports from too
 ENUMS = {
-    "method.time_sampling": ("uniform", "logit_normal"),
-    "method.head": ("chunked", "full"),
-    "method.weighting": ("none", "mdlm"),
-    "method.maskgit_schedule": ("cosine", "linear", "square", "sqrt"),
-    "method.distance": ("l2", "sqeuclidean"),
-    "method.latent_scale": ("none", "unit"),
+    "method.time_sampling": TIME_SAMPLINGS,
+    "method.head": HEADS,
+    "method.distance": DISTANCES,
+    "method.latent_scale": LATENT_SCALES,
     "backbone.pos_embed": ("sincos", "learned"),
     "tokenizer.backend": ("fashion-vq", "sd-vq-f8", "llamagen-vq-ds8"),
     "data.dataset": ("fashion", "imagefolder"),
@@ -66,11 +68,7 @@ RANGES = {
     "method.t_min": (0, 1, True, False),
     "method.t_std": (0, None, False, False),
     "method.z_loss_weight": (0, None, True, False),
-    "method.kappa_power": (0, None, False, False),
     "method.head_chunk": (1, None, True, False),
-    "method.maskgit_choice_temperature": (0, None, True, False),
-    "method.maskgit_confidence_temperature": (0, None, False, False),
-    "method.mdlm_eps": (0, 1, False, False),
     "method.beta_scale": (0, None, False, False),
     "method.beta_power": (1, None, True, False),
     "backbone.class_dropout": (0, 1, True, False),
@@ -104,14 +102,15 @@ RANGES = {
 def _float32_errors(get, bad) -> None:
     """Options that pass their ranges but overflow float32 (the dtype every sampler and loss
     computes in) where the method uses them; the limits live with the methods."""
-    from methods.catalog import MAX_KAPPA_POWER, MIN_TEMPERATURE, beta_overflow
+    from methods.catalog import MIN_TEMPERATURE, beta_overflow
 
-    for key in ("eval.temperature", "method.maskgit_confidence_temperature"):
-        v = get(key)
-        if isinstance(v, int | float) and 0 < v < MIN_TEMPERATURE:
-            zero = "0 (the argmax) or " if key == "eval.temperature" else ""
-            bad(key, f"{zero}a number ≥ {MIN_TEMPERATURE:g}: logits/τ overflow float32 "
-                "below it, and the draws become arbitrary instead of the argmax")  # fmt: skip
+    v = get("eval.temperature")
+    if isinstance(v, int | float) and 0 < v < MIN_TEMPERATURE:
+        bad(
+            "eval.temperature",
+            f"0 (the argmax) or a number ≥ {MIN_TEMPERATURE:g}: logits/τ overflow float32 "
+            "below it, and the draws become arbitrary instead of the argmax",
+        )
     for key in ("seed", "eval.seed"):
         v = get(key)
         if isinstance(v, float) and not v.is_integer():
@@ -122,10 +121,6 @@ def _float32_errors(get, bad) -> None:
             overflow = beta_overflow(c, a)
             if overflow:
                 bad("method.beta_power" if a > 1 else "method.beta_scale", overflow)
-    a = get("method.kappa_power")
-    if isinstance(a, int | float) and not isinstance(a, bool) and a > MAX_KAPPA_POWER:
-        bad("method.kappa_power", f"a number ≤ {MAX_KAPPA_POWER:g}: κ(t) = t^a and its "
-            "derivative a·t^(a−1) are not finite in float32 beyond it")  # fmt: skip
 
 
 def _describe(lo, hi, lo_in, hi_in) -> str:
@@ -163,38 +158,24 @@ def method_label(cfg, sampler: bool = True) -> str:
 
 def _method_errors(get, bad) -> None:
     """The method exists, and the sampler options suit it (solver, temperature)."""
-    from methods.catalog import CATEGORICAL, SOLVERS
+    from methods.catalog import CATEGORICAL, SOLVERS, dfm_option_errors
 
     name = get("method.name")
     if name not in SOLVERS:
         bad("method.name", "one of " + ", ".join(SOLVERS))
         return
-    if get("method.source") is not None and get("method.source") not in ("mask", "uniform"):
-        bad("method.source", "one of mask, uniform")
     if get("eval.solver") not in SOLVERS[name]:
         bad("eval.solver", f"one of {', '.join(SOLVERS[name])} (the samplers of {name})")
     elif get("eval.solver") in ("maskgit", "euler-redraw") and get("method.source") != "mask":
         bad("eval.solver", "euler: maskgit and euler-redraw unmask tokens and need "
             "method.source=mask")  # fmt: skip
-    if get("method.weighting") == "mdlm" and get("method.source") != "mask":
-        bad("method.weighting", "none: the MDLM weight is for the masked source only")
-    if get("method.weighting") == "mdlm" and get("method.time_sampling") != "uniform":
-        bad(
-            "method.time_sampling",
-            "uniform with method.weighting=mdlm: the MDLM weight is the ELBO under uniform t "
-            "(another sampler needs its density divided out)",
-        )
-    if get("method.weighting") == "mdlm" and (get("method.mdlm_eps") or 0) >= 1 - (
-        get("method.t_min") or 0
-    ):
-        bad("method.mdlm_eps", "a number below 1 − method.t_min (t is drawn on [t_min, 1 − ε])")
-    if (
-        get("method.weighting") == "mdlm"
-        and (get("method.kappa_power") or 1) < 1
-        and not (get("method.t_min") or 0)
-    ):
-        bad("method.t_min", "a number > 0 with method.kappa_power < 1 and weighting=mdlm (the "
-            "weight κ̇/(1−κ) is infinite at t = 0)")  # fmt: skip
+    if name == "dfm":
+        options = ("source", "weighting", "kappa_power", "time_sampling", "t_min", "mdlm_eps",
+                   "maskgit_schedule", "maskgit_choice_temperature",
+                   "maskgit_confidence_temperature")  # fmt: skip
+        given = {k: get(f"method.{k}") for k in options if get(f"method.{k}") is not None}
+        for option, expected in dfm_option_errors(**given):
+            bad(f"method.{option}", expected)
     if name not in CATEGORICAL and get("eval.temperature") != 1.0:
         bad("eval.temperature", f"1.0: {name} has no categorical posterior to temper")
 
