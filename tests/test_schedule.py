@@ -103,7 +103,7 @@ def test_a_stop_inside_a_branch_resumes_into_the_same_rows(env, tmp_path, monkey
     seen = {"n": 0}
 
     def sigterm_in_branch(self, step, end, stream, gen):
-        if end < self.p.total_steps:  # a branch step
+        if end < self.parts.total_steps:  # a branch step
             seen["n"] += 1
             if seen["n"] == 2:  # SLURM's warning arrives mid-branch
                 self.stop.signum = signal.SIGTERM

@@ -56,8 +56,9 @@ def decay_start(end: int, fraction: float) -> int:
     return end - max(1, round(fraction * end)) if fraction > 0 else end
 
 
-def lr_at(step: int, lr: float, warmup_steps: int, end: int | None = None,
-          decay_fraction: float = 0.0) -> float:  # fmt: skip
+def lr_at(
+    step: int, lr: float, warmup_steps: int, end: int | None = None, decay_fraction: float = 0.0
+) -> float:
     """Linear warm-up over ``warmup_steps`` optimiser steps, then constant (0-based step);
     with ``end`` and a ``decay_fraction``, times (end − step)/(end − d) on the decay phase
     d = decay_start(end) ≤ step < end: linear to zero at ``end`` (its last step: lr/(end − d))."""
@@ -192,13 +193,18 @@ class Loop:
         progress: checkpoint.Progress,
         rows: list,
         rundir,
-        dd,
+        dist,
         stop: StopSignals,
         checkpoint_step: int | None,
         on_evaluation=(),
     ):
-        self.cfg, self.p, self.progress, self.rows = cfg, parts, progress, rows
-        self.rundir, self.dd, self.stop = rundir, dd, stop
+        self.cfg = cfg
+        self.parts = parts
+        self.progress = progress
+        self.rows = rows
+        self.rundir = rundir
+        self.dist = dist
+        self.stop = stop
         self.checkpoint_step = checkpoint_step  # step of the last finite checkpoint on disk
         self.on_evaluation = on_evaluation  # callables (run_dir, row) → message or None
         self.save_seconds: float | None = None
@@ -230,120 +236,169 @@ class Loop:
     def log_line(self, step: int) -> str:
         """step, images, FLOPs, loss (mean since the last line), lr, training throughput, ETA
         (training time only; evaluations come on top)."""
-        cfg, p = self.cfg, self.p
+        cfg, parts = self.cfg, self.parts
         batch = cfg.budget.batch_size
         train_s = self.log_train_s + (time.time() - self.log_t)
         rate = (step - self.log_step) / train_s if train_s > 0 else 0.0  # steps/s
         loss = self.log_sum / self.log_n if self.log_n else float("nan")
-        eta = datetime.timedelta(seconds=round((p.total_steps - step) / rate)) if rate else "?"
+        eta = datetime.timedelta(seconds=round((parts.total_steps - step) / rate)) if rate else "?"
         self.log_sum, self.log_n = 0.0, 0
         self.log_t, self.log_step, self.log_train_s = time.time(), step, 0.0
-        return (f"step {step}/{p.total_steps} ({100 * step / p.total_steps:.0f}%) | images "
-                f"{step * batch:,} | train FLOPs {step * p.flops_per_step:.3g} | loss "
-                f"{loss:.4f} | lr {self.lr(step - 1, p.total_steps):.3g} "
-                f"| {batch * rate:.1f} img/s | ETA {eta}")  # fmt: skip
+        return (
+            f"step {step}/{parts.total_steps} ({100 * step / parts.total_steps:.0f}%) | images "
+            f"{step * batch:,} | train FLOPs {step * parts.flops_per_step:.3g} | loss "
+            f"{loss:.4f} | lr {self.lr(step - 1, parts.total_steps):.3g} "
+            f"| {batch * rate:.1f} img/s | ETA {eta}"
+        )
 
     def run(self) -> None:
-        cfg, p, prog = self.cfg, self.p, self.progress
+        cfg, parts, progress = self.cfg, self.parts, self.progress
         batch = cfg.budget.batch_size
-        stream = iter(InfiniteSampler(len(p.shards), seed=cfg.seed, start=prog.step * batch,
-                                      rank=self.dd.rank, world_size=self.dd.world))  # fmt: skip
-        gen = torch.Generator(p.device)
-        bar = progress_bar(total=p.total_steps, initial=prog.step, unit="step", dynamic_ncols=True,
-                   desc=f"{method_label(cfg)} s{cfg.seed}",
-                   disable=not (self.dd.main and cfg.progress))  # fmt: skip
+        stream = iter(
+            InfiniteSampler(
+                len(parts.shards),
+                seed=cfg.seed,
+                start=progress.step * batch,
+                rank=self.dist.rank,
+                world_size=self.dist.world,
+            )
+        )
+        gen = torch.Generator(parts.device)
+        bar = progress_bar(
+            total=parts.total_steps,
+            initial=progress.step,
+            unit="step",
+            dynamic_ncols=True,
+            desc=f"{method_label(cfg)} s{cfg.seed}",
+            disable=not (self.dist.main and cfg.progress),
+        )
         t_seg = time.time()
         try:
-            if self.pending_branches(prog.step):  # resumed where a stop cut a branch short
-                self.decay_branches(prog.step, gen, bar)
+            # Resumed where a stop cut a decay branch short: finish its branches first.
+            if self.pending_branches(progress.step):
+                self.decay_branches(progress.step, gen, bar)
                 self.save()
                 t_seg = self.log_t = time.time()
-            while prog.step < p.total_steps:
+            while progress.step < parts.total_steps:
+                # Train one step: method.loss, backward, AdamW, EMA (train_step).
                 self.step(stream, gen)
                 bar.update()
-                step = prog.step
-                is_branch = step in p.branches and bool(self.pending_branches(step))
-                is_eval, is_ckpt = step in p.evals, step % cfg.checkpoint_every == 0
-                is_ckpt = is_ckpt or is_branch
+                step = progress.step
+                is_branch = step in parts.branches and bool(self.pending_branches(step))
+                is_eval = step in parts.evals
+                is_ckpt = step % cfg.checkpoint_every == 0 or is_branch
+
+                # Report: the mean loss since the last line, throughput, ETA.
                 if step % cfg.log_every == 0 or is_eval or is_ckpt:
                     self.sync_losses(step)
-                    if self.dd.main and cfg.progress:
+                    if self.dist.main and cfg.progress:
                         rate = bar.format_dict.get("rate") or 0.0  # steps/s (tqdm's smoothed)
-                        bar.set_postfix(loss=f"{prog.mean_loss():.4f}",
-                                        img_s=f"{batch * rate:.0f}", refresh=False)  # fmt: skip
-                    if self.dd.main and step % cfg.log_every == 0:
+                        bar.set_postfix(
+                            loss=f"{progress.mean_loss():.4f}",
+                            img_s=f"{batch * rate:.0f}",
+                            refresh=False,
+                        )
+                    if self.dist.main and step % cfg.log_every == 0:
                         self.report(self.log_line(step), bar, echo=not cfg.progress)
+
+                # Decay branches, evaluate, save: time that is not training.
                 if is_eval or is_ckpt:
                     now = time.time()
-                    prog.wall_s += now - t_seg
+                    progress.wall_s += now - t_seg
                     self.log_train_s += now - self.log_t  # the log's rate: training time only
                     if is_branch:
                         self.decay_branches(step, gen, bar)
                     if is_eval:
                         self.evaluate(step, bar)
                     self.save()
-                    t_seg = self.log_t = time.time()  # evaluation, checkpoint: not training
+                    t_seg = self.log_t = time.time()
+
+                # Stop on a signal (preemption, Ctrl-C): checkpoint if cheap, then exit.
                 if self.stop_requested(step):
-                    prog.wall_s += time.time() - t_seg
+                    progress.wall_s += time.time() - t_seg
                     self.stop_now(step)
         finally:
             bar.close()
 
     def step(self, stream, gen: torch.Generator) -> None:
         """The next global batch from the data stream, one train_step, step counter + 1."""
-        loss = self.train_at(self.progress.step, self.p.total_steps, stream, gen)
+        loss = self.train_at(self.progress.step, self.parts.total_steps, stream, gen)
         self.pending, self.pending_n = self.pending + loss.double(), self.pending_n + 1
         self.progress.step += 1
 
     def train_at(self, step: int, end: int, stream, gen: torch.Generator) -> torch.Tensor:
         """Optimiser step ``step`` of a run that ends at ``end``: its batch (the stream's next
         rows), its generator and its learning rate are functions of the step alone."""
-        cfg, p = self.cfg, self.p
-        local_batch = cfg.budget.batch_size // self.dd.world
+        cfg, parts = self.cfg, self.parts
+        local_batch = cfg.budget.batch_size // self.dist.world
         rows = np.fromiter((next(stream) for _ in range(local_batch)), np.int64, local_batch)
-        c, y = p.shards.gather(rows)
-        c, y = c.to(p.device, non_blocking=True), y.to(p.device, non_blocking=True)
-        gen.manual_seed(step_seed(cfg.seed, self.dd.rank, step))
+        c, y = parts.shards.gather(rows)
+        c, y = c.to(parts.device, non_blocking=True), y.to(parts.device, non_blocking=True)
+        gen.manual_seed(step_seed(cfg.seed, self.dist.rank, step))
         return train_step(
-            p.method, p.model, p.net, p.opt, p.ema, c, y, gen,
-            lr=self.lr(step, end), grad_clip=cfg.optim.grad_clip,
+            parts.method,
+            parts.model,
+            parts.net,
+            parts.opt,
+            parts.ema,
+            c,
+            y,
+            gen,
+            lr=self.lr(step, end),
+            grad_clip=cfg.optim.grad_clip,
             ema_decay=ema_decay(step, cfg.optim.ema_decay, cfg.optim.ema_warmup),
-            use_bf16=p.use_bf16,
-        )  # fmt: skip
+            use_bf16=parts.use_bf16,
+        )
 
     # ------------------------------------------------------------ decay branches (wsd)
     def pending_branches(self, step: int) -> list[int]:
         """The evaluation steps whose decay branch forks at ``step`` and has no row yet."""
         done = {int(r["step"]) for r in self.rows}
-        return [end for end in self.p.branches.get(step, ()) if end not in done]
+        return [end for end in self.parts.branches.get(step, ()) if end not in done]
 
     def decay_branches(self, start: int, gen: torch.Generator, bar) -> None:
         """Every pending branch that forks at ``start``: set the state aside, train to the
         branch's end with the learning rate decaying to zero there, evaluate, restore."""
-        cfg, p, batch = self.cfg, self.p, self.cfg.budget.batch_size
+        cfg, parts, batch = self.cfg, self.parts, self.cfg.budget.batch_size
         self.sync_losses(start)
-        saved = {"model": clone(p.model.state_dict()), "ema": clone(p.ema.state_dict()),
-                 "opt": clone(p.opt.state_dict())}  # fmt: skip
+        saved = {
+            "model": clone(parts.model.state_dict()),
+            "ema": clone(parts.ema.state_dict()),
+            "opt": clone(parts.opt.state_dict()),
+        }
         for end in self.pending_branches(start):
-            stream = iter(InfiniteSampler(len(p.shards), seed=cfg.seed, start=start * batch,
-                                          rank=self.dd.rank, world_size=self.dd.world))  # fmt: skip
-            t0, losses = time.time(), torch.zeros((), device=p.device, dtype=torch.float64)
+            stream = iter(
+                InfiniteSampler(
+                    len(parts.shards),
+                    seed=cfg.seed,
+                    start=start * batch,
+                    rank=self.dist.rank,
+                    world_size=self.dist.world,
+                )
+            )
+            t0, losses = time.time(), torch.zeros((), device=parts.device, dtype=torch.float64)
             stopped = False
-            if self.dd.main:
-                self.report(f"decay branch: steps {start} → {end} (learning rate to zero at "
-                            f"{end}, then back to step {start})", bar)  # fmt: skip
+            if self.dist.main:
+                self.report(
+                    f"decay branch: steps {start} → {end} (learning rate to zero at "
+                    f"{end}, then back to step {start})",
+                    bar,
+                )
             for step in range(start, end):
                 losses += self.train_at(step, end, stream, gen).double()
                 # ranks agree every log_every branch steps (not at steps that are multiples of
                 # log_every: the fork need not be one); never on the last step, whose branch is done
-                if (step + 1 < end and (step + 1 - start) % cfg.log_every == 0
-                        and self.stop_requested(step + 1, sync=True)):  # fmt: skip
+                if (
+                    step + 1 < end
+                    and (step + 1 - start) % cfg.log_every == 0
+                    and self.stop_requested(step + 1, sync=True)
+                ):
                     stopped = True
                     break
             if not stopped:
-                if self.dd.world > 1:
+                if self.dist.world > 1:
                     dist.all_reduce(losses)
-                    losses /= self.dd.world
+                    losses /= self.dist.world
                 loss = losses.item() / (end - start)
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(
@@ -352,9 +407,9 @@ class Loop:
                     )
                 wall = self.progress.wall_s + time.time() - t0
                 self.evaluate(end, bar, wall_s=wall, loss=loss, branch_from=start)
-            p.model.load_state_dict(saved["model"])
-            p.ema.load_state_dict(saved["ema"])
-            p.opt.load_state_dict(clone(saved["opt"]))
+            parts.model.load_state_dict(saved["model"])
+            parts.ema.load_state_dict(saved["ema"])
+            parts.opt.load_state_dict(clone(saved["opt"]))
             if stopped:
                 self.stop_now(start)
 
@@ -364,9 +419,9 @@ class Loop:
         same steps, so a non-finite loss on any rank stops all of them together)."""
         if self.pending_n == 0:
             return
-        if self.dd.world > 1:
+        if self.dist.world > 1:
             dist.all_reduce(self.pending)
-            self.pending /= self.dd.world
+            self.pending /= self.dist.world
         total = self.pending.item()
         if not math.isfinite(total):
             raise NonFiniteLossError(
@@ -376,61 +431,61 @@ class Loop:
         self.progress.loss_sum += total
         self.progress.loss_count += self.pending_n
         self.log_sum, self.log_n = self.log_sum + total, self.log_n + self.pending_n
-        self.pending = torch.zeros((), device=self.p.device, dtype=torch.float64)
+        self.pending = torch.zeros((), device=self.parts.device, dtype=torch.float64)
         self.pending_n, self.synced_step = 0, step
 
     def evaluate(self, step: int, bar, wall_s=None, loss=None, branch_from=None) -> None:
         """Score the EMA weights at ``step``. A decay branch passes its own training wall time
         and mean loss, and the main-line step it forked from (the row's ``decay_from``)."""
-        p, prog = self.p, self.progress
-        if self.dd.main:
-            row = p.evaluator(
-                p.ema,
+        parts, progress = self.parts, self.progress
+        if self.dist.main:
+            row = parts.evaluator(
+                parts.ema,
                 step,
-                p.total_steps,
+                parts.total_steps,
                 self.cfg.budget.batch_size,
-                p.flops_per_step,
-                prog.wall_s if wall_s is None else wall_s,
-                prog.mean_loss() if loss is None else loss,
+                parts.flops_per_step,
+                progress.wall_s if wall_s is None else wall_s,
+                progress.mean_loss() if loss is None else loss,
             )
             # the step where this row's learning-rate decay began: its branch's fork, or the
             # main line's own decay phase (blank: constant after warm-up)
             fork = branch_from
             if fork is None and self.schedule:
-                fork = decay_start(p.total_steps, self.schedule)
+                fork = decay_start(parts.total_steps, self.schedule)
             row["lr_schedule"], row["decay_from"] = self.schedule_label, fork
             self.rows.append(row)
             write_csv(self.rundir.metrics, self.rows)
-            self.report(p.evaluator.describe(row), bar)
+            self.report(parts.evaluator.describe(row), bar)
             for hook in self.on_evaluation:  # e.g. the sweep's live figure (experiments/run.py)
                 message = hook(self.rundir.path, row)
                 if message:
                     self.report(message, bar)
         if branch_from is None:
-            prog.loss_sum, prog.loss_count = 0.0, 0
-        self.dd.barrier()
+            progress.loss_sum, progress.loss_count = 0.0, 0
+        self.dist.barrier()
 
     def save(self) -> None:
         """Checkpoint the current step, unless its weights are non-finite (then stop)."""
-        p, step = self.p, self.progress.step
-        if not checkpoint.all_finite(p.model, p.ema):
+        parts, step = self.parts, self.progress.step
+        if not checkpoint.all_finite(parts.model, parts.ema):
             raise NonFiniteLossError(
                 f"the weights became non-finite by step {step}; they were not saved. "
                 + self.resume_hint()
             )
         t0 = time.time()
-        if self.dd.main:
+        if self.dist.main:
             checkpoint.save(
                 self.rundir.checkpoint,
-                p.model,
-                p.ema,
-                p.opt,
+                parts.model,
+                parts.ema,
+                parts.opt,
                 self.progress,
-                p.total_steps,
+                parts.total_steps,
                 self.config,
-                p.identity,
+                parts.identity,
             )
-        self.dd.barrier()
+        self.dist.barrier()
         self.save_seconds, self.checkpoint_step = time.time() - t0, step
 
     def resume_hint(self) -> str:
@@ -449,11 +504,11 @@ class Loop:
     def stop_requested(self, step: int, sync: bool = False) -> bool:
         """Whether to stop now. Ranks agree (an all-reduce) at steps that are multiples of
         log_every, or wherever every rank passes ``sync`` (a decay branch's own points)."""
-        if self.dd.world == 1:
+        if self.dist.world == 1:
             return self.stop.signum is not None
         if not sync and step % self.cfg.log_every:  # ranks agree at sync points only
             return False
-        flag = torch.tensor(float(self.stop.signum or 0), device=self.p.device)
+        flag = torch.tensor(float(self.stop.signum or 0), device=self.parts.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         self.stop.signum = int(flag.item()) or None
         return self.stop.signum is not None
@@ -462,7 +517,7 @@ class Loop:
         """Checkpoint when cheap (not already saved, last save under 10 s), then stop."""
         saved = self.checkpoint_step == step
         # the last save's duration differs per rank (each timed its own wait): rank 0 decides
-        cheap = self.dd.decide(self.save_seconds is None or self.save_seconds < 10)
+        cheap = self.dist.decide(self.save_seconds is None or self.save_seconds < 10)
         if not saved and cheap:
             self.sync_losses(step)
             self.save()
