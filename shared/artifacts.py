@@ -114,4 +114,4 @@ def not_comparable_warning(what: str, found: str, name: str) -> str | None:
         return None
     return (f"WARNING: the {what} of this run ({found[:12]}) is not the shipped one "
             f"({expected[:12]}); its fd_fashion numbers are NOT comparable with numbers "
-            "measured with the shipped artifacts (README: comparable numbers)")  # fmt: skip
+            "measured with the shipped artifacts (docs/trust.md: comparable numbers)")  # fmt: skip

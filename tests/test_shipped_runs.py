@@ -9,6 +9,7 @@ import pytest
 
 from experiments import shipped_runs
 from shared import artifacts
+from shared.paths import REPO_ROOT
 
 
 def test_every_shipped_run_is_checked_unpacked_and_sampled(tmp_path, monkeypatch):
@@ -16,7 +17,17 @@ def test_every_shipped_run_is_checked_unpacked_and_sampled(tmp_path, monkeypatch
     from shared.io import file_sha256
 
     names = shipped_runs.names()
-    assert {n.split("-4e13")[0] for n in names} >= {"nano1-cfm", "nano1-purr", "nano1-dfm"}
+    # the converged protocol's seed-0 runs (preset=fashion_cpu), whose final FD is the one
+    # committed with the 3-seed results
+    converged = {"cfm": "0_cfm_seed0", "dfm": "1_dfm_seed0", "purr": "2_purr_seed0"}
+    results = REPO_ROOT / "analysis" / "results" / "fashion_cpu"
+    for method, run in converged.items():
+        name = f"nano1-{method}-8e13-seed0"
+        assert name in names
+        final = json.loads((results / run / "summary.json").read_text())["final"]
+        recorded = artifacts.manifest()[f"runs/{name}"]["recorded"]
+        assert recorded["fd_fashion"] == pytest.approx(float(final["fd_fashion"]), rel=1e-12)
+        assert recorded["step"] == int(final["step"])
     m = artifacts.manifest()
     dirs = shipped_runs.main(["--out", str(tmp_path / "runs")])
     assert len(dirs) == len(names)

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from methods.catalog import DISTANCES, HEADS, LATENT_SCALES, TIME_SAMPLINGS
 
 from .errors import RunError
+from .tracking import LOGGERS
 
 # keys that may change when a run directory is relaunched: they decide how a run is
 # evaluated, logged or executed, not what it trains (see experiments/runner/checkpoint.py)
@@ -34,6 +35,8 @@ NON_TRAINING_KEYS = (
     "preset_name",
     "live_figure",
     "live_figure_hook",
+    "logger",
+    "wandb_project",
     "method.head",  # the same loss and posterior, computed chunk-wise or in full (rounding)
     "method.head_chunk",
     # the setting may change; the precision it resolves to may not (checked as identity)
@@ -62,6 +65,7 @@ ENUMS = {
     "eval.extractor": ("fashion", "inception"),
     "eval.reference_split": ("train", "test"),
     "device": ("auto", "cpu", "cuda"),
+    "logger": LOGGERS,
 }
 # key → (low, high, low inclusive, high inclusive); None = unbounded
 RANGES = {

@@ -201,6 +201,10 @@ class RunConfig:
     # the callable ("module:function", called as f(run_dir, row) -> message or None) that
     # live_figure runs; named, not imported, so that the runner never imports analysis/
     live_figure_hook: str = "analysis.convergence_plot:live_figure"
+    # none, tensorboard (<run>/tensorboard/) or wandb (<run>/wandb/, offline unless WANDB_MODE
+    # is set): every log line and evaluation, with the run's config (experiments/runner/tracking.py)
+    logger: str = "none"
+    wandb_project: str = "vqflow-bench"
     preset_name: str = "fashion"
 
 

@@ -43,6 +43,7 @@ from . import checkpoint
 from .checks import flat_keys, method_label
 from .errors import NonFiniteLossError, RunInterrupted
 from .evaluation import write_csv
+from .tracking import Tracker
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -197,6 +198,7 @@ class Loop:
         stop: StopSignals,
         checkpoint_step: int | None,
         on_evaluation=(),
+        tracker: Tracker | None = None,
     ):
         self.cfg = cfg
         self.parts = parts
@@ -207,6 +209,8 @@ class Loop:
         self.stop = stop
         self.checkpoint_step = checkpoint_step  # step of the last finite checkpoint on disk
         self.on_evaluation = on_evaluation  # callables (run_dir, row) → message or None
+        self.tracker = tracker or Tracker()  # TensorBoard / W&B on the main rank (logger=…)
+        self.steps_per_s = 0.0
         self.save_seconds: float | None = None
         self.config = flat_keys(cfg)
         # loss sum since the last sync, in float64: exact for float32 losses, so the logged mean
@@ -233,22 +237,32 @@ class Loop:
         with open(os.path.join(self.rundir.path, "run.log"), "a") as f:
             f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {line}\n")
 
-    def log_line(self, step: int) -> str:
-        """step, images, FLOPs, loss (mean since the last line), lr, training throughput, ETA
-        (training time only; evaluations come on top)."""
+    def log_values(self, step: int) -> dict:
+        """The log line's numbers since the last line: mean loss, learning rate, training
+        throughput (training time only; evaluations come on top), FLOPs so far."""
         cfg, parts = self.cfg, self.parts
-        batch = cfg.budget.batch_size
         train_s = self.log_train_s + (time.time() - self.log_t)
         rate = (step - self.log_step) / train_s if train_s > 0 else 0.0  # steps/s
-        loss = self.log_sum / self.log_n if self.log_n else float("nan")
-        eta = datetime.timedelta(seconds=round((parts.total_steps - step) / rate)) if rate else "?"
+        values = {
+            "train/loss": self.log_sum / self.log_n if self.log_n else float("nan"),
+            "train/lr": self.lr(step - 1, parts.total_steps),
+            "train/images_per_s": cfg.budget.batch_size * rate,
+            "train/flops": float(step * parts.flops_per_step),
+        }
         self.log_sum, self.log_n = 0.0, 0
         self.log_t, self.log_step, self.log_train_s = time.time(), step, 0.0
+        self.steps_per_s = rate
+        return values
+
+    def log_line(self, step: int, values: dict) -> str:
+        """step, images, FLOPs, loss, lr, throughput and ETA, as one line."""
+        total, rate = self.parts.total_steps, self.steps_per_s
+        eta = datetime.timedelta(seconds=round((total - step) / rate)) if rate else "?"
         return (
-            f"step {step}/{parts.total_steps} ({100 * step / parts.total_steps:.0f}%) | images "
-            f"{step * batch:,} | train FLOPs {step * parts.flops_per_step:.3g} | loss "
-            f"{loss:.4f} | lr {self.lr(step - 1, parts.total_steps):.3g} "
-            f"| {batch * rate:.1f} img/s | ETA {eta}"
+            f"step {step}/{total} ({100 * step / total:.0f}%) | images "
+            f"{step * self.cfg.budget.batch_size:,} | train FLOPs {values['train/flops']:.3g} | "
+            f"loss {values['train/loss']:.4f} | lr {values['train/lr']:.3g} "
+            f"| {values['train/images_per_s']:.1f} img/s | ETA {eta}"
         )
 
     def run(self) -> None:
@@ -299,7 +313,9 @@ class Loop:
                             refresh=False,
                         )
                     if self.dist.main and step % cfg.log_every == 0:
-                        self.report(self.log_line(step), bar, echo=not cfg.progress)
+                        values = self.log_values(step)
+                        self.report(self.log_line(step, values), bar, echo=not cfg.progress)
+                        self.tracker.log(step, values)
 
                 # Decay branches, evaluate, save: time that is not training.
                 if is_eval or is_ckpt:
@@ -457,6 +473,7 @@ class Loop:
             self.rows.append(row)
             write_csv(self.rundir.metrics, self.rows)
             self.report(parts.evaluator.describe(row), bar)
+            self.tracker.log_row(row)
             for hook in self.on_evaluation:  # e.g. the sweep's live figure (experiments/run.py)
                 message = hook(self.rundir.path, row)
                 if message:

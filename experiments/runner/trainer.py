@@ -48,6 +48,7 @@ from .checks import check_inputs, flat_keys, ignored_options, method_label, vali
 from .errors import NonFiniteLossError, RunError, RunInterrupted, RunRefused
 from .evaluation import METRIC_COLUMNS, Evaluator, read_csv
 from .rundir import RunDir
+from .tracking import Tracker, open_tracker
 from .train_loop import (
     Loop,
     Parts,
@@ -329,9 +330,21 @@ def run(cfg, run_dir: str, on_evaluation=(), checked: bool = False) -> dict:
                 start_launch(rundir, info, progress.step, changed)
                 if progress.step:
                     print(f"resuming {run_dir} at step {progress.step}/{parts.total_steps}")
+            # trackers (logger=tensorboard / wandb), on the main rank, with the run's identity
+            tracker = Tracker()
+            if dd.main:
+                config = {**flat_keys(cfg), "train_identity": info["train_identity"]}
+                config.update({f"identity.{k}": v for k, v in parts.identity.items()})
+                name = f"{method_label(cfg)}-seed{cfg.seed}"
+                tracker = open_tracker(cfg.logger, run_dir, config, name, cfg.wandb_project)
             # train
             last_ckpt = progress.step or None
-            Loop(cfg, parts, progress, rows, rundir, dd, stop, last_ckpt, on_evaluation).run()
+            loop = Loop(cfg, parts, progress, rows, rundir, dd, stop, last_ckpt, on_evaluation,
+                        tracker=tracker)  # fmt: skip
+            try:
+                loop.run()
+            finally:
+                tracker.close()
         # finish
         summary = {**info, "status": "finished", "step": progress.step,
                    "train_wall_s": progress.wall_s, "total_wall_s": time.time() - t_start,
