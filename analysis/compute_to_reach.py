@@ -35,6 +35,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -140,30 +141,55 @@ def table(runs: dict, levels: list[float], reference: str) -> pd.DataFrame:
 
 
 def plot(result: pd.DataFrame, metric: str, out_dir: str, note: str) -> list[str]:
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    """Left: FLOPs to reach each level per method. Right: each method's speed-up against the
+    reference at each level, with its CI over seeds (none drawn with one seed)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    reference = result["reference"].iloc[0]
     drawn = 0
     for m, grp in result.groupby("method"):
         grp = grp[np.isfinite(grp["flops"])]
-        if len(grp):
-            ax.plot(grp["level"], grp["flops"], "o-", label=m)
-            drawn += 1
-    if drawn:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
-    else:
-        ax.text(
-            0.5,
-            0.5,
-            "no method reaches these levels in every seed",
-            ha="center",
-            transform=ax.transAxes,
+        if not len(grp):
+            continue
+        drawn += 1
+        (line,) = left.plot(grp["level"], grp["flops"], "o-", label=m)
+        if m == reference:
+            continue
+        ratio = grp[np.isfinite(grp["speedup"])]
+        spread = np.isfinite(ratio["ci_low"])
+        right.plot(ratio["level"], ratio["speedup"], "o-", color=line.get_color(), label=m)
+        right.errorbar(
+            ratio["level"][spread],
+            ratio["speedup"][spread],
+            yerr=[
+                (ratio["speedup"] - ratio["ci_low"])[spread],
+                (ratio["ci_high"] - ratio["speedup"])[spread],
+            ],
+            fmt="none",
+            color=line.get_color(),
+            capsize=3,
         )
-    ax.invert_xaxis()
-    ax.set_xlabel(f"{metric} level to reach (lower is better →)")
-    ax.set_ylabel("training FLOPs to reach it (geometric mean over seeds)")
-    ax.set_title(f"Compute to reach an FD level\n{note}", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
+    if drawn:
+        left.set_xscale("log")
+        left.set_yscale("log")
+        left.legend(fontsize=8)
+        right.set_xscale("log")
+        right.set_yscale("log")
+        right.legend(fontsize=8)
+    else:
+        left.text(0.5, 0.5, "no method reaches these levels in every seed", ha="center",
+                  transform=left.transAxes)  # fmt: skip
+    right.axhline(1.0, color="grey", lw=1, ls="--")
+    levels = sorted(result["level"].unique())
+    for ax in (left, right):
+        if drawn:  # the levels themselves as ticks, in plain numbers
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+            ax.set_xticks(levels, [f"{v:.0f}" for v in levels])
+        ax.invert_xaxis()
+        ax.set_xlabel(f"{metric} level to reach (lower is better →)")
+        ax.grid(True, which="both", alpha=0.3)
+    left.set_ylabel("training FLOPs to reach it (geometric mean over seeds)")
+    right.set_ylabel(f"× less compute than {reference} (95% CI over seeds)")
+    fig.suptitle(f"Compute to reach an FD level\n{note}", fontsize=9)
     fig.tight_layout()
     paths = save_figure(fig, out_dir, "compute_to_reach")
     plt.close(fig)
