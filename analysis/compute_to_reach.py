@@ -21,7 +21,9 @@ Levels default to five, geometrically spaced between the highest final FD of any
 that every run reaches the lowest level) and the lowest first evaluation of any run, capped
 at the best method's mean FD at its second evaluation.
 
-Writes compute_to_reach.csv (one row per level and method) and compute_to_reach.{png,pdf}.
+Writes compute_to_reach_ratios.csv (one row per level and method) and
+compute_to_reach_ratios.{png,pdf}, beside convergence_plot.py's compute_to_reach.csv (the first
+evaluation reaching each target, per seed).
 """
 
 from __future__ import annotations
@@ -191,7 +193,7 @@ def plot(result: pd.DataFrame, metric: str, out_dir: str, note: str) -> list[str
     right.set_ylabel(f"× less compute than {reference} (95% CI over seeds)")
     fig.suptitle(f"Compute to reach an FD level\n{note}", fontsize=9)
     fig.tight_layout()
-    paths = save_figure(fig, out_dir, "compute_to_reach")
+    paths = save_figure(fig, out_dir, "compute_to_reach_ratios")
     plt.close(fig)
     return paths
 
@@ -223,7 +225,9 @@ def main(argv=None) -> int:
     seeds = result.groupby("method")["seeds"].max().to_dict()
     note = f"seeds per method {seeds}; speed-up vs {args.reference}, 95% Welch CI over seeds"
     paths = plot(result, metric, out_dir, note)
-    atomic_write_text(os.path.join(out_dir, "compute_to_reach.csv"), result.to_csv(index=False))
+    atomic_write_text(
+        os.path.join(out_dir, "compute_to_reach_ratios.csv"), result.to_csv(index=False)
+    )
     for level, grp in result.groupby("level", sort=False):
         parts = []
         for r in grp.itertuples():
@@ -236,7 +240,7 @@ def main(argv=None) -> int:
             else:
                 parts.append(f"{r.method} {r.flops:.3g}")
         print(f"{metric} ≤ {level:.1f}: " + "; ".join(parts))
-    print(f"wrote {', '.join(paths)}, compute_to_reach.csv in {out_dir}")
+    print(f"wrote {', '.join(paths)}, compute_to_reach_ratios.csv in {out_dir}")
     return 0
 
 

@@ -133,12 +133,12 @@ def test_the_command_reads_a_sweep_and_writes_its_table(tmp_path, capsys):
         )
     out = tmp_path / "out"
     assert ctr.main([str(sweep), "--levels", "150,120", "--out", str(out)]) == 0
-    result = pd.read_csv(out / "compute_to_reach.csv")
+    result = pd.read_csv(out / "compute_to_reach_ratios.csv")
     assert sorted(result["level"].unique()) == [120.0, 150.0]
     purr = result[(result["method"] == "purr") & (result["level"] == 150.0)].iloc[0]
     exact = np.exp(np.mean(np.log([crossing(fd0, 0.4, 150.0) for fd0 in (350.0, 360.0)])))
     assert purr["flops"] == pytest.approx(exact, rel=1e-9)
-    assert (out / "compute_to_reach.png").is_file()
+    assert (out / "compute_to_reach_ratios.png").is_file()
     assert "fd_fashion ≤ 150.0: cfm" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="reference method 'dfm'"):
         ctr.main([str(sweep), "--reference", "dfm", "--out", str(out)])
