@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.sweeps import headline_metric, latest_sweep, load_sweep, save_figure
+from analysis.sweeps import add_sweep_arguments, open_sweeps, save_figure
 from shared.io import atomic_write_text
 
 
@@ -150,19 +150,11 @@ def plot(points: pd.DataFrame, env: pd.DataFrame, metric: str, out_dir: str, not
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("sweeps", nargs="*", help="sweep folder(s); default: the latest sweep")
-    ap.add_argument("--out", default=None, help="output folder (default: <sweep>/analysis)")
-    args = ap.parse_args(argv)
-    sweeps = args.sweeps or [latest_sweep()]
-    metrics, runs = load_sweep(sweeps if len(sweeps) > 1 else sweeps[0])
-    if metrics.empty:
-        print("no evaluation rows yet", file=sys.stderr)
-        return 1
-    metric = headline_metric(metrics)
-    points = frontier_points(metrics, runs, metric)
+    add_sweep_arguments(ap)
+    sweeps = open_sweeps(ap.parse_args(argv))
+    metrics, metric, out_dir = sweeps.metrics, sweeps.metric, sweeps.out_dir
+    points = frontier_points(metrics, sweeps.runs, metric)
     env = envelope(points)
-    out_dir = args.out or os.path.join(sweeps[0], "analysis")
-    os.makedirs(out_dir, exist_ok=True)
     schedules = ", ".join(sorted(points["lr_schedule"].fillna("constant").astype(str).unique()))
     seeds = ", ".join(str(s) for s in sorted(metrics["seed"].unique()))
     n = ", ".join(str(v) for v in sorted(metrics["num_samples"].unique()))

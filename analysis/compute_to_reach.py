@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.sweeps import headline_metric, latest_sweep, load_sweep, save_figure
+from analysis.sweeps import add_sweep_arguments, open_sweeps, save_figure
 from shared.io import atomic_write_text
 
 
@@ -200,18 +200,13 @@ def plot(result: pd.DataFrame, metric: str, out_dir: str, note: str) -> list[str
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("sweeps", nargs="*", help="sweep folder(s); default: the latest sweep")
+    add_sweep_arguments(ap)
     ap.add_argument("--reference", default="cfm", help="the method speed-ups are against")
     ap.add_argument("--levels", default=None, help="comma-separated FD levels (default: five)")
-    ap.add_argument("--out", default=None, help="output folder (default: <sweep>/analysis)")
     args = ap.parse_args(argv)
-    sweeps = args.sweeps or [latest_sweep()]
-    metrics, _ = load_sweep(sweeps if len(sweeps) > 1 else sweeps[0])
-    if metrics.empty:
-        print("no evaluation rows yet", file=sys.stderr)
-        return 1
-    metric = headline_metric(metrics)
-    runs = curves(metrics, metric)
+    sweeps = open_sweeps(args)
+    metric, out_dir = sweeps.metric, sweeps.out_dir
+    runs = curves(sweeps.metrics, metric)
     try:
         levels = [float(v) for v in args.levels.split(",")] if args.levels else None
     except ValueError:
@@ -220,8 +215,6 @@ def main(argv=None) -> int:
         result = table(runs, levels or default_levels(runs), args.reference)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    out_dir = args.out or os.path.join(sweeps[0], "analysis")
-    os.makedirs(out_dir, exist_ok=True)
     seeds = result.groupby("method")["seeds"].max().to_dict()
     note = f"seeds per method {seeds}; speed-up vs {args.reference}, 95% Welch CI over seeds"
     paths = plot(result, metric, out_dir, note)

@@ -30,9 +30,10 @@ import seaborn as sns
 
 from analysis.sweeps import (
     IDENTITY,
+    add_sweep_arguments,
     headline_metric,
-    latest_sweep,
     load_sweep,
+    open_sweeps,
     save_figure,
     status_labels,
 )
@@ -166,18 +167,13 @@ def live_figure(run_dir: str, row: dict) -> str | None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("sweep", nargs="*", default=None,
-                    help="sweep directories, drawn together (default: the latest)")  # fmt: skip
+    add_sweep_arguments(ap)
     ap.add_argument("--metric", default=None, help="fd_fashion | fid_inception (default: auto)")
     ap.add_argument("--targets", default=None, help="comma-separated FD/FID levels to reach")
-    ap.add_argument("--out", default=None, help="output folder (default: <sweep>/analysis)")
     args = ap.parse_args(argv)
-    sweeps = args.sweep or [latest_sweep()]
-    sweep = sweeps[0]
-    metrics, runs = load_sweep(sweeps)
-    out_dir = args.out or os.path.join(sweep, "analysis")
-    os.makedirs(out_dir, exist_ok=True)
-    print(f"sweep {' + '.join(sweeps)}: {len(runs)} runs")
+    sweeps = open_sweeps(args, args.metric, need_rows=False)
+    metrics, runs, out_dir = sweeps.metrics, sweeps.runs, sweeps.out_dir
+    print(f"sweep {' + '.join(sweeps.dirs)}: {len(runs)} runs")
     print(
         runs[["run", "method", "seed", "status", "evaluations", "total_steps"]].to_string(
             index=False
@@ -190,7 +186,7 @@ def main(argv=None) -> None:
     if metrics.empty:
         print("no evaluations yet: nothing to plot")
         return
-    metric = args.metric or headline_metric(metrics)
+    metric = sweeps.metric
     metrics = metrics[metrics[metric].notna()]
     cols = [c for c in (metric, "kid", "precision", "recall") if c in metrics]
     # with what produced every row (analysis/sweeps.py IDENTITY, the protocol), so that a
@@ -201,7 +197,7 @@ def main(argv=None) -> None:
                     "loss", *cols, *ident]]  # fmt: skip
     atomic_write_text(os.path.join(out_dir, "convergence_data.csv"), data.to_csv(index=False))
     seeds = metrics.groupby("method")["seed"].nunique().to_dict()
-    names = " + ".join(os.path.basename(os.path.normpath(d)) for d in sweeps)
+    names = " + ".join(os.path.basename(os.path.normpath(d)) for d in sweeps.dirs)
     title = (f"{names}: {metric} vs compute "
              f"(mean over seeds, 95% CI; seeds per method {seeds})")  # fmt: skip
     paths = plot(metrics, runs, metric, out_dir, title)

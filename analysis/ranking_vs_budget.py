@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.sweeps import headline_metric, latest_sweep, load_sweep, save_figure
+from analysis.sweeps import add_sweep_arguments, open_sweeps, save_figure
 
 # two-sided 97.5% quantiles of Student's t, df = 1..30 (beyond: the normal 1.96)
 T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
@@ -186,27 +186,25 @@ def draw(ax, summary, cross, xlabel, metric, title, reference=None):
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("sweep", nargs="*", default=None, help="sweep folders (default: the latest)")
+    add_sweep_arguments(ap)
     ap.add_argument("--metric", default=None)
-    ap.add_argument("--out", default=None)
     ap.add_argument("--reference", default="purr",
                     help="mark only crossings with this method ('all': every pair)")  # fmt: skip
     ap.add_argument("--by-flops", action="store_true",
                     help="compare unequal budgets at equal FLOPs (interpolated)")  # fmt: skip
     args = ap.parse_args(argv)
-    sweeps = args.sweep or [latest_sweep()]
-    metrics, runs = load_sweep(sweeps)
+    sweeps = open_sweeps(args, args.metric, need_rows=False)
+    metrics, runs, out_dir = sweeps.metrics, sweeps.runs, sweeps.out_dir
     for _, r in runs[runs["status"] != "finished"].iterrows():
         print(f"  left out: {r['run']} ({r['method']} seed {r['seed']}) is {r['status']}")
     runs = runs[runs["status"] == "finished"]
-    metrics = metrics[metrics["run"].isin(runs["run"])]
+    if not metrics.empty:
+        metrics = metrics[metrics["run"].isin(runs["run"])]
     if metrics.empty:
-        raise SystemExit("no finished runs with evaluations")
+        raise SystemExit(f"no finished runs with evaluations in {' + '.join(sweeps.dirs)}")
     if not args.by_flops:
         check_budgets(runs[runs["run"].isin(metrics["run"])])
-    metric = args.metric or headline_metric(metrics)
-    out_dir = args.out or os.path.join(sweeps[0], "analysis")
-    os.makedirs(out_dir, exist_ok=True)
+    metric = sweeps.metric
     flop_pts = per_point(metrics, metric, runs)
     iter_pts = iteration_matched(flop_pts, metric)
     if args.by_flops:

@@ -19,22 +19,20 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from PIL import Image
 
-from analysis.sweeps import headline_metric, latest_sweep, load_sweep
+from analysis.sweeps import add_sweep_arguments, open_sweeps
 
 
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("sweep", nargs="*", default=None, help="sweep folders (default: the latest)")
+    add_sweep_arguments(ap)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    sweeps = args.sweep or [latest_sweep()]
-    sweep = sweeps[0]
-    metrics, runs = load_sweep(sweeps)
+    sweeps = open_sweeps(args, need_rows=False)
+    sweep, metric, out_dir = sweeps.dirs[0], sweeps.metric, sweeps.out_dir
+    metrics, runs = sweeps.metrics, sweeps.runs
     runs = runs[runs["seed"] == args.seed].sort_values("method")
     if runs.empty:
         raise SystemExit(f"no runs with seed {args.seed} in {sweep}")
-    metric = headline_metric(metrics) if not metrics.empty else None
     cells = {}
     for _, r in runs.iterrows():
         grids = sorted(glob.glob(os.path.join(r["path"], "samples", "step_*.png")))
@@ -68,8 +66,6 @@ def main(argv=None) -> str:
         fontsize=9,
     )
     fig.tight_layout()
-    out_dir = args.out or os.path.join(sweep, "analysis")
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "sample_grids.png")
     fig.savefig(path, dpi=110)
     plt.close(fig)

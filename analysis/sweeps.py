@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -35,6 +36,39 @@ def latest_sweep(root: str = SWEEPS_ROOT) -> str:
             "method=cfm,dfm,purr` first or pass a sweep directory"
         )
     return max(candidates, key=os.path.getmtime)
+
+
+def add_sweep_arguments(ap) -> None:
+    """The arguments every sweep-reading command takes: the sweep folders (default: the latest
+    under outputs/sweeps) and ``--out`` (default: ``<first sweep>/analysis``)."""
+    ap.add_argument("sweeps", nargs="*", help="sweep folders, read together (default: the latest)")
+    ap.add_argument("--out", default=None, help="output folder (default: <sweep>/analysis)")
+
+
+@dataclass
+class Sweeps:
+    """The sweeps a command reads: their folders, their rows (``load_sweep``), the folder its
+    outputs go to (created) and the headline metric."""
+
+    dirs: list[str]
+    metrics: pd.DataFrame
+    runs: pd.DataFrame
+    out_dir: str
+    metric: str | None
+
+
+def open_sweeps(args, metric: str | None = None, need_rows: bool = True) -> Sweeps:
+    """The start of every sweep-reading command, from ``add_sweep_arguments``' ``args``.
+    Exits with a message naming the sweep when ``need_rows`` and no run has an evaluation."""
+    dirs = args.sweeps or [latest_sweep()]
+    metrics, runs = load_sweep(dirs)
+    if metrics.empty and need_rows:
+        raise SystemExit(f"no evaluation rows yet in {' + '.join(dirs)}: nothing to analyse")
+    if not metrics.empty:
+        metric = metric or headline_metric(metrics)
+    out_dir = args.out or os.path.join(dirs[0], "analysis")
+    os.makedirs(out_dir, exist_ok=True)
+    return Sweeps(dirs, metrics, runs, out_dir, metric)
 
 
 def load_sweep(sweep_dir) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -142,3 +142,23 @@ def test_the_command_reads_a_sweep_and_writes_its_table(tmp_path, capsys):
     assert "fd_fashion ≤ 150.0: cfm" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="reference method 'dfm'"):
         ctr.main([str(sweep), "--reference", "dfm", "--out", str(out)])
+
+
+def test_every_sweep_command_refuses_a_sweep_without_evaluations_and_names_it(tmp_path):
+    """analysis/sweeps.open_sweeps starts every sweep-reading command: a sweep whose runs have
+    not evaluated yet is refused with its folder named, and --out defaults to its analysis/."""
+    from analysis import compute_frontier, ranking_vs_budget, sweeps
+
+    sweep = tmp_path / "sweep"
+    run = sweep / "0_cfm_seed0"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"method": "cfm", "seed": 0, "status": "running"}))
+    for command in (ctr.main, compute_frontier.main):
+        with pytest.raises(SystemExit, match=f"no evaluation rows yet in {sweep}"):
+            command([str(sweep)])
+    with pytest.raises(SystemExit, match="no finished runs"):
+        ranking_vs_budget.main([str(sweep)])
+    args = type("Args", (), {"sweeps": [str(sweep)], "out": None})()
+    opened = sweeps.open_sweeps(args, need_rows=False)
+    assert opened.out_dir == str(sweep / "analysis") and (sweep / "analysis").is_dir()
+    assert opened.metric is None and len(opened.runs) == 1
