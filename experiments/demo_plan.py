@@ -16,12 +16,11 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("VQBENCH_CACHE") or os.path.join(REPO, "cache")
-DEFAULT_FLOPS, DEFAULT_POINTS = 20e12, 4  # the default protocol (experiments/runner/config.py)
+DEFAULT_FLOPS, DEFAULT_POINTS = 8e13, 7  # the default protocol (experiments/runner/config.py)
 FASHION = os.environ.get("FASHION_MNIST_ROOT", "/usr/share/datasets/fashion-mnist")
 
-# seconds, measured on the 2-core machine from an empty folder (`make demo`, 2026-12-03: bf16
-# training, as optim.precision=auto gives on this CPU; fp32 evaluation); see docs/running.md
-# ("make demo")
+# seconds, measured on the 2-core machine from an empty folder (`make demo`, 2026-12-06: fp32
+# training and evaluation, DiT-Nano/1); see docs/running.md ("make demo")
 MEASURED = {
     "venv": 34,  # venv, uv install of the pinned wheels (warm uv cache), FID wheel download
     "data": 10,  # apt-get install dataset-fashion-mnist
@@ -30,13 +29,17 @@ MEASURED = {
     # processes of a new venv compile (≈ 40 s)
     "extract": 80,
     "start": 8,  # a run's start-up: imports, shards, model (+ the baselines, once: ≈ 10 s)
-    # training alone at the default 20 TFLOP (bf16; 40% of these at the demo's 8 TFLOP), and
-    # one evaluation (250 samples, 20 Euler steps, fp32)
-    "train": {"cfm": 162, "dfm": 150, "dfm-metric": 148, "purr": 145},
-    "eval": 20,
-    "figures": 45,  # purr's temperature sweep at 3 τ × 100 samples, entropy maps, grids
+    # training alone at the default 8e13 FLOPs (fp32, one process on both cores), and one
+    # evaluation (1000 samples, 20 Euler steps)
+    "train": {"cfm": 1670, "dfm": 1640, "purr": 1650},
+    "eval": 15,
+    # the shipped converged weights: unpack, purr's temperature sweep at 3 τ × 1000 samples,
+    # entropy maps of purr and dfm; and the demo sweep's figures
+    "shipped": 70,
+    "figures": 20,
 }
-METHODS = ("cfm", "dfm", "dfm-metric", "purr")
+METHODS = ("cfm", "dfm", "purr")
+SHIPPED = "shipped converged weights (seed 0, 8e13)"
 
 
 def overrides(args: list[str]) -> tuple[float, int]:
@@ -78,10 +81,10 @@ def stages(sweep: str, args: list[str]) -> list[tuple[str, float, bool]]:
     flops, points = overrides(args)
     for m in METHODS:
         done = any(_finished(p) for p in glob.glob(os.path.join(sweep, f"*_{m}_seed0")))
-        out.append((f"train + evaluate {m} (DiT-Mini/1, {flops / 1e12:g} TFLOP, {points} evals)",
-                    run_seconds(m, flops, points), done))  # fmt: skip
-    out.append(("figures: convergence, temperature sweep, entropy maps, samples",
-                MEASURED["figures"], False))  # fmt: skip
+        name = f"train + evaluate {m} (DiT-Nano/1, {flops / 1e12:g} TFLOP, {points} evals)"
+        out.append((name, run_seconds(m, flops, points), done))
+    out.append(("figures of the demo sweep: convergence, samples", MEASURED["figures"], False))
+    out.append((f"{SHIPPED}: τ sweep, entropy maps", MEASURED["shipped"], False))
     return out
 
 
@@ -104,15 +107,21 @@ def main(argv: list[str]) -> float:
     first = (
         sum(s for name, s, done in plan[:4] if not done)
         + MEASURED["start"]
-        + (MEASURED["train"]["cfm"] * flops / DEFAULT_FLOPS / points + MEASURED["eval"])
+        # the first evaluation, at 2^-(points-1) of the budget (log-spaced)
+        + (MEASURED["train"]["cfm"] * flops / DEFAULT_FLOPS / 2 ** (points - 1))
+        + MEASURED["eval"]
     )
-    print(f"    total ≈ {fmt(total)}; the first figure, {sweep}/analysis/convergence.png, "
-          f"appears after ≈ {fmt(first)} and is redrawn after every evaluation")  # fmt: skip
+    print(
+        f"    total ≈ {fmt(total)}; the first figure, {sweep}/analysis/convergence.png, "
+        f"appears after ≈ {fmt(first)} and is redrawn after every evaluation"
+    )
     if (flops, points) != (DEFAULT_FLOPS, DEFAULT_POINTS):
         full = sum(run_seconds(m, DEFAULT_FLOPS, DEFAULT_POINTS) for m in METHODS)
-        print(f"    demo scale: {flops / 1e12:g} TFLOP and {points} evaluations per run; the "
-              f"default protocol ({DEFAULT_FLOPS / 1e12:g} TFLOP, {DEFAULT_POINTS}) takes "
-              f"≈ {fmt(full)} of runs: make demo DEMO_ARGS=")  # fmt: skip
+        print(
+            f"    demo scale: {flops / 1e12:g} TFLOP and {points} evaluations per run, the "
+            f"default protocol's first evaluations; the protocol itself ({DEFAULT_FLOPS / 1e12:g} "
+            f"TFLOP, {DEFAULT_POINTS} evals) takes ≈ {fmt(full)} of runs: make demo DEMO_ARGS="
+        )
     sys.stdout.flush()
     return total
 

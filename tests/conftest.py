@@ -18,6 +18,7 @@ TINY = [
     "eval.points=2", "eval.num_samples=20", "eval.batch_size=20", "eval.steps=4",
     "eval.reference_n=32", "eval.grid_samples=10", "checkpoint_every=3", "log_every=2",
     "progress=false", "deterministic=true",  # exact comparisons hold on CUDA too
+    "optim.precision=auto",  # resolved per machine: the relaunch rules test that path
 ]  # fmt: skip
 # cuBLAS reads this when first used; set before any test touches CUDA (deterministic=true)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

@@ -43,7 +43,7 @@ def test_matched_compute_steps_differ_by_head(env, monkeypatch):
 
     steps = {}
     for m in ("cfm", "purr", "dfm"):
-        cfg = compose([f"method={m}"])  # the default budget: 20 TFLOP per method
+        cfg = compose([f"method={m}"])  # the default budget: 8e13 FLOPs per method
         method = methods.build(m, codebook=torch.randn(256, 4))
         net = build_dit(cfg.backbone.preset, input_size=8, num_classes=10, **method.model_kwargs())
         steps[m] = steps_for_budget(cfg.budget, net.train_flops(cfg.budget.batch_size))
@@ -198,7 +198,8 @@ def test_more_evaluations_than_steps_and_unknown_keys_are_refused(env, tmp_path,
 
     run_dir = tmp_path / "points"
     with pytest.raises(RunError, match=r"eval.points=12 .* only 8 distinct .* at most 8"):
-        run_in_process(env, ["method=cfm", "eval.points=12"], run_dir, monkeypatch)
+        run_in_process(env, ["method=cfm", "eval.points=12", "eval.spacing=linear"], run_dir,
+                       monkeypatch)  # fmt: skip
     assert not (run_dir / "checkpoints").exists()
     with pytest.raises(RunError, match="eval.unknown is not a config key of EvalConfig"):
         run_in_process(env, ["method=cfm", "+eval.unknown=1"], run_dir, monkeypatch)
@@ -538,18 +539,28 @@ def test_maskgit_options_are_sampler_settings_not_training_keys(env):
 
 def test_demo_plan_scales_its_estimates_with_the_demo_overrides(capsys, tmp_path):
     """experiments/demo_plan.py reads the overrides `make demo` passes: a run's estimate is
-    start-up + training × (FLOPs / 20 TFLOP) + evaluations × one evaluation, and a demo below
+    start-up + training × (FLOPs / 8e13) + evaluations × one evaluation, and a demo below
     the default protocol says so, with the estimate of the default."""
     from experiments import demo_plan as plan
 
     m = plan.MEASURED
-    assert plan.overrides(["budget.train_flops=8e12", "eval.points=3", "seed=1"]) == (8e12, 3)
-    assert plan.overrides([]) == (20e12, 4)
-    assert plan.run_seconds("purr", 8e12, 3) == pytest.approx(
-        m["start"] + 0.4 * m["train"]["purr"] + 3 * m["eval"])  # fmt: skip
-    plan.main([str(tmp_path / "sweep"), "budget.train_flops=8e12", "eval.points=3"])
+    assert plan.overrides(["budget.train_flops=5e12", "eval.points=3", "seed=1"]) == (5e12, 3)
+    assert plan.overrides([]) == (8e13, 7)
+    expected = m["start"] + m["train"]["purr"] / 16 + 3 * m["eval"]
+    assert plan.run_seconds("purr", 5e12, 3) == pytest.approx(expected)
+    plan.main([str(tmp_path / "sweep"), "budget.train_flops=5e12", "eval.points=3"])
     out = capsys.readouterr().out
-    assert "8 TFLOP, 3 evals" in out and "demo scale" in out and "make demo DEMO_ARGS=" in out
+    assert "5 TFLOP, 3 evals" in out and "demo scale" in out and "make demo DEMO_ARGS=" in out
     plan.main([str(tmp_path / "sweep")])
     out = capsys.readouterr().out
-    assert "20 TFLOP, 4 evals" in out and "demo scale" not in out
+    assert "80 TFLOP, 7 evals" in out and "demo scale" not in out
+
+
+def test_the_demo_plan_and_the_default_config_agree_on_the_default_protocol():
+    """demo_plan.py runs before the venv exists, so it cannot import the config: its copy of
+    the default budget and evaluation count must equal the composed default."""
+    from experiments import demo_plan as plan
+
+    cfg = compose(["method=purr"])
+    assert (cfg.budget.train_flops, cfg.eval.points) == (plan.DEFAULT_FLOPS, plan.DEFAULT_POINTS)
+    assert cfg.backbone.preset == "DiT-Nano/1" and cfg.eval.spacing == "log"
