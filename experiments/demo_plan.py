@@ -29,13 +29,13 @@ MEASURED = {
     # processes of a new venv compile (≈ 40 s)
     "extract": 80,
     "start": 8,  # a run's start-up: imports, shards, model (+ the baselines, once: ≈ 10 s)
-    # training alone at the default 8e13 FLOPs (fp32, one process on both cores), and one
-    # evaluation (1000 samples, 20 Euler steps)
-    "train": {"cfm": 1670, "dfm": 1640, "purr": 1650},
-    "eval": 15,
+    # training alone at the default 8e13 FLOPs (fp32, one process on both cores: the demo's
+    # 5e12-FLOP training wall × 16), and one evaluation (1000 samples, 20 Euler steps)
+    "train": {"cfm": 1290, "dfm": 1100, "purr": 1290},
+    "eval": 10,
     # the shipped converged weights: unpack, purr's temperature sweep at 3 τ × 1000 samples,
     # entropy maps of purr and dfm; and the demo sweep's figures
-    "shipped": 70,
+    "shipped": 45,
     "figures": 20,
 }
 METHODS = ("cfm", "dfm", "purr")
