@@ -1,0 +1,157 @@
+"""Metric noise against seed spread: is a ranking decided by the training seeds, or by the
+sampling noise of the evaluation?
+
+    python analysis/metric_noise.py RUN_DIR [RUN_DIR ...] --sweep analysis/results/fashion_cpu
+    python analysis/metric_noise.py outputs/shipped/nano1-*-8e13-seed0 --eval-seeds 1234,1,2,3,4
+
+Metric noise: one run's final EMA weights scored again under its own protocol (labels,
+steps, τ, sample count, reference) with only the sampling noise seed (``eval.seed``)
+changed; its standard deviation over those seeds is what the evaluation alone adds to one
+FD. Seed spread: the standard deviation over training seeds of the final FD of each method
+in ``--sweep`` (every run there was scored from the same noise seed). With the ratio
+spread / noise well above 1, seed spread, not the metric, decides how far apart two methods
+must be to be told apart; both use the sample standard deviation (ddof 1).
+
+Each score is one row of ``metric_noise.csv``, written atomically as soon as it is done and
+keyed by the run folder, its checkpoint's sha256, the noise seed and the sample count, so a
+relaunch redoes only what is missing. ``metric_noise_summary.csv`` holds one row per method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import pandas as pd
+
+from analysis.sweeps import check_runs, load_sweep, read_table
+from experiments.runner.checks import method_label
+from shared.io import atomic_write_text, file_sha256
+
+STEM = "metric_noise"
+
+
+def seed_spread(final: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per method, the training seeds' final ``metric``: count, mean and standard deviation."""
+    grouped = final.groupby("method")[metric]
+    return pd.DataFrame(
+        {
+            "train_seeds": grouped.count(),
+            "seed_mean": grouped.mean(),
+            "seed_std": grouped.std(ddof=1),
+        }
+    )
+
+
+def summarise(scores: pd.DataFrame, spread: pd.DataFrame | None) -> pd.DataFrame:
+    """Per method: the noise seeds' count, mean and standard deviation of ``fd`` (over every
+    run of that method), beside the training seeds' spread and the ratio spread / noise."""
+    grouped = scores.groupby("method")["fd"]
+    out = pd.DataFrame(
+        {
+            "eval_seeds": grouped.count(),
+            "noise_mean": grouped.mean(),
+            "noise_std": grouped.std(ddof=1),
+        }
+    )
+    if spread is not None:
+        out = out.join(spread, how="left")
+        out["spread_over_noise"] = out["seed_std"] / out["noise_std"]
+    return out.reset_index()
+
+
+def final_rows(sweeps: list[str]) -> pd.DataFrame:
+    """Every run's last evaluation in these sweeps (only finished budgets)."""
+    metrics, _ = load_sweep(sweeps)
+    metrics = metrics[metrics["budget_fraction"] >= 1.0]
+    return metrics.sort_values("step").groupby("run").tail(1)
+
+
+def score_run(
+    run_dir: str, eval_seeds: list[int], rows: list[dict], csv_path: str, device: str
+) -> list[dict]:
+    """Score ``run_dir`` at every noise seed not yet in ``rows``, saving after each."""
+    import torch
+
+    from experiments.runner.build import load_trained
+    from experiments.runner.evaluation import Evaluator
+
+    path = os.path.relpath(os.path.abspath(run_dir), os.path.dirname(os.path.abspath(csv_path)))
+    checkpoint_sha = file_sha256(os.path.join(run_dir, "checkpoints", "last.pt"))[:16]
+    cfg, tok, method, model = load_trained(run_dir, device)
+    num_samples = int(cfg.eval.num_samples)
+    have = {
+        (r["path"], r["checkpoint_sha256"], int(r["eval_seed"]), int(r["num_samples"]))
+        for r in rows
+    }
+    todo = [s for s in eval_seeds if (path, checkpoint_sha, s, num_samples) not in have]
+    if not todo:
+        print(f"{run_dir}: all {len(eval_seeds)} noise seeds done")
+        return rows
+    evaluator = Evaluator(cfg, tok, method, torch.device(device), os.path.dirname(csv_path))
+    kind = cfg.eval.extractor
+    for eval_seed in todo:
+        cfg.eval.seed = eval_seed
+        images, _, _ = evaluator.sample_images(model)
+        scores = evaluator.score(images)
+        row = {
+            "path": path,
+            "method": method_label(cfg),
+            "seed": cfg.seed,
+            "checkpoint_sha256": checkpoint_sha,
+            "eval_seed": eval_seed,
+            "num_samples": num_samples,
+            "fd": scores.get("fd_fashion", scores.get("fid_inception")),
+            "precision": scores.get(f"precision_{kind}"),
+            "recall": scores.get(f"recall_{kind}"),
+            "extractor": kind,
+            **evaluator.identity,
+        }
+        rows.append(row)
+        atomic_write_text(csv_path, pd.DataFrame(rows).to_csv(index=False))
+        print(f"{run_dir} noise seed {eval_seed}: FD {row['fd']:.3f}", flush=True)
+    return rows
+
+
+def main(argv=None) -> pd.DataFrame:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("runs", nargs="+", help="trained run folders (e.g. the shipped weights)")
+    ap.add_argument(
+        "--eval-seeds",
+        default="1234,1,2,3,4",
+        help="sampling noise seeds (1234: the protocol's own)",
+    )
+    ap.add_argument(
+        "--sweep",
+        action="append",
+        default=[],
+        help="sweep folder whose training seeds give the seed spread (repeatable)",
+    )
+    ap.add_argument("--out", required=True, help="output folder")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
+    if len(set(eval_seeds)) < 2:
+        raise SystemExit("error: --eval-seeds needs at least two distinct seeds for a spread")
+    runs = check_runs(args.runs)
+    os.makedirs(args.out, exist_ok=True)
+    csv_path = os.path.join(args.out, f"{STEM}.csv")
+    rows = read_table(csv_path).to_dict("records") if os.path.isfile(csv_path) else []
+    for run in runs:
+        rows = score_run(run, eval_seeds, rows, csv_path, args.device)
+    scores = pd.DataFrame(rows)
+    spread = None
+    if args.sweep:
+        final = final_rows(args.sweep)
+        metric = "fd_fashion" if final["fd_fashion"].notna().any() else "fid_inception"
+        spread = seed_spread(final, metric)
+    summary = summarise(scores, spread)
+    out_csv = os.path.join(args.out, f"{STEM}_summary.csv")
+    atomic_write_text(out_csv, summary.to_csv(index=False))
+    print(summary.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"wrote {csv_path}, {out_csv}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
