@@ -24,6 +24,7 @@ import os
 
 import pandas as pd
 
+from analysis.sampling_sweep import current_rows, run_key, save_rows
 from analysis.sweeps import check_runs, load_sweep, read_table
 from experiments.runner.checks import method_label
 from shared.io import atomic_write_text, file_sha256
@@ -68,18 +69,25 @@ def final_rows(sweeps: list[str]) -> pd.DataFrame:
 
 
 def score_run(
-    run_dir: str, eval_seeds: list[int], rows: list[dict], csv_path: str, device: str
+    run_dir: str,
+    eval_seeds: list[int],
+    rows: list[dict],
+    csv_path: str,
+    device: str,
+    measured: dict,
 ) -> list[dict]:
-    """Score ``run_dir`` at every noise seed not yet in ``rows``, saving after each."""
+    """Score ``run_dir`` at every noise seed not yet in ``rows``, saving after each;
+    ``measured`` gets the run's (checkpoint sha256, sample count), as ``current_rows`` reads."""
     import torch
 
     from experiments.runner.build import load_trained
     from experiments.runner.evaluation import Evaluator
 
-    path = os.path.relpath(os.path.abspath(run_dir), os.path.dirname(os.path.abspath(csv_path)))
+    path = run_key(run_dir, csv_path)
     checkpoint_sha = file_sha256(os.path.join(run_dir, "checkpoints", "last.pt"))[:16]
     cfg, tok, method, model = load_trained(run_dir, device)
     num_samples = int(cfg.eval.num_samples)
+    measured[path] = (checkpoint_sha, num_samples)
     have = {
         (r["path"], r["checkpoint_sha256"], int(r["eval_seed"]), int(r["num_samples"]))
         for r in rows
@@ -108,7 +116,7 @@ def score_run(
             **evaluator.identity,
         }
         rows.append(row)
-        atomic_write_text(csv_path, pd.DataFrame(rows).to_csv(index=False))
+        save_rows(csv_path, rows)
         print(f"{run_dir} noise seed {eval_seed}: FD {row['fd']:.3f}", flush=True)
     return rows
 
@@ -137,12 +145,16 @@ def main(argv=None) -> pd.DataFrame:
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, f"{STEM}.csv")
     rows = read_table(csv_path).to_dict("records") if os.path.isfile(csv_path) else []
+    measured: dict = {}
     for run in runs:
-        rows = score_run(run, eval_seeds, rows, csv_path, args.device)
-    scores = pd.DataFrame(rows)
+        rows = score_run(run, eval_seeds, rows, csv_path, args.device, measured)
+    # only these runs' current checkpoints at their sample count: older rows stay in the file
+    scores = pd.DataFrame(current_rows(rows, measured))
     spread = None
     if args.sweep:
         final = final_rows(args.sweep)
+        # the column the noise rows' ``fd`` reads first (not headline_metric, which prefers
+        # fid_inception when a sweep has both)
         metric = "fd_fashion" if final["fd_fashion"].notna().any() else "fid_inception"
         spread = seed_spread(final, metric)
     summary = summarise(scores, spread)
