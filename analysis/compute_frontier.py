@@ -65,8 +65,13 @@ def envelope(points: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (label, budget), grp in points.groupby(["label", "budget"]):
         best = grp.loc[grp["fd"].idxmin()]
-        row = {"method": label, "budget_flops": budget, "best_size": best["size"],
-               "best_fd": best["fd"], "sizes_measured": len(grp)}  # fmt: skip
+        row = {
+            "method": label,
+            "budget_flops": budget,
+            "best_size": best["size"],
+            "best_fd": best["fd"],
+            "sizes_measured": len(grp),
+        }
         row.update({f"fd {s}": fd for s, fd in zip(grp["size"], grp["fd"], strict=True)})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -94,8 +99,14 @@ def rankings(points: pd.DataFrame) -> list[str]:
     return lines
 
 
-def plot(points: pd.DataFrame, env: pd.DataFrame, metric: str, out_dir: str, note: str,
-         ceiling: float | None = None):  # fmt: skip
+def plot(
+    points: pd.DataFrame,
+    env: pd.DataFrame,
+    metric: str,
+    out_dir: str,
+    note: str,
+    ceiling: float | None = None,
+):
     """One panel per method (its sizes and their envelope), and one of every envelope."""
     from matplotlib.ticker import NullFormatter
 
@@ -104,8 +115,9 @@ def plot(points: pd.DataFrame, env: pd.DataFrame, metric: str, out_dir: str, not
     panels = len(labels) + 1
     ncol = min(3, panels)
     nrow = -(-panels // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), sharey=True,
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), sharey=True, squeeze=False
+    )
     axes = axes.ravel()
     for ax in axes[panels:]:
         ax.set_visible(False)
@@ -117,8 +129,14 @@ def plot(points: pd.DataFrame, env: pd.DataFrame, metric: str, out_dir: str, not
             curve = points[(points["label"] == label) & (points["size"] == size)]
             if len(curve):
                 params = curve["params"].iloc[0]
-                ax.plot(curve["budget"], curve["fd"], "o-", ms=3, color=shade,
-                        label=f"{size} ({params / 1e6:.2g}M)")  # fmt: skip
+                ax.plot(
+                    curve["budget"],
+                    curve["fd"],
+                    "o-",
+                    ms=3,
+                    color=shade,
+                    label=f"{size} ({params / 1e6:.2g}M)",
+                )
         e = env[env["method"] == label]
         ax.plot(e["budget_flops"], e["best_fd"], "k--", lw=1.2, label="envelope")
         ax.set_title(label)
@@ -139,8 +157,14 @@ def plot(points: pd.DataFrame, env: pd.DataFrame, metric: str, out_dir: str, not
         if ceiling is not None:
             ax.axhline(ceiling, color="grey", ls=":", lw=1)
     if ceiling is not None:
-        last.text(last.get_xlim()[0], ceiling, " tokenizer ceiling (its reconstructions)",
-                  va="bottom", fontsize=7, color="grey")  # fmt: skip
+        last.text(
+            last.get_xlim()[0],
+            ceiling,
+            " tokenizer ceiling (its reconstructions)",
+            va="bottom",
+            fontsize=7,
+            color="grey",
+        )
     for row in range(nrow):
         axes[row * ncol].set_ylabel(metric.replace("_", " ") + " (lower is better)")
     fig.suptitle(f"Compute frontier per objective: {note}", fontsize=9)
@@ -158,8 +182,10 @@ def main(argv=None) -> int:
     schedules = ", ".join(sorted(points["lr_schedule"].fillna("constant").astype(str).unique()))
     seeds = ", ".join(str(s) for s in sorted(metrics["seed"].unique()))
     n = ", ".join(str(v) for v in sorted(metrics["num_samples"].unique()))
-    note = (f"one seed per (method, size) (seed {seeds}); lr schedule {schedules}; "
-            f"{metric} at n={n} samples")  # fmt: skip
+    note = (
+        f"one seed per (method, size) (seed {seeds}); lr schedule {schedules}; "
+        f"{metric} at n={n} samples"
+    )
     ceiling = None
     if "fd_recon" in metrics and metrics["fd_recon"].notna().any():
         ceiling = float(metrics["fd_recon"].median())

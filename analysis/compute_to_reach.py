@@ -178,8 +178,13 @@ def plot(result: pd.DataFrame, metric: str, out_dir: str, note: str) -> list[str
         right.set_yscale("log")
         right.legend(fontsize=8)
     else:
-        left.text(0.5, 0.5, "no method reaches these levels in every seed", ha="center",
-                  transform=left.transAxes)  # fmt: skip
+        left.text(
+            0.5,
+            0.5,
+            "no method reaches these levels in every seed",
+            ha="center",
+            transform=left.transAxes,
+        )
     right.axhline(1.0, color="grey", lw=1, ls="--")
     levels = sorted(result["level"].unique())
     for ax in (left, right):

@@ -39,10 +39,18 @@ from analysis.sweeps import (
 )
 from shared.io import atomic_write_text
 
-AXES = [("step", "training steps"), ("train_flops", "training FLOPs"),
-        ("wall_s", "training wall-clock (s)")]  # fmt: skip
-LABELS = {"fd_fashion": "FD (in-domain Fashion CNN) ↓", "fid_inception": "FID (Inception) ↓",
-          "kid": "KID ↓", "precision": "precision ↑", "recall": "recall ↑"}  # fmt: skip
+AXES = [
+    ("step", "training steps"),
+    ("train_flops", "training FLOPs"),
+    ("wall_s", "training wall-clock (s)"),
+]
+LABELS = {
+    "fd_fashion": "FD (in-domain Fashion CNN) ↓",
+    "fid_inception": "FID (Inception) ↓",
+    "kid": "KID ↓",
+    "precision": "precision ↑",
+    "recall": "recall ↑",
+}
 
 
 def log_ticks(ax) -> None:
@@ -60,9 +68,14 @@ def compute_to_reach(metrics: pd.DataFrame, metric: str, target: float) -> pd.Da
     for (method, seed), grp in metrics.groupby(["method", "seed"]):
         hit = grp.sort_values("step")
         hit = hit[hit[metric] <= target]
-        rows.append({"method": method, "seed": seed,
-                     "flops": hit["train_flops"].iloc[0] if len(hit) else np.nan,
-                     "step": hit["step"].iloc[0] if len(hit) else np.nan})  # fmt: skip
+        rows.append(
+            {
+                "method": method,
+                "seed": seed,
+                "flops": hit["train_flops"].iloc[0] if len(hit) else np.nan,
+                "step": hit["step"].iloc[0] if len(hit) else np.nan,
+            }
+        )
     df = pd.DataFrame(rows)
     return df.groupby("method").agg(
         seeds_reaching=("flops", lambda s: f"{s.notna().sum()}/{len(s)}"),
@@ -79,8 +92,10 @@ def final_table(metrics: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     return agg
 
 
-BASELINES = {"fd_recon": ("tokenizer ceiling: its reconstructions of real images", "--"),
-             "fd_real": ("real images", ":")}  # fmt: skip
+BASELINES = {
+    "fd_recon": ("tokenizer ceiling: its reconstructions of real images", "--"),
+    "fd_real": ("real images", ":"),
+}
 
 
 def draw_baselines(ax, data: pd.DataFrame, metric: str) -> None:
@@ -91,8 +106,9 @@ def draw_baselines(ax, data: pd.DataFrame, metric: str) -> None:
     for col, (label, style) in BASELINES.items():
         values = data[col].dropna().unique() if col in data else []
         if len(values) == 1:  # one protocol (n) for every run; else no single line exists
-            ax.axhline(values[0], color="0.35", ls=style, lw=1.2,
-                       label=f"{label} ({values[0]:.1f})")  # fmt: skip
+            ax.axhline(
+                values[0], color="0.35", ls=style, lw=1.2, label=f"{label} ({values[0]:.1f})"
+            )
 
 
 def plot(metrics, runs, metric, out_dir, title) -> list[str]:
@@ -103,12 +119,32 @@ def plot(metrics, runs, metric, out_dir, title) -> list[str]:
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), sharey=True)
     for ax, (x, xlabel) in zip(axes, AXES, strict=True):
         if x == "wall_s":  # wall-clock differs per run: one line per run, no averaging
-            sns.lineplot(data=data, x=x, y=metric, hue="label", hue_order=order, marker="o",
-                         units="run", estimator=None, lw=1, ax=ax)  # fmt: skip
+            sns.lineplot(
+                data=data,
+                x=x,
+                y=metric,
+                hue="label",
+                hue_order=order,
+                marker="o",
+                units="run",
+                estimator=None,
+                lw=1,
+                ax=ax,
+            )
             xlabel += ", one line per run"
         else:
-            sns.lineplot(data=data, x=x, y=metric, hue="label", hue_order=order, marker="o",
-                         errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax)  # fmt: skip
+            sns.lineplot(
+                data=data,
+                x=x,
+                y=metric,
+                hue="label",
+                hue_order=order,
+                marker="o",
+                errorbar=("ci", 95),
+                n_boot=1000,
+                seed=0,
+                ax=ax,
+            )
         draw_baselines(ax, data, metric)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(LABELS.get(metric, metric))
@@ -123,8 +159,18 @@ def plot(metrics, runs, metric, out_dir, title) -> list[str]:
     if extra:
         fig, axes = plt.subplots(1, len(extra), figsize=(5.3 * len(extra), 4.4), squeeze=False)
         for ax, col in zip(axes[0], extra, strict=True):
-            sns.lineplot(data=data, x="train_flops", y=col, hue="label", hue_order=order,
-                         marker="o", errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax)  # fmt: skip
+            sns.lineplot(
+                data=data,
+                x="train_flops",
+                y=col,
+                hue="label",
+                hue_order=order,
+                marker="o",
+                errorbar=("ci", 95),
+                n_boot=1000,
+                seed=0,
+                ax=ax,
+            )
             ax.set_xscale("log")
             log_ticks(ax)
             ax.set_xlabel("training FLOPs")
@@ -147,8 +193,10 @@ def refresh(sweep_dir: str) -> str | None:
         metric = headline_metric(metrics)
         metrics = metrics[metrics[metric].notna()]
         seeds = metrics.groupby("method")["seed"].nunique().to_dict()
-        title = (f"{os.path.basename(os.path.normpath(sweep_dir))} (so far): {metric} vs compute "
-                 f"(mean over seeds, 95% CI; seeds per method {seeds})")  # fmt: skip
+        title = (
+            f"{os.path.basename(os.path.normpath(sweep_dir))} (so far): {metric} vs compute "
+            f"(mean over seeds, 95% CI; seeds per method {seeds})"
+        )
         out_dir = os.path.join(sweep_dir, "analysis")
         os.makedirs(out_dir, exist_ok=True)
         paths = plot(metrics, runs, metric, out_dir, title)
@@ -191,15 +239,29 @@ def main(argv=None) -> None:
     cols = [c for c in (metric, "kid", "precision", "recall") if c in metrics]
     # with what produced every row (analysis/sweeps.py IDENTITY, the protocol), so that a
     # reader of this file alone (precision_check.py, a paper's table) knows what it compares
-    ident = [c for c in (*IDENTITY, "num_samples", "lr_schedule", "decay_from", "label",
-                         "train_identity") if c in metrics]  # fmt: skip
-    data = metrics[["run", "method", "seed", "step", "images_seen", "train_flops", "wall_s",
-                    "loss", *cols, *ident]]  # fmt: skip
+    ident = [
+        c
+        for c in (*IDENTITY, "num_samples", "lr_schedule", "decay_from", "label", "train_identity")
+        if c in metrics
+    ]
+    data = metrics[
+        [
+            "run",
+            "method",
+            "seed",
+            "step",
+            "images_seen",
+            "train_flops",
+            "wall_s",
+            "loss",
+            *cols,
+            *ident,
+        ]
+    ]
     atomic_write_text(os.path.join(out_dir, "convergence_data.csv"), data.to_csv(index=False))
     seeds = metrics.groupby("method")["seed"].nunique().to_dict()
     names = " + ".join(os.path.basename(os.path.normpath(d)) for d in sweeps.dirs)
-    title = (f"{names}: {metric} vs compute "
-             f"(mean over seeds, 95% CI; seeds per method {seeds})")  # fmt: skip
+    title = f"{names}: {metric} vs compute (mean over seeds, 95% CI; seeds per method {seeds})"
     paths = plot(metrics, runs, metric, out_dir, title)
     finished = runs.loc[runs["status"] == "finished", "run"]
     final = final_table(metrics[metrics["run"].isin(finished)], cols)  # only complete runs
@@ -210,8 +272,9 @@ def main(argv=None) -> None:
         targets = [float(t) for t in args.targets.split(",")]
     else:  # default targets: quantiles of the final values, so the table is never empty
         finals = metrics.sort_values("step").groupby(["method", "seed"]).tail(1)[metric]
-        targets = sorted({round(float(q), 1) for q in finals.quantile([0.9, 0.5]).values},
-                         reverse=True)  # fmt: skip
+        targets = sorted(
+            {round(float(q), 1) for q in finals.quantile([0.9, 0.5]).values}, reverse=True
+        )
     tables = []
     for t in targets:
         tab = compute_to_reach(metrics, metric, t).assign(target=t)

@@ -37,8 +37,14 @@ def entropy(post: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def trace_run(run_dir: str, n: int, seed: int = 0, device: str = "cpu", steps: int | None = None,
-              n_times: int = 6):  # fmt: skip
+def trace_run(
+    run_dir: str,
+    n: int,
+    seed: int = 0,
+    device: str = "cpu",
+    steps: int | None = None,
+    n_times: int = 6,
+):
     """Sample ``n`` images of a run with its sampler (``steps``: its eval.steps unless given),
     keeping per step only the entropy map and the argmax codes (B, H, W) — never the
     (B, K, H, W) posteriors, which at K = 16384 are about 86 MB per step per sample."""
@@ -55,8 +61,16 @@ def trace_run(run_dir: str, n: int, seed: int = 0, device: str = "cpu", steps: i
             ents.append(entropy(record["posterior"]).cpu())
             argmaxes.append(record["posterior"].argmax(1))
 
-    out = method.sample(model, n, tok.grid, steps or cfg.eval.steps, y=y,
-                        solver=cfg.eval.solver, generator=g, trace=summarise)  # fmt: skip
+    out = method.sample(
+        model,
+        n,
+        tok.grid,
+        steps or cfg.eval.steps,
+        y=y,
+        solver=cfg.eval.solver,
+        generator=g,
+        trace=summarise,
+    )
     ent = torch.stack(ents)  # (T, B, H, W)
     # the argmax images, decoded only at the times plot_maps shows
     guesses = {int(s): tok.decode(argmaxes[s]).cpu() for s in shown_steps(len(times), n_times)}
@@ -71,21 +85,24 @@ def shown_steps(n_steps: int, n_times: int) -> np.ndarray:
 def plot_maps(method, k, times, ent, guesses, final, n_times, out_path):
     sel = shown_steps(len(times), n_times)
     b = ent.shape[1]
-    fig, axes = plt.subplots(2 * b, len(sel) + 1, figsize=(1.7 * (len(sel) + 1), 1.75 * 2 * b),
-                             squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        2 * b, len(sel) + 1, figsize=(1.7 * (len(sel) + 1), 1.75 * 2 * b), squeeze=False
+    )
     vmax = math.log(k)
     im = None
     for i in range(b):
         for j, s in enumerate(sel):
             top, bottom = axes[2 * i, j], axes[2 * i + 1, j]
-            top.imshow(guesses[s][i].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray",
-                       vmin=0, vmax=255)  # fmt: skip
+            top.imshow(
+                guesses[s][i].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=255
+            )
             im = bottom.imshow(ent[s, i].numpy(), cmap="magma", vmin=0, vmax=vmax)
             if i == 0:
                 top.set_title(f"t={times[s]:.2f}", fontsize=8)
             bottom.set_xlabel(f"H̄={ent[s, i].mean():.2f}", fontsize=7)
-        axes[2 * i, -1].imshow(final[i].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray",
-                               vmin=0, vmax=255)  # fmt: skip
+        axes[2 * i, -1].imshow(
+            final[i].permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=255
+        )
         if i == 0:
             axes[0, -1].set_title("sample", fontsize=8)
         axes[2 * i + 1, -1].axis("off")
@@ -131,8 +148,17 @@ def main(argv=None) -> None:
         plot_maps(name, k, times, ent, guesses, final, args.times, path)
         written.append(path)
         mean = ent.flatten(1).mean(1).numpy()
-        curves.append(pd.DataFrame({"method": name, "run": os.path.basename(run), "t": times,
-                                    "mean_entropy": mean, "log_k": math.log(k)}))  # fmt: skip
+        curves.append(
+            pd.DataFrame(
+                {
+                    "method": name,
+                    "run": os.path.basename(run),
+                    "t": times,
+                    "mean_entropy": mean,
+                    "log_k": math.log(k),
+                }
+            )
+        )
     df = pd.concat(curves)
     df.to_csv(os.path.join(out_dir, "entropy_vs_t.csv"), index=False)
     fig, ax = plt.subplots(figsize=(5.5, 4))

@@ -37,26 +37,53 @@ def plot(df: pd.DataFrame, out_dir: str) -> list[str]:
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.6))
     for name, grp in curve_groups(df):
         for solver, s in grp.groupby("solver", sort=False):
-            agg = s.groupby("cfg_scale").agg(
-                seeds=("seed", "nunique"),
-                **{f"{m}_{f}": (m, f) for m in ("fd", "precision", "recall")
-                   for f in ("mean", "min", "max")},
-            ).reset_index()  # fmt: skip
+            agg = (
+                s.groupby("cfg_scale")
+                .agg(
+                    seeds=("seed", "nunique"),
+                    **{
+                        f"{m}_{f}": (m, f)
+                        for m in ("fd", "precision", "recall")
+                        for f in ("mean", "min", "max")
+                    },
+                )
+                .reset_index()
+            )
             seeds = int(agg["seeds"].max())
             label = f"{name} {solver}" + (f" ({seeds} seeds)" if seeds > 1 else "")
             (line,) = a.plot(agg["cfg_scale"], agg["fd_mean"], marker="o", label=label)
             b.plot(agg["cfg_scale"], agg["precision_mean"], marker="o", color=line.get_color())
-            b.plot(agg["cfg_scale"], agg["recall_mean"], marker="s", linestyle="--",
-                   color=line.get_color())  # fmt: skip
+            b.plot(
+                agg["cfg_scale"],
+                agg["recall_mean"],
+                marker="s",
+                linestyle="--",
+                color=line.get_color(),
+            )
             if seeds > 1:
                 for ax, m in ((a, "fd"), (b, "precision"), (b, "recall")):
-                    ax.fill_between(agg["cfg_scale"], agg[f"{m}_min"], agg[f"{m}_max"],
-                                    color=line.get_color(), alpha=0.12)  # fmt: skip
-            c.plot(agg["recall_mean"], agg["precision_mean"], marker="o", label=label,
-                   color=line.get_color())  # fmt: skip
+                    ax.fill_between(
+                        agg["cfg_scale"],
+                        agg[f"{m}_min"],
+                        agg[f"{m}_max"],
+                        color=line.get_color(),
+                        alpha=0.12,
+                    )
+            c.plot(
+                agg["recall_mean"],
+                agg["precision_mean"],
+                marker="o",
+                label=label,
+                color=line.get_color(),
+            )
             for _, r in agg.iterrows():
-                c.annotate(f"{r['cfg_scale']:g}", (r["recall_mean"], r["precision_mean"]),
-                           fontsize=7, xytext=(3, 3), textcoords="offset points")  # fmt: skip
+                c.annotate(
+                    f"{r['cfg_scale']:g}",
+                    (r["recall_mean"], r["precision_mean"]),
+                    fontsize=7,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
     a.set_ylabel("FD (in-domain) ↓" if df["extractor"].iloc[0] == "fashion" else "FID ↓")
     b.set_ylabel("precision (solid) ↑ / recall (dashed) ↑")
     for ax in (a, b):
@@ -67,9 +94,11 @@ def plot(df: pd.DataFrame, out_dir: str) -> list[str]:
         ax.grid(alpha=0.3)
     a.legend(fontsize=7)
     n = int(df["num_samples"].iloc[0])
-    fig.suptitle(f"Classifier-free guidance: the same trained weights at each scale ({n} samples "
-                 "per point, the runs' own labels, noise and steps; points labelled by s)",
-                 fontsize=9)  # fmt: skip
+    fig.suptitle(
+        f"Classifier-free guidance: the same trained weights at each scale ({n} samples "
+        "per point, the runs' own labels, noise and steps; points labelled by s)",
+        fontsize=9,
+    )
     fig.tight_layout()
     return save_figure(fig, out_dir, "guidance_sweep")
 
@@ -86,10 +115,12 @@ def main(argv=None) -> pd.DataFrame:
 
     def points_for(cfg, tok):
         if cfg.backbone.class_dropout <= 0 and any(s != 1 for s in scales):
-            raise SystemExit(f"error: {cfg.method.name} (seed {cfg.seed}) trained with "
-                             "backbone.class_dropout=0: it has no unconditional model to "
-                             "guide with; sweep --scales 1 only, or train with "
-                             "backbone.class_dropout > 0")  # fmt: skip
+            raise SystemExit(
+                f"error: {cfg.method.name} (seed {cfg.seed}) trained with "
+                "backbone.class_dropout=0: it has no unconditional model to "
+                "guide with; sweep --scales 1 only, or train with "
+                "backbone.class_dropout > 0"
+            )
         import methods
 
         solvers = methods.METHODS[cfg.method.name].solvers

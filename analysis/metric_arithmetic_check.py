@@ -36,8 +36,9 @@ def fd_sqrtm(s1: dict, s2: dict) -> float:
 
     diff = s1["mu"] - s2["mu"]
     covmean = linalg.sqrtm(s1["sigma"].dot(s2["sigma"]))
-    return float(diff.dot(diff) + np.trace(s1["sigma"]) + np.trace(s2["sigma"])
-                 - 2 * np.trace(covmean.real))  # fmt: skip
+    return float(
+        diff.dot(diff) + np.trace(s1["sigma"]) + np.trace(s2["sigma"]) - 2 * np.trace(covmean.real)
+    )
 
 
 def bf16_snap(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -56,16 +57,28 @@ def measure(run_dir: str) -> list[dict]:
     cfg, tok, method, model = load_trained(run_dir, "cpu")
     ev = Evaluator(cfg, tok, method, torch.device("cpu"), os.path.join(run_dir, "analysis"))
     rows = []
-    base = {"run": os.path.basename(os.path.normpath(run_dir)), "method": cfg.method.name,
-            "num_samples": cfg.eval.num_samples, "reference": ev.identity["reference"]}  # fmt: skip
+    base = {
+        "run": os.path.basename(os.path.normpath(run_dir)),
+        "method": cfg.method.name,
+        "num_samples": cfg.eval.num_samples,
+        "reference": ev.identity["reference"],
+    }
     # 1. the FD's matrix square root, on the run's own fp32 protocol samples
     images, _, _ = ev.sample_images(model)
     gen = extract_features(ev.extractor, images)["feat"].double()
     ref = ev.reference["features"]["feat"].double()
     g, r = fd_statistics(gen), fd_statistics(ref)
     eig, sq = frechet_distance(g, r), fd_sqrtm(g, r)
-    rows.append({**base, "measurement": "fd: eigvals (ours, torch-fidelity) vs sqrtm (ADM)",
-                 "a": eig, "b": sq, "diff": eig - sq, "rel_diff": (eig - sq) / sq})  # fmt: skip
+    rows.append(
+        {
+            **base,
+            "measurement": "fd: eigvals (ours, torch-fidelity) vs sqrtm (ADM)",
+            "a": eig,
+            "b": sq,
+            "diff": eig - sq,
+            "rel_diff": (eig - sq) / sq,
+        }
+    )
     if method.input_kind != "latent":
         return rows
     # 2. the snap under bf16 sampling: the same trajectories, snapped in fp32 and in bf16
@@ -86,9 +99,17 @@ def measure(run_dir: str) -> list[dict]:
     a, b = real_nearest(z, method.codebook), bf16_snap(z, method.codebook)
     bf16_snapped = torch.cat([tok.decode(b[i : i + 250]) for i in range(0, len(b), 250)])
     fd_a, fd_b = ev.score(fp32_snapped)[ev_key(ev)], ev.score(bf16_snapped)[ev_key(ev)]
-    rows.append({**base, "measurement": "bf16 sampling: snap in fp32 vs in bf16",
-                 "a": fd_a, "b": fd_b, "diff": fd_a - fd_b, "rel_diff": (fd_a - fd_b) / fd_b,
-                 "codes_differing": float((a != b).float().mean())})  # fmt: skip
+    rows.append(
+        {
+            **base,
+            "measurement": "bf16 sampling: snap in fp32 vs in bf16",
+            "a": fd_a,
+            "b": fd_b,
+            "diff": fd_a - fd_b,
+            "rel_diff": (fd_a - fd_b) / fd_b,
+            "codes_differing": float((a != b).float().mean()),
+        }
+    )
     return rows
 
 

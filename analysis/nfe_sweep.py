@@ -82,19 +82,31 @@ def plot(df: pd.DataFrame, out_dir: str) -> list[str]:
         colour = colours[i % len(colours)]
         for solver, s in grp.groupby("solver", sort=False):
             key = "tolerance" if solver == "dopri5" else "steps"
-            agg = s.groupby(key).agg(
-                nfe=("nfe", "mean"), seeds=("seed", "nunique"),
-                **{f"{m}_{f}": (m, f) for m, _ in metrics for f in ("mean", "min", "max")},
-            ).sort_values("nfe")  # fmt: skip
+            agg = (
+                s.groupby(key)
+                .agg(
+                    nfe=("nfe", "mean"),
+                    seeds=("seed", "nunique"),
+                    **{f"{m}_{f}": (m, f) for m, _ in metrics for f in ("mean", "min", "max")},
+                )
+                .sort_values("nfe")
+            )
             seeds = int(agg["seeds"].max())
             label = f"{name} {solver}" + (f" ({seeds} seeds)" if seeds > 1 else "")
             for ax, (m, _) in zip(axes, metrics, strict=True):
-                ax.plot(agg["nfe"], agg[f"{m}_mean"], color=colour, linestyle=STYLE[solver],
-                        marker=MARKER[solver], markersize=4,
-                        label=label)  # fmt: skip
+                ax.plot(
+                    agg["nfe"],
+                    agg[f"{m}_mean"],
+                    color=colour,
+                    linestyle=STYLE[solver],
+                    marker=MARKER[solver],
+                    markersize=4,
+                    label=label,
+                )
                 if seeds > 1:
-                    ax.fill_between(agg["nfe"], agg[f"{m}_min"], agg[f"{m}_max"],
-                                    color=colour, alpha=0.12)  # fmt: skip
+                    ax.fill_between(
+                        agg["nfe"], agg[f"{m}_min"], agg[f"{m}_max"], color=colour, alpha=0.12
+                    )
     for ax, (_, label) in zip(axes, metrics, strict=True):
         ax.set_xscale("log")
         ax.set_xlabel("NFE (model calls per sample; CFG's two halves count once)")
@@ -103,10 +115,12 @@ def plot(df: pd.DataFrame, out_dir: str) -> list[str]:
     axes[0].set_yscale("log")
     axes[0].legend(fontsize=7, ncol=2)
     n = int(df["num_samples"].iloc[0])
-    fig.suptitle(f"Quality vs sampling budget: the same trained weights under each solver "
-                 f"({n} samples per point, the runs' own labels and noise; dopri5: tolerances "
-                 f"{', '.join(f'{t:g}' for t in sorted(df['tolerance'].dropna().unique()))})",
-                 fontsize=9)  # fmt: skip
+    fig.suptitle(
+        f"Quality vs sampling budget: the same trained weights under each solver "
+        f"({n} samples per point, the runs' own labels and noise; dopri5: tolerances "
+        f"{', '.join(f'{t:g}' for t in sorted(df['tolerance'].dropna().unique()))})",
+        fontsize=9,
+    )
     fig.tight_layout()
     return save_figure(fig, out_dir, "nfe_sweep")
 

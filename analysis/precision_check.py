@@ -52,12 +52,21 @@ def compare_training(fp32: pd.DataFrame, bf16: pd.DataFrame, metric: str) -> pd.
                 )
             noise = max(fa.std(), fb.std())
             diff = fb.mean() - fa.mean()
-            out.append({
-                "method": method, "step": step, "seeds_fp32": len(fa),
-                "seeds_bf16": len(fb), f"{metric}_fp32": fa.mean(), "std_fp32": fa.std(),
-                f"{metric}_bf16": fb.mean(), "std_bf16": fb.std(), "diff": diff,
-                "seed_std": noise, "within_seed_std": abs(diff) < noise,
-            })  # fmt: skip
+            out.append(
+                {
+                    "method": method,
+                    "step": step,
+                    "seeds_fp32": len(fa),
+                    "seeds_bf16": len(fb),
+                    f"{metric}_fp32": fa.mean(),
+                    "std_fp32": fa.std(),
+                    f"{metric}_bf16": fb.mean(),
+                    "std_bf16": fb.std(),
+                    "diff": diff,
+                    "seed_std": noise,
+                    "within_seed_std": abs(diff) < noise,
+                }
+            )
     if not out:
         raise ValueError("no method and evaluation step in common between the two sets of runs")
     return pd.DataFrame(out)
@@ -82,8 +91,10 @@ def compare_sampling(run_dirs: list[str], device: str = "cpu") -> pd.DataFrame:
             key = "fd_fashion" if "fd_fashion" in scored else "fid_inception"
             row[f"fd_{prec}"] = scored[key]
         row["diff"] = row["fd_bf16"] - row["fd_fp32"]
-        print(f"{row['run']}: FD fp32 {row['fd_fp32']:.3f}, bf16 {row['fd_bf16']:.3f} (sampling "
-              f"{row['sample_s_fp32']:.1f} s vs {row['sample_s_bf16']:.1f} s)")  # fmt: skip
+        print(
+            f"{row['run']}: FD fp32 {row['fd_fp32']:.3f}, bf16 {row['fd_bf16']:.3f} (sampling "
+            f"{row['sample_s_fp32']:.1f} s vs {row['sample_s_bf16']:.1f} s)"
+        )
         out.append(row)
     return pd.DataFrame(out)
 
@@ -92,8 +103,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--fp32", required=True, help="fp32-trained runs: a sweep or a CSV of rows")
     ap.add_argument("--bf16", required=True, help="the bf16-trained sweep of the same config")
-    ap.add_argument("--resample", action="store_true",
-                    help="also sample each bf16 run's last weights in fp32 and bf16")  # fmt: skip
+    ap.add_argument(
+        "--resample",
+        action="store_true",
+        help="also sample each bf16 run's last weights in fp32 and bf16",
+    )
     ap.add_argument("--out", default=None, help="folder for the CSVs (default: <bf16>/analysis)")
     args = ap.parse_args(argv)
     out_dir = args.out or os.path.join(args.bf16, "analysis")
@@ -123,16 +137,20 @@ def main(argv=None):
     print(f"\ntraining: |bf16 − fp32| below the seed std at {n_ok} of {len(train)} points")
     atomic_write_text(os.path.join(out_dir, "precision_training.csv"), train.to_csv(index=False))
     if args.resample:
-        runs = sorted(r for r in glob.glob(os.path.join(args.bf16, "*_seed*"))
-                      if os.path.isfile(os.path.join(r, "checkpoints", "last.pt")))  # fmt: skip
+        runs = sorted(
+            r
+            for r in glob.glob(os.path.join(args.bf16, "*_seed*"))
+            if os.path.isfile(os.path.join(r, "checkpoints", "last.pt"))
+        )
         samp = compare_sampling(runs)
         for method, grp in samp.groupby("method"):
-            print(f"sampling {method}: mean bf16 − fp32 {grp['diff'].mean():+.3f} (per run "
-                  f"{', '.join(f'{d:+.2f}' for d in grp['diff'])}); seed std of fp32-sampled "
-                  f"FD {grp['fd_fp32'].std():.3f}; time bf16/fp32 "
-                  f"{grp['sample_s_bf16'].sum() / grp['sample_s_fp32'].sum():.2f}")  # fmt: skip
-        atomic_write_text(os.path.join(out_dir, "precision_sampling.csv"),
-                          samp.to_csv(index=False))  # fmt: skip
+            print(
+                f"sampling {method}: mean bf16 − fp32 {grp['diff'].mean():+.3f} (per run "
+                f"{', '.join(f'{d:+.2f}' for d in grp['diff'])}); seed std of fp32-sampled "
+                f"FD {grp['fd_fp32'].std():.3f}; time bf16/fp32 "
+                f"{grp['sample_s_bf16'].sum() / grp['sample_s_fp32'].sum():.2f}"
+            )
+        atomic_write_text(os.path.join(out_dir, "precision_sampling.csv"), samp.to_csv(index=False))
     return train
 
 

@@ -38,9 +38,38 @@ import pandas as pd
 from analysis.sweeps import add_sweep_arguments, open_sweeps, save_figure
 
 # two-sided 97.5% quantiles of Student's t, df = 1..30 (beyond: the normal 1.96)
-T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-        2.060, 2.056, 2.052, 2.048, 2.045, 2.042]  # fmt: skip
+T975 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 def t975(df: int) -> float:
@@ -100,8 +129,15 @@ def interpolated(points: pd.DataFrame, metric: str, x: str = "step") -> pd.DataF
         xs, ys = np.log(g[x].to_numpy(float)), g[metric].to_numpy(float)
         for k, s in enumerate(grid):
             if xs[0] <= math.log(s) <= xs[-1]:
-                rows.append({"method": method, "seed": seed, "k": k, x: s,
-                             metric: float(np.interp(math.log(s), xs, ys))})  # fmt: skip
+                rows.append(
+                    {
+                        "method": method,
+                        "seed": seed,
+                        "k": k,
+                        x: s,
+                        metric: float(np.interp(math.log(s), xs, ys)),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -117,8 +153,10 @@ def check_budgets(runs: pd.DataFrame) -> None:
         return
     key = runs[cols].astype("string").fillna("none").agg(" / ".join, axis=1)
     if key.nunique() > 1:
-        lines = "\n  ".join(f"{' / '.join(cols)} = {k}: {', '.join(sorted(g['run']))}"
-                            for k, g in runs.assign(_b=key).groupby("_b"))  # fmt: skip
+        lines = "\n  ".join(
+            f"{' / '.join(cols)} = {k}: {', '.join(sorted(g['run']))}"
+            for k, g in runs.assign(_b=key).groupby("_b")
+        )
         raise SystemExit(
             f"error: these runs trained on different budgets, so their evaluations at equal "
             f"fractions of the budget are at different compute:\n  {lines}\nCompare them "
@@ -129,8 +167,10 @@ def check_budgets(runs: pd.DataFrame) -> None:
 def summarise(points: pd.DataFrame, metric: str, x: str) -> pd.DataFrame:
     g = points.groupby(["method", "k"])
     out = g.agg(x=(x, "mean"), mean=(metric, "mean"), std=(metric, "std"), n=(metric, "size"))
-    out["ci95"] = [t975(n - 1) * s / math.sqrt(n) if n > 1 else np.nan
-                   for n, s in zip(out["n"], out["std"], strict=True)]  # fmt: skip
+    out["ci95"] = [
+        t975(n - 1) * s / math.sqrt(n) if n > 1 else np.nan
+        for n, s in zip(out["n"], out["std"], strict=True)
+    ]
     return out.reset_index()
 
 
@@ -147,8 +187,14 @@ def crossings(summary: pd.DataFrame) -> list[dict]:
                 f = d[k0] / (d[k0] - d[k1])  # linear in log x
                 at = math.exp(math.log(xs[k0]) + f * (math.log(xs[k1]) - math.log(xs[k0])))
                 better = a if d[k1] < 0 else b
-                out.append({"pair": f"{a} / {b}", "between_k": f"{k0}-{k1}", "at": at,
-                            "ahead_after": better})  # fmt: skip
+                out.append(
+                    {
+                        "pair": f"{a} / {b}",
+                        "between_k": f"{k0}-{k1}",
+                        "at": at,
+                        "ahead_after": better,
+                    }
+                )
     return out
 
 
@@ -174,8 +220,15 @@ def draw(ax, summary, cross, xlabel, metric, title, reference=None):
         if reference and reference not in c["pair"].split(" / "):
             continue
         ax.axvline(c["at"], color="0.3", ls=":", lw=1)
-        ax.annotate(c["pair"], (c["at"], ax.get_ylim()[1]), rotation=90, fontsize=7,
-                    va="top", ha="right", color="0.3")  # fmt: skip
+        ax.annotate(
+            c["pair"],
+            (c["at"], ax.get_ylim()[1]),
+            rotation=90,
+            fontsize=7,
+            va="top",
+            ha="right",
+            color="0.3",
+        )
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
@@ -188,10 +241,16 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_sweep_arguments(ap)
     ap.add_argument("--metric", default=None)
-    ap.add_argument("--reference", default="purr",
-                    help="mark only crossings with this method ('all': every pair)")  # fmt: skip
-    ap.add_argument("--by-flops", action="store_true",
-                    help="compare unequal budgets at equal FLOPs (interpolated)")  # fmt: skip
+    ap.add_argument(
+        "--reference",
+        default="purr",
+        help="mark only crossings with this method ('all': every pair)",
+    )
+    ap.add_argument(
+        "--by-flops",
+        action="store_true",
+        help="compare unequal budgets at equal FLOPs (interpolated)",
+    )
     args = ap.parse_args(argv)
     sweeps = open_sweeps(args, args.metric, need_rows=False)
     metrics, runs, out_dir = sweeps.metrics, sweeps.runs, sweeps.out_dir
@@ -209,8 +268,10 @@ def main(argv=None) -> dict:
     iter_pts = iteration_matched(flop_pts, metric)
     if args.by_flops:
         flop_pts = interpolated(flop_pts, metric, "train_flops")
-    views = {"FLOP-matched": (flop_pts, "train_flops", "training FLOPs"),
-             "iteration-matched": (iter_pts, "step", "training steps (interpolated)")}  # fmt: skip
+    views = {
+        "FLOP-matched": (flop_pts, "train_flops", "training FLOPs"),
+        "iteration-matched": (iter_pts, "step", "training steps (interpolated)"),
+    }
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
     tables, all_cross, result = [], [], {}
     for ax, (view, (pts, x, xlabel)) in zip(axes, views.items(), strict=True):
@@ -225,8 +286,10 @@ def main(argv=None) -> dict:
         draw(ax, summ, cross, xlabel, metric, f"{view}: mean over seeds, 95% CI{marked}", ref)
         tables.append(summ.assign(view=view))
         all_cross += [dict(c, view=view) for c in cross]
-        ranks = [(k, float(summ.loc[summ["k"] == k, "x"].mean()), ranking(pts, metric, k))
-                 for k in sorted(summ["k"].unique())]  # fmt: skip
+        ranks = [
+            (k, float(summ.loc[summ["k"] == k, "x"].mean()), ranking(pts, metric, k))
+            for k in sorted(summ["k"].unique())
+        ]
         result[view] = {"ranking": ranks, "crossings": cross}
         print(f"\n{view} ranking by mean {metric} (≈: Welch p ≥ 0.05 between neighbours)")
         fraction = view == "FLOP-matched" and not args.by_flops

@@ -35,16 +35,29 @@ def check_run(run_dir: str, solvers: list[str], out_dir: str, device="cpu") -> l
         images, _, out = ev.sample_images(model)
         m = ev.score(images)
         kind = cfg.eval.extractor
-        rows.append({"run": os.path.basename(os.path.normpath(run_dir)), "seed": cfg.seed,
-                     "method": method_label(cfg), "solver": solver, "steps": cfg.eval.steps,
-                     "nfe": out.nfe, "fd": m.get("fd_fashion", m.get("fid_inception")),
-                     "kid": m.get(f"kid_{kind}"), "precision": m.get(f"precision_{kind}"),
-                     "recall": m.get(f"recall_{kind}"), "extractor": kind, **ev.identity,
-                     "train_precision": trained_in(run_dir),
-                     "eval_precision": ev.precision})  # fmt: skip
+        rows.append(
+            {
+                "run": os.path.basename(os.path.normpath(run_dir)),
+                "seed": cfg.seed,
+                "method": method_label(cfg),
+                "solver": solver,
+                "steps": cfg.eval.steps,
+                "nfe": out.nfe,
+                "fd": m.get("fd_fashion", m.get("fid_inception")),
+                "kid": m.get(f"kid_{kind}"),
+                "precision": m.get(f"precision_{kind}"),
+                "recall": m.get(f"recall_{kind}"),
+                "extractor": kind,
+                **ev.identity,
+                "train_precision": trained_in(run_dir),
+                "eval_precision": ev.precision,
+            }
+        )
         r = rows[-1]
-        print(f"{r['run']} {solver}: FD {r['fd']:.3f}, precision {r['precision']:.3f}, "
-              f"recall {r['recall']:.3f}")  # fmt: skip
+        print(
+            f"{r['run']} {solver}: FD {r['fd']:.3f}, precision {r['precision']:.3f}, "
+            f"recall {r['recall']:.3f}"
+        )
     return rows
 
 

@@ -50,8 +50,12 @@ def current_rows(rows: list[dict], measured: dict) -> list[dict]:
     sha256, sample count), as ``sweep_run`` found them): each run's current checkpoint (a
     retrained run's old rows stay in the file, unused) at this sweep's sample count (a rerun
     with more samples replaces the points, it is not averaged with them)."""
-    return [r for r in rows if r["path"] in measured
-            and (r["checkpoint_sha256"], int(r["num_samples"])) == measured[r["path"]]]  # fmt: skip
+    return [
+        r
+        for r in rows
+        if r["path"] in measured
+        and (r["checkpoint_sha256"], int(r["num_samples"])) == measured[r["path"]]
+    ]
 
 
 def check_one_measurement(df: pd.DataFrame) -> None:
@@ -86,9 +90,15 @@ def save_rows(csv_path: str, rows: list[dict]) -> None:
     atomic_write_text(csv_path, pd.DataFrame(rows).to_csv(index=False))
 
 
-def sweep_run(run_dir: str, points_for, csv_path: str, rows: list[dict],
-              device: str = "cpu", num_samples: int | None = None,
-              measured: dict | None = None) -> list[dict]:  # fmt: skip
+def sweep_run(
+    run_dir: str,
+    points_for,
+    csv_path: str,
+    rows: list[dict],
+    device: str = "cpu",
+    num_samples: int | None = None,
+    measured: dict | None = None,
+) -> list[dict]:
     """Sample ``run_dir`` at every point of ``points_for(cfg, tokenizer)`` (dicts of SETTING
     keys; missing keys keep the run's protocol), appending a row per point to ``rows`` and
     rewriting ``csv_path`` after each. Rows already in ``rows`` for this run folder and
@@ -122,8 +132,9 @@ def sweep_run(run_dir: str, points_for, csv_path: str, rows: list[dict],
         if setting["solver"] in method.solvers:
             method.check_sampling(setting["solver"], setting["steps"], tok.grid)
         elif not adaptive:
-            raise SystemExit(f"error: {run_dir}: {cfg.method.name} has no solver "
-                             f"{setting['solver']!r}")  # fmt: skip
+            raise SystemExit(
+                f"error: {run_dir}: {cfg.method.name} has no solver {setting['solver']!r}"
+            )
         cfg.eval.solver, cfg.eval.steps = setting["solver"], setting["steps"]
         cfg.eval.num_samples = setting["num_samples"]
         if ev is None:
@@ -134,36 +145,48 @@ def sweep_run(run_dir: str, points_for, csv_path: str, rows: list[dict],
         else:
             setting["tolerance"] = None
         t0 = time.time()
-        images, _, _ = ev.sample_images(model, temperature=setting["temperature"],
-                                        cfg_scale=setting["cfg_scale"], **kw)  # fmt: skip
+        images, _, _ = ev.sample_images(
+            model, temperature=setting["temperature"], cfg_scale=setting["cfg_scale"], **kw
+        )
         sample_s = time.time() - t0
         m = ev.score(images)
         kind = cfg.eval.extractor
         n = sum(b for b, _, _ in ev.batch_nfe)
         row = {
-            "run": os.path.join(*os.path.normpath(run_dir).split(os.sep)[-2:]), "path": path,
-            "method": method_label(cfg, sampler=False), "seed": cfg.seed,
-            "train_identity": training_identity(ck["config"]), "checkpoint_sha256": ck_sha,
+            "run": os.path.join(*os.path.normpath(run_dir).split(os.sep)[-2:]),
+            "path": path,
+            "method": method_label(cfg, sampler=False),
+            "seed": cfg.seed,
+            "train_identity": training_identity(ck["config"]),
+            "checkpoint_sha256": ck_sha,
             "step": ck["progress"]["step"],
-            "setting": setting_key(full), **{k: setting.get(k) for k in SETTING},
+            "setting": setting_key(full),
+            **{k: setting.get(k) for k in SETTING},
             # model calls per image batch, averaged over images (an adaptive solver's differ)
             "nfe": sum(b * f for b, f, _ in ev.batch_nfe) / n,
             "nfe_rows": sum(b * r for b, _, r in ev.batch_nfe) / n,
             "nfe_min": min(f for _, f, _ in ev.batch_nfe),
             "nfe_max": max(f for _, f, _ in ev.batch_nfe),
-            "batch_size": cfg.eval.batch_size, "sample_s": round(sample_s, 2),
-            "fd": m.get("fd_fashion", m.get("fid_inception")), "kid": m.get(f"kid_{kind}"),
-            "precision": m.get(f"precision_{kind}"), "recall": m.get(f"recall_{kind}"),
-            "extractor": kind, **ev.identity, "train_precision": trained_in(run_dir),
+            "batch_size": cfg.eval.batch_size,
+            "sample_s": round(sample_s, 2),
+            "fd": m.get("fd_fashion", m.get("fid_inception")),
+            "kid": m.get(f"kid_{kind}"),
+            "precision": m.get(f"precision_{kind}"),
+            "recall": m.get(f"recall_{kind}"),
+            "extractor": kind,
+            **ev.identity,
+            "train_precision": trained_in(run_dir),
             "eval_precision": ev.precision,
-        }  # fmt: skip
+        }
         rows.append(row)
         save_rows(csv_path, rows)
         budget = f"tol {setting['tolerance']:g}" if adaptive else f"steps {setting['steps']}"
-        print(f"{row['run']} {row['method']} {setting['solver']} {budget} "
-              f"cfg {setting['cfg_scale']:g}: NFE {row['nfe']:.1f}, FD {row['fd']:.3f}, "
-              f"precision {row['precision']:.3f}, recall {row['recall']:.3f} "
-              f"({sample_s:.0f} s)")  # fmt: skip
+        print(
+            f"{row['run']} {row['method']} {setting['solver']} {budget} "
+            f"cfg {setting['cfg_scale']:g}: NFE {row['nfe']:.1f}, FD {row['fd']:.3f}, "
+            f"precision {row['precision']:.3f}, recall {row['recall']:.3f} "
+            f"({sample_s:.0f} s)"
+        )
     return rows
 
 

@@ -18,8 +18,13 @@ import pandas as pd
 SWEEPS_ROOT = "outputs/sweeps"
 # hex digests in CSVs: read as text, or pandas parses one like "8e12…" (or all digits) as a
 # number, and rows of one identity stop comparing equal (a flake: digests vary with paths)
-DIGEST_COLUMNS = ("train_identity", "checkpoint_sha256", "tokenizer_sha256",
-                  "metric_net_sha256", "reference_sha256")  # fmt: skip
+DIGEST_COLUMNS = (
+    "train_identity",
+    "checkpoint_sha256",
+    "tokenizer_sha256",
+    "metric_net_sha256",
+    "reference_sha256",
+)
 
 
 def read_table(path: str) -> pd.DataFrame:
@@ -97,17 +102,25 @@ def load_sweep(sweep_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
                 frames.append(df)
                 n_rows = len(df)
         identity, config = recorded_training(run_dir, summary)
-        runs.append({
-            "run": run_name(run_dir, len(dirs)), "path": run_dir, "method": summary.get("method"),
-            "train_identity": identity, "train_config": config,
-            "seed": summary.get("seed"), "status": summary.get("status", "unknown"),
-            "evaluations": n_rows, "total_steps": summary.get("total_steps"),
-            "train_flops_per_step": summary.get("train_flops_per_step"),
-            "params": summary.get("params"), "error": summary.get("error"),
-            "backbone": summary.get("backbone"),
-            "budget_train_flops": summary.get("budget_train_flops"),
-            "budget_images": summary.get("budget_images"),
-        })  # fmt: skip
+        runs.append(
+            {
+                "run": run_name(run_dir, len(dirs)),
+                "path": run_dir,
+                "method": summary.get("method"),
+                "train_identity": identity,
+                "train_config": config,
+                "seed": summary.get("seed"),
+                "status": summary.get("status", "unknown"),
+                "evaluations": n_rows,
+                "total_steps": summary.get("total_steps"),
+                "train_flops_per_step": summary.get("train_flops_per_step"),
+                "params": summary.get("params"),
+                "error": summary.get("error"),
+                "backbone": summary.get("backbone"),
+                "budget_train_flops": summary.get("budget_train_flops"),
+                "budget_images": summary.get("budget_images"),
+            }
+        )
     if not runs:
         raise FileNotFoundError(f"{', '.join(dirs)} hold no run directories with summary.json")
     metrics = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -155,8 +168,13 @@ def check_distinct(runs: pd.DataFrame) -> None:
 
 
 # a row's evaluation setting: the rows of one label that differ here are separate series
-EVAL_SETTING = {"solver": "solver", "sample_steps": "steps", "temperature": "τ",
-                "cfg_scale": "cfg", "num_samples": "n"}  # fmt: skip
+EVAL_SETTING = {
+    "solver": "solver",
+    "sample_steps": "steps",
+    "temperature": "τ",
+    "cfg_scale": "cfg",
+    "num_samples": "n",
+}
 
 
 def _value(v) -> str:
@@ -205,8 +223,9 @@ def name_series(metrics: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     many = m.groupby(["method", "seed"])["run"].unique()
     many = many[many.map(len) > 1]
     if len(many):
-        lines = "\n  ".join(f"{k[0]} seed {k[1]}: {', '.join(sorted(map(str, v)))}"
-                            for k, v in many.items())  # fmt: skip
+        lines = "\n  ".join(
+            f"{k[0]} seed {k[1]}: {', '.join(sorted(map(str, v)))}" for k, v in many.items()
+        )
         raise NotComparableError(
             f"these runs train the same config with the same seed and were evaluated the same "
             f"way, so they would be averaged as one:\n  {lines}\nPass each run once."
@@ -221,8 +240,14 @@ def run_name(run_dir: str, num_sweeps: int) -> str:
 
 # what produced a results row; rows that differ in any of these are not comparable (bf16 and
 # fp32 runs are two experiments: compare them explicitly, never average them as one)
-IDENTITY = ("tokenizer_sha256", "metric_net_sha256", "reference_sha256", "extractor",
-            "train_precision", "eval_precision")  # fmt: skip
+IDENTITY = (
+    "tokenizer_sha256",
+    "metric_net_sha256",
+    "reference_sha256",
+    "extractor",
+    "train_precision",
+    "eval_precision",
+)
 
 
 def recorded_train_precision(summary: dict) -> str:
@@ -256,8 +281,11 @@ def check_comparable(metrics: pd.DataFrame, what: str = "runs") -> None:
         return
     absent = [c for c in IDENTITY if c not in metrics]
     if absent:  # rows from before a column existed: say what the check could not see
-        print(f"note: the {what} do not record {', '.join(absent)}; they are compared "
-              f"without {'it' if len(absent) == 1 else 'them'}", file=sys.stderr)  # fmt: skip
+        print(
+            f"note: the {what} do not record {', '.join(absent)}; they are compared "
+            f"without {'it' if len(absent) == 1 else 'them'}",
+            file=sys.stderr,
+        )
     if not cols:
         return
     ident = metrics[cols].astype("string").fillna("unrecorded").agg(" ".join, axis=1)
@@ -312,21 +340,28 @@ def check_runs(run_dirs: list[str], allow_unfinished: bool = False) -> list[str]
     problems, seen, measured = [], {}, {}
     for run in run_dirs:
         summary = run_summary(run)
-        ident = {**summary.get("identity", {}), "train_precision": summary.get("train_precision"),
-                 "eval_precision": summary.get("eval_precision")}  # fmt: skip
+        ident = {
+            **summary.get("identity", {}),
+            "train_precision": summary.get("train_precision"),
+            "eval_precision": summary.get("eval_precision"),
+        }
         measured.setdefault(json.dumps(ident, sort_keys=True), []).append(run)
         status = summary.get("status", "unknown")
         if not os.path.isfile(os.path.join(run, "checkpoints", "last.pt")):
             problems.append(f"{run}: no checkpoints/last.pt (status {status})")
             continue
         if status != "finished" and not allow_unfinished:
-            problems.append(f"{run}: status {status}, not finished (--allow-unfinished to "
-                            "sample its last checkpoint anyway)")  # fmt: skip
+            problems.append(
+                f"{run}: status {status}, not finished (--allow-unfinished to "
+                "sample its last checkpoint anyway)"
+            )
             continue
         key = (recorded_training(run, summary)[0], summary.get("seed"))
         if key in seen:
-            problems.append(f"{run} and {seen[key]} train the same config with seed {key[1]}: "
-                            "pass each run once")  # fmt: skip
+            problems.append(
+                f"{run} and {seen[key]} train the same config with seed {key[1]}: "
+                "pass each run once"
+            )
         seen.setdefault(key, run)
     if len(measured) > 1:
         problems += [f"measured with {k}: {', '.join(v)}" for k, v in measured.items()]

@@ -73,16 +73,28 @@ def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu", stem=None)
         images, labels, out = ev.sample_images(model, temperature=tau)
         m = ev.score(images)
         kind = cfg.eval.extractor
-        rows.append({"run": os.path.basename(run_dir), "method": method_label(cfg),
-                     "seed": cfg.seed, "temperature": tau, "nfe": out.nfe,
-                     "num_samples": cfg.eval.num_samples,
-                     "fd": m.get("fd_fashion", m.get("fid_inception")),
-                     "kid": m.get(f"kid_{kind}"), "precision": m.get(f"precision_{kind}"),
-                     "recall": m.get(f"recall_{kind}"), "extractor": kind,
-                     **ev.identity, "train_precision": trained_in(run_dir),
-                     "eval_precision": ev.precision})  # fmt: skip
-        print(f"{method_label(cfg)} τ={tau:g}: FD {rows[-1]['fd']:.3f}, precision "
-              f"{rows[-1]['precision']:.3f}, recall {rows[-1]['recall']:.3f}")  # fmt: skip
+        rows.append(
+            {
+                "run": os.path.basename(run_dir),
+                "method": method_label(cfg),
+                "seed": cfg.seed,
+                "temperature": tau,
+                "nfe": out.nfe,
+                "num_samples": cfg.eval.num_samples,
+                "fd": m.get("fd_fashion", m.get("fid_inception")),
+                "kid": m.get(f"kid_{kind}"),
+                "precision": m.get(f"precision_{kind}"),
+                "recall": m.get(f"recall_{kind}"),
+                "extractor": kind,
+                **ev.identity,
+                "train_precision": trained_in(run_dir),
+                "eval_precision": ev.precision,
+            }
+        )
+        print(
+            f"{method_label(cfg)} τ={tau:g}: FD {rows[-1]['fd']:.3f}, precision "
+            f"{rows[-1]['precision']:.3f}, recall {rows[-1]['recall']:.3f}"
+        )
         # a row per τ: one image for each of at most 16 classes (evenly spaced), same noise
         idx, shown, _ = pick_by_class(labels, max_classes=16, per_class=1)
         grid.append(images[idx])
@@ -100,8 +112,13 @@ def plot(df: pd.DataFrame, out_dir: str) -> list[str]:
         a.plot(grp["temperature"], grp["fd"], marker="o", label=method)
         b.plot(grp["recall"], grp["precision"], marker="o", label=method)
         for _, r in grp.iterrows():
-            b.annotate(f"τ={r['temperature']:g}", (r["recall"], r["precision"]), fontsize=7,
-                       xytext=(3, 3), textcoords="offset points")  # fmt: skip
+            b.annotate(
+                f"τ={r['temperature']:g}",
+                (r["recall"], r["precision"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     extractor = df["extractor"].iloc[0]
     a.set_xlabel("temperature τ")
     a.set_ylabel("FD (in-domain) ↓" if extractor == "fashion" else "FID (Inception) ↓")
@@ -112,8 +129,10 @@ def plot(df: pd.DataFrame, out_dir: str) -> list[str]:
         ax.legend()
     n = sorted(set(df["num_samples"])) if "num_samples" in df else []
     n_text = f", {'/'.join(map(str, n))} samples per τ" if n else ""
-    fig.suptitle("Posterior temperature: fidelity vs diversity (same noise and labels per τ"
-                 f"{n_text})", fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"Posterior temperature: fidelity vs diversity (same noise and labels per τ{n_text})",
+        fontsize=10,
+    )
     fig.tight_layout()
     return save_figure(fig, out_dir, "temperature_sweep")
 
@@ -140,8 +159,7 @@ def main(argv=None) -> None:
     out_dir = args.out or os.path.join(os.path.dirname(os.path.abspath(runs[0])), "analysis")
     os.makedirs(out_dir, exist_ok=True)
     taus = [float(t) for t in args.taus.split(",")]
-    df = pd.concat([sweep_run(r, taus, out_dir, args.num_samples, device, stems[r])
-                    for r in runs])  # fmt: skip
+    df = pd.concat([sweep_run(r, taus, out_dir, args.num_samples, device, stems[r]) for r in runs])
     check_comparable(df, "runs of the temperature sweep")
     df.to_csv(os.path.join(out_dir, "temperature_sweep.csv"), index=False)
     print("wrote " + ", ".join(plot(df, out_dir)))

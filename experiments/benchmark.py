@@ -106,13 +106,26 @@ def build(preset, name, codebook, grid, num_classes, device, compiled, fused, he
     return method, model, net, opt, ema
 
 
-def random_batch_step(method, model, net, opt, ema, batch, k, grid, num_classes, device,
-                      use_bf16, gen):  # fmt: skip
+def random_batch_step(
+    method, model, net, opt, ema, batch, k, grid, num_classes, device, use_bf16, gen
+):
     """The trainer's own step (``experiments/train_loop.train_step``) on random codes/labels."""
     c = torch.randint(0, k, (batch, *grid), device=device, generator=gen)
     y = torch.randint(0, num_classes, (batch,), device=device, generator=gen)
-    train_step(method, model, net, opt, ema, c, y, gen, lr=1e-4, grad_clip=1.0,
-               ema_decay=0.9999, use_bf16=use_bf16)  # fmt: skip
+    train_step(
+        method,
+        model,
+        net,
+        opt,
+        ema,
+        c,
+        y,
+        gen,
+        lr=1e-4,
+        grad_clip=1.0,
+        ema_decay=0.9999,
+        use_bf16=use_bf16,
+    )
 
 
 VARIANTS = {"eager": (False, True), "unfused": (False, False), "compiled": (True, True)}
@@ -141,8 +154,11 @@ def head_of(name: str, heads: list[str]) -> list[str]:
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--presets", default="DiT-Mini/1,DiT-S/2,DiT-B/2")
-    ap.add_argument("--sample-presets", default="DiT-Mini/1,DiT-S/2",
-                    help="presets whose sampling is timed ('all' = every preset)")  # fmt: skip
+    ap.add_argument(
+        "--sample-presets",
+        default="DiT-Mini/1,DiT-S/2",
+        help="presets whose sampling is timed ('all' = every preset)",
+    )
     ap.add_argument("--methods", default="cfm,purr,dfm")
     ap.add_argument("--grid", type=int, default=8)
     ap.add_argument("--codes", type=int, default=256)
@@ -153,12 +169,20 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--nfe", default="8,32,100")
     ap.add_argument("--sample-batch", type=int, default=64)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd training")
-    ap.add_argument("--unfused", action="store_true",
-                    help="also time training with torch's default (unfused) AdamW")  # fmt: skip
-    ap.add_argument("--gemm-size", type=int, default=None,
-                    help="n of the n³ peak matmul (2048 on CPU, 8192 on CUDA)")  # fmt: skip
-    ap.add_argument("--heads", default="chunked",
-                    help="categorical head paths to time: chunked, full or both")  # fmt: skip
+    ap.add_argument(
+        "--unfused",
+        action="store_true",
+        help="also time training with torch's default (unfused) AdamW",
+    )
+    ap.add_argument(
+        "--gemm-size",
+        type=int,
+        default=None,
+        help="n of the n³ peak matmul (2048 on CPU, 8192 on CUDA)",
+    )
+    ap.add_argument(
+        "--heads", default="chunked", help="categorical head paths to time: chunked, full or both"
+    )
     ap.add_argument(
         "--precisions",
         default="auto",
@@ -201,12 +225,21 @@ def main(argv=None) -> list[dict]:
                 for hd in head_of(n, heads):
                     head = "chunked" if hd == "-" else hd
                     for p in precs:
-                        built[v, n, hd, p] = build(preset, n, codebook, grid, num_classes,
-                                                   device, compiled, fused, head)  # fmt: skip
+                        built[v, n, hd, p] = build(
+                            preset, n, codebook, grid, num_classes, device, compiled, fused, head
+                        )
 
         def step(key, built=built):
-            random_batch_step(*built[key], args.batch, args.codes, grid, num_classes, device,
-                              key[3] == "bf16", gen)  # fmt: skip
+            random_batch_step(
+                *built[key],
+                args.batch,
+                args.codes,
+                grid,
+                num_classes,
+                device,
+                key[3] == "bf16",
+                gen,
+            )
 
         t0 = time.perf_counter()
         for key in built:  # warm-up (and compilation)
@@ -250,19 +283,27 @@ def main(argv=None) -> list[dict]:
             t = statistics.median(ts)
             results.append(
                 {
-                    "kind": "train", "preset": preset, "method": n, "variant": v,
-                    "precision": p, "head": hd, "compiled": VARIANTS[v][0],
+                    "kind": "train",
+                    "preset": preset,
+                    "method": n,
+                    "variant": v,
+                    "precision": p,
+                    "head": hd,
+                    "compiled": VARIANTS[v][0],
                     "fused_adamw": VARIANTS[v][1],
-                    "batch": args.batch, "params": model.num_params(),
+                    "batch": args.batch,
+                    "params": model.num_params(),
                     "peak_mem_gib": max(peak_mem[key]) if peak_mem[key] else None,
                     "largest_tensor_mib": largest[key] / 2**20 if key in largest else None,
-                    "gflop_per_step": flops / 1e9, "step_s": t, "images_per_s": args.batch / t,
+                    "gflop_per_step": flops / 1e9,
+                    "step_s": t,
+                    "images_per_s": args.batch / t,
                     "gflop_per_s": flops / t / 1e9,
                     "utilisation": statistics.median(
                         flops / tr / pk for tr, pk in zip(ts, block_peaks[key], strict=True)
                     ),
                 }
-            )  # fmt: skip
+            )
         if not (args.sample_presets == "all" or preset in args.sample_presets.split(",")):
             continue
         sample_variants = [v for v in variants if v != "unfused"]  # AdamW plays no part
@@ -271,8 +312,13 @@ def main(argv=None) -> list[dict]:
             for p in precs:
                 rate_peak[p] = gemm_peak(device, dtypes[p], n_gemm, warmup=False)
                 peaks[p].append(rate_peak[p])
-            for v, n, hd, p in [(v, m, hd, p) for v in sample_variants for m in names
-                                for hd in head_of(m, heads) for p in precs]:  # fmt: skip
+            for v, n, hd, p in [
+                (v, m, hd, p)
+                for v in sample_variants
+                for m in names
+                for hd in head_of(m, heads)
+                for p in precs
+            ]:
                 method, model, net = built[v, n, hd, p][:3]
                 model.eval()
                 timed = TimedModel(net, device)
@@ -290,14 +336,22 @@ def main(argv=None) -> list[dict]:
                 rate = model.flops(args.sample_batch) * out.nfe / total
                 results.append(
                     {
-                        "kind": "sample", "preset": preset, "method": n, "variant": v,
-                        "precision": p, "head": hd, "compiled": VARIANTS[v][0],
-                        "batch": args.sample_batch, "nfe": out.nfe,
-                        "sample_s": total, "images_per_s": args.sample_batch / total,
-                        "in_model_fraction": timed.seconds / total, "gflop_per_s": rate / 1e9,
+                        "kind": "sample",
+                        "preset": preset,
+                        "method": n,
+                        "variant": v,
+                        "precision": p,
+                        "head": hd,
+                        "compiled": VARIANTS[v][0],
+                        "batch": args.sample_batch,
+                        "nfe": out.nfe,
+                        "sample_s": total,
+                        "images_per_s": args.sample_batch / total,
+                        "in_model_fraction": timed.seconds / total,
+                        "gflop_per_s": rate / 1e9,
                         "utilisation": rate / rate_peak[p],
                     }
-                )  # fmt: skip
+                )
     for r in results:
         peak = max(peaks[r["precision"]])
         r["gemm_peak_gflop_per_s"] = peak / 1e9
@@ -362,16 +416,22 @@ def speedups(results) -> None:
     for r in results:
         if r["variant"] == "eager" and r["precision"] == "fp32":
             ref[r["kind"], r["preset"], r["method"], r["head"], r.get("nfe")] = r["images_per_s"]
-    rows = [r for r in results if (r["kind"], r["preset"], r["method"], r["head"], r.get("nfe"))
-            in ref and not (r["variant"] == "eager" and r["precision"] == "fp32")]  # fmt: skip
+    rows = [
+        r
+        for r in results
+        if (r["kind"], r["preset"], r["method"], r["head"], r.get("nfe")) in ref
+        and not (r["variant"] == "eager" and r["precision"] == "fp32")
+    ]
     if not rows:
         return
     print("\nspeed-up vs eager fp32 (images/s ratio, measured side by side)")
     for r in rows:
         base = ref[r["kind"], r["preset"], r["method"], r["head"], r.get("nfe")]
         nfe = f" NFE {r['nfe']}" if r["kind"] == "sample" else ""
-        print(f"{r['kind']:6s} {r['preset']:12s} {r['method']:6s} {r['head']:7s} {r['variant']:8s} "
-              f"{r['precision']:4s}{nfe}: {r['images_per_s'] / base:.2f}×")  # fmt: skip
+        print(
+            f"{r['kind']:6s} {r['preset']:12s} {r['method']:6s} {r['head']:7s} {r['variant']:8s} "
+            f"{r['precision']:4s}{nfe}: {r['images_per_s'] / base:.2f}×"
+        )
 
 
 def write(results, path) -> None:

@@ -40,10 +40,13 @@ from shared.tokenizers.fashion import (
 
 # what each artifact ships (paths relative to its folder); identities cover the weights only
 FILES = {
-    artifacts.TOKENIZER: ["model/config.json", "model/diffusion_pytorch_model.safetensors",
-                          "tokenizer.json"],
+    artifacts.TOKENIZER: [
+        "model/config.json",
+        "model/diffusion_pytorch_model.safetensors",
+        "tokenizer.json",
+    ],
     artifacts.METRIC_NET: ["model.safetensors", "meta.json"],
-}  # fmt: skip
+}
 
 
 def tokenizer_numbers(tok, data_root=None) -> dict:
@@ -69,11 +72,15 @@ def describe(built: dict[str, str], data_root=None) -> dict:
     tok = FashionVQ.load(built[artifacts.TOKENIZER])
     net = load_classifier(built[artifacts.METRIC_NET])
     out = {
-        artifacts.TOKENIZER: {"digest": tok.weights_sha256,
-                              "recorded": tokenizer_numbers(tok, data_root)},
-        artifacts.METRIC_NET: {"digest": net.sha256,
-                               "recorded": {"test_accuracy": test_accuracy(net, data_root)}},
-    }  # fmt: skip
+        artifacts.TOKENIZER: {
+            "digest": tok.weights_sha256,
+            "recorded": tokenizer_numbers(tok, data_root),
+        },
+        artifacts.METRIC_NET: {
+            "digest": net.sha256,
+            "recorded": {"test_accuracy": test_accuracy(net, data_root)},
+        },
+    }
     print(f"(evaluated in {time.time() - t0:.1f} s)")
     return out
 
@@ -94,9 +101,13 @@ def install(built: dict[str, str], described: dict) -> None:
                 (dest / rel).write_text(json.dumps(meta, indent=2) + "\n")
             files[rel] = artifacts.sha256_file(dest / rel)
         size = sum(os.path.getsize(dest / rel) for rel in files)
-        entries[name] = {**described[name], "files": files, "bytes": size,
-                         "built_by": "python experiments/build_artifacts.py --install",
-                         "built_on": time.strftime("%Y-%m-%d")}  # fmt: skip
+        entries[name] = {
+            **described[name],
+            "files": files,
+            "bytes": size,
+            "built_by": "python experiments/build_artifacts.py --install",
+            "built_on": time.strftime("%Y-%m-%d"),
+        }
     atomic_write_text(artifacts.MANIFEST, json.dumps(entries, indent=2) + "\n")
     print(f"installed into {artifacts.ARTIFACTS_DIR}; commit shared/artifacts/")
 
@@ -114,8 +125,11 @@ def main(argv=None) -> dict:
             same = d["digest"] == artifacts.shipped_digest(name)
         except (artifacts.ArtifactError, KeyError):
             same = None
-        verdict = {True: "identical to the shipped one", False: "DIFFERS from the shipped one",
-                   None: "no shipped one yet"}[same]  # fmt: skip
+        verdict = {
+            True: "identical to the shipped one",
+            False: "DIFFERS from the shipped one",
+            None: "no shipped one yet",
+        }[same]
         print(f"{name}: {d['digest'][:12]} {verdict}; {json.dumps(d['recorded'])}")
     if args.install:
         install(built, described)

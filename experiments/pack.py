@@ -57,8 +57,11 @@ def parse(overrides: list[str]) -> list[list[str]]:
     axes = []
     for o in parsed:
         key = o.get_key_element()
-        values = (list(o.sweep_string_iterator()) if o.is_sweep_override()
-                  else [o.get_value_element_as_str()])  # fmt: skip
+        values = (
+            list(o.sweep_string_iterator())
+            if o.is_sweep_override()
+            else [o.get_value_element_as_str()]
+        )
         axes.append([f"{key}={v}" for v in values])
     return [list(combo) for combo in itertools.product(*axes)]
 
@@ -117,8 +120,11 @@ def plan(jobs, configs, sweep_dir: str) -> list[tuple[int, list[str], str]]:
     """(index, overrides, run folder) per job: the existing folder of a known override set,
     else a new one numbered after the highest existing number."""
     known = existing_runs(sweep_dir)
-    taken = [int(os.path.basename(d).split("_", 1)[0]) for d in known.values()
-             if os.path.basename(d).split("_", 1)[0].isdigit()]  # fmt: skip
+    taken = [
+        int(os.path.basename(d).split("_", 1)[0])
+        for d in known.values()
+        if os.path.basename(d).split("_", 1)[0].isdigit()
+    ]
     nxt = max(taken, default=-1) + 1
     out = []
     for job, cfg in zip(jobs, configs, strict=True):
@@ -218,8 +224,11 @@ def main(argv=None) -> int:
     threads = threads_per_job(args.parallel, gpus)
     print(f"pack: {len(jobs)} jobs, {args.parallel} at a time, in {args.sweep_dir}", flush=True)
     if threads is not None:
-        print(f"pack: {threads} CPU thread(s) per job (OMP_NUM_THREADS; cores ÷ --parallel; "
-              f"set OMP_NUM_THREADS to choose)", flush=True)  # fmt: skip
+        print(
+            f"pack: {threads} CPU thread(s) per job (OMP_NUM_THREADS; cores ÷ --parallel; "
+            f"set OMP_NUM_THREADS to choose)",
+            flush=True,
+        )
     forwarded = False
     while (pending and stop.signum is None) or running:
         while pending and stop.signum is None and len(running) < args.parallel:
@@ -229,21 +238,34 @@ def main(argv=None) -> int:
                 env["CUDA_VISIBLE_DEVICES"] = gpus[num % len(gpus)]
             if threads is not None:
                 env.update(dict.fromkeys(THREAD_VARS, str(threads)))
-            cmd = [sys.executable, os.path.join(REPO, "experiments", "run.py"), *job,
-                   f"hydra.run.dir={run_dir}"]  # fmt: skip
+            cmd = [
+                sys.executable,
+                os.path.join(REPO, "experiments", "run.py"),
+                *job,
+                f"hydra.run.dir={run_dir}",
+            ]
             log = open(run_dir + ".log", "ab")  # noqa: SIM115 (closed when the job ends)
             # its own process group: a Ctrl-C reaches the pack alone, which forwards it once
             # (the runner takes a second SIGINT as "stop now")
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-                                    preexec_fn=die_with_parent(os.getpid()),
-                                    process_group=0)  # fmt: skip
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=REPO,
+                preexec_fn=die_with_parent(os.getpid()),
+                process_group=0,
+            )
             log.close()
             running[num] = (proc, time.time(), run_dir)
             print(f"  started #{num} {os.path.basename(run_dir)}: {' '.join(job)}", flush=True)
         if stop.signum is not None and not forwarded:
             name = signal.Signals(stop.signum).name
-            print(f"pack: {name}: stopping {len(running)} running jobs (they checkpoint); "
-                  f"{len(pending)} not started", flush=True)  # fmt: skip
+            print(
+                f"pack: {name}: stopping {len(running)} running jobs (they checkpoint); "
+                f"{len(pending)} not started",
+                flush=True,
+            )
             for proc, _, _ in running.values():
                 proc.send_signal(stop.signum)
             forwarded = True
@@ -252,12 +274,16 @@ def main(argv=None) -> int:
             if proc.poll() is not None:
                 done[num] = (proc.returncode, time.time() - t0)
                 del running[num]
-                print(f"  ended #{num} {os.path.basename(run_dir)}: exit {proc.returncode}, "
-                      f"{status_of(run_dir)}, {done[num][1]:.0f} s", flush=True)  # fmt: skip
+                print(
+                    f"  ended #{num} {os.path.basename(run_dir)}: exit {proc.returncode}, "
+                    f"{status_of(run_dir)}, {done[num][1]:.0f} s",
+                    flush=True,
+                )
     failed = table(done, planned)
     if failed:
-        print(f"\n{failed} of {len(planned)} jobs did not finish: see <run dir>.log",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"\n{failed} of {len(planned)} jobs did not finish: see <run dir>.log", file=sys.stderr
+        )
     if stop.signum is not None:
         return 128 + stop.signum
     return 1 if failed else 0

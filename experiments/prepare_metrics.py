@@ -22,15 +22,22 @@ from shared.metrics.inception import inception_weights_path
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--fid-check", type=int, default=0, metavar="N",
-                    help="compute Inception FID of N test images vs N train images")  # fmt: skip
+    ap.add_argument(
+        "--fid-check",
+        type=int,
+        default=0,
+        metavar="N",
+        help="compute Inception FID of N test images vs N train images",
+    )
     ap.add_argument("--skip-inception", action="store_true")
     args = ap.parse_args()
     if not args.skip_inception:
         print(f"Inception weights: {inception_weights_path()}")
     net = load_classifier()
-    print(f"fd_fashion network (shipped, checksums verified): {net.sha256[:12]}, "
-          f"test accuracy {net.meta['test_accuracy']}")  # fmt: skip
+    print(
+        f"fd_fashion network (shipped, checksums verified): {net.sha256[:12]}, "
+        f"test accuracy {net.meta['test_accuracy']}"
+    )
     if args.fid_check:
         t0 = time.time()
         fe = build_extractor("inception")

@@ -115,8 +115,9 @@ def read_npz(path: str, keys=None) -> dict:
 def to_adm(images: torch.Tensor) -> np.ndarray:
     """uint8 (B, C, h, w) with C ∈ {1, 3} → uint8 (B, h, w, 3), greyscale repeated."""
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"expected uint8 (B, 1|3, h, w) images, got {images.dtype} "
-                         f"{tuple(images.shape)}")  # fmt: skip
+        raise ValueError(
+            f"expected uint8 (B, 1|3, h, w) images, got {images.dtype} {tuple(images.shape)}"
+        )
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     return images.permute(0, 2, 3, 1).contiguous().cpu().numpy()
@@ -203,8 +204,10 @@ def build_card(args, cfg, tok, method, model, ck, ck_path, device_type, world=1)
     method.check_sampling(solver, steps, tok.grid)
     method.check_temperature(temperature)
     if cfg_scale != 1.0 and not cfg.backbone.class_dropout > 0:
-        raise ValueError(f"--cfg-scale {cfg_scale} needs a trained null class; this run has "
-                         "backbone.class_dropout=0")  # fmt: skip
+        raise ValueError(
+            f"--cfg-scale {cfg_scale} needs a trained null class; this run has "
+            "backbone.class_dropout=0"
+        )
     from omegaconf import OmegaConf
 
     label_cfg = OmegaConf.merge(cfg, {"eval": {"solver": solver}})  # the sampler actually used
@@ -248,7 +251,7 @@ def build_card(args, cfg, tok, method, model, ck, ck_path, device_type, world=1)
             "torch": torch.__version__,
             "numpy": np.__version__,
             "python": platform.python_version(),
-        },  # fmt: skip
+        },
     }
 
 
@@ -282,17 +285,29 @@ def sample_shard(method, model, tok, card, lo, hi, batch_size, device) -> dict:
         y = labels_for(idx, card["num_classes"], card["labels"], card["seed"]).to(device)
         gen = PerSample(card["seed"], idx)
         with precision.autocast(device.type, card["precision"]):
-            out = method.sample(model, len(idx), tok.grid, card["steps"], y=y,
-                                solver=card["solver"], temperature=card["temperature"],
-                                cfg_scale=card["cfg_scale"], generator=gen)  # fmt: skip
+            out = method.sample(
+                model,
+                len(idx),
+                tok.grid,
+                card["steps"],
+                y=y,
+                solver=card["solver"],
+                temperature=card["temperature"],
+                cfg_scale=card["cfg_scale"],
+                generator=gen,
+            )
         images.append(to_adm(tok.decode(out.indices)))
         labels.append(y.cpu().numpy())
         nfe.add((out.nfe, out.nfe_rows))
     (n, rows), *rest = sorted(nfe)
     if rest:
         raise RuntimeError(f"NFE differs between batches: {sorted(nfe)}")
-    return {"arr_0": np.concatenate(images), "labels": np.concatenate(labels).astype(np.int64),
-            "index": np.arange(lo, hi, dtype=np.int64), "nfe": np.array([n, rows])}  # fmt: skip
+    return {
+        "arr_0": np.concatenate(images),
+        "labels": np.concatenate(labels).astype(np.int64),
+        "index": np.arange(lo, hi, dtype=np.int64),
+        "nfe": np.array([n, rows]),
+    }
 
 
 def claim(parts: str, launch: str, k: int) -> bool:
@@ -319,9 +334,11 @@ def wait_for_shards(parts: str, ranges, rank: int, poll_s: float = 1.0) -> None:
         if not missing:
             return
         if time.time() - told >= 60:
-            print(f"[rank {rank}] waiting for {len(missing)} shard(s) of other ranks "
-                  f"({', '.join(map(str, missing[:8]))}…; {time.time() - t0:.0f} s so far)",
-                  flush=True)  # fmt: skip
+            print(
+                f"[rank {rank}] waiting for {len(missing)} shard(s) of other ranks "
+                f"({', '.join(map(str, missing[:8]))}…; {time.time() - t0:.0f} s so far)",
+                flush=True,
+            )
             told = time.time()
         time.sleep(poll_s)
 
@@ -351,8 +368,10 @@ def start(out: str, parts: str, card: dict) -> tuple[str, str | None]:
         with open(path) as f:
             diff = card_changes(json.load(f), card)
         if diff:
-            return "refuse", (f"{parts} holds shards of other settings ({diff}); use the same "
-                              "settings, another --out, or delete that folder")  # fmt: skip
+            return "refuse", (
+                f"{parts} holds shards of other settings ({diff}); use the same "
+                "settings, another --out, or delete that folder"
+            )
     else:
         atomic_write_text(path, json.dumps(card, indent=1))
     return "sample", None
@@ -365,7 +384,7 @@ def assemble(out: str, parts: str, card: dict, png_dir: str | None) -> dict:
     nfe = {tuple(int(v) for v in b["nfe"]) for b in small}
     if len(nfe) != 1:
         raise RuntimeError(f"NFE differs between shards: {sorted(nfe)}")
-    (n, rows), = nfe  # fmt: skip
+    ((n, rows),) = nfe
     final = {**card, "nfe": n, "nfe_rows": rows}
     size = card["image_size"]
     digest = hashlib.sha256()
@@ -412,8 +431,17 @@ class SampleJob:
 
 def strip_launcher(argv: list[str]) -> list[str]:
     """The command line without its submitit options (what each task runs)."""
-    flags = {"--launcher", "--partition", "--nodes", "--gpus-per-node", "--cpus-per-task",
-             "--mem-gb", "--timeout-min", "--max-requeues", "--log-dir"}  # fmt: skip
+    flags = {
+        "--launcher",
+        "--partition",
+        "--nodes",
+        "--gpus-per-node",
+        "--cpus-per-task",
+        "--mem-gb",
+        "--timeout-min",
+        "--max-requeues",
+        "--log-dir",
+    }
     out, skip = [], False
     for a in argv:
         if skip:
@@ -433,9 +461,13 @@ def submit(args, argv: list[str]):
     tasks = max(1, args.gpus_per_node)
     params = {"timeout_min": args.timeout_min, "tasks_per_node": tasks, "nodes": args.nodes}
     if args.launcher == "slurm":
-        params.update(slurm_partition=args.partition, gpus_per_node=args.gpus_per_node or None,
-                      cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
-                      slurm_max_num_timeout=args.max_requeues)  # fmt: skip
+        params.update(
+            slurm_partition=args.partition,
+            gpus_per_node=args.gpus_per_node or None,
+            cpus_per_task=args.cpus_per_task,
+            mem_gb=args.mem_gb,
+            slurm_max_num_timeout=args.max_requeues,
+        )
     elif args.gpus_per_node:
         params["gpus_per_node"] = args.gpus_per_node
     ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
@@ -464,8 +496,9 @@ def main(argv=None) -> dict | None:
         # hashed before and after the load: a checkpoint rewritten meanwhile is refused, so the
         # digest the ranks compare below is the one of the bytes each rank loaded
         before = file_sha256(ck_path) if os.path.isfile(ck_path) else None
-        cfg, tok, method, model, ck = load_trained(args.run, device, args.checkpoint, args.weights,
-                                                   with_checkpoint=True)  # fmt: skip
+        cfg, tok, method, model, ck = load_trained(
+            args.run, device, args.checkpoint, args.weights, with_checkpoint=True
+        )
         step, total = int(ck["progress"]["step"]), int(ck["total_steps"])
         if args.checkpoint is None and step < total:
             raise ValueError(
@@ -475,17 +508,21 @@ def main(argv=None) -> dict | None:
             )
         card = build_card(args, cfg, tok, method, model, ck, ck_path, device.type, dd.world)
         if card["checkpoint_sha256"] != before:
-            raise ValueError(f"{ck_path} changed while it was being loaded; sample a checkpoint "
-                             "that no job is writing")  # fmt: skip
+            raise ValueError(
+                f"{ck_path} changed while it was being loaded; sample a checkpoint "
+                "that no job is writing"
+            )
     except (ValueError, FileNotFoundError, RunError) as e:
         raise SystemExit(f"error: {e}") from None
     # every rank must sample the same weights (a checkpoint rewritten between the ranks' loads,
     # or ranks that see different file systems, would mix two models in one file)
     digests = dd.gather(card["checkpoint_sha256"])
     if len(set(digests)) > 1:
-        raise SystemExit(f"error: the ranks loaded different checkpoints ({ck_path}: sha256 "
-                         f"{', '.join(d[:12] for d in digests)} on ranks 0…{dd.world - 1}); "
-                         "sample a checkpoint that no job is writing")  # fmt: skip
+        raise SystemExit(
+            f"error: the ranks loaded different checkpoints ({ck_path}: sha256 "
+            f"{', '.join(d[:12] for d in digests)} on ranks 0…{dd.world - 1}); "
+            "sample a checkpoint that no job is writing"
+        )
     batch = card["batch_size"]
     out = os.path.abspath(args.out)
     parts = out + ".parts"
@@ -503,15 +540,18 @@ def main(argv=None) -> dict | None:
     launch = dd.decide(uuid.uuid4().hex)  # this launch's claims (a relaunch's are its own)
     done = sum(shard_done(shard_path(parts, k), *ranges[k]) for k in range(len(ranges)))
     if dd.main:
-        print(f"sampling {args.num_samples} images of {card['method']} (step {card['step']}, "
-              f"{card['solver']} × {card['steps']}, τ={card['temperature']}, "
-              f"CFG {card['cfg_scale']}) in {len(ranges)} shards over {dd.world} process(es); "
-              f"{done} of the {len(ranges)} shards already done")  # fmt: skip
+        print(
+            f"sampling {args.num_samples} images of {card['method']} (step {card['step']}, "
+            f"{card['solver']} × {card['steps']}, τ={card['temperature']}, "
+            f"CFG {card['cfg_scale']}) in {len(ranges)} shards over {dd.world} process(es); "
+            f"{done} of the {len(ranges)} shards already done"
+        )
     # rank r starts with shards r, r + world, …, then takes any shard nobody has claimed: a
     # relaunch that owes only the last shards spreads them over every rank
     order = sorted(range(len(ranges)), key=lambda k: (k % dd.world != dd.rank, k))
-    bar = progress_bar(total=len(ranges) - done, desc=f"shards[rank {dd.rank}]",
-                       disable=not args.progress)  # fmt: skip
+    bar = progress_bar(
+        total=len(ranges) - done, desc=f"shards[rank {dd.rank}]", disable=not args.progress
+    )
     for k in order:
         lo, hi = ranges[k]
         if shard_done(shard_path(parts, k), lo, hi) or not claim(parts, launch, k):
@@ -529,11 +569,14 @@ def main(argv=None) -> dict | None:
         wait_for_shards(parts, ranges, dd.rank)
         return assemble(out, parts, card, args.png_dir)
 
-    final = dd.main_first(gather_and_assemble, os.path.dirname(out),
-                          f"assembly-{os.path.basename(out)}", token=launch)  # fmt: skip
+    final = dd.main_first(
+        gather_and_assemble, os.path.dirname(out), f"assembly-{os.path.basename(out)}", token=launch
+    )
     if dd.main:
-        print(f"wrote {out} ({args.num_samples} images, NFE {final['nfe']}) and its card "
-              f"{out[:-4]}.json")  # fmt: skip
+        print(
+            f"wrote {out} ({args.num_samples} images, NFE {final['nfe']}) and its card "
+            f"{out[:-4]}.json"
+        )
     dd.close(True)
     return final
 

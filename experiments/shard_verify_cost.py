@@ -27,9 +27,17 @@ from shared.latents import IndexShards, _save_npy, _sha256, finalize, shard_path
 def write_shards(folder, rows, grid, codes, classes, shard_size=10000, seed=0):
     rng = np.random.default_rng(seed)
     num_shards = -(-rows // shard_size)
-    plan = {"tokenizer_id": "synthetic", "num_codes": codes, "grid": [grid, grid],
-            "code_dim": 4, "dataset": "synthetic", "count": rows, "shard_size": shard_size,
-            "num_shards": num_shards, "dtype": "uint16"}  # fmt: skip
+    plan = {
+        "tokenizer_id": "synthetic",
+        "num_codes": codes,
+        "grid": [grid, grid],
+        "code_dim": 4,
+        "dataset": "synthetic",
+        "count": rows,
+        "shard_size": shard_size,
+        "num_shards": num_shards,
+        "dtype": "uint16",
+    }
     atomic_write_text(os.path.join(folder, "plan.json"), json.dumps(plan))
     for s in range(num_shards):
         n = min(shard_size, rows - s * shard_size)
@@ -65,9 +73,15 @@ def main(argv=None) -> dict:
             IndexShards(folder, verify=True, num_classes=args.classes)
             verified.append(time.perf_counter() - t0)
         size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
-    out = {"rows": args.rows, "grid": args.grid, "bytes": size, "write_s": round(write_s, 2),
-           "open_s": float(f"{min(plain):.4g}"), "verify_s": float(f"{min(verified):.4g}"),
-           "verify_GB_per_s": round(size / min(verified) / 1e9, 3)}  # fmt: skip
+    out = {
+        "rows": args.rows,
+        "grid": args.grid,
+        "bytes": size,
+        "write_s": round(write_s, 2),
+        "open_s": float(f"{min(plain):.4g}"),
+        "verify_s": float(f"{min(verified):.4g}"),
+        "verify_GB_per_s": round(size / min(verified) / 1e9, 3),
+    }
     print(json.dumps(out))
     return out
 

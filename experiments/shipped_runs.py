@@ -56,10 +56,14 @@ def ship(run_dir: str) -> str:
     save_file({k: v.contiguous() for k, v in ck["ema"].items()}, str(folder / "ema.safetensors"))
     with open(os.path.join(run_dir, "metrics.csv"), newline="") as f:
         rows = list(csv.DictReader(f))
-    record = {"config": ck["config"], "progress": ck["progress"],
-              "total_steps": ck["total_steps"], "identity": ck["identity"],
-              "summary": {k: v for k, v in summary.items() if k != "launches"},
-              "metrics": rows}  # fmt: skip
+    record = {
+        "config": ck["config"],
+        "progress": ck["progress"],
+        "total_steps": ck["total_steps"],
+        "identity": ck["identity"],
+        "summary": {k: v for k, v in summary.items() if k != "launches"},
+        "metrics": rows,
+    }
     atomic_write_text(str(folder / "run.json"), json.dumps(record, indent=1) + "\n")
     entries = artifacts.manifest()
     files = artifacts.weight_files(folder)
@@ -71,7 +75,7 @@ def ship(run_dir: str) -> str:
             "step": int(final["step"]),
             "train_flops": float(final["train_flops"]),
             "num_samples": int(final["num_samples"]),
-        },  # fmt: skip
+        },
         "files": files,
         "bytes": sum((folder / rel).stat().st_size for rel in files),
         "built_by": f"python experiments/shipped_runs.py --ship {run_dir}",
@@ -103,12 +107,24 @@ def unpack(name: str, out_root: str = OUT) -> str:
     ema = load_file(os.path.join(folder, "ema.safetensors"))
     run_dir = os.path.join(out_root, name)
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-    atomic_torch_save({"format": checkpoint.FORMAT, "model": ema, "ema": ema, "opt": {},
-                       "progress": record["progress"], "total_steps": record["total_steps"],
-                       "config": record["config"], "identity": record["identity"]},
-                      os.path.join(run_dir, "checkpoints", "last.pt"))  # fmt: skip
-    summary = {**record["summary"], "shipped_as": f"{RUNS}/{name}",
-               "shipped_digest": artifacts.shipped_digest(f"{RUNS}/{name}")}  # fmt: skip
+    atomic_torch_save(
+        {
+            "format": checkpoint.FORMAT,
+            "model": ema,
+            "ema": ema,
+            "opt": {},
+            "progress": record["progress"],
+            "total_steps": record["total_steps"],
+            "config": record["config"],
+            "identity": record["identity"],
+        },
+        os.path.join(run_dir, "checkpoints", "last.pt"),
+    )
+    summary = {
+        **record["summary"],
+        "shipped_as": f"{RUNS}/{name}",
+        "shipped_digest": artifacts.shipped_digest(f"{RUNS}/{name}"),
+    }
     atomic_write_text(os.path.join(run_dir, "summary.json"), json.dumps(summary, indent=1))
     write_csv(os.path.join(run_dir, "metrics.csv"), record["metrics"])
     return run_dir

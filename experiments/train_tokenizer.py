@@ -28,10 +28,16 @@ def main() -> None:
     for f in fields(FashionVQConfig):
         if f.name in ("block_out_channels", "data_root"):
             continue
-        ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(getattr(defaults, f.name)),
-                        default=getattr(defaults, f.name))  # fmt: skip
-    ap.add_argument("--channels", default=",".join(map(str, defaults.block_out_channels)),
-                    help="encoder/decoder widths per level (levels−1 = log2 f)")  # fmt: skip
+        ap.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            type=type(getattr(defaults, f.name)),
+            default=getattr(defaults, f.name),
+        )
+    ap.add_argument(
+        "--channels",
+        default=",".join(map(str, defaults.block_out_channels)),
+        help="encoder/decoder widths per level (levels−1 = log2 f)",
+    )
     ap.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: Debian's)")
     ap.add_argument("--rebuild", action="store_true", help="train one into the cache")
     ap.add_argument("--force", action="store_true", help="with --rebuild: retrain when cached")
@@ -52,8 +58,10 @@ def main() -> None:
     with open(os.path.join(path, "tokenizer.json")) as f:
         meta = json.load(f)
     print(json.dumps({"id": meta["id"], **meta["test_metrics"], "train_s": meta["train_seconds"]}))
-    print(f"use it with tokenizer.path={path} (numbers are then not comparable with the shipped "
-          "tokenizer's)")  # fmt: skip
+    print(
+        f"use it with tokenizer.path={path} (numbers are then not comparable with the shipped "
+        "tokenizer's)"
+    )
 
 
 if __name__ == "__main__":

@@ -15,13 +15,26 @@ from .catalog import SOLVERS
 # the classes load on first use (PEP 562), so that ``methods.catalog`` (names, samplers,
 # limits: what the start-up checks read) never imports torch
 _EXPORTS = {
-    "LossOutput": "base", "Method": "base", "SampleOutput": "base", "TimeSampler": "base",
-    "guided_forward": "base", "nearest_code": "base", "CFM": "cfm", "CFMEndpoint": "cfm",
-    "DFM": "dfm", "MetricDFM": "dfm_metric", "Purrception": "purrception",
+    "LossOutput": "base",
+    "Method": "base",
+    "SampleOutput": "base",
+    "TimeSampler": "base",
+    "guided_forward": "base",
+    "nearest_code": "base",
+    "CFM": "cfm",
+    "CFMEndpoint": "cfm",
+    "DFM": "dfm",
+    "MetricDFM": "dfm_metric",
+    "Purrception": "purrception",
     "velocity_from_posterior": "purrception",
-}  # fmt: skip
-_CLASSES = {"cfm": "CFM", "cfm-endpoint": "CFMEndpoint", "dfm": "DFM", "dfm-metric": "MetricDFM",
-            "purr": "Purrception"}  # fmt: skip
+}
+_CLASSES = {
+    "cfm": "CFM",
+    "cfm-endpoint": "CFMEndpoint",
+    "dfm": "DFM",
+    "dfm-metric": "MetricDFM",
+    "purr": "Purrception",
+}
 
 
 def __getattr__(name: str):

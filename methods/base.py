@@ -62,8 +62,15 @@ class TimeSampler:
     (MDLM's "antithetic" sampling): unbiased, with the batch's times spread evenly.
     """
 
-    def __init__(self, kind: str = "uniform", t_min: float = 1e-3, mean: float = 0.0, std=1.0,
-                 t_max: float = 1.0, stratified: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        kind: str = "uniform",
+        t_min: float = 1e-3,
+        mean: float = 0.0,
+        std=1.0,
+        t_max: float = 1.0,
+        stratified: bool = False,
+    ):
         if kind not in TIME_SAMPLINGS:
             raise ValueError(f"time sampling must be one of {TIME_SAMPLINGS}, got {kind!r}")
         if not 0.0 <= t_min < t_max <= 1.0:
@@ -133,8 +140,10 @@ def categorical(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     if temperature < 0:
         raise ValueError(f"temperature must be ≥ 0, got {temperature}")
     if 0 < temperature < MIN_TEMPERATURE:
-        raise ValueError(f"temperature={temperature:g}: logits/τ overflow float32 below "
-                         f"{MIN_TEMPERATURE:g}; use 0 for the argmax")  # fmt: skip
+        raise ValueError(
+            f"temperature={temperature:g}: logits/τ overflow float32 below "
+            f"{MIN_TEMPERATURE:g}; use 0 for the argmax"
+        )
     if temperature == 0:
         return F.one_hot(logits.argmax(1), logits.shape[1]).permute(0, 3, 1, 2).float()
     acc = accumulation_dtype(logits.dtype)
@@ -161,8 +170,12 @@ def z_loss(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits.to(accumulation_dtype(logits.dtype)), dim=1).pow(2).mean()
 
 
-def categorical_loss(logits: torch.Tensor, indices: torch.Tensor, z_loss_weight: float,
-                     weight: torch.Tensor | None = None):  # fmt: skip
+def categorical_loss(
+    logits: torch.Tensor,
+    indices: torch.Tensor,
+    z_loss_weight: float,
+    weight: torch.Tensor | None = None,
+):
     """mean(w·CE(logits, c)) + λ·z-loss over all positions; logits (B,K,H,W), indices and the
     optional per-position weights w (B,H,W). The logged ``ce`` is the unweighted mean."""
     logits = logits.to(accumulation_dtype(logits.dtype))
@@ -187,8 +200,14 @@ class Method(nn.Module):
     categorical_posterior: bool = False
     solvers: tuple[str, ...] = ()  # the ``solver`` values ``sample`` accepts
 
-    def __init__(self, codebook: torch.Tensor, time_sampling: str = "uniform", t_min=1e-3,
-                 t_mean: float = 0.0, t_std: float = 1.0):  # fmt: skip
+    def __init__(
+        self,
+        codebook: torch.Tensor,
+        time_sampling: str = "uniform",
+        t_min=1e-3,
+        t_mean: float = 0.0,
+        t_std: float = 1.0,
+    ):
         super().__init__()
         if codebook.ndim != 2:
             raise ValueError(f"codebook must be (K, d), got shape {tuple(codebook.shape)}")

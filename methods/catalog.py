@@ -55,10 +55,17 @@ def _number(v):
     return v if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
-def dfm_option_errors(source="mask", weighting="none", kappa_power=1.0, time_sampling="uniform",
-                      t_min=0.0, mdlm_eps=1e-3, maskgit_schedule="cosine",
-                      maskgit_choice_temperature=4.5,
-                      maskgit_confidence_temperature=1.0) -> list[tuple[str, str]]:  # fmt: skip
+def dfm_option_errors(
+    source="mask",
+    weighting="none",
+    kappa_power=1.0,
+    time_sampling="uniform",
+    t_min=0.0,
+    mdlm_eps=1e-3,
+    maskgit_schedule="cosine",
+    maskgit_choice_temperature=4.5,
+    maskgit_confidence_temperature=1.0,
+) -> list[tuple[str, str]]:
     """Every problem with a dfm's options, as (option, what it must be): the one list that
     both ``DFM.__init__`` and the start-up checks report from. Options of the wrong type are
     left to the checks' ranges."""
@@ -71,32 +78,56 @@ def dfm_option_errors(source="mask", weighting="none", kappa_power=1.0, time_sam
         errors.append(("maskgit_schedule", "one of " + ", ".join(MASKGIT_SCHEDULES)))
     a = _number(kappa_power)
     if a is not None and not 0 < a <= MAX_KAPPA_POWER:
-        errors.append(("kappa_power", f"a number in (0, {MAX_KAPPA_POWER:g}]: κ(t) = t^a and "
-                       "its derivative a·t^(a−1) are not finite in float32 beyond it"))  # fmt: skip
+        errors.append(
+            (
+                "kappa_power",
+                f"a number in (0, {MAX_KAPPA_POWER:g}]: κ(t) = t^a and "
+                "its derivative a·t^(a−1) are not finite in float32 beyond it",
+            )
+        )
     choice = _number(maskgit_choice_temperature)
     if choice is not None and choice < 0:
         errors.append(("maskgit_choice_temperature", "a number ≥ 0"))
     confidence = _number(maskgit_confidence_temperature)
     if confidence is not None and confidence < MIN_TEMPERATURE:
-        errors.append(("maskgit_confidence_temperature", f"a number ≥ {MIN_TEMPERATURE:g}: "
-                       "logits/τ overflow float32 below it, and the draws become arbitrary "
-                       "instead of the argmax"))  # fmt: skip
+        errors.append(
+            (
+                "maskgit_confidence_temperature",
+                f"a number ≥ {MIN_TEMPERATURE:g}: "
+                "logits/τ overflow float32 below it, and the draws become arbitrary "
+                "instead of the argmax",
+            )
+        )
     if weighting != "mdlm":
         return errors
     # MDLM's weight is the masked-diffusion ELBO under uniform t, on [t_min, 1 − mdlm_eps]
     if source != "mask":
-        errors.append(("weighting", "none: the MDLM weight is for the masked source only (it "
-                       "needs source='mask')"))  # fmt: skip
+        errors.append(
+            (
+                "weighting",
+                "none: the MDLM weight is for the masked source only (it needs source='mask')",
+            )
+        )
     if time_sampling != "uniform":
-        errors.append(("time_sampling", "uniform with weighting=mdlm: the MDLM weight is the "
-                       "ELBO under uniform t (another sampler needs its density divided out; "
-                       "use time_sampling='uniform')"))  # fmt: skip
+        errors.append(
+            (
+                "time_sampling",
+                "uniform with weighting=mdlm: the MDLM weight is the "
+                "ELBO under uniform t (another sampler needs its density divided out; "
+                "use time_sampling='uniform')",
+            )
+        )
     t0, eps = _number(t_min) or 0.0, _number(mdlm_eps)
     if eps is not None and not 0 < eps < 1 - t0:
         errors.append(("mdlm_eps", "a number in (0, 1 − t_min): t is drawn on [t_min, 1 − ε]"))
     if a is not None and a < 1 and t0 == 0:
-        errors.append(("t_min", "t_min > 0 with kappa_power < 1 and weighting=mdlm (the weight "
-                       "κ̇/(1−κ) is infinite at t = 0; e.g. 1e-3)"))  # fmt: skip
+        errors.append(
+            (
+                "t_min",
+                "t_min > 0 with kappa_power < 1 and weighting=mdlm (the weight "
+                "κ̇/(1−κ) is infinite at t = 0; e.g. 1e-3)",
+            )
+        )
     return errors
 
 
@@ -106,8 +137,13 @@ def beta_overflow(beta_scale: float, beta_power: float) -> str | None:
     if log_beta <= math.log10(MAX_BETA):
         return None
     power = (math.log10(MAX_BETA) - math.log10(beta_scale)) / math.log10(MAX_RATIO)
-    fix = (f"beta_power ≤ {power:.3g} at beta_scale={beta_scale:g}" if power >= 1
-           else f"beta_scale ≤ {MAX_BETA / MAX_RATIO:.3g} at beta_power=1")  # fmt: skip
-    return (f"β_t = beta_scale·(t/(1−t))^beta_power reaches 1e{log_beta:.0f} at the largest "
-            f"float32 t below 1 (t/(1−t) = {MAX_RATIO:.3g}); β_t·d must stay finite in float32 "
-            f"(β_t ≤ {MAX_BETA:g}): {fix}")  # fmt: skip
+    fix = (
+        f"beta_power ≤ {power:.3g} at beta_scale={beta_scale:g}"
+        if power >= 1
+        else f"beta_scale ≤ {MAX_BETA / MAX_RATIO:.3g} at beta_power=1"
+    )
+    return (
+        f"β_t = beta_scale·(t/(1−t))^beta_power reaches 1e{log_beta:.0f} at the largest "
+        f"float32 t below 1 (t/(1−t) = {MAX_RATIO:.3g}); β_t·d must stay finite in float32 "
+        f"(β_t ≤ {MAX_BETA:g}): {fix}"
+    )

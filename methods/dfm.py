@@ -82,11 +82,22 @@ class DFM(CategoricalHead, Method):
     input_kind = "tokens"
     categorical_posterior = True
 
-    def __init__(self, codebook, source: str = "mask", z_loss_weight: float = 1e-5,
-                 kappa_power: float = 1.0, weighting: str = "none", maskgit_schedule="cosine",
-                 maskgit_choice_temperature: float = 4.5, maskgit_confidence_temperature=1.0,
-                 mdlm_eps: float = 1e-3, mdlm_stratified: bool = True, head: str = "chunked",
-                 head_chunk: int = DEFAULT_CHUNK, **kw):  # fmt: skip
+    def __init__(
+        self,
+        codebook,
+        source: str = "mask",
+        z_loss_weight: float = 1e-5,
+        kappa_power: float = 1.0,
+        weighting: str = "none",
+        maskgit_schedule="cosine",
+        maskgit_choice_temperature: float = 4.5,
+        maskgit_confidence_temperature=1.0,
+        mdlm_eps: float = 1e-3,
+        mdlm_stratified: bool = True,
+        head: str = "chunked",
+        head_chunk: int = DEFAULT_CHUNK,
+        **kw,
+    ):
         super().__init__(codebook, **kw)
         self.init_head(head, head_chunk)
         options = dict(
@@ -102,9 +113,13 @@ class DFM(CategoricalHead, Method):
         )
         errors = dfm_option_errors(**options)
         if errors:
-            raise ValueError("dfm: " + "; ".join(
-                f"{k}={options[k]!r} is not allowed; expected {expected}" for k, expected in errors
-            ))  # fmt: skip
+            raise ValueError(
+                "dfm: "
+                + "; ".join(
+                    f"{k}={options[k]!r} is not allowed; expected {expected}"
+                    for k, expected in errors
+                )
+            )
         self.source = source
         self.weighting = weighting
         self.kappa_power = kappa_power
@@ -204,12 +219,24 @@ class DFM(CategoricalHead, Method):
             )
 
     @torch.no_grad()
-    def sample(self, model, num_samples, grid, steps, y=None, solver="euler", temperature=1.0,
-               cfg_scale=1.0, generator=None, trace=False) -> SampleOutput:  # fmt: skip
+    def sample(
+        self,
+        model,
+        num_samples,
+        grid,
+        steps,
+        y=None,
+        solver="euler",
+        temperature=1.0,
+        cfg_scale=1.0,
+        generator=None,
+        trace=False,
+    ) -> SampleOutput:
         self.check_sampling(solver, steps, grid)
         if solver == "maskgit":
-            return self.sample_maskgit(model, num_samples, grid, steps, y, temperature, cfg_scale,
-                                       generator, trace)  # fmt: skip
+            return self.sample_maskgit(
+                model, num_samples, grid, steps, y, temperature, cfg_scale, generator, trace
+            )
         dev = self.codebook.device
         carry = self.source == "mask" and solver == "euler"
         x = self.source_tokens((num_samples, *grid), dev, generator)
@@ -218,8 +245,9 @@ class DFM(CategoricalHead, Method):
         for i in range(steps):
             t, t_next = ts[i], ts[i + 1]
             tt = torch.full((num_samples,), t, device=dev, dtype=torch.float32)
-            proposal, _, post, mult = self.draw(model, x, tt, y, temperature, cfg_scale,
-                                                generator, trace)  # fmt: skip
+            proposal, _, post, mult = self.draw(
+                model, x, tt, y, temperature, cfg_scale, generator, trace
+            )
             nfe, rows = nfe + 1, rows + mult
             if trace:
                 post = self.carry_over(post, x) if carry else post
@@ -247,8 +275,9 @@ class DFM(CategoricalHead, Method):
         return max(steps - 1 - step, min(keep, masked_now - 1))
 
     @torch.no_grad()
-    def sample_maskgit(self, model, num_samples, grid, steps, y, temperature, cfg_scale,
-                       generator, trace) -> SampleOutput:  # fmt: skip
+    def sample_maskgit(
+        self, model, num_samples, grid, steps, y, temperature, cfg_scale, generator, trace
+    ) -> SampleOutput:
         dev = self.codebook.device
         n = grid[0] * grid[1]
         x = self.source_tokens((num_samples, *grid), dev, generator)
@@ -258,9 +287,16 @@ class DFM(CategoricalHead, Method):
             masked_now = int(masked[0].sum())  # the same for every sample: one schedule
             t = self.kappa_inverse(torch.full((num_samples,), 1.0 - masked_now / n, device=dev))
             codes, score, post, mult = self.draw(
-                model, x, t, y, temperature, cfg_scale, generator, trace,
+                model,
+                x,
+                t,
+                y,
+                temperature,
+                cfg_scale,
+                generator,
+                trace,
                 score_temperature=self.confidence_temperature,
-            )  # fmt: skip
+            )
             nfe, rows = nfe + 1, rows + mult
             if trace:
                 keep_record(

@@ -43,9 +43,17 @@ class MetricDFM(CategoricalHead, Method):
     input_kind = "tokens"
     categorical_posterior = True
 
-    def __init__(self, codebook, beta_scale: float = 10.0, beta_power: float = 1.0,
-                 distance: str = "l2", z_loss_weight: float = 1e-5, head: str = "chunked",
-                 head_chunk: int = DEFAULT_CHUNK, **kw):  # fmt: skip
+    def __init__(
+        self,
+        codebook,
+        beta_scale: float = 10.0,
+        beta_power: float = 1.0,
+        distance: str = "l2",
+        z_loss_weight: float = 1e-5,
+        head: str = "chunked",
+        head_chunk: int = DEFAULT_CHUNK,
+        **kw,
+    ):
         super().__init__(codebook, **kw)
         self.init_head(head, head_chunk)
         if distance not in DISTANCES:
@@ -163,8 +171,19 @@ class MetricDFM(CategoricalHead, Method):
         return out.view(z.shape)
 
     @torch.no_grad()
-    def sample(self, model, num_samples, grid, steps, y=None, solver="euler", temperature=1.0,
-               cfg_scale=1.0, generator=None, trace=False) -> SampleOutput:  # fmt: skip
+    def sample(
+        self,
+        model,
+        num_samples,
+        grid,
+        steps,
+        y=None,
+        solver="euler",
+        temperature=1.0,
+        cfg_scale=1.0,
+        generator=None,
+        trace=False,
+    ) -> SampleOutput:
         check_steps(steps)
         if solver != "euler":
             raise ValueError(f"dfm-metric samples with Euler jumps only; got solver={solver!r}")
@@ -175,8 +194,7 @@ class MetricDFM(CategoricalHead, Method):
         for i in range(steps):
             t, h = ts[i], ts[i + 1] - ts[i]
             tt = torch.full((num_samples,), t, device=dev, dtype=torch.float32)
-            x1, _, post, mult = self.draw(model, z, tt, y, temperature, cfg_scale, generator,
-                                          trace)  # fmt: skip
+            x1, _, post, mult = self.draw(model, z, tt, y, temperature, cfg_scale, generator, trace)
             nfe, rows = nfe + 1, rows + mult
             if trace:
                 keep(records, trace, {"t": t, "state": z.clone(), "posterior": post})

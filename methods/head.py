@@ -165,8 +165,9 @@ def draw_from_logits(logits, temperature, generator, score_temperature=None):
     per position in (B, H, W) order."""
     b, k, h, w = logits.shape
     u = noise.rand((b, h * w, 1), logits.device, generator).view(b * h * w, 1)
-    codes, score = draw_rows(logits.permute(0, 2, 3, 1).reshape(-1, k), u, temperature,
-                             score_temperature)  # fmt: skip
+    codes, score = draw_rows(
+        logits.permute(0, 2, 3, 1).reshape(-1, k), u, temperature, score_temperature
+    )
     return codes.view(b, h, w), None if score is None else score.view(b, h, w)
 
 
@@ -203,8 +204,17 @@ class LinearHead:
             h.requires_grad or self.weight.requires_grad or self.bias.requires_grad
         )
         fn = _ChunkedCategoricalLoss.apply
-        return fn(h, self.weight, self.bias, target, weight, float(z_loss_weight), self.chunk,
-                  _compute_dtype(h), grads)  # fmt: skip
+        return fn(
+            h,
+            self.weight,
+            self.bias,
+            target,
+            weight,
+            float(z_loss_weight),
+            self.chunk,
+            _compute_dtype(h),
+            grads,
+        )
 
     def logit_chunks(self, hidden):
         """Yield (first position, logits (r·p², K)) per chunk of tokens, positions in head
@@ -290,8 +300,18 @@ class CategoricalHead:
         loss, ce, zl = head.loss(hidden, indices, self.z_loss_weight, weight)
         return LossOutput(loss, {"loss": loss.detach(), "ce": ce, "z_loss": zl})
 
-    def draw(self, model, x, t, y, temperature, cfg_scale, generator, need_posterior=False,
-             score_temperature=None):  # fmt: skip
+    def draw(
+        self,
+        model,
+        x,
+        t,
+        y,
+        temperature,
+        cfg_scale,
+        generator,
+        need_posterior=False,
+        score_temperature=None,
+    ):
         """One draw c ~ softmax(ℓ_θ(x, t, y)/τ) per position (ℓ guided at ``cfg_scale``) →
         (codes (B,H,W), scores (B,H,W) or None, posterior (B,K,H,W) or None, multiplier).
         The posterior is returned on the full path only (``need_posterior`` forces it)."""

@@ -77,9 +77,20 @@ class LatentFlowMethod(Method):
         return self.interpolate(z0, z1, t), z0, z1, t
 
     @torch.no_grad()
-    def sample(self, model, num_samples, grid, steps, y=None, solver="euler", temperature=1.0,
-               cfg_scale=1.0, generator=None, trace=False,
-               tolerance=1e-3) -> SampleOutput:  # fmt: skip
+    def sample(
+        self,
+        model,
+        num_samples,
+        grid,
+        steps,
+        y=None,
+        solver="euler",
+        temperature=1.0,
+        cfg_scale=1.0,
+        generator=None,
+        trace=False,
+        tolerance=1e-3,
+    ) -> SampleOutput:
         check_steps(steps)
         self.check_temperature(temperature)
         if solver not in SOLVERS + ADAPTIVE_SOLVERS:
@@ -135,8 +146,15 @@ class LatentFlowMethod(Method):
             raise ImportError("solver=dopri5 needs torchdiffeq: pip install torchdiffeq") from None
         end = 1.0 - ADAPTIVE_TAIL
         span = torch.tensor([0.0, end], dtype=torch.float64, device=z.device)
-        path = odeint(lambda t, y: v(float(t), y), z, span, rtol=tolerance, atol=tolerance,
-                      method=solver, options={"step_t": span[1:]})  # fmt: skip
+        path = odeint(
+            lambda t, y: v(float(t), y),
+            z,
+            span,
+            rtol=tolerance,
+            atol=tolerance,
+            method=solver,
+            options={"step_t": span[1:]},
+        )
         z = path[-1]
         return z + ADAPTIVE_TAIL * v(end, z)
 

@@ -31,8 +31,14 @@ class Purrception(CategoricalHead, LatentFlowMethod):
     name = "purr"
     categorical_posterior = True
 
-    def __init__(self, codebook, z_loss_weight: float = 1e-5, head: str = "chunked",
-                 head_chunk: int = DEFAULT_CHUNK, **kw):  # fmt: skip
+    def __init__(
+        self,
+        codebook,
+        z_loss_weight: float = 1e-5,
+        head: str = "chunked",
+        head_chunk: int = DEFAULT_CHUNK,
+        **kw,
+    ):
         super().__init__(codebook, **kw)
         self.z_loss_weight = z_loss_weight
         self.init_head(head, head_chunk)

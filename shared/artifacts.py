@@ -73,8 +73,10 @@ def manifest() -> dict:
         with open(MANIFEST) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise ArtifactError(f"{MANIFEST} is missing: this checkout is incomplete; restore it "
-                            "with `git checkout -- shared/artifacts`") from None  # fmt: skip
+        raise ArtifactError(
+            f"{MANIFEST} is missing: this checkout is incomplete; restore it "
+            "with `git checkout -- shared/artifacts`"
+        ) from None
 
 
 def shipped(name: str) -> str:
@@ -86,8 +88,10 @@ def shipped(name: str) -> str:
     for rel, expected in entry["files"].items():
         path = folder / rel
         if not path.is_file():
-            raise ArtifactError(f"shipped artifact file {path} is missing; restore it with "
-                                "`git checkout -- shared/artifacts`")  # fmt: skip
+            raise ArtifactError(
+                f"shipped artifact file {path} is missing; restore it with "
+                "`git checkout -- shared/artifacts`"
+            )
         actual = sha256_file(path)
         if actual != expected:
             raise ArtifactError(
@@ -112,6 +116,8 @@ def not_comparable_warning(what: str, found: str, name: str) -> str | None:
     expected = shipped_digest(name)
     if found == expected:
         return None
-    return (f"WARNING: the {what} of this run ({found[:12]}) is not the shipped one "
-            f"({expected[:12]}); its fd_fashion numbers are NOT comparable with numbers "
-            "measured with the shipped artifacts (docs/trust.md: comparable numbers)")  # fmt: skip
+    return (
+        f"WARNING: the {what} of this run ({found[:12]}) is not the shipped one "
+        f"({expected[:12]}); its fd_fashion numbers are NOT comparable with numbers "
+        "measured with the shipped artifacts (docs/trust.md: comparable numbers)"
+    )

@@ -30,8 +30,9 @@ def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> to
     return grid
 
 
-def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None,
-              text: dict | None = None) -> None:  # fmt: skip
+def save_grid(
+    images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None, text: dict | None = None
+) -> None:
     """Write a PNG grid atomically (greyscale stays greyscale); ``text``: PNG text chunks
     (e.g. which class each row shows)."""
     grid = make_grid(images, nrow)
@@ -52,8 +53,9 @@ def pick_by_class(labels: torch.Tensor, max_classes: int = 16, per_class: int = 
     labels = labels.cpu()
     present = torch.unique(labels).tolist()
     if len(present) > max_classes:
-        present = [present[i] for i in np.linspace(0, len(present) - 1, max_classes).round()
-                   .astype(int)]  # fmt: skip
+        present = [
+            present[i] for i in np.linspace(0, len(present) - 1, max_classes).round().astype(int)
+        ]
     members = [torch.nonzero(labels == c).flatten() for c in present]
     per = max(1, min(per_class, *(len(m) for m in members)))
     return torch.cat([m[:per] for m in members]), present, per

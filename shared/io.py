@@ -102,9 +102,12 @@ def take_flock(path: str | os.PathLike, unsupported=None):
     except OSError as e:
         if unsupported is not None:
             unsupported(e)
-    holder = {"host": socket.gethostname(), "pid": os.getpid(),
-              "slurm_job": os.environ.get("SLURM_JOB_ID"),
-              "since": time.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    holder = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "slurm_job": os.environ.get("SLURM_JOB_ID"),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     f.seek(0)
     f.truncate()
     f.write(json.dumps(holder))

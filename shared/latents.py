@@ -63,8 +63,13 @@ class ExtractionLock:
             self._file = None
 
 
-def wait_for_manifest(folder: str, lock: ExtractionLock | None = None, holder: str = "",
-                      poll_s: float = 2.0, say=print) -> None:  # fmt: skip
+def wait_for_manifest(
+    folder: str,
+    lock: ExtractionLock | None = None,
+    holder: str = "",
+    poll_s: float = 2.0,
+    say=print,
+) -> None:
     """Block until ``folder``'s manifest.json exists, without any collective (so ranks and
     jobs can wait for hours). With ``lock``: fail (ShardError) when its holder is gone and
     the manifest is still missing (the holder writes the manifest before it lets go, so the
@@ -78,8 +83,10 @@ def wait_for_manifest(folder: str, lock: ExtractionLock | None = None, holder: s
                 "extract_latents.py` first"
             )
         if say and time.time() - told >= 60:
-            say(f"waiting for the extraction into {folder} by {holder or 'other ranks'} "
-                f"({time.time() - t0:.0f} s so far)")  # fmt: skip
+            say(
+                f"waiting for the extraction into {folder} by {holder or 'other ranks'} "
+                f"({time.time() - t0:.0f} s so far)"
+            )
             told = time.time()
         time.sleep(poll_s)
 
@@ -176,8 +183,9 @@ def available_memory(device) -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def auto_batch_size(tokenizer, device=None, budget_bytes: int | None = None,
-                    fraction: float = 0.5) -> int:  # fmt: skip
+def auto_batch_size(
+    tokenizer, device=None, budget_bytes: int | None = None, fraction: float = 0.5
+) -> int:
     """The largest extraction batch whose activations fit in ``fraction`` of the free memory
     (or in ``budget_bytes``), between 1 and :data:`MAX_BATCH`. At 32 px (Fashion) that is
     always MAX_BATCH, so those shards are the ones every earlier version wrote."""
@@ -206,9 +214,18 @@ def _encode_fitting(tokenizer, images: torch.Tensor, state: dict) -> torch.Tenso
     return torch.cat(out)
 
 
-def extract(dataset, tokenizer, out_dir: str, dataset_id: str, shard_size: int = 10000,
-            batch_size: int | str = "auto", rank: int = 0, world_size: int = 1,
-            progress: bool = True, identity: dict | None = None) -> dict | None:  # fmt: skip
+def extract(
+    dataset,
+    tokenizer,
+    out_dir: str,
+    dataset_id: str,
+    shard_size: int = 10000,
+    batch_size: int | str = "auto",
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    identity: dict | None = None,
+) -> dict | None:
     """Encode ``dataset`` ((image uint8, label) pairs) into index shards.
 
     ``identity`` (``shared.data.identity``): what the dataset is, recorded in the plan and the
@@ -220,10 +237,17 @@ def extract(dataset, tokenizer, out_dir: str, dataset_id: str, shard_size: int =
     n = len(dataset)
     num_shards = max(1, -(-n // shard_size))
     k = tokenizer.num_codes
-    plan = {"tokenizer_id": tokenizer.tokenizer_id, "num_codes": k, "grid": list(tokenizer.grid),
-            "code_dim": tokenizer.code_dim, "dataset": dataset_id, "count": n,
-            "shard_size": shard_size, "num_shards": num_shards,
-            "dtype": "uint16" if k <= 65536 else "uint32"}  # fmt: skip
+    plan = {
+        "tokenizer_id": tokenizer.tokenizer_id,
+        "num_codes": k,
+        "grid": list(tokenizer.grid),
+        "code_dim": tokenizer.code_dim,
+        "dataset": dataset_id,
+        "count": n,
+        "shard_size": shard_size,
+        "num_shards": num_shards,
+        "dtype": "uint16" if k <= 65536 else "uint32",
+    }
     if identity is not None:
         plan["data_identity"] = identity
     os.makedirs(out_dir, exist_ok=True)
@@ -312,14 +336,18 @@ def verify_shard(
         part = idx[i : i + chunk]
         if part.size and int(part.max()) >= num_codes:
             row = i + int(np.argmax(part.reshape(len(part), -1).max(1) >= num_codes))
-            raise ShardError(f"{name} row {row} holds code {int(idx[row].max())}, outside "
-                             f"[0, {num_codes}) of the tokenizer; re-extract it")  # fmt: skip
+            raise ShardError(
+                f"{name} row {row} holds code {int(idx[row].max())}, outside "
+                f"[0, {num_codes}) of the tokenizer; re-extract it"
+            )
     if num_classes is not None and len(lbl):
         bad = np.flatnonzero((lbl < 0) | (lbl >= num_classes))
         if len(bad):
-            raise ShardError(f"{name} row {int(bad[0])} has label {int(lbl[bad[0]])}, outside "
-                             f"[0, {num_classes}) (data.num_classes); fix data.num_classes or "
-                             "re-extract")  # fmt: skip
+            raise ShardError(
+                f"{name} row {int(bad[0])} has label {int(lbl[bad[0]])}, outside "
+                f"[0, {num_classes}) (data.num_classes); fix data.num_classes or "
+                "re-extract"
+            )
 
 
 def _open_array(path: str, s: int, folder: str) -> np.ndarray:
@@ -338,8 +366,14 @@ class IndexShards(torch.utils.data.Dataset):
     fails at start-up naming the shard, not when a bad row happens to be drawn.
     """
 
-    def __init__(self, folder: str, verify: bool = False, num_classes: int | None = None,
-                 progress: bool = False, identity: dict | None = None):  # fmt: skip
+    def __init__(
+        self,
+        folder: str,
+        verify: bool = False,
+        num_classes: int | None = None,
+        progress: bool = False,
+        identity: dict | None = None,
+    ):
         self.folder = folder
         self.manifest = _read_json(os.path.join(folder, "manifest.json"))
         if self.manifest is None:
@@ -362,16 +396,22 @@ class IndexShards(torch.utils.data.Dataset):
             )
         self.indices, self.labels = [], []
         shards = self.manifest["shards"]
-        for s, info in enumerate(progress_bar(shards, desc="verify shards", unit="shard",
-                                      disable=not (verify and progress))):  # fmt: skip
+        for s, info in enumerate(
+            progress_bar(
+                shards, desc="verify shards", unit="shard", disable=not (verify and progress)
+            )
+        ):
             idx, lbl = (_open_array(p, s, folder) for p in shard_paths(folder, s)[:2])
             if len(idx) != info["count"] or len(lbl) != info["count"]:
-                raise ShardError(f"shard {s} of {folder} holds {len(idx)} rows, manifest says "
-                                 f"{info['count']}; re-run the extraction")  # fmt: skip
+                raise ShardError(
+                    f"shard {s} of {folder} holds {len(idx)} rows, manifest says "
+                    f"{info['count']}; re-run the extraction"
+                )
             if verify:
                 name = f"shard {shard_paths(folder, s)[0]}"
-                verify_shard(idx, lbl, info["sha256"], self.manifest["num_codes"], num_classes,
-                             name)  # fmt: skip
+                verify_shard(
+                    idx, lbl, info["sha256"], self.manifest["num_codes"], num_classes, name
+                )
             self.indices.append(idx)
             self.labels.append(lbl)
         self.offsets = np.cumsum([0] + [len(a) for a in self.indices])

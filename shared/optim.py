@@ -30,8 +30,14 @@ import torch.nn as nn
 from torch.optim.adamw import adamw
 
 # the hyperparameters torch.optim.AdamW(fused=True) records in each param group, in its order
-_TORCH_GROUP = {"amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
-                "differentiable": False, "fused": True}  # fmt: skip
+_TORCH_GROUP = {
+    "amsgrad": False,
+    "maximize": False,
+    "foreach": None,
+    "capturable": False,
+    "differentiable": False,
+    "fused": True,
+}
 
 
 class FusedAdamW:
@@ -40,13 +46,18 @@ class FusedAdamW:
     ``load_state_dict``) and its state-dict layout, so checkpoints load in either class.
     One param group; no amsgrad, maximize, closure or gradient scaler (none is used here)."""
 
-    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):  # fmt: skip
+    def __init__(
+        self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0
+    ):
         params = list(params)
         if not params:
             raise ValueError("FusedAdamW got an empty parameter list")
-        for name, ok in (("lr", lr >= 0), ("eps", eps >= 0), ("weight_decay", weight_decay >= 0),
-                         ("betas", all(0 <= b < 1 for b in betas))):  # fmt: skip
+        for name, ok in (
+            ("lr", lr >= 0),
+            ("eps", eps >= 0),
+            ("weight_decay", weight_decay >= 0),
+            ("betas", all(0 <= b < 1 for b in betas)),
+        ):
             if not ok:
                 raise ValueError(f"FusedAdamW: invalid {name}")
         for p in params:
@@ -55,8 +66,13 @@ class FusedAdamW:
                     f"FusedAdamW needs floating-point parameters on cpu/cuda/mps/xpu, got "
                     f"{p.dtype} on {p.device}; use optim.fused=false"
                 )
-        group = {"lr": lr, "betas": (float(betas[0]), float(betas[1])), "eps": eps,
-                 "weight_decay": weight_decay, **_TORCH_GROUP}  # fmt: skip
+        group = {
+            "lr": lr,
+            "betas": (float(betas[0]), float(betas[1])),
+            "eps": eps,
+            "weight_decay": weight_decay,
+            **_TORCH_GROUP,
+        }
         if _torch_records_decoupled_weight_decay():
             group["decoupled_weight_decay"] = True
         group["params"] = params
@@ -87,16 +103,31 @@ class FusedAdamW:
                     "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
                 }
             lists = by_device.setdefault((p.device, p.dtype), [[], [], [], [], []])
-            for lst, t in zip(lists, (p, p.grad, s["exp_avg"], s["exp_avg_sq"], s["step"]),
-                              strict=True):  # fmt: skip
+            for lst, t in zip(
+                lists, (p, p.grad, s["exp_avg"], s["exp_avg_sq"], s["step"]), strict=True
+            ):
                 lst.append(t)
         beta1, beta2 = g["betas"]
         for ps, grads, m, v, steps in by_device.values():
             # torch's public functional AdamW: with fused=True it adds 1 to every step count
             # and runs the fused kernel, as torch.optim.AdamW(fused=True).step does
-            adamw(ps, grads, m, v, [], steps, foreach=False, fused=True, amsgrad=False,
-                  beta1=beta1, beta2=beta2, lr=g["lr"], weight_decay=g["weight_decay"],
-                  eps=g["eps"], maximize=False)  # fmt: skip
+            adamw(
+                ps,
+                grads,
+                m,
+                v,
+                [],
+                steps,
+                foreach=False,
+                fused=True,
+                amsgrad=False,
+                beta1=beta1,
+                beta2=beta2,
+                lr=g["lr"],
+                weight_decay=g["weight_decay"],
+                eps=g["eps"],
+                maximize=False,
+            )
 
     def state_dict(self) -> dict:
         """torch.optim's layout: parameters by their index, tensors by reference."""

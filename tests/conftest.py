@@ -14,12 +14,22 @@ from shared.paths import REPO_ROOT  # noqa: E402
 from shared.tokenizers import FashionVQConfig, train_fashion_vq  # noqa: E402
 
 TINY = [
-    "backbone=dit_nano_1", "budget.train_flops=null", "budget.images=128", "budget.batch_size=16",
-    "eval.points=2", "eval.num_samples=20", "eval.batch_size=20", "eval.steps=4",
-    "eval.reference_n=32", "eval.grid_samples=10", "checkpoint_every=3", "log_every=2",
-    "progress=false", "deterministic=true",  # exact comparisons hold on CUDA too
+    "backbone=dit_nano_1",
+    "budget.train_flops=null",
+    "budget.images=128",
+    "budget.batch_size=16",
+    "eval.points=2",
+    "eval.num_samples=20",
+    "eval.batch_size=20",
+    "eval.steps=4",
+    "eval.reference_n=32",
+    "eval.grid_samples=10",
+    "checkpoint_every=3",
+    "log_every=2",
+    "progress=false",
+    "deterministic=true",  # exact comparisons hold on CUDA too
     "optim.precision=auto",  # resolved per machine: the relaunch rules test that path
-]  # fmt: skip
+]
 # cuBLAS reads this when first used; set before any test touches CUDA (deterministic=true)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker, for the processes it starts too
@@ -31,9 +41,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker, for the proces
 
 def pytest_addoption(parser):
     parser.addoption(
-        "--repeat", type=int, default=1,
+        "--repeat",
+        type=int,
+        default=1,
         help="run each selected test N times (make flake: the process tests in a loop)",
-    )  # fmt: skip
+    )
 
 
 def pytest_generate_tests(metafunc):

@@ -71,8 +71,18 @@ class Level(nn.Module):
 class RefVQ(nn.Module):
     """layout 'ldm' or 'llamagen'; attention on the last (lowest-resolution) level."""
 
-    def __init__(self, layout, ch=32, ch_mult=(1, 2), n_res=1, z_ch=4, embed_dim=4, n_embed=64,
-                 in_ch=3, attn_levels=None):  # fmt: skip
+    def __init__(
+        self,
+        layout,
+        ch=32,
+        ch_mult=(1, 2),
+        n_res=1,
+        z_ch=4,
+        embed_dim=4,
+        n_embed=64,
+        in_ch=3,
+        attn_levels=None,
+    ):
         super().__init__()
         self.layout, self.n_res, n = layout, n_res, len(ch_mult)
         attn_levels = {n - 1} if attn_levels is None else set(attn_levels)

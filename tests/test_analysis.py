@@ -23,12 +23,22 @@ def write_sweep(root):
             job += 1
             status = "failed" if (method, seed) == ("dfm", 1) else "finished"
             steps = [25, 50, 75, 100] if status == "finished" else [25]
-            rows = [{"method": method, "seed": seed, "step": s, "images_seen": 64 * s,
-                     "train_flops": 1e9 * s * (1.02 if method != "cfm" else 1.0),
-                     "wall_s": 0.9 * s, "loss": 1 / s,
-                     "fd_fashion": 100 * np.exp(-rate * s / 50) + rng.normal(0, 1),
-                     "kid": 0.1 / s, "precision": 0.5, "recall": 0.3}
-                    for s in steps]  # fmt: skip
+            rows = [
+                {
+                    "method": method,
+                    "seed": seed,
+                    "step": s,
+                    "images_seen": 64 * s,
+                    "train_flops": 1e9 * s * (1.02 if method != "cfm" else 1.0),
+                    "wall_s": 0.9 * s,
+                    "loss": 1 / s,
+                    "fd_fashion": 100 * np.exp(-rate * s / 50) + rng.normal(0, 1),
+                    "kid": 0.1 / s,
+                    "precision": 0.5,
+                    "recall": 0.3,
+                }
+                for s in steps
+            ]
             if method == "purr" and seed == 1:
                 rows[1]["fd_fashion"] = np.nan  # a missing metric value
             pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
@@ -38,8 +48,9 @@ def write_sweep(root):
             (run / "summary.json").write_text(json.dumps(summary))
     running = sweep / "6_cfm_seed2"  # started, no evaluation yet
     running.mkdir()
-    (running / "summary.json").write_text(json.dumps({"method": "cfm", "seed": 2,
-                                                      "status": "running"}))  # fmt: skip
+    (running / "summary.json").write_text(
+        json.dumps({"method": "cfm", "seed": 2, "status": "running"})
+    )
     return sweep
 
 
@@ -52,8 +63,14 @@ def test_convergence_plot_on_partial_sweep(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "is failed" in out and "NonFiniteLossError" in out and "is running" in out
     analysis = sweep / "analysis"
-    for f in ("convergence.png", "convergence.pdf", "convergence_metrics.png",
-              "convergence_data.csv", "final_metrics.csv", "compute_to_reach.csv"):  # fmt: skip
+    for f in (
+        "convergence.png",
+        "convergence.pdf",
+        "convergence_metrics.png",
+        "convergence_data.csv",
+        "final_metrics.csv",
+        "compute_to_reach.csv",
+    ):
         assert (analysis / f).stat().st_size > 0, f
     reach = pd.read_csv(analysis / "compute_to_reach.csv")
     # purr decays fastest: it reaches FD ≤ 50 at step 25, cfm only at step 50
@@ -98,21 +115,45 @@ def test_temperature_sweep_and_entropy_maps_on_trained_runs(env, tmp_path, monke
         run_in_process(env, [f"method={m}", "eval.points=1"], sweep / f"{i}_{m}_seed0", monkeypatch)
         # load_trained reads the resolved config that Hydra writes next to the run
         (sweep / f"{i}_{m}_seed0" / ".hydra").mkdir()
-        OmegaConf.save(compose(env["overrides"] + [f"method={m}"]),
-                       sweep / f"{i}_{m}_seed0" / ".hydra" / "config.yaml")  # fmt: skip
-    assert temperature_sweep.default_runs(str(sweep)) == [str(sweep / "0_purr_seed0"),
-                                                          str(sweep / "1_dfm_seed0")]  # fmt: skip
+        OmegaConf.save(
+            compose(env["overrides"] + [f"method={m}"]),
+            sweep / f"{i}_{m}_seed0" / ".hydra" / "config.yaml",
+        )
+    assert temperature_sweep.default_runs(str(sweep)) == [
+        str(sweep / "0_purr_seed0"),
+        str(sweep / "1_dfm_seed0"),
+    ]
     out = tmp_path / "out"
-    temperature_sweep.main(["--taus", "0,1.5", "--num-samples", "20", "--out", str(out),
-                            str(sweep / "0_purr_seed0"), str(sweep / "1_dfm_seed0")])  # fmt: skip
+    temperature_sweep.main(
+        [
+            "--taus",
+            "0,1.5",
+            "--num-samples",
+            "20",
+            "--out",
+            str(out),
+            str(sweep / "0_purr_seed0"),
+            str(sweep / "1_dfm_seed0"),
+        ]
+    )
     df = pd.read_csv(out / "temperature_sweep.csv")
     assert len(df) == 4 and set(df["method"]) == {"purr", "dfm"}
     for _, grp in df.groupby("method"):  # τ changes the samples, hence the scores
         assert grp["fd"].nunique() == 2
     for f in ("temperature_sweep.png", "temperature_grid_purr.png", "temperature_grid_dfm.png"):
         assert (out / f).stat().st_size > 0
-    entropy_maps.main(["--samples", "2", "--times", "3", "--out", str(out),
-                       str(sweep / "0_purr_seed0"), str(sweep / "1_dfm_seed0")])  # fmt: skip
+    entropy_maps.main(
+        [
+            "--samples",
+            "2",
+            "--times",
+            "3",
+            "--out",
+            str(out),
+            str(sweep / "0_purr_seed0"),
+            str(sweep / "1_dfm_seed0"),
+        ]
+    )
     curve = pd.read_csv(out / "entropy_vs_t.csv")
     assert set(curve["method"]) == {"purr", "dfm"} and len(curve) == 8  # 4 steps each
     assert (curve["mean_entropy"] >= 0).all() and (curve["mean_entropy"] <= curve["log_k"]).all()
@@ -127,8 +168,15 @@ def test_temperature_sweep_and_entropy_maps_on_trained_runs(env, tmp_path, monke
     run = str(sweep / "0_purr_seed0")
     _, _, times, ent, guesses, _ = entropy_maps.trace_run(run, 2, 0, steps=3, n_times=2)
     cfg, tok, method, model = load_trained(run)
-    full = method.sample(model, 2, tok.grid, 3, y=torch.arange(2) % cfg.data.num_classes,
-                         generator=torch.Generator().manual_seed(0), trace=True).trace  # fmt: skip
+    full = method.sample(
+        model,
+        2,
+        tok.grid,
+        3,
+        y=torch.arange(2) % cfg.data.num_classes,
+        generator=torch.Generator().manual_seed(0),
+        trace=True,
+    ).trace
     posts = [r["posterior"] for r in full if r["posterior"] is not None]
     assert times == [r["t"] for r in full[:3]] and sorted(guesses) == [0, 2]
     torch.testing.assert_close(ent, torch.stack([entropy_maps.entropy(p) for p in posts]))
@@ -141,8 +189,9 @@ def test_temperature_sweep_and_entropy_maps_on_trained_runs(env, tmp_path, monke
     # sampling; two runs of one label write two grids instead of overwriting one
     import shutil
 
-    run_in_process(env, ["method=purr", "eval.points=1", "seed=1"], sweep / "2_purr_seed1",
-                   monkeypatch)  # fmt: skip
+    run_in_process(
+        env, ["method=purr", "eval.points=1", "seed=1"], sweep / "2_purr_seed1", monkeypatch
+    )
     unfinished = sweep / "3_dfm_seed0"
     shutil.copytree(sweep / "1_dfm_seed0", unfinished)
     meta = json.loads((unfinished / "summary.json").read_text())
@@ -158,10 +207,22 @@ def test_temperature_sweep_and_entropy_maps_on_trained_runs(env, tmp_path, monke
     with pytest.raises(SystemExit, match="measured differently"):
         entropy_maps.main(["--out", str(fresh), str(sweep / "1_dfm_seed0"), str(other)])
     assert not fresh.exists()  # refused before anything was sampled or written
-    temperature_sweep.main(["--taus", "1", "--num-samples", "20", "--out", str(fresh),
-                            str(sweep / "0_purr_seed0"), str(sweep / "2_purr_seed1")])  # fmt: skip
+    temperature_sweep.main(
+        [
+            "--taus",
+            "1",
+            "--num-samples",
+            "20",
+            "--out",
+            str(fresh),
+            str(sweep / "0_purr_seed0"),
+            str(sweep / "2_purr_seed1"),
+        ]
+    )
     assert sorted(p.name for p in fresh.glob("temperature_grid_*.png")) == [
-        "temperature_grid_purr_seed0.png", "temperature_grid_purr_seed1.png"]  # fmt: skip
+        "temperature_grid_purr_seed0.png",
+        "temperature_grid_purr_seed1.png",
+    ]
 
 
 def test_runs_measured_differently_are_never_compared(tmp_path):
@@ -197,8 +258,9 @@ def test_runs_measured_differently_are_never_compared(tmp_path):
 def test_baseline_lines_on_the_fd_axes():
     import matplotlib.pyplot as plt
 
-    data = pd.DataFrame({"fd_fashion": [50.0, 40.0], "fd_real": [9.5, 9.5],
-                         "fd_recon": [14.0, 14.0]})  # fmt: skip
+    data = pd.DataFrame(
+        {"fd_fashion": [50.0, 40.0], "fd_real": [9.5, 9.5], "fd_recon": [14.0, 14.0]}
+    )
     fig, ax = plt.subplots()
     convergence_plot.draw_baselines(ax, data, "fd_fashion")
     assert sorted(line.get_ydata()[0] for line in ax.lines) == [9.5, 14.0]
@@ -217,12 +279,26 @@ def test_two_sweeps_drawn_together_keep_runs_apart(tmp_path, capsys):
     variant = tmp_path / "sweeps" / "variant"
     run = variant / "1_dfm_seed0"  # the same folder name as a run of the main sweep
     run.mkdir(parents=True)
-    rows = [{"method": "dfm-maskgit", "seed": 0, "step": s, "images_seen": 64 * s,
-             "train_flops": 1.02e9 * s, "wall_s": s, "loss": 1 / s, "fd_fashion": 40.0 - s / 10,
-             "kid": 0.1, "precision": 0.5, "recall": 0.3} for s in (25, 50, 75, 100)]  # fmt: skip
+    rows = [
+        {
+            "method": "dfm-maskgit",
+            "seed": 0,
+            "step": s,
+            "images_seen": 64 * s,
+            "train_flops": 1.02e9 * s,
+            "wall_s": s,
+            "loss": 1 / s,
+            "fd_fashion": 40.0 - s / 10,
+            "kid": 0.1,
+            "precision": 0.5,
+            "recall": 0.3,
+        }
+        for s in (25, 50, 75, 100)
+    ]
     pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
-    (run / "summary.json").write_text(json.dumps({"method": "dfm-maskgit", "seed": 0,
-                                                  "status": "finished"}))  # fmt: skip
+    (run / "summary.json").write_text(
+        json.dumps({"method": "dfm-maskgit", "seed": 0, "status": "finished"})
+    )
     metrics, runs = load_sweep([str(main), str(variant)])
     assert len(runs) == 8 and runs["run"].is_unique
     assert {"2026-01-01_00-00-00/2_dfm_seed0", "variant/1_dfm_seed0"} <= set(runs["run"])
@@ -235,10 +311,15 @@ def test_two_sweeps_drawn_together_keep_runs_apart(tmp_path, capsys):
 def test_default_categorical_runs_are_chosen_by_label_and_seed(tmp_path):
     from analysis.temperature_sweep import default_runs
 
-    for name, label, seed in [("1_purr_seed1", "purr", 1), ("10_purr_seed0", "purr", 0),
-                              ("4_dfm_seed0", "dfm-mdlm", 0), ("12_dfm_seed0", "dfm", 0),
-                              ("3_dfm-metric_seed2", "dfm-metric", 2), ("0_cfm_seed0", "cfm", 0),
-                              ("5_dfm_seed1", "dfm", 1)]:  # fmt: skip
+    for name, label, seed in [
+        ("1_purr_seed1", "purr", 1),
+        ("10_purr_seed0", "purr", 0),
+        ("4_dfm_seed0", "dfm-mdlm", 0),
+        ("12_dfm_seed0", "dfm", 0),
+        ("3_dfm-metric_seed2", "dfm-metric", 2),
+        ("0_cfm_seed0", "cfm", 0),
+        ("5_dfm_seed1", "dfm", 1),
+    ]:
         run = tmp_path / name
         (run / "checkpoints").mkdir(parents=True)
         (run / "checkpoints" / "last.pt").write_bytes(b"")
@@ -266,12 +347,22 @@ def test_ranking_vs_budget_finds_the_crossing_and_both_views(tmp_path, capsys):
         rows = []
         for k, s in enumerate(steps[method]):
             fd = (200 * 0.5**k if method == "fast" else 120 * 0.8**k) + rng.normal(0, 1)
-            rows.append({"method": method, "seed": seed, "step": s, "train_flops": 1e9 * 2**k,
-                         "images_seen": s, "wall_s": s, "fd_fashion": fd,
-                         "budget_fraction": s / steps[method][-1]})  # fmt: skip
+            rows.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "step": s,
+                    "train_flops": 1e9 * 2**k,
+                    "images_seen": s,
+                    "wall_s": s,
+                    "fd_fashion": fd,
+                    "budget_fraction": s / steps[method][-1],
+                }
+            )
         pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
-        (run / "summary.json").write_text(json.dumps({"method": method, "seed": seed,
-                                                      "status": "finished"}))  # fmt: skip
+        (run / "summary.json").write_text(
+            json.dumps({"method": method, "seed": seed, "status": "finished"})
+        )
     res = rvb.main([str(sweep), "--out", str(tmp_path / "out")])
     flop = res["FLOP-matched"]
     # fast: 200, 100, 50, 25; slow: 120, 96, 76.8, 61.4 → order flips between points 1 and 2
@@ -293,8 +384,13 @@ def test_convergence_data_names_what_made_each_row_and_gaps_are_said(tmp_path, c
     for run in sweep.iterdir():  # these runs record their precisions and sample count
         if (run / "metrics.csv").is_file():
             df = pd.read_csv(run / "metrics.csv")
-            df = df.assign(train_precision="fp32", eval_precision="fp32", num_samples=250,
-                           metric_net_sha256="abc", extractor="fashion")  # fmt: skip
+            df = df.assign(
+                train_precision="fp32",
+                eval_precision="fp32",
+                num_samples=250,
+                metric_net_sha256="abc",
+                extractor="fashion",
+            )
             df.to_csv(run / "metrics.csv", index=False)
     convergence_plot.main([str(sweep), "--out", str(tmp_path / "out")])
     data = pd.read_csv(tmp_path / "out" / "convergence_data.csv")
@@ -305,8 +401,16 @@ def test_convergence_data_names_what_made_each_row_and_gaps_are_said(tmp_path, c
     old = data.drop(columns=["train_precision"])
     old.to_csv(tmp_path / "old.csv", index=False)
     with pytest.raises(SystemExit, match="do not record train_precision"):
-        precision_check.main(["--fp32", str(tmp_path / "old.csv"), "--bf16",
-                              str(tmp_path / "old.csv"), "--out", str(tmp_path)])  # fmt: skip
+        precision_check.main(
+            [
+                "--fp32",
+                str(tmp_path / "old.csv"),
+                "--bf16",
+                str(tmp_path / "old.csv"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
 
 
 def test_precision_check_compares_against_seed_noise(tmp_path):
@@ -314,10 +418,19 @@ def test_precision_check_compares_against_seed_noise(tmp_path):
     from analysis import precision_check
 
     def rows(prec, fds):
-        return pd.DataFrame([{"method": "purr", "seed": s, "step": step, "fd_fashion": fd,
-                              "train_precision": prec}
-                             for step, per_seed in fds.items()
-                             for s, fd in enumerate(per_seed)])  # fmt: skip
+        return pd.DataFrame(
+            [
+                {
+                    "method": "purr",
+                    "seed": s,
+                    "step": step,
+                    "fd_fashion": fd,
+                    "train_precision": prec,
+                }
+                for step, per_seed in fds.items()
+                for s, fd in enumerate(per_seed)
+            ]
+        )
 
     fp32 = rows("fp32", {10: [100.0, 102.0, 104.0], 20: [50.0, 51.0, 52.0]})  # std 2, 1
     bf16 = rows("bf16", {10: [101.0, 103.0, 105.0], 20: [60.0, 61.0, 62.0]})
@@ -328,8 +441,16 @@ def test_precision_check_compares_against_seed_noise(tmp_path):
     fp32.to_csv(tmp_path / "fp32.csv", index=False)
     bf16.to_csv(tmp_path / "bf16.csv", index=False)
     with pytest.raises(SystemExit, match="trained in"):  # the sets swapped: refused
-        precision_check.main(["--fp32", str(tmp_path / "bf16.csv"), "--bf16",
-                              str(tmp_path / "fp32.csv"), "--out", str(tmp_path)])  # fmt: skip
+        precision_check.main(
+            [
+                "--fp32",
+                str(tmp_path / "bf16.csv"),
+                "--bf16",
+                str(tmp_path / "fp32.csv"),
+                "--out",
+                str(tmp_path),
+            ]
+        )
 
 
 def test_runs_with_one_label_and_seed_are_refused_not_averaged(tmp_path):
@@ -342,8 +463,9 @@ def test_runs_with_one_label_and_seed_are_refused_not_averaged(tmp_path):
         load_sweep([str(sweep), str(sweep)])
     twin = sweep / "9_purr_seed0"  # e.g. purr with another option, the same label and seed
     twin.mkdir()
-    (twin / "summary.json").write_text(json.dumps({"method": "purr", "seed": 0,
-                                                   "status": "running"}))  # fmt: skip
+    (twin / "summary.json").write_text(
+        json.dumps({"method": "purr", "seed": 0, "status": "running"})
+    )
     with pytest.raises(NotComparableError, match=r"purr seed 0: 4_purr_seed0, 9_purr_seed0"):
         load_sweep(str(sweep))
 
@@ -356,14 +478,32 @@ def write_runs(sweep, specs, points=4, steps_total=100):
         run = sweep / f"{job}_{label}_seed{seed}"
         run.mkdir(parents=True)
         steps = [steps_total * (k + 1) // points for k in range(points)]
-        rows = [{"method": label, "seed": seed, "step": s, "train_flops": 1e9 * s,
-                 "budget_fraction": s / steps_total, "images_seen": s, "wall_s": s, "loss": 1 / s,
-                 "fd_fashion": fd(s), "solver": "euler", "sample_steps": 20}
-                for s in steps]  # fmt: skip
+        rows = [
+            {
+                "method": label,
+                "seed": seed,
+                "step": s,
+                "train_flops": 1e9 * s,
+                "budget_fraction": s / steps_total,
+                "images_seen": s,
+                "wall_s": s,
+                "loss": 1 / s,
+                "fd_fashion": fd(s),
+                "solver": "euler",
+                "sample_steps": 20,
+            }
+            for s in steps
+        ]
         pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
-        summary = {"method": label, "seed": seed, "status": "finished", "total_steps": steps_total,
-                   "train_identity": training_identity(config), "train_config": config,
-                   "budget_train_flops": 1e9 * steps_total}  # fmt: skip
+        summary = {
+            "method": label,
+            "seed": seed,
+            "status": "finished",
+            "total_steps": steps_total,
+            "train_identity": training_identity(config),
+            "train_config": config,
+            "budget_train_flops": 1e9 * steps_total,
+        }
         (run / "summary.json").write_text(json.dumps(summary))
     return sweep
 
@@ -373,13 +513,22 @@ def test_runs_that_differ_in_an_unnamed_option_are_two_series(tmp_path, capsys):
     identities. They are two curves named by the option, each with its 2 seeds (they used to be
     averaged as one, and the table said 'seeds 2' for 4 runs)."""
     base = {"method.name": "dfm-metric", "optim.lr": 1e-3}
-    specs = [("dfm-metric", {**base, "method.beta_scale": b}, seed,
-              lambda s, b=b, seed=seed: 100 + b - s / 10 + seed)
-             for b in (1.0, 100.0) for seed in (0, 1)]  # fmt: skip
+    specs = [
+        (
+            "dfm-metric",
+            {**base, "method.beta_scale": b},
+            seed,
+            lambda s, b=b, seed=seed: 100 + b - s / 10 + seed,
+        )
+        for b in (1.0, 100.0)
+        for seed in (0, 1)
+    ]
     sweep = write_runs(tmp_path / "sweeps" / "beta", specs)
     metrics, runs = load_sweep(str(sweep))
-    assert sorted(metrics["method"].unique()) == ["dfm-metric beta_scale=1",
-                                                  "dfm-metric beta_scale=100"]  # fmt: skip
+    assert sorted(metrics["method"].unique()) == [
+        "dfm-metric beta_scale=1",
+        "dfm-metric beta_scale=100",
+    ]
     assert set(metrics["label"]) == {"dfm-metric"} and metrics["train_identity"].nunique() == 2
     convergence_plot.main([str(sweep), "--out", str(tmp_path / "out")])
     final = pd.read_csv(tmp_path / "out" / "final_metrics.csv", index_col=0)
@@ -417,15 +566,24 @@ def test_budget_points_are_matched_by_fraction_and_budgets_must_agree(tmp_path, 
     evaluation' (50% of one, 25%... of the other); unequal budgets are refused unless --by-flops."""
     from analysis import ranking_vs_budget
 
-    a = write_runs(tmp_path / "sweeps" / "a", [("cfm", {"m": "cfm"}, s, lambda x: 300 - x)
-                                               for s in (0, 1)], points=2)  # fmt: skip
-    b = write_runs(tmp_path / "sweeps" / "b", [("purr", {"m": "purr"}, s, lambda x: 250 - x)
-                                               for s in (0, 1)], points=4)  # fmt: skip
+    a = write_runs(
+        tmp_path / "sweeps" / "a",
+        [("cfm", {"m": "cfm"}, s, lambda x: 300 - x) for s in (0, 1)],
+        points=2,
+    )
+    b = write_runs(
+        tmp_path / "sweeps" / "b",
+        [("purr", {"m": "purr"}, s, lambda x: 250 - x) for s in (0, 1)],
+        points=4,
+    )
     res = ranking_vs_budget.main([str(a), str(b), "--out", str(tmp_path / "o")])
     ranks = {k: text for k, _, text in res["FLOP-matched"]["ranking"]}
     assert ranks == {0.25: "purr", 0.5: "purr < cfm", 0.75: "purr", 1.0: "purr < cfm"}
-    c = write_runs(tmp_path / "sweeps" / "c", [("cfm", {"m": "cfm"}, s, lambda x: 300 - x)
-                                               for s in (0, 1)], steps_total=200)  # fmt: skip
+    c = write_runs(
+        tmp_path / "sweeps" / "c",
+        [("cfm", {"m": "cfm"}, s, lambda x: 300 - x) for s in (0, 1)],
+        steps_total=200,
+    )
     with pytest.raises(SystemExit, match="different budgets"):
         ranking_vs_budget.main([str(c), str(b), "--out", str(tmp_path / "o")])
     res = ranking_vs_budget.main([str(c), str(b), "--by-flops", "--out", str(tmp_path / "o")])
@@ -454,8 +612,10 @@ def test_class_grids_stay_readable_at_any_class_count(tmp_path):
     labels = torch.arange(5000) % 1000  # class-balanced, as the evaluator draws them
     idx, classes, per = pick_by_class(labels, max_classes=16, per_class=16)
     assert len(classes) == 16 and classes[0] == 0 and classes[-1] == 999 and per == 5
-    assert classes == sorted(set(classes)) and (labels[idx].view(16, 5) == torch.tensor(
-        classes).view(16, 1)).all()  # fmt: skip
+    assert (
+        classes == sorted(set(classes))
+        and (labels[idx].view(16, 5) == torch.tensor(classes).view(16, 1)).all()
+    )
     images = torch.randint(0, 256, (5000, 3, 8, 8), dtype=torch.uint8)
     save_grid(
         images[idx], tmp_path / "g.png", nrow=per, text={"classes": " ".join(map(str, classes))}

@@ -28,8 +28,15 @@ def randomize_head(net):
 @pytest.mark.parametrize("kind", ["latent", "tokens"])
 @pytest.mark.parametrize("patch,grid", [(1, (8, 8)), (2, (8, 8)), (4, (8, 16)), (2, (6, 4))])
 def test_shapes_and_zero_init(kind, patch, grid):
-    net = DiT(input_size=grid, patch_size=patch, input_kind=kind, in_channels=3,
-              vocab_size=11, out_channels=7, **TINY)  # fmt: skip
+    net = DiT(
+        input_size=grid,
+        patch_size=patch,
+        input_kind=kind,
+        in_channels=3,
+        vocab_size=11,
+        out_channels=7,
+        **TINY,
+    )
     x, t, y = inputs(net)
     out = net(x, t, y)
     assert out.shape == (3, 7, *grid)
@@ -39,8 +46,17 @@ def test_shapes_and_zero_init(kind, patch, grid):
     assert out.abs().max() > 0
     # unpatchify is the inverse of the patch layout: each output cell depends on its own
     # input cell's patch only when depth=0; check locality through a 0-block net instead
-    loc = DiT(input_size=grid, patch_size=patch, input_kind="latent", in_channels=1,
-              out_channels=1, hidden_size=16, depth=0, num_heads=1, num_classes=0)  # fmt: skip
+    loc = DiT(
+        input_size=grid,
+        patch_size=patch,
+        input_kind="latent",
+        in_channels=1,
+        out_channels=1,
+        hidden_size=16,
+        depth=0,
+        num_heads=1,
+        num_classes=0,
+    )
     randomize_head(loc)
     x = torch.zeros(1, 1, *grid)
     base = loc(x, torch.zeros(1))
@@ -99,8 +115,18 @@ def test_sincos_positions_unique():
 
 @pytest.mark.parametrize("kind,patch", [("latent", 1), ("latent", 2), ("tokens", 1), ("tokens", 2)])
 def test_analytic_flops_match_flop_counter(kind, patch):
-    net = DiT(input_size=8, patch_size=patch, input_kind=kind, in_channels=4, vocab_size=257,
-              out_channels=256, hidden_size=64, depth=3, num_heads=4, num_classes=10)  # fmt: skip
+    net = DiT(
+        input_size=8,
+        patch_size=patch,
+        input_kind=kind,
+        in_channels=4,
+        vocab_size=257,
+        out_channels=256,
+        hidden_size=64,
+        depth=3,
+        num_heads=4,
+        num_classes=10,
+    )
     for blk in net.blocks:
         blk.attn.fused_attn = False  # explicit q·kᵀ and attn·v matmuls, which the counter sees
     x, t, y = inputs(net, 5)
@@ -144,8 +170,15 @@ def test_own_layers_equal_timms_bit_for_bit(kind, patch, dtype, monkeypatch):
 
     import shared.backbone.dit as dit_mod
 
-    kw = dict(input_size=(4, 8), patch_size=patch, input_kind=kind, in_channels=3,
-              vocab_size=11, out_channels=5, **TINY)  # fmt: skip
+    kw = dict(
+        input_size=(4, 8),
+        patch_size=patch,
+        input_kind=kind,
+        in_channels=3,
+        vocab_size=11,
+        out_channels=5,
+        **TINY,
+    )
 
     def build():
         torch.manual_seed(7)

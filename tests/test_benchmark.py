@@ -82,16 +82,18 @@ def test_benchmark_tiny(tmp_path, capsys):
     # both precisions of every trained and sampled variant, and their ratio to eager fp32
     for kind in (train, sample):
         keys = {(r["method"], r["head"], r["variant"], r.get("nfe")) for r in kind}
-        assert {(r["method"], r["head"], r["variant"], r.get("nfe"), r["precision"])
-                for r in kind} == {(*k, p) for k in keys for p in ("fp32", "bf16")}  # fmt: skip
+        assert {
+            (r["method"], r["head"], r["variant"], r.get("nfe"), r["precision"]) for r in kind
+        } == {(*k, p) for k in keys for p in ("fp32", "bf16")}
     assert "speed-up vs eager fp32" in printed and "bf16" in printed.split("speed-up")[1]
 
 
 def test_head_bench_compares_three_losses_that_agree():
     from experiments import head_bench
 
-    rows = head_bench.main(["--rows", "64", "--codes", "300", "--dim", "16", "--reps", "1",
-                            "--chunk", "3000"])  # fmt: skip
+    rows = head_bench.main(
+        ["--rows", "64", "--codes", "300", "--dim", "16", "--reps", "1", "--chunk", "3000"]
+    )
     by = {r["variant"]: r for r in rows}
     assert {"full", "ours"} <= set(by)
     for r in rows:

@@ -31,15 +31,31 @@ def write_frontier(sweep, seeds=(0,)):
             total = STEPS[size]
             per_step = BUDGET / total * 0.999  # the budget buys a whole number of steps
             steps = [total // 8, total // 4, total // 2, total]
-            rows = [{"method": label, "seed": seed, "step": s, "train_flops": s * per_step,
-                     "budget_fraction": s / total, "fd_fashion": fd, "num_samples": 1000,
-                     "lr_schedule": "wsd0.2"}
-                    for s, fd in zip(steps, fds, strict=True)]  # fmt: skip
+            rows = [
+                {
+                    "method": label,
+                    "seed": seed,
+                    "step": s,
+                    "train_flops": s * per_step,
+                    "budget_fraction": s / total,
+                    "fd_fashion": fd,
+                    "num_samples": 1000,
+                    "lr_schedule": "wsd0.2",
+                }
+                for s, fd in zip(steps, fds, strict=True)
+            ]
             pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
-            summary = {"method": label, "seed": seed, "status": "finished", "total_steps": total,
-                       "backbone": size, "params": PARAMS[size], "budget_train_flops": BUDGET,
-                       "train_identity": f"{label}-{size}",
-                       "train_config": {"method.name": label, "backbone.preset": size}}  # fmt: skip
+            summary = {
+                "method": label,
+                "seed": seed,
+                "status": "finished",
+                "total_steps": total,
+                "backbone": size,
+                "params": PARAMS[size],
+                "budget_train_flops": BUDGET,
+                "train_identity": f"{label}-{size}",
+                "train_config": {"method.name": label, "backbone.preset": size},
+            }
             (run / "summary.json").write_text(json.dumps(summary))
     return sweep
 

@@ -105,8 +105,10 @@ def test_euler_step_transports_the_path_to_second_order():
     def p(s):
         return m.path_logprobs(torch.tensor([x1]), torch.tensor([s], dtype=torch.float64)).exp()[0]
 
-    errors = [0.5 * (p(t) @ euler_transition(m, x1, t, h) - p(t + h)).abs().sum().item()
-              for h in (0.02, 0.01, 0.005)]  # fmt: skip
+    errors = [
+        0.5 * (p(t) @ euler_transition(m, x1, t, h) - p(t + h)).abs().sum().item()
+        for h in (0.02, 0.01, 0.005)
+    ]
     assert errors[0] < 0.01
     assert errors[1] < errors[0] / 3 and errors[2] < errors[1] / 3, errors
 
@@ -140,11 +142,15 @@ def test_metric_interface_and_errors():
     m = metric()
     assert (m.input_kind, m.vocab_size, m.out_channels) == ("tokens", K, K)
     assert m.model_kwargs()["vocab_size"] == K
-    post = m.posterior(Oracle("dfm-metric", method=m), torch.randint(0, K, (3, *GRID)),
-                       torch.full((3,), 0.5))  # fmt: skip
+    post = m.posterior(
+        Oracle("dfm-metric", method=m), torch.randint(0, K, (3, *GRID)), torch.full((3,), 0.5)
+    )
     torch.testing.assert_close(post.sum(1), torch.ones(3, *GRID))
-    for bad, match in (({"distance": "cosine"}, "distance"), ({"beta_power": 0.5}, "beta_power"),
-                       ({"beta_scale": 0.0}, "beta_scale")):  # fmt: skip
+    for bad, match in (
+        ({"distance": "cosine"}, "distance"),
+        ({"beta_power": 0.5}, "beta_power"),
+        ({"beta_scale": 0.0}, "beta_scale"),
+    ):
         with pytest.raises(ValueError, match=match):
             metric(**bad)
     with pytest.raises(ValueError, match="Euler"):
@@ -164,8 +170,15 @@ def test_metric_interface_and_errors():
 def test_mdlm_weight_has_unit_mean_closed_form_and_bound(t_min, power, eps, stratified):
     """t is uniform on [t_min, 1 − ε] (MDLM's range): the divisor is E_t[κ̇] there, the
     weight is bounded by its value at 1 − ε, and E[w·1_masked] = 1 per position."""
-    m = methods.build("dfm", codebook=E, weighting="mdlm", kappa_power=power, t_min=t_min,
-                      mdlm_eps=eps, mdlm_stratified=stratified)  # fmt: skip
+    m = methods.build(
+        "dfm",
+        codebook=E,
+        weighting="mdlm",
+        kappa_power=power,
+        t_min=t_min,
+        mdlm_eps=eps,
+        mdlm_stratified=stratified,
+    )
     t_max = 1 - eps  # E_t[κ̇] = (κ(t_max) − κ(t_min))/(t_max − t_min)
     norm = (t_max**power - t_min**power) / (t_max - t_min)
     t = torch.tensor([0.3, 0.6])
@@ -272,8 +285,15 @@ class FixedLogits:
 def test_maskgit_schedule_and_nfe(schedule, steps):
     m = maskgit(maskgit_schedule=schedule)
     model = FixedLogits((3, 4))
-    out = m.sample(model, 6, (3, 4), steps, solver="maskgit", trace=True,
-                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+    out = m.sample(
+        model,
+        6,
+        (3, 4),
+        steps,
+        solver="maskgit",
+        trace=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.nfe == model.calls == steps and out.nfe_rows == steps
     masked = [int((r["state"][0] == K).sum()) for r in out.trace]  # before each step, then final
     assert masked[0] == 12 and masked[-1] == 0 and (out.indices < K).all()
@@ -293,8 +313,9 @@ def test_maskgit_random_order_one_token_per_step_is_exact_and_wrong_model_fails(
     m = maskgit(maskgit_choice_temperature=1e6)
     for probs, should_pass in ((PROBS, True), (WRONG_PROBS, False)):
         model = Oracle("dfm", "mask", probs)
-        out = m.sample(model, N_SAMPLES, GRID, 4, solver="maskgit",
-                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+        out = m.sample(
+            model, N_SAMPLES, GRID, 4, solver="maskgit", generator=torch.Generator().manual_seed(0)
+        )
         assert out.nfe == model.calls == 4
         tv = total_variation(out.indices)
         assert (tv < TV_TOL) == should_pass, f"TV {tv:.3f}"
@@ -311,8 +332,9 @@ def test_maskgit_unmasks_the_most_confident_positions_first():
         return logits.expand(x.shape[0], -1, -1, -1)
 
     m = maskgit(maskgit_choice_temperature=0.0)
-    out = m.sample(model, 50, GRID, 4, solver="maskgit", trace=True,
-                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+    out = m.sample(
+        model, 50, GRID, 4, solver="maskgit", trace=True, generator=torch.Generator().manual_seed(0)
+    )
     after_first = out.trace[1]["state"]
     assert (after_first[:, 0, 0] == 2).all()
     assert ((after_first == K).flatten(1).sum(1) == 3).all()
@@ -322,8 +344,17 @@ def test_maskgit_guidance_temperature_and_errors():
     m = maskgit()
     model = Oracle("dfm")
     y = torch.zeros(8, dtype=torch.long)
-    out = m.sample(model, 8, GRID, 3, y=y, solver="maskgit", cfg_scale=2.0, temperature=0.0,
-                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+    out = m.sample(
+        model,
+        8,
+        GRID,
+        3,
+        y=y,
+        solver="maskgit",
+        cfg_scale=2.0,
+        temperature=0.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.nfe == 3 and out.nfe_rows == 6 and (out.indices < K).all()
     with pytest.raises(ValueError, match="source='mask'"):
         methods.build("dfm", codebook=E, source="uniform").sample(
@@ -362,7 +393,7 @@ def test_chunked_head_samples_equal_full_for_new_samplers(name, solver):
             temperature=0.8,
             cfg_scale=1.5,
             generator=torch.Generator().manual_seed(7),
-        )  # fmt: skip
+        )
         for m in (full, chunked)
     ]
     assert torch.equal(outs[0].indices, outs[1].indices)

@@ -142,7 +142,7 @@ def test_sampling_equals_full_posterior_path(name, patch, tau, cfg):
             temperature=tau,
             cfg_scale=cfg,
             generator=torch.Generator().manual_seed(7),
-        )  # fmt: skip
+        )
         for m in (full, chunked)
     ]
     assert torch.equal(outs[0].indices, outs[1].indices)

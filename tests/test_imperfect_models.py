@@ -62,8 +62,9 @@ def test_masked_samplers_are_exact_with_a_model_wrong_where_unmasked(solver, ste
     m = masked_dfm(**kw)
     for probs, should_pass in ((PROBS, True), (WRONG_PROBS, False)):
         model = TrainedWhereMasked(probs, elsewhere)
-        out = m.sample(model, N_SAMPLES, GRID, steps, solver=solver,
-                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+        out = m.sample(
+            model, N_SAMPLES, GRID, steps, solver=solver, generator=torch.Generator().manual_seed(0)
+        )
         assert out.nfe == model.calls == steps
         tv = total_variation(out.indices)
         assert (tv < TV_TOL) == should_pass, f"{solver}/{elsewhere}: TV {tv:.3f}"
@@ -78,8 +79,14 @@ def test_euler_redraw_is_exact_only_where_the_model_is_exact_everywhere():
     assert total_variation(out.indices) < TV_TOL
     for elsewhere in ("uniform", "wrong"):
         g = torch.Generator().manual_seed(0)
-        out = m.sample(TrainedWhereMasked(elsewhere=elsewhere), N_SAMPLES, GRID, 50,
-                       solver="euler-redraw", generator=g)  # fmt: skip
+        out = m.sample(
+            TrainedWhereMasked(elsewhere=elsewhere),
+            N_SAMPLES,
+            GRID,
+            50,
+            solver="euler-redraw",
+            generator=g,
+        )
         assert total_variation(out.indices) > 0.5, elsewhere
 
 
@@ -102,8 +109,18 @@ def test_a_decoded_token_never_changes(solver, temperature, cfg):
     m = masked_dfm()
     y = torch.arange(64) % 3
     g = torch.Generator().manual_seed(1)
-    out = m.sample(RandomLogits(), 64, (4, 4), 8, y=y, solver=solver, temperature=temperature,
-                   cfg_scale=cfg, generator=g, trace=True)  # fmt: skip
+    out = m.sample(
+        RandomLogits(),
+        64,
+        (4, 4),
+        8,
+        y=y,
+        solver=solver,
+        temperature=temperature,
+        cfg_scale=cfg,
+        generator=g,
+        trace=True,
+    )
     states = [r["state"] for r in out.trace]
     assert (states[-1] == out.indices).all() and (out.indices < K).all()
     changed = 0
@@ -122,8 +139,9 @@ def test_posterior_is_a_point_mass_where_unmasked():
     torch.testing.assert_close(post.sum(1), torch.ones(1, *GRID))
     assert post[0, 3, 0, 1] == 1 and post[0, 5, 1, 0] == 1
     assert (post[0, :, 0, 0] < 1).all() and (post[0, :, 1, 1] < 1).all()
-    out = m.sample(RandomLogits(), 5, GRID, 4, generator=torch.Generator().manual_seed(0),
-                   trace=True)  # fmt: skip
+    out = m.sample(
+        RandomLogits(), 5, GRID, 4, generator=torch.Generator().manual_seed(0), trace=True
+    )
     for r in out.trace[:-1]:
         decoded = r["state"] != K
         top = r["posterior"].max(1).values
@@ -140,8 +158,11 @@ def test_maskgit_refuses_more_steps_than_positions_and_keeps_the_default_schedul
 
     masked = 64
     for i in range(20):
-        old = 0 if i == 19 else max(0, min(math.floor(64 * math.cos(math.pi / 2 * (i + 1) / 20)),
-                                           masked - 1))  # fmt: skip
+        old = (
+            0
+            if i == 19
+            else max(0, min(math.floor(64 * math.cos(math.pi / 2 * (i + 1) / 20)), masked - 1))
+        )
         new = m.maskgit_masked(64, i, 20, masked)
         assert new == old
         masked = new
@@ -186,8 +207,15 @@ class Recorder(torch.nn.Module):
     def __init__(self, method):
         super().__init__()
         # ``.model``: the categorical methods find the DiT's head behind it (the chunked path)
-        self.model = DiT(input_size=2, patch_size=1, hidden_size=32, depth=1, num_heads=2,
-                         num_classes=3, **method.model_kwargs())  # fmt: skip
+        self.model = DiT(
+            input_size=2,
+            patch_size=1,
+            hidden_size=32,
+            depth=1,
+            num_heads=2,
+            num_classes=3,
+            **method.model_kwargs(),
+        )
         self.seen = []
 
     def forward(self, x, t, y=None, **kw):

@@ -55,8 +55,12 @@ def test_interface(variant):
     m = build(variant)
     assert m.input_kind == ("tokens" if variant.startswith("dfm") else "latent")
     assert m.out_channels == (2 if variant.startswith("cfm") else K)
-    assert m.vocab_size == {"dfm-mask": K + 1, "dfm-mdlm": K + 1, "dfm-uniform": K,
-                            "dfm-metric": K}.get(variant)  # fmt: skip
+    assert m.vocab_size == {
+        "dfm-mask": K + 1,
+        "dfm-mdlm": K + 1,
+        "dfm-uniform": K,
+        "dfm-metric": K,
+    }.get(variant)
     x = torch.randint(0, K, (3, *GRID)) if m.input_kind == "tokens" else torch.randn(3, 2, *GRID)
     post = m.posterior(oracle(variant), x, torch.full((3,), 0.5))
     if m.categorical_posterior:
@@ -294,8 +298,15 @@ def test_tiny_dit_loss_falls(variant):
     codebook = torch.randn(k, 4)
     name, kw = VARIANTS[variant]
     m = methods.build(name, codebook=codebook, **kw)
-    net = DiT(input_size=4, patch_size=1, hidden_size=32, depth=2, num_heads=2, num_classes=4,
-              **m.model_kwargs())  # fmt: skip
+    net = DiT(
+        input_size=4,
+        patch_size=1,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        num_classes=4,
+        **m.model_kwargs(),
+    )
     patterns = torch.randint(0, k, (4, 4, 4))
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(1)
@@ -341,9 +352,11 @@ def test_categorical_pieces_match_float64_reference():
         torch.testing.assert_close(post.double(), torch.softmax(ref64 / tau, 1), atol=1e-6, rtol=0)
     # bf16 logits (CUDA autocast) give a float32 posterior of the bf16 values
     torch.testing.assert_close(
-        categorical(logits.bfloat16()).double(), torch.softmax(logits.bfloat16().double(), 1),
-        atol=1e-6, rtol=0,
-    )  # fmt: skip
+        categorical(logits.bfloat16()).double(),
+        torch.softmax(logits.bfloat16().double(), 1),
+        atol=1e-6,
+        rtol=0,
+    )
     out = categorical_loss(logits, idx, 0.1)
     logp = torch.log_softmax(ref64, 1)
     ce = -logp.gather(1, idx[:, None]).mean()

@@ -38,8 +38,14 @@ def test_fd_sanity(cache, extractor, test_images):
     g = torch.Generator().manual_seed(0)
     noise = torch.randint(0, 256, (400, 1, 32, 32), generator=g, dtype=torch.uint8)
     fake = compute_metrics(noise, ref, extractor)
-    assert set(real) == {"fd_fashion", "kid_fashion", "kid_fashion_std", "precision_fashion",
-                         "recall_fashion", "is_fashion"}  # fmt: skip
+    assert set(real) == {
+        "fd_fashion",
+        "kid_fashion",
+        "kid_fashion_std",
+        "precision_fashion",
+        "recall_fashion",
+        "is_fashion",
+    }
     assert not any(k.startswith("fid") for k in real)  # never called FID
     assert fake["fd_fashion"] > 10 * real["fd_fashion"] > 0
     assert fake["kid_fashion"] > 10 * abs(real["kid_fashion"])
@@ -153,21 +159,28 @@ def test_metric_arithmetic_equals_torch_fidelity_bit_for_bit(n_gen, n_ref, batch
     ref = 1.3 * torch.randn(n_ref, 16, generator=g, dtype=torch.float64) @ mix + 0.4
     logits = torch.randn(n_gen, 10, generator=g) * 3
 
-    fd = fid_statistics_to_metric(fid_features_to_statistics(gen), fid_features_to_statistics(ref),
-                                  verbose=False)["frechet_inception_distance"]  # fmt: skip
+    fd = fid_statistics_to_metric(
+        fid_features_to_statistics(gen), fid_features_to_statistics(ref), verbose=False
+    )["frechet_inception_distance"]
     assert stats.frechet_distance(stats.fd_statistics(gen), stats.fd_statistics(ref)) == fd > 0
     size = min(n_gen, n_ref, 150)
-    k = kid_features_to_metric(gen, ref, kid_subset_size=size, kid_subsets=20, rng_seed=5,
-                               verbose=False)  # fmt: skip
-    assert stats.kid(gen, ref, size, 20, 5) == (k["kernel_inception_distance_mean"],
-                                                k["kernel_inception_distance_std"])  # fmt: skip
-    p = prc_features_to_metric(gen, ref, prc_neighborhood=3, prc_batch_size=batch,
-                               save_cpu_ram=True, verbose=False)  # fmt: skip
+    k = kid_features_to_metric(
+        gen, ref, kid_subset_size=size, kid_subsets=20, rng_seed=5, verbose=False
+    )
+    assert stats.kid(gen, ref, size, 20, 5) == (
+        k["kernel_inception_distance_mean"],
+        k["kernel_inception_distance_std"],
+    )
+    p = prc_features_to_metric(
+        gen, ref, prc_neighborhood=3, prc_batch_size=batch, save_cpu_ram=True, verbose=False
+    )
     assert stats.precision_recall(gen, ref, 3, batch) == (p["precision"], p["recall"])
     assert 0 < p["precision"] < 1 and 0 < p["recall"] < 1
     isc = isc_features_to_metric(logits, splits=10, rng_seed=3)
-    assert stats.inception_score(logits, 10, 3) == (isc["inception_score_mean"],
-                                                    isc["inception_score_std"])  # fmt: skip
+    assert stats.inception_score(logits, 10, 3) == (
+        isc["inception_score_mean"],
+        isc["inception_score_std"],
+    )
     with pytest.raises(ValueError, match="different dimensions"):
         stats.frechet_distance(stats.fd_statistics(gen), stats.fd_statistics(ref[:, :8]))
 

@@ -70,8 +70,10 @@ def _two_layer_grads(seed, steps):
 
 def _params(seed=1):
     g = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(7, 5, generator=g)),
-            torch.nn.Parameter(torch.randn(5, generator=g))]  # fmt: skip
+    return [
+        torch.nn.Parameter(torch.randn(7, 5, generator=g)),
+        torch.nn.Parameter(torch.randn(5, generator=g)),
+    ]
 
 
 def _steps(opt, params, grads, lrs):
@@ -115,8 +117,10 @@ def test_fused_adamw_equals_torchs_fused_adamw_bit_for_bit_and_shares_its_checkp
         _same_state(ours.state_dict(), theirs.state_dict())
     assert not torch.equal(pa[0], _params()[0])  # it moved
     # resume: torch's checkpoint into ours, ours into torch's, both go on identically
-    pc, pd = [p.detach().clone().requires_grad_() for p in pb], [
-        p.detach().clone().requires_grad_() for p in pa]  # fmt: skip
+    pc, pd = (
+        [p.detach().clone().requires_grad_() for p in pb],
+        [p.detach().clone().requires_grad_() for p in pa],
+    )
     ours2, theirs2 = FusedAdamW(pc, **kw), torch.optim.AdamW(pd, fused=True, **kw)
     ours2.load_state_dict(theirs.state_dict())
     # deepcopy, as a checkpoint file would be: torch's load_state_dict keeps the given tensors
@@ -142,5 +146,6 @@ def test_fused_adamw_refuses_what_it_cannot_resume():
     with pytest.raises(ValueError, match="amsgrad=True"):
         opt.load_state_dict(torch.optim.AdamW(_params(), amsgrad=True).state_dict())
     with pytest.raises(RuntimeError, match="optim.fused=false"):
-        FusedAdamW([torch.nn.Parameter(torch.zeros(3, dtype=torch.int64), requires_grad=False)],
-                   lr=1e-3)  # fmt: skip
+        FusedAdamW(
+            [torch.nn.Parameter(torch.zeros(3, dtype=torch.int64), requires_grad=False)], lr=1e-3
+        )

@@ -31,8 +31,9 @@ FAULT = [sys.executable, str(REPO_ROOT / "tests" / "launch_with_fault.py")]
 def launch(env, run_dir, mode="none", n=0, extra=()):
     cmd = FAULT + [mode, str(n), "--", "method=purr", f"hydra.run.dir={run_dir}"]
     cmd += env["overrides"] + list(extra)
-    return run_tree(cmd, cwd=env["base"], timeout=300,
-                    env={**os.environ, "VQBENCH_CACHE": env["cache"]})  # fmt: skip
+    return run_tree(
+        cmd, cwd=env["base"], timeout=300, env={**os.environ, "VQBENCH_CACHE": env["cache"]}
+    )
 
 
 def temporaries(run_dir):
@@ -69,8 +70,10 @@ def test_killed_and_relaunched_run_equals_uninterrupted(env, tmp_path, monkeypat
     assert [x["start_step"] for x in summary(d)["launches"]] == [0, 0, 3, 5, 6]
 
     # a refused relaunch (training config changed) touches nothing, .hydra/ included
-    before = {f: (d / f).read_bytes() for f in (".hydra/config.yaml", "summary.json",
-                                                "metrics.csv", "checkpoints/last.pt")}  # fmt: skip
+    before = {
+        f: (d / f).read_bytes()
+        for f in (".hydra/config.yaml", "summary.json", "metrics.csv", "checkpoints/last.pt")
+    }
     p = launch(env, d, extra=["optim.lr=0.5", "method.z_loss_weight=0.1"])
     assert p.returncode == 2
     assert "optim.lr: checkpoint 0.001, now 0.5" in p.stderr
@@ -104,8 +107,11 @@ def test_relaunch_rules(env, tmp_path, monkeypatch, capsys):
     # a finished run is never relabelled: another sampler, or an allowed training
     # change, would evaluate nothing and only rewrite its label and summary
     before = (d / "summary.json").read_bytes()
-    for extra in (["eval.steps=2"], ["eval.steps=2", "allow_changes=[eval.steps]"],
-                  ["method.latent_scale=unit", "allow_changes=[method.latent_scale]"]):  # fmt: skip
+    for extra in (
+        ["eval.steps=2"],
+        ["eval.steps=2", "allow_changes=[eval.steps]"],
+        ["method.latent_scale=unit", "allow_changes=[method.latent_scale]"],
+    ):
         with pytest.raises(RunRefused, match="is finished \\(step 8 of 8\\).*\n.*runs .*now"):
             run_in_process(env, ["method=purr", *extra], d, monkeypatch)
         assert (d / "summary.json").read_bytes() == before
@@ -139,9 +145,13 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     fp32 elsewhere; explicit settings are kept; anything else is refused."""
     from shared import precision
 
-    for flags, expect in ((set(), "fp32"), ({"avx512f", "avx2"}, "fp32"),
-                          ({"avx512f", "avx512_bf16"}, "bf16"), ({"amx_bf16"}, "bf16"),
-                          ({"asimd", "bf16"}, "bf16")):  # fmt: skip
+    for flags, expect in (
+        (set(), "fp32"),
+        ({"avx512f", "avx2"}, "fp32"),
+        ({"avx512f", "avx512_bf16"}, "bf16"),
+        ({"amx_bf16"}, "bf16"),
+        ({"asimd", "bf16"}, "bf16"),
+    ):
         monkeypatch.setattr(precision, "cpu_flags", lambda f=flags: frozenset(f))
         assert precision.resolve("auto", "cpu") == expect, flags
         assert precision.resolve("fp32", "cpu") == "fp32"
@@ -180,8 +190,9 @@ def test_nonfinite_weights_are_never_checkpointed(env, tmp_path, monkeypatch):
     monkeypatch.setattr(tl, "clip_and_step", real)
     with pytest.raises(RunRefused, match="optim.lr"):  # a silent LR change is refused
         run_in_process(env, ["method=cfm", "optim.lr=5e-4"], d, monkeypatch)
-    done = run_in_process(env, ["method=cfm", "optim.lr=5e-4", "allow_changes=[optim.lr]"], d,
-                          monkeypatch)  # fmt: skip
+    done = run_in_process(
+        env, ["method=cfm", "optim.lr=5e-4", "allow_changes=[optim.lr]"], d, monkeypatch
+    )
     assert done["status"] == "finished"
     assert done["launches"][-1]["changed"]["optim.lr"] == [1e-3, 5e-4]
 
@@ -281,16 +292,28 @@ def test_two_rank_ddp_run_stops_on_sigterm_and_resumes_exactly(env, tmp_path):
     at the next log boundary (step 4), checkpoint, and the relaunch ends identical to an
     uninterrupted 2-rank run. The first launch extracts the index shards (its own folder), the
     path on which ranks that start at different speeds once entered different collectives."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node=2"]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
     def launch2(run_dir, mode="none"):
-        cmd = torchrun + [str(REPO_ROOT / "tests" / "launch_with_fault.py"), mode, "3", "--",
-                          "method=dfm", f"hydra.run.dir={run_dir}"] + env["overrides"]  # fmt: skip
+        cmd = (
+            torchrun
+            + [
+                str(REPO_ROOT / "tests" / "launch_with_fault.py"),
+                mode,
+                "3",
+                "--",
+                "method=dfm",
+                f"hydra.run.dir={run_dir}",
+            ]
+            + env["overrides"]
+        )
         cmd.append(f"data.latents_dir={tmp_path / 'lat'}")  # its own: the first launch extracts
-        return run_tree(cmd, cwd=env["base"], timeout=120,
-                        env={**os.environ, "VQBENCH_CACHE": env["cache"],
-                             "OMP_NUM_THREADS": "1"})  # fmt: skip
+        return run_tree(
+            cmd,
+            cwd=env["base"],
+            timeout=120,
+            env={**os.environ, "VQBENCH_CACHE": env["cache"], "OMP_NUM_THREADS": "1"},
+        )
 
     p = launch2(tmp_path / "full")
     assert p.returncode == 0, p.stderr[-3000:]
@@ -308,10 +331,15 @@ def two_ranks(args, penv, timeout=90):
     """``python ARGS`` as RANK=0 and RANK=1 side by side: (processes, their outputs); on a
     timeout each process's whole tree is killed."""
     procs = [
-        subprocess.Popen([sys.executable, *args], env={**penv, "RANK": str(r)},
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [sys.executable, *args],
+            env={**penv, "RANK": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for r in (0, 1)
-    ]  # fmt: skip
+    ]
     try:
         outs = [p.communicate(timeout=timeout)[0] for p in procs]
     finally:
@@ -385,11 +413,16 @@ def test_checkpoints_from_before_new_training_keys_resume_unless_the_key_changes
     from experiments.runner.checkpoint import check_resume
     from experiments.runner.checks import flat_keys
 
-    for method, key, other in (("dfm", "method.weighting", "mdlm"),
-                               ("purr", "method.latent_scale", "unit")):  # fmt: skip
-        old = {k: v for k, v in flat_keys(compose([f"method={method}"])).items()
-               if k not in ("method.weighting", "method.latent_scale")
-               and not k.startswith(("method.maskgit", "method.mdlm_"))}  # fmt: skip
+    for method, key, other in (
+        ("dfm", "method.weighting", "mdlm"),
+        ("purr", "method.latent_scale", "unit"),
+    ):
+        old = {
+            k: v
+            for k, v in flat_keys(compose([f"method={method}"])).items()
+            if k not in ("method.weighting", "method.latent_scale")
+            and not k.startswith(("method.maskgit", "method.mdlm_"))
+        }
         accepted = check_resume("last.pt", {"config": old}, compose([f"method={method}"]))
         assert key in accepted  # recorded as a change, not refused
         with pytest.raises(RunRefused, match=key):
@@ -405,11 +438,14 @@ def test_a_run_with_rows_keeps_its_measurement_unless_a_mix_is_asked_for():
     from experiments.runner.checkpoint import check_relabel
     from experiments.runner.checks import flat_keys
 
-    ck = {"config": flat_keys(compose(["method=dfm"])), "progress": {"step": 4},
-          "total_steps": 8}  # fmt: skip
+    ck = {"config": flat_keys(compose(["method=dfm"])), "progress": {"step": 4}, "total_steps": 8}
     assert check_relabel("last.pt", ck, compose(["method=dfm"]), evaluated=True) is None
-    for key, value in (("eval.solver", "maskgit"), ("eval.temperature", 0.5),
-                       ("eval.cfg_scale", 2.0), ("eval.num_samples", 10)):  # fmt: skip
+    for key, value in (
+        ("eval.solver", "maskgit"),
+        ("eval.temperature", 0.5),
+        ("eval.cfg_scale", 2.0),
+        ("eval.num_samples", 10),
+    ):
         cfg = compose(["method=dfm", f"{key}={value}"])
         msg = check_relabel("last.pt", ck, cfg, evaluated=True)
         assert f"{key}: rows" in msg and f"allow_changes=[{key}]" in msg
@@ -435,8 +471,11 @@ def test_mdlm_checkpoints_from_before_its_time_range_are_refused_naming_the_keys
     from experiments.runner.checks import flat_keys
 
     def old(method):
-        return {k: v for k, v in flat_keys(compose([f"method={method}"])).items()
-                if not k.startswith("method.mdlm_")}  # fmt: skip
+        return {
+            k: v
+            for k, v in flat_keys(compose([f"method={method}"])).items()
+            if not k.startswith("method.mdlm_")
+        }
 
     accepted = check_resume("last.pt", {"config": old("dfm")}, compose(["method=dfm"]))
     assert "method.mdlm_eps" in accepted
@@ -488,8 +527,14 @@ def test_a_run_process_imports_none_of_the_slow_packages(env):
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )
     penv = {**os.environ, "VQBENCH_CACHE": env["cache"]}
-    p = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                       text=True, timeout=120, env=penv)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=penv,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().splitlines()[-1] == "[]", p.stdout
 
@@ -513,15 +558,17 @@ def test_imagenet_presets_are_flop_matched_and_name_the_paper_setting(tok):
         assert validation_errors(cfg) == [] and cfg.budget.images is None
         cfm = methods.build("cfm", codebook=torch.randn(16, d))
         with torch.device("meta"):
-            net = build_dit(cfg.backbone.preset, input_size=(32, 32), num_classes=1000,
-                            **cfm.model_kwargs())  # fmt: skip
+            net = build_dit(
+                cfg.backbone.preset, input_size=(32, 32), num_classes=1000, **cfm.model_kwargs()
+            )
         # one number per backbone: LlamaGen's 8-dim codes add 0.03% to cfm's count over SD's 4
         assert cfg.budget.train_flops == pytest.approx(PAPER_IMAGES * net.train_flops(1), 5e-4)
         iters = compose(["method=purr", preset, "data.root=/x", "budget=imagenet_iters"])
         assert validation_errors(iters) == []
         assert (iters.budget.images, iters.budget.train_flops) == (PAPER_IMAGES, None)
-    both = compose(["method=purr", f"preset=imagenet_{tok}_b2", "data.root=/x",
-                    "budget.images=400000000"])  # fmt: skip
+    both = compose(
+        ["method=purr", f"preset=imagenet_{tok}_b2", "data.root=/x", "budget.images=400000000"]
+    )
     (err,) = [e for e in validation_errors(both) if "exactly one" in e]
     assert "budget.train_flops=null" in err and "budget=imagenet_iters" in err
 

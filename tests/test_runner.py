@@ -68,8 +68,12 @@ def test_run_outputs_and_exact_resume(env, tmp_path, monkeypatch):
     assert [int(r["step"]) for r in rows] == [4, 8]
     assert float(rows[1]["fd_fashion"]) > 0 and rows[1]["fid_inception"] == ""
     assert int(rows[1]["nfe"]) == 4 and int(rows[1]["images_seen"]) == 128
-    for f in ("samples/step_0000004.png", "samples/step_0000008.png", "samples_final.png",
-              "checkpoints/last.pt"):  # fmt: skip
+    for f in (
+        "samples/step_0000004.png",
+        "samples/step_0000008.png",
+        "samples_final.png",
+        "checkpoints/last.pt",
+    ):
         assert (full / f).is_file(), f
     # crash inside step 7: the last checkpoint is step 6 (checkpoint_every=3), mid-interval
     part = tmp_path / "part"
@@ -105,8 +109,12 @@ def test_same_seed_same_loss_curve_and_nonfinite_stop(env, tmp_path, monkeypatch
     from experiments.runner.errors import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError, match="non-finite loss between steps"):
-        run_in_process(env, ["method=cfm", "optim.lr=1e30", "optim.warmup_steps=0"],
-                       tmp_path / "nan", monkeypatch)  # fmt: skip
+        run_in_process(
+            env,
+            ["method=cfm", "optim.lr=1e30", "optim.warmup_steps=0"],
+            tmp_path / "nan",
+            monkeypatch,
+        )
     status = json.loads((tmp_path / "nan" / "summary.json").read_text())
     assert status["status"] == "failed" and "NonFiniteLossError" in status["error"]
 
@@ -145,7 +153,7 @@ BAD_CONFIGS = [
     (
         ["TREE", "data.num_classes=1000"],
         "holds 3 class folder(s) (ant, moth, zebra); set data.num_classes=3",
-    ),  # fmt: skip
+    ),
 ]
 # one per stage that refuses: Hydra's composition, value validation, the input files
 BAD_CONFIGS_LAUNCHED = [BAD_CONFIGS[0], BAD_CONFIGS[3], BAD_CONFIGS[5]]
@@ -169,8 +177,11 @@ def with_data(env, args):
     out = []
     for a in args:
         if a in ("TREE", "EMPTY_CLASS"):
-            out += ["data.dataset=imagefolder", f"data.root={tree if a == 'TREE' else empty}",
-                    "eval.extractor=inception"]  # fmt: skip
+            out += [
+                "data.dataset=imagefolder",
+                f"data.root={tree if a == 'TREE' else empty}",
+                "eval.extractor=inception",
+            ]
         elif a == "tokenizer.path=BASE":
             out.append(f"tokenizer.path={env['base']}")
         else:
@@ -185,8 +196,9 @@ def test_maskgit_steps_beyond_the_grid_are_refused_before_training(env, tmp_path
 
     run_dir = tmp_path / "maskgit"
     with pytest.raises(RunError, match=r"eval.steps=1000: MaskGIT .* exceeds the 64 latent"):
-        run_in_process(env, ["method=dfm", "eval.solver=maskgit", "eval.steps=1000"], run_dir,
-                       monkeypatch)  # fmt: skip
+        run_in_process(
+            env, ["method=dfm", "eval.solver=maskgit", "eval.steps=1000"], run_dir, monkeypatch
+        )
     assert not (run_dir / "checkpoints" / "last.pt").exists()
     assert not (run_dir / "metrics.csv").exists()
 
@@ -198,8 +210,9 @@ def test_more_evaluations_than_steps_and_unknown_keys_are_refused(env, tmp_path,
 
     run_dir = tmp_path / "points"
     with pytest.raises(RunError, match=r"eval.points=12 .* only 8 distinct .* at most 8"):
-        run_in_process(env, ["method=cfm", "eval.points=12", "eval.spacing=linear"], run_dir,
-                       monkeypatch)  # fmt: skip
+        run_in_process(
+            env, ["method=cfm", "eval.points=12", "eval.spacing=linear"], run_dir, monkeypatch
+        )
     assert not (run_dir / "checkpoints").exists()
     with pytest.raises(RunError, match="eval.unknown is not a config key of EvalConfig"):
         run_in_process(env, ["method=cfm", "+eval.unknown=1"], run_dir, monkeypatch)
@@ -233,8 +246,12 @@ def test_bad_config_is_refused_naming_the_fix(env, args, expect, monkeypatch):
 def test_bad_config_fails_fast_naming_the_fix(env, args, expect):
     """The real command: a non-zero exit, the fix on stderr, before any model work."""
     t0 = time.time()
-    proc = run_tree(RUN + with_data(env, args), cwd=env["base"], timeout=120,
-                    env={**os.environ, "VQBENCH_CACHE": env["cache"]})  # fmt: skip
+    proc = run_tree(
+        RUN + with_data(env, args),
+        cwd=env["base"],
+        timeout=120,
+        env={**os.environ, "VQBENCH_CACHE": env["cache"]},
+    )
     took = time.time() - t0
     assert proc.returncode != 0
     assert expect in proc.stderr + proc.stdout
@@ -272,12 +289,23 @@ def test_sweep_through_submitit(env, tmp_path, launcher, request):
     if launcher == "slurm":
         request.getfixturevalue("slurm_cluster")
     sweep = tmp_path / "sweep"
-    cmd = RUN + ["-m", "method=cfm,dfm", f"hydra/launcher={launcher}",
-                 f"hydra.sweep.dir={sweep}", "hydra.launcher.timeout_min=10",
-                 "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2",
-                 "eval.points=1"] + env["overrides"]  # fmt: skip
-    proc = run_tree(cmd, cwd=env["base"], timeout=600,
-                    env={**os.environ, "VQBENCH_CACHE": env["cache"]})  # fmt: skip
+    cmd = (
+        RUN
+        + [
+            "-m",
+            "method=cfm,dfm",
+            f"hydra/launcher={launcher}",
+            f"hydra.sweep.dir={sweep}",
+            "hydra.launcher.timeout_min=10",
+            "hydra.launcher.cpus_per_task=1",
+            "hydra.launcher.mem_gb=2",
+            "eval.points=1",
+        ]
+        + env["overrides"]
+    )
+    proc = run_tree(
+        cmd, cwd=env["base"], timeout=600, env={**os.environ, "VQBENCH_CACHE": env["cache"]}
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = sorted(glob.glob(str(sweep / "*" / "metrics.csv")))
     assert len(runs) == 2, os.listdir(sweep)
@@ -317,8 +345,17 @@ def test_pack_runs_a_sweep_several_jobs_at_once(env, tmp_path):
     from analysis.sweeps import load_sweep
 
     sweep = tmp_path / "packed"
-    cmd = [sys.executable, str(REPO_ROOT / "experiments" / "pack.py"), "--parallel", "2",
-           "--sweep-dir", str(sweep), "--", *env["overrides"], "method=cfm,purr"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / "experiments" / "pack.py"),
+        "--parallel",
+        "2",
+        "--sweep-dir",
+        str(sweep),
+        "--",
+        *env["overrides"],
+        "method=cfm,purr",
+    ]
     penv = {**os.environ, "VQBENCH_CACHE": env["cache"]}
     penv.pop("OMP_NUM_THREADS", None)  # the pack chooses: cores ÷ --parallel
     proc = run_tree(cmd, env=penv, timeout=300)
@@ -338,8 +375,10 @@ def test_pack_runs_a_sweep_several_jobs_at_once(env, tmp_path):
     assert again.returncode == 0 and again.stdout.count("finished") >= 2, again.stdout
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_cfm_seed0", "1_purr_seed0"]
     # a bad value or a key typo refuses the pack before any job starts
-    for bad_args, why in ((["method=cfm", "eval.steps=0"], "eval.steps=0 is not allowed"),
-                          (["metod=cfm,dfm"], "metod")):  # fmt: skip
+    for bad_args, why in (
+        (["method=cfm", "eval.steps=0"], "eval.steps=0 is not allowed"),
+        (["metod=cfm,dfm"], "metod"),
+    ):
         bad = run_tree(cmd[:-1] + bad_args, env=penv, timeout=120)
         assert bad.returncode == 2 and "starts no job" in bad.stderr and why in bad.stderr
         assert "started" not in bad.stdout
@@ -362,10 +401,12 @@ def test_pack_parses_overrides_as_hydra_does():
     from experiments.pack import job_key, parse
 
     jobs = parse(["seed=range(0,2)", "method=cfm,dfm", "optim.betas=[0.9,0.95]"])
-    assert jobs == [["seed=0", "method=cfm", "optim.betas=[0.9,0.95]"],
-                    ["seed=0", "method=dfm", "optim.betas=[0.9,0.95]"],
-                    ["seed=1", "method=cfm", "optim.betas=[0.9,0.95]"],
-                    ["seed=1", "method=dfm", "optim.betas=[0.9,0.95]"]]  # fmt: skip
+    assert jobs == [
+        ["seed=0", "method=cfm", "optim.betas=[0.9,0.95]"],
+        ["seed=0", "method=dfm", "optim.betas=[0.9,0.95]"],
+        ["seed=1", "method=cfm", "optim.betas=[0.9,0.95]"],
+        ["seed=1", "method=dfm", "optim.betas=[0.9,0.95]"],
+    ]
     assert job_key(["seed=0", "method=cfm"]) == job_key(["method=cfm", "seed=0"])
     with pytest.raises(SystemExit, match="no viable alternative at input .range"):
         parse(["seed=range(0,"])
@@ -395,15 +436,27 @@ def test_pack_owns_its_jobs_on_sigterm_and_on_its_own_death(env, tmp_path):
     from proc import descendants, kill_tree
 
     sweep = tmp_path / "owned"
-    cmd = [sys.executable, str(REPO_ROOT / "experiments" / "pack.py"), "--parallel", "2",
-           "--sweep-dir", str(sweep), "--", *env["overrides"], "method=cfm,purr",
-           "budget.images=400000", "eval.points=1", "checkpoint_every=50"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / "experiments" / "pack.py"),
+        "--parallel",
+        "2",
+        "--sweep-dir",
+        str(sweep),
+        "--",
+        *env["overrides"],
+        "method=cfm,purr",
+        "budget.images=400000",
+        "eval.points=1",
+        "checkpoint_every=50",
+    ]
     penv = {**os.environ, "VQBENCH_CACHE": env["cache"]}
     runs = [sweep / "0_cfm_seed0", sweep / "1_purr_seed0"]
 
     def launch():
-        proc = subprocess.Popen(cmd, env=penv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, env=penv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         try:
             wait_for(lambda: all(run_status(r) == "running" for r in runs), 120, "jobs running")
             return proc, descendants(proc.pid)
@@ -422,8 +475,11 @@ def test_pack_owns_its_jobs_on_sigterm_and_on_its_own_death(env, tmp_path):
         pack, jobs = launch()  # resumes past the locks; then the pack dies without a word
         pack.kill()
         pack.communicate(timeout=30)
-        wait_for(lambda: not [p for p in jobs if os.path.exists(f"/proc/{p}")], 120,
-                 "the jobs of a killed pack stop")  # fmt: skip
+        wait_for(
+            lambda: not [p for p in jobs if os.path.exists(f"/proc/{p}")],
+            120,
+            "the jobs of a killed pack stop",
+        )
         assert [run_status(r) for r in runs] == ["interrupted", "interrupted"]
         pack, _ = launch()  # no orphan holds a lock
         pack.send_signal(signal.SIGINT)
@@ -448,19 +504,35 @@ def test_gpu_sweep_script_runs_every_step_and_reports_the_failed_one(tmp_path):
         'echo "stub ran: $1"\n'
     )
     stub.chmod(0o755)
-    penv = {**os.environ, "OUT": str(out), "SEEDS": "0", "METHODS": "cfm,purr",
-            "PARALLEL": "2", "PYTHON": str(stub)}  # fmt: skip
-    proc = subprocess.run(["bash", str(REPO_ROOT / "experiments" / "gpu_sweep.sh")],
-                          env=penv, cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    penv = {
+        **os.environ,
+        "OUT": str(out),
+        "SEEDS": "0",
+        "METHODS": "cfm,purr",
+        "PARALLEL": "2",
+        "PYTHON": str(stub),
+    }
+    proc = subprocess.run(
+        ["bash", str(REPO_ROOT / "experiments" / "gpu_sweep.sh")],
+        env=penv,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     log = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 1, log
     assert "!!   ranking (exit 3, see" in proc.stderr and "1 step(s) failed" in proc.stderr, log
     ran = [c for c in calls.read_text().splitlines() if not c.startswith("-m pip")]  # .whl/
     scripts = [c.split()[0] for c in ran]
-    assert scripts == ["experiments/pack.py", "analysis/convergence_plot.py",
-                       "analysis/ranking_vs_budget.py", "analysis/temperature_sweep.py",
-                       "analysis/entropy_maps.py", "analysis/sample_grids.py"], ran  # fmt: skip
+    assert scripts == [
+        "experiments/pack.py",
+        "analysis/convergence_plot.py",
+        "analysis/ranking_vs_budget.py",
+        "analysis/temperature_sweep.py",
+        "analysis/entropy_maps.py",
+        "analysis/sample_grids.py",
+    ], ran
     sweep = str(out / "sweep")
     assert "--parallel 2" in ran[0] and "seed=0 method=cfm,purr preset=fashion_gpu" in ran[0]
     assert all(sweep in c for c in ran), ran
@@ -481,17 +553,32 @@ def test_gpu_sweep_script_runs_its_whole_path_on_cpu(env, tmp_path):
     Slow: the script's logic is the fast test above; pack, the runs and every figure script
     have their own process tests."""
     out = tmp_path / "gpu"
-    extra = " ".join(o for o in env["overrides"] if o.split("=")[0] in
-                     ("data.root", "tokenizer.path", "data.latents_dir"))  # fmt: skip
+    extra = " ".join(
+        o
+        for o in env["overrides"]
+        if o.split("=")[0] in ("data.root", "tokenizer.path", "data.latents_dir")
+    )
     wrapper = tmp_path / "python"
     fail = 'case "$*" in *ranking_vs_budget.py*) echo simulated out of memory >&2; exit 3;; esac'
     wrapper.write_text(f'#!/bin/bash\n{fail}\nexec {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
-    penv = {**os.environ, "VQBENCH_CACHE": env["cache"], "TINY": "1", "OUT": str(out),
-            "SEEDS": "0", "METHODS": "cfm,purr", "PARALLEL": "2", "EXTRA": extra,
-            "PYTHON": str(wrapper)}  # fmt: skip
-    proc = run_tree(["bash", str(REPO_ROOT / "experiments" / "gpu_sweep.sh")],
-                    env=penv, cwd=REPO_ROOT, timeout=600)  # fmt: skip
+    penv = {
+        **os.environ,
+        "VQBENCH_CACHE": env["cache"],
+        "TINY": "1",
+        "OUT": str(out),
+        "SEEDS": "0",
+        "METHODS": "cfm,purr",
+        "PARALLEL": "2",
+        "EXTRA": extra,
+        "PYTHON": str(wrapper),
+    }
+    proc = run_tree(
+        ["bash", str(REPO_ROOT / "experiments" / "gpu_sweep.sh")],
+        env=penv,
+        cwd=REPO_ROOT,
+        timeout=600,
+    )
     log = proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.returncode == 1, log
     assert "1 step(s) failed" in proc.stderr and "ranking (exit 3" in proc.stderr, log
@@ -533,8 +620,10 @@ def test_maskgit_options_are_sampler_settings_not_training_keys(env):
         "method.maskgit_schedule=linear is ignored: it is read only with eval.solver=maskgit "
         "(here eval.solver=euler)"
     ]
-    assert ignored_options(compose(base + ["method.maskgit_schedule=linear",
-                                           "eval.solver=maskgit"])) == []  # fmt: skip
+    assert (
+        ignored_options(compose(base + ["method.maskgit_schedule=linear", "eval.solver=maskgit"]))
+        == []
+    )
 
 
 def test_demo_plan_scales_its_estimates_with_the_demo_overrides(capsys, tmp_path):

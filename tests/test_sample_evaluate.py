@@ -49,8 +49,18 @@ def load(path):
 
 def test_sample_file_layout_card_and_per_image_randomness(env, runs, tmp_path, monkeypatch):
     a = tmp_path / "a.npz"
-    card = sample(env, runs["dfm"], a, "--num-samples", 10, "--shard-size", 4, "--batch-size",
-                  3, monkeypatch=monkeypatch)  # fmt: skip
+    card = sample(
+        env,
+        runs["dfm"],
+        a,
+        "--num-samples",
+        10,
+        "--shard-size",
+        4,
+        "--batch-size",
+        3,
+        monkeypatch=monkeypatch,
+    )
     z = load(a)
     assert z["arr_0"].dtype == np.uint8 and z["arr_0"].shape == (10, 32, 32, 3)
     assert (z["arr_0"][..., 0] == z["arr_0"][..., 2]).all()  # greyscale repeated
@@ -62,8 +72,16 @@ def test_sample_file_layout_card_and_per_image_randomness(env, runs, tmp_path, m
         and list(z["labels"]) == labels_for(range(10), 10, "random", 0).tolist()
     )
     assert len(set(z["labels"].tolist())) > 1
-    bal = sample(env, runs["dfm"], tmp_path / "bal.npz", "--num-samples", 10, "--labels",
-                 "balanced", monkeypatch=monkeypatch)  # fmt: skip
+    bal = sample(
+        env,
+        runs["dfm"],
+        tmp_path / "bal.npz",
+        "--num-samples",
+        10,
+        "--labels",
+        "balanced",
+        monkeypatch=monkeypatch,
+    )
     assert bal["labels"] == "balanced"
     assert list(load(tmp_path / "bal.npz")["labels"]) == [i % 10 for i in range(10)]
     assert json.loads(str(z["card"])) == card == json.loads((tmp_path / "a.json").read_text())
@@ -73,18 +91,46 @@ def test_sample_file_layout_card_and_per_image_randomness(env, runs, tmp_path, m
     assert card["checkpoint_sha256"] == file_sha256(ck) and card["method"] == "dfm"
     assert card["nfe"] == 4 and card["steps"] == 4 and card["solver"] == "euler"
     assert card["step"] == card["total_steps"] == 8 and card["train_flops"] > 0
-    for key in ("tokenizer_sha256", "temperature", "cfg_scale", "labels", "seed", "precision",
-                "weights", "versions"):  # fmt: skip
+    for key in (
+        "tokenizer_sha256",
+        "temperature",
+        "cfg_scale",
+        "labels",
+        "seed",
+        "precision",
+        "weights",
+        "versions",
+    ):
         assert key in card
     assert not (tmp_path / "a.npz.parts").exists()
     # the same command: the same bytes; another batch and shard size: the same images
     b = tmp_path / "b.npz"
-    sample(env, runs["dfm"], b, "--num-samples", 10, "--shard-size", 4, "--batch-size", 3,
-           monkeypatch=monkeypatch)  # fmt: skip
+    sample(
+        env,
+        runs["dfm"],
+        b,
+        "--num-samples",
+        10,
+        "--shard-size",
+        4,
+        "--batch-size",
+        3,
+        monkeypatch=monkeypatch,
+    )
     assert a.read_bytes() == b.read_bytes()
     c = tmp_path / "c.npz"
-    sample(env, runs["dfm"], c, "--num-samples", 12, "--shard-size", 5, "--batch-size", 7,
-           monkeypatch=monkeypatch)  # fmt: skip
+    sample(
+        env,
+        runs["dfm"],
+        c,
+        "--num-samples",
+        12,
+        "--shard-size",
+        5,
+        "--batch-size",
+        7,
+        monkeypatch=monkeypatch,
+    )
     zc = load(c)
     # the same noise and labels; the images are equal up to float batch effects: the DiT's
     # GEMMs round differently at another batch size (1e-7), and a discrete draw that lands
@@ -93,39 +139,111 @@ def test_sample_file_layout_card_and_per_image_randomness(env, runs, tmp_path, m
     assert (zc["labels"][:10] == z["labels"]).all() and same.mean() >= 0.7, same
     # another seed, random labels: other images, labels from (seed, i)
     d = tmp_path / "d.npz"
-    sample(env, runs["dfm"], d, "--num-samples", 10, "--seed", 1, "--labels", "random",
-           monkeypatch=monkeypatch)  # fmt: skip
+    sample(
+        env,
+        runs["dfm"],
+        d,
+        "--num-samples",
+        10,
+        "--seed",
+        1,
+        "--labels",
+        "random",
+        monkeypatch=monkeypatch,
+    )
     zd = load(d)
     assert not (zd["arr_0"] == z["arr_0"]).all() and zd["labels"].max() < 10
     assert len(set(zd["labels"].tolist())) > 1
 
 
-def test_sample_refuses_changed_settings_and_reuses_a_complete_file(env, runs, tmp_path,
-                                                                    monkeypatch):  # fmt: skip
+def test_sample_refuses_changed_settings_and_reuses_a_complete_file(
+    env, runs, tmp_path, monkeypatch
+):
     out = tmp_path / "s.npz"
-    sample(env, runs["cfm"], out, "--num-samples", 4, "--solver", "heun", "--steps", 2,
-           monkeypatch=monkeypatch)  # fmt: skip
+    sample(
+        env,
+        runs["cfm"],
+        out,
+        "--num-samples",
+        4,
+        "--solver",
+        "heun",
+        "--steps",
+        2,
+        monkeypatch=monkeypatch,
+    )
     before = out.read_bytes()
-    assert sample(env, runs["cfm"], out, "--num-samples", 4, "--solver", "heun", "--steps", 2,
-                  monkeypatch=monkeypatch) is None  # fmt: skip
+    assert (
+        sample(
+            env,
+            runs["cfm"],
+            out,
+            "--num-samples",
+            4,
+            "--solver",
+            "heun",
+            "--steps",
+            2,
+            monkeypatch=monkeypatch,
+        )
+        is None
+    )
     assert out.read_bytes() == before
     with pytest.raises(SystemExit, match="steps: 2 → 3"):
-        sample(env, runs["cfm"], out, "--num-samples", 4, "--solver", "heun", "--steps", 3,
-               monkeypatch=monkeypatch)  # fmt: skip
+        sample(
+            env,
+            runs["cfm"],
+            out,
+            "--num-samples",
+            4,
+            "--solver",
+            "heun",
+            "--steps",
+            3,
+            monkeypatch=monkeypatch,
+        )
     # an interrupted job's shard folder keeps its settings too
     parts = tmp_path / "p.npz.parts"
     parts.mkdir()
     card = json.loads(str(load(out)["card"]))
     (parts / "card.json").write_text(json.dumps({**card, "temperature": 0.5}))
     with pytest.raises(SystemExit, match="holds shards of other settings"):
-        sample(env, runs["cfm"], tmp_path / "p.npz", "--num-samples", 4, "--solver", "heun",
-               "--steps", 2, monkeypatch=monkeypatch)  # fmt: skip
+        sample(
+            env,
+            runs["cfm"],
+            tmp_path / "p.npz",
+            "--num-samples",
+            4,
+            "--solver",
+            "heun",
+            "--steps",
+            2,
+            monkeypatch=monkeypatch,
+        )
     with pytest.raises(SystemExit, match="exceeds the 64 latent positions"):
-        sample(env, runs["dfm"], tmp_path / "m.npz", "--num-samples", 2, "--solver", "maskgit",
-               "--steps", 65, monkeypatch=monkeypatch)  # fmt: skip
+        sample(
+            env,
+            runs["dfm"],
+            tmp_path / "m.npz",
+            "--num-samples",
+            2,
+            "--solver",
+            "maskgit",
+            "--steps",
+            65,
+            monkeypatch=monkeypatch,
+        )
     with pytest.raises(SystemExit, match="temperature"):
-        sample(env, runs["cfm"], tmp_path / "t.npz", "--num-samples", 2, "--temperature", 0.5,
-               monkeypatch=monkeypatch)  # fmt: skip
+        sample(
+            env,
+            runs["cfm"],
+            tmp_path / "t.npz",
+            "--num-samples",
+            2,
+            "--temperature",
+            0.5,
+            monkeypatch=monkeypatch,
+        )
 
 
 def test_the_card_names_its_batch_and_a_relaunch_keeps_it(env, runs, tmp_path, monkeypatch):
@@ -166,13 +284,22 @@ def test_unfinished_runs_and_folders_without_a_run_are_refused(env, runs, tmp_pa
     torch.save({**ck, "total_steps": 100}, part / "checkpoints" / "last.pt")  # step 8 of 100
     with pytest.raises(SystemExit, match="unfinished .*step 8 of 100"):
         sample(env, part, tmp_path / "u.npz", "--num-samples", 2, monkeypatch=monkeypatch)
-    card = sample(env, part, tmp_path / "u.npz", "--num-samples", 2, "--checkpoint",
-                  part / "checkpoints" / "last.pt", monkeypatch=monkeypatch)  # fmt: skip
+    card = sample(
+        env,
+        part,
+        tmp_path / "u.npz",
+        "--num-samples",
+        2,
+        "--checkpoint",
+        part / "checkpoints" / "last.pt",
+        monkeypatch=monkeypatch,
+    )
     assert card["step"] == 8 and card["total_steps"] == 100  # on purpose, and labelled
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="not a trained run"):
-        sample(env, tmp_path / "empty", tmp_path / "e.npz", "--num-samples", 2,
-               monkeypatch=monkeypatch)  # fmt: skip
+        sample(
+            env, tmp_path / "empty", tmp_path / "e.npz", "--num-samples", 2, monkeypatch=monkeypatch
+        )
 
 
 @pytest.mark.parametrize("variant", ["cfm", "purr", "dfm", "dfm-uniform", "dfm-metric", "maskgit"])
@@ -207,8 +334,18 @@ def same_card_but_world(a, b) -> bool:
 
 
 def sample_cmd(env, run, out, n=12):
-    return SAMPLE + [str(run), "--num-samples", str(n), "--out", str(out), "--shard-size", "2",
-                     "--batch-size", "2", "--no-progress"]  # fmt: skip
+    return SAMPLE + [
+        str(run),
+        "--num-samples",
+        str(n),
+        "--out",
+        str(out),
+        "--shard-size",
+        "2",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
 
 
 def penv(env):
@@ -226,8 +363,12 @@ def test_sampling_killed_midway_resumes_to_the_same_bytes(env, runs, tmp_path):
     p = run_tree(sample_cmd(env, runs["dfm"], full) + slow, timeout=120, env=penv(env))
     assert p.returncode == 0, p.stderr[-2000:]
     cut = tmp_path / "cut.npz"
-    proc = subprocess.Popen(sample_cmd(env, runs["dfm"], cut) + slow, env=penv(env),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        sample_cmd(env, runs["dfm"], cut) + slow,
+        env=penv(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         first = tmp_path / "cut.npz.parts" / "shard_000001.npz"
@@ -254,8 +395,7 @@ def test_two_rank_sampling_equals_one_process(env, runs, tmp_path):
     p = run_tree(sample_cmd(env, runs["cfm"], one, n=10), timeout=120, env=penv(env))
     assert p.returncode == 0, p.stderr[-2000:]
     two = tmp_path / "two.npz"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node=2"]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd = torchrun + sample_cmd(env, runs["cfm"], two, n=10)[1:]
     p = run_tree(cmd, timeout=180, env=penv(env))
     assert p.returncode == 0, p.stderr[-3000:]
@@ -275,11 +415,18 @@ def test_two_ranks_with_uneven_shards_never_wait_in_a_collective(env, runs, tmp_
     p = run_tree(sample_cmd(env, runs["cfm"], one, n=6), timeout=120, env=penv(env))
     assert p.returncode == 0, p.stderr[-2000:]
     two = tmp_path / "two.npz"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc_per_node=2", str(REPO_ROOT / "tests" / "sample_with_slow_shards.py"),
-                "2.5", "4", "--"]  # fmt: skip
-    p = run_tree(torchrun + sample_cmd(env, runs["cfm"], two, n=6)[2:], timeout=180,
-                 env=penv(env))  # fmt: skip
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO_ROOT / "tests" / "sample_with_slow_shards.py"),
+        "2.5",
+        "4",
+        "--",
+    ]
+    p = run_tree(torchrun + sample_cmd(env, runs["cfm"], two, n=6)[2:], timeout=180, env=penv(env))
     assert p.returncode == 0, p.stderr[-3000:]
     a, b = load(one), load(two)
     assert (a["arr_0"] == b["arr_0"]).all() and same_card_but_world(a, b)
@@ -294,12 +441,16 @@ def write_adm(path, images, **extra):
 def fake_images(n, seed, size=32, grey=True):
     g = np.random.default_rng(seed)
     base = g.integers(0, 256, (n, size, size, 1), dtype=np.uint8)
-    return np.repeat(base, 3, axis=-1) if grey else g.integers(0, 256, (n, size, size, 3),
-                                                                dtype=np.uint8)  # fmt: skip
+    return (
+        np.repeat(base, 3, axis=-1)
+        if grey
+        else g.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    )
 
 
-def test_evaluate_against_itself_torch_fidelity_and_given_statistics(env, runs, tmp_path,
-                                                                     monkeypatch):  # fmt: skip
+def test_evaluate_against_itself_torch_fidelity_and_given_statistics(
+    env, runs, tmp_path, monkeypatch
+):
     """A file against itself: FD ≈ 0, precision = recall = 1. The FD equals torch-fidelity's own
     calculate_metrics on the same two sets (same feature extractor). FID from (mu, sigma)
     equals FID from the images they were computed from."""
@@ -332,10 +483,17 @@ def test_evaluate_against_itself_torch_fidelity_and_given_statistics(env, runs, 
         def __getitem__(self, i):
             return self.x[i]
 
-    tf = calculate_metrics(input1=Images(load(s)["arr_0"]), input2=Images(load(ref)["arr_0"]),
-                           fid=True, feature_extractor=register_with_torch_fidelity(),
-                           feature_layer_fid="feat", cuda=False, verbose=False, cache=False,
-                           batch_size=10)  # fmt: skip
+    tf = calculate_metrics(
+        input1=Images(load(s)["arr_0"]),
+        input2=Images(load(ref)["arr_0"]),
+        fid=True,
+        feature_extractor=register_with_torch_fidelity(),
+        feature_layer_fid="feat",
+        cuda=False,
+        verbose=False,
+        cache=False,
+        batch_size=10,
+    )
     assert res["fd_fashion"] == pytest.approx(tf["frechet_inception_distance"], rel=1e-6)
     # FID from statistics = FID from the images they summarise
     fe = build_extractor("fashion")
@@ -363,8 +521,18 @@ def test_sets_too_small_for_precision_recall_are_refused(env, tmp_path, monkeypa
     with pytest.raises(SystemExit) as e:
         main([str(four), "--reference", "fashion:train", "--reference-n", "3", "--out", out])
     assert e.value.code == 2 and "--reference-n must be ≥ 4" in capsys.readouterr().err
-    res = main([str(four), "--reference", str(four), "--out", out, "--extractors", "fashion",
-                "--no-progress"])  # fmt: skip
+    res = main(
+        [
+            str(four),
+            "--reference",
+            str(four),
+            "--out",
+            out,
+            "--extractors",
+            "fashion",
+            "--no-progress",
+        ]
+    )
     assert res["precision_fashion"] == res["recall_fashion"] == 1.0
 
 
@@ -388,8 +556,7 @@ def test_is_grey_compares_a_chunk_at_a_time():
 def test_an_adm_batch_cut_by_reference_n_says_what_each_metric_used(tmp_path):
     from experiments.evaluate import load_reference
 
-    adm = write_adm(tmp_path / "adm.npz", fake_images(8, 4), mu=np.zeros(2048),
-                    sigma=np.eye(2048))  # fmt: skip
+    adm = write_adm(tmp_path / "adm.npz", fake_images(8, 4), mu=np.zeros(2048), sigma=np.eye(2048))
     images, stats, ident = load_reference(str(adm), 5)
     assert len(images) == 5 and ident["n"] == 5 and stats is not None
     assert ident["n_images_in_file"] == 8 and "as given" in ident["fid_statistics"]
@@ -412,13 +579,24 @@ def test_results_never_replace_the_sample_card(env, runs, tmp_path, monkeypatch)
     with pytest.raises(SystemExit, match="protocol card"):
         main([str(s), "--reference", str(s), "--out", str(copied), "--extractors", "fashion"])
     assert (tmp_path / "s.json").read_text() == card
-    res = main([str(s), "--reference", str(s), "--out", str(tmp_path / "r.json"),
-                "--extractors", "fashion", "--no-progress"])  # fmt: skip
+    res = main(
+        [
+            str(s),
+            "--reference",
+            str(s),
+            "--out",
+            str(tmp_path / "r.json"),
+            "--extractors",
+            "fashion",
+            "--no-progress",
+        ]
+    )
     assert res["evaluator"]["kid_subset_size"] == {"fashion": 8}
 
 
-def test_a_second_evaluation_reuses_the_reference_features_and_statistics(env, tmp_path,
-                                                                        monkeypatch):  # fmt: skip
+def test_a_second_evaluation_reuses_the_reference_features_and_statistics(
+    env, tmp_path, monkeypatch
+):
     """EDM2-style: the reference's features, FD moments and precision radii are computed once
     (per images, n and network); the second call computes none of them and scores the same."""
     import experiments.evaluate as ev
@@ -458,11 +636,13 @@ def test_a_second_evaluation_reuses_the_reference_features_and_statistics(env, t
     from shared.metrics import reference_features
 
     data, calls["radii"] = str(env["base"] / "data"), 0
-    first_ref = reference_features("fashion", split="train", n=40, extractor=fe, progress=False,
-                                   data_root=data)  # fmt: skip
+    first_ref = reference_features(
+        "fashion", split="train", n=40, extractor=fe, progress=False, data_root=data
+    )
     assert calls["radii"] == 1
-    again_ref = reference_features("fashion", split="train", n=40, extractor=fe, progress=False,
-                                   data_root=data)  # fmt: skip
+    again_ref = reference_features(
+        "fashion", split="train", n=40, extractor=fe, progress=False, data_root=data
+    )
     assert calls["radii"] == 1
     assert torch.equal(again_ref["stats"]["radii"], first_ref["stats"]["radii"])
 
@@ -478,8 +658,7 @@ def test_evaluate_refuses_other_formats_naming_both(env, tmp_path, monkeypatch):
     colour = write_adm(tmp_path / "colour.npz", fake_images(8, 3, grey=False))
     with pytest.raises(EvalError, match=r"32×32 colour, the samples are 32×32 greyscale"):
         evaluate(str(s), str(colour), ["fashion"])
-    adm = write_adm(tmp_path / "adm.npz", fake_images(8, 4), mu=np.zeros(2048),
-                    sigma=np.eye(2048))  # fmt: skip
+    adm = write_adm(tmp_path / "adm.npz", fake_images(8, 4), mu=np.zeros(2048), sigma=np.eye(2048))
     with pytest.raises(EvalError, match="keep the inception extractor"):
         evaluate(str(s), str(adm), ["fashion"])
     with pytest.raises(EvalError, match="no sample file"):
@@ -505,8 +684,20 @@ def test_evaluate_cli_named_fashion_reference(env, tmp_path, monkeypatch):
     monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
     s = write_adm(tmp_path / "s.npz", fake_images(10, 1))
     out = tmp_path / "r.json"
-    res = main([str(s), "--reference", "fashion:test", "--reference-n", "12", "--extractors",
-                "fashion", "--out", str(out), "--no-progress"])  # fmt: skip
+    res = main(
+        [
+            str(s),
+            "--reference",
+            "fashion:test",
+            "--reference-n",
+            "12",
+            "--extractors",
+            "fashion",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert json.loads(out.read_text())["fd_fashion"] == res["fd_fashion"] > 0
     assert res["evaluator"]["n"] == 12 and len(res["evaluator"]["images_sha256"]) == 64
     assert compose(env["overrides"])  # the env's config composes (sanity for the fixture)

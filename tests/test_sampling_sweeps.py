@@ -62,15 +62,23 @@ def test_nfe_sweep_points_per_method():
 
     cfm = points("purr", None, [2, 5, 100], [1e-2], positions=64)
     assert [(p["solver"], p.get("steps"), p.get("tolerance")) for p in cfm] == [
-        ("euler", 2, None), ("euler", 5, None), ("euler", 100, None),
-        ("heun", 1, None), ("heun", 3, None), ("heun", 50, None),
-        ("midpoint", 1, None), ("midpoint", 2, None), ("midpoint", 50, None),
+        ("euler", 2, None),
+        ("euler", 5, None),
+        ("euler", 100, None),
+        ("heun", 1, None),
+        ("heun", 3, None),
+        ("heun", 50, None),
+        ("midpoint", 1, None),
+        ("midpoint", 2, None),
+        ("midpoint", 50, None),
         ("dopri5", None, 1e-2),
-    ]  # fmt: skip
+    ]
     dfm = points("dfm", "mask", [2, 100], [1e-2], positions=64)
     assert [(p["solver"], p["steps"]) for p in dfm] == [
-        ("euler", 2), ("euler", 100), ("maskgit", 2)  # MaskGIT: at most one step per position
-    ]  # fmt: skip
+        ("euler", 2),
+        ("euler", 100),
+        ("maskgit", 2),  # MaskGIT: at most one step per position
+    ]
     assert [p["solver"] for p in points("dfm", "uniform", [2], [])] == ["euler"]
     assert [p["solver"] for p in points("dfm-metric", None, [2], [])] == ["euler"]
 
@@ -89,16 +97,17 @@ def last_fd(run):
     return pd.read_csv(run / "metrics.csv")["fd_fashion"].iloc[-1]
 
 
-def test_nfe_sweep_counts_nfe_reproduces_the_run_and_resumes(env, trained, tmp_path,
-                                                             monkeypatch):  # fmt: skip
+def test_nfe_sweep_counts_nfe_reproduces_the_run_and_resumes(env, trained, tmp_path, monkeypatch):
     from analysis import nfe_sweep
 
     monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
     runs = [str(trained / "cfm_seed0"), str(trained / "dfm_seed0")]
     args = [*runs, "--nfe", "2,4", "--tolerances", "1e-1", "--out", str(tmp_path)]
     df = nfe_sweep.main(args)
-    got = {(r.method, r.solver, r.steps if r.solver != "dopri5" else r.tolerance): r.nfe
-           for r in df.itertuples()}  # fmt: skip
+    got = {
+        (r.method, r.solver, r.steps if r.solver != "dopri5" else r.tolerance): r.nfe
+        for r in df.itertuples()
+    }
     assert got[("cfm", "euler", 2)] == 2 and got[("cfm", "euler", 4)] == 4
     assert got[("cfm", "heun", 1)] == 1 and got[("cfm", "heun", 2)] == 3  # 2·steps − 1
     assert got[("cfm", "midpoint", 1)] == 2 and got[("cfm", "midpoint", 2)] == 4
@@ -125,8 +134,15 @@ def test_sweep_resumes_after_a_crash_mid_way(env, trained, tmp_path, monkeypatch
     from experiments.runner.evaluation import Evaluator
 
     monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
-    args = [str(trained / "dfm_seed0"), "--nfe", "1,2,3", "--solvers", "euler",
-            "--out", str(tmp_path)]  # fmt: skip
+    args = [
+        str(trained / "dfm_seed0"),
+        "--nfe",
+        "1,2,3",
+        "--solvers",
+        "euler",
+        "--out",
+        str(tmp_path),
+    ]
     real, calls = Evaluator.sample_images, []
 
     def dies_on_third(self, *a, **k):
@@ -166,8 +182,9 @@ def test_a_rerun_with_more_samples_replaces_the_points(env, trained, tmp_path, m
         check_one_measurement(table)
 
 
-def test_guidance_sweep_scale_one_is_the_run_and_guidance_changes_it(env, trained, tmp_path,
-                                                                     monkeypatch):  # fmt: skip
+def test_guidance_sweep_scale_one_is_the_run_and_guidance_changes_it(
+    env, trained, tmp_path, monkeypatch
+):
     from analysis import guidance_sweep
 
     monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
@@ -180,8 +197,9 @@ def test_guidance_sweep_scale_one_is_the_run_and_guidance_changes_it(env, traine
     assert by.loc[3.0, "nfe_rows"] == 2 * by.loc[3.0, "nfe"] == 8  # both halves, one call
     assert {"precision", "recall", "method", "solver", "nfe"} <= set(df.columns)
     assert (tmp_path / "guidance_sweep.png").is_file()
-    mg = guidance_sweep.main([str(run), "--scales", "1", "--solver", "maskgit",
-                              "--out", str(tmp_path / "mg")])  # fmt: skip
+    mg = guidance_sweep.main(
+        [str(run), "--scales", "1", "--solver", "maskgit", "--out", str(tmp_path / "mg")]
+    )
     assert list(mg["solver"]) == ["maskgit"]
 
 
@@ -196,8 +214,9 @@ def test_sweeps_refuse_unfinished_and_repeated_runs(env, trained, tmp_path, monk
     with pytest.raises(SystemExit, match="status interrupted, not finished"):
         nfe_sweep.main([str(run), "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="train the same config with seed 0"):
-        nfe_sweep.main([str(trained / "dfm_seed0"), str(run), "--allow-unfinished",
-                        "--out", str(tmp_path)])  # fmt: skip
+        nfe_sweep.main(
+            [str(trained / "dfm_seed0"), str(run), "--allow-unfinished", "--out", str(tmp_path)]
+        )
     assert not (tmp_path / "nfe_sweep.csv").exists()  # refused before any sampling
 
 
@@ -210,8 +229,13 @@ def test_digests_read_back_from_csvs_stay_text(tmp_path):
     from analysis.sampling_sweep import load_done
     from analysis.sweeps import DIGEST_COLUMNS, read_table
 
-    row = dict(zip(DIGEST_COLUMNS, ("8e12345678901234", "0123456789abcdef", "1234567890123456",
-                                    "00000000000000e5", "7e3"), strict=True))  # fmt: skip
+    row = dict(
+        zip(
+            DIGEST_COLUMNS,
+            ("8e12345678901234", "0123456789abcdef", "1234567890123456", "00000000000000e5", "7e3"),
+            strict=True,
+        )
+    )
     pd.DataFrame([{"step": 4, **row}]).to_csv(tmp_path / "m.csv", index=False)
     assert read_table(str(tmp_path / "m.csv")).iloc[0].to_dict() == {"step": 4, **row}
     assert load_done(str(tmp_path / "m.csv")).iloc[0][list(row)].to_dict() == row

@@ -60,7 +60,7 @@ WSD = [
     "optim.decay_fraction=0.5",
     "optim.warmup_steps=2",
     "budget.images=256",
-]  # fmt: skip  16 steps, evaluations at 8 and 16; branch 4 → 8
+]  # 16 steps, evaluations at 8 and 16; branch 4 → 8
 
 
 def test_a_decay_branch_is_exactly_the_end_of_a_shorter_run(env, tmp_path, monkeypatch):
@@ -69,7 +69,9 @@ def test_a_decay_branch_is_exactly_the_end_of_a_shorter_run(env, tmp_path, monke
     assert long["decay_branches"] == {"4": [8]} and long["eval_steps"] == [8, 16]
     rows = rows_of(tmp_path / "long")
     assert [(r["step"], r["decay_from"], r["lr_schedule"]) for r in rows] == [
-        ("8", "4", "wsd0.5"), ("16", "8", "wsd0.5")]  # fmt: skip
+        ("8", "4", "wsd0.5"),
+        ("16", "8", "wsd0.5"),
+    ]
     # independent: a run whose budget ends at the branch's end (8 steps, one evaluation)
     short = tmp_path / "short"
     run_in_process(env, [*WSD, "budget.images=128", "eval.points=1"], short, monkeypatch)

@@ -38,8 +38,18 @@ def test_every_shipped_run_is_checked_unpacked_and_sampled(tmp_path, monkeypatch
         assert file_sha256(folder / "ema.safetensors") == entry["files"]["ema.safetensors"]
         summary = json.loads((tmp_path / "runs" / name / "summary.json").read_text())
         assert summary["status"] == "finished" and summary["shipped_as"] == f"runs/{name}"
-        card = sample([run, "--num-samples", "4", "--out", str(tmp_path / f"{name}.npz"),
-                       "--steps", "4", "--no-progress"])  # fmt: skip
+        card = sample(
+            [
+                run,
+                "--num-samples",
+                "4",
+                "--out",
+                str(tmp_path / f"{name}.npz"),
+                "--steps",
+                "4",
+                "--no-progress",
+            ]
+        )
         with np.load(tmp_path / f"{name}.npz") as z:
             images = z["arr_0"]
         assert images.shape == (4, 32, 32, 3) and images.std() > 0  # not a blank image

@@ -35,9 +35,15 @@ def ref_checkpoint(tmp_path, layout):
         sd["loss.discriminator.main.0.weight"] = torch.zeros(3)
         path = tmp_path / "model.ckpt"
         with lightning_module() as ModelCheckpoint:
-            torch.save({"state_dict": sd, "global_step": 7, "pytorch-lightning_version": "1.4.2",
-                        "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.5)}}},
-                       path)  # fmt: skip
+            torch.save(
+                {
+                    "state_dict": sd,
+                    "global_step": 7,
+                    "pytorch-lightning_version": "1.4.2",
+                    "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.5)}},
+                },
+                path,
+            )
     else:  # LlamaGen's training checkpoints keep their argparse args
         sd["quantize.codebook_used"] = torch.zeros(65536)
         path = tmp_path / "vq_ds8_c2i.pt"
@@ -49,8 +55,11 @@ def ref_checkpoint(tmp_path, layout):
 def lightning_module():
     """A stand-in ``pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint`` class, so a
     checkpoint can name it the way real Lightning checkpoints do (the package is not here)."""
-    names = ["pytorch_lightning", "pytorch_lightning.callbacks",
-             "pytorch_lightning.callbacks.model_checkpoint"]  # fmt: skip
+    names = [
+        "pytorch_lightning",
+        "pytorch_lightning.callbacks",
+        "pytorch_lightning.callbacks.model_checkpoint",
+    ]
     mods = {n: types.ModuleType(n) for n in names}
     cls = type("ModelCheckpoint", (), {"__module__": names[-1]})
     mods[names[-1]].ModelCheckpoint = cls
@@ -67,8 +76,9 @@ def fashion_tok(tmp_path_factory):
     """A tiny Fashion VQ trained inside the test on synthetic IDX files."""
     root = tmp_path_factory.mktemp("fmnist")
     make_fmnist(root, n_train=64, n_test=16)
-    cfg = FashionVQConfig(block_out_channels=(16, 16, 16), steps=6, batch_size=8,
-                          restart_every=2, data_root=str(root))  # fmt: skip
+    cfg = FashionVQConfig(
+        block_out_channels=(16, 16, 16), steps=6, batch_size=8, restart_every=2, data_root=str(root)
+    )
     path = train_fashion_vq(cfg, str(root / "tok"), progress=False)
     return FashionVQ.load(path)
 
@@ -99,8 +109,9 @@ def test_tokenizer_contract(backends, backend):
         ref = tok.decoder(z)
         # decode(c) == decoder(lookup(c))
         assert torch.equal(tok.decode(c), ((ref.clamp(-1, 1) + 1) * 127.5).round().byte())
-    imgs = torch.randint(0, 256, (2, tok.channels, tok.image_size, tok.image_size), generator=g,
-                         dtype=torch.uint8)  # fmt: skip
+    imgs = torch.randint(
+        0, 256, (2, tok.channels, tok.image_size, tok.image_size), generator=g, dtype=torch.uint8
+    )
     idx = tok.encode(imgs)
     assert idx.shape == (2, h, w) and idx.dtype == torch.long
     with torch.no_grad():  # encode == the nearest code by brute force
@@ -121,8 +132,9 @@ def test_converter_matches_reference_forward(tmp_path, layout):
         torch.testing.assert_close(tok.pre_quant(x), h_ref, rtol=1e-4, atol=1e-4)
         idx = ref.indices(h_ref)
         assert torch.equal(tok.encode(x), idx)
-        torch.testing.assert_close(tok.decoder(tok.lookup(idx)), ref.decode_code(idx),
-                                   rtol=1e-4, atol=1e-4)  # fmt: skip
+        torch.testing.assert_close(
+            tok.decoder(tok.lookup(idx)), ref.decode_code(idx), rtol=1e-4, atol=1e-4
+        )
     if layout == "llamagen":  # the exposed codebook is the normalised one the decoder consumes
         norms = tok.codebook.norm(dim=1)
         torch.testing.assert_close(norms, torch.ones_like(norms))
@@ -144,8 +156,9 @@ def test_converter_two_level_attention_and_errors(tmp_path):
     tok = SDVQF8.load(str(tmp_path / "m.ckpt"), image_size=16)
     x = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8)
     with torch.no_grad():
-        torch.testing.assert_close(tok.pre_quant(x), ref.encode_pre_quant(to_float(x)),
-                                   rtol=1e-4, atol=1e-4)  # fmt: skip
+        torch.testing.assert_close(
+            tok.pre_quant(x), ref.encode_pre_quant(to_float(x)), rtol=1e-4, atol=1e-4
+        )
     bad = {k: v for k, v in ref.state_dict().items() if k != "quantize.embedding.weight"}
     with pytest.raises(CheckpointLayoutError, match="quantize.embedding.weight"):
         convert_taming_to_diffusers(bad, "ldm")
@@ -269,11 +282,13 @@ def test_vqmodel_refuses_what_it_does_not_implement(tmp_path):
 # attention at 32 px of 256, 16384 codes of dim 4) and LlamaGen's VQ-8 (the same encoder
 # widths, z 256, 16384 l2-normalised codes of dim 8, attention on the last level)
 REAL = {
-    "ldm": dict(ch=128, ch_mult=(1, 2, 2, 4), n_res=2, z_ch=4, embed_dim=4, n_embed=16384,
-                attn_levels={3}),
-    "llamagen": dict(ch=128, ch_mult=(1, 2, 2, 4), n_res=2, z_ch=256, embed_dim=8,
-                     n_embed=16384, attn_levels={3}),
-}  # fmt: skip
+    "ldm": dict(
+        ch=128, ch_mult=(1, 2, 2, 4), n_res=2, z_ch=4, embed_dim=4, n_embed=16384, attn_levels={3}
+    ),
+    "llamagen": dict(
+        ch=128, ch_mult=(1, 2, 2, 4), n_res=2, z_ch=256, embed_dim=8, n_embed=16384, attn_levels={3}
+    ),
+}
 
 
 @pytest.mark.parametrize("layout", ["ldm", "llamagen"])

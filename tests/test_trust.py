@@ -109,8 +109,12 @@ def test_a_run_refuses_shards_of_other_data_before_training(env, tmp_path, monke
 
 
 def test_training_verifies_shards_at_start(env, tmp_path, monkeypatch, payload):
-    run = lambda lat, d: run_in_process(env, ["method=cfm", f"data.latents_dir={lat}"],  # noqa: E731
-                                        tmp_path / d, monkeypatch)  # fmt: skip
+    run = lambda lat, d: run_in_process(
+        env,
+        ["method=cfm", f"data.latents_dir={lat}"],  # noqa: E731
+        tmp_path / d,
+        monkeypatch,
+    )
     from experiments.runner.errors import RunError
 
     lat = copy_shards(env, tmp_path)

@@ -18,9 +18,15 @@ K, D, GRID = 8, 2, (2, 2)
 ANGLES = torch.arange(K, dtype=torch.float64) * (2 * math.pi / K)
 CODEBOOK = 2.0 * torch.stack([ANGLES.cos(), ANGLES.sin()], dim=1)  # (K, 2)
 CONFIGS = torch.tensor(
-    [[[0, 1], [2, 3]], [[0, 1], [2, 4]], [[5, 5], [5, 5]],
-     [[7, 6], [1, 0]], [[3, 3], [0, 0]], [[2, 1], [2, 1]]]
-)  # fmt: skip
+    [
+        [[0, 1], [2, 3]],
+        [[0, 1], [2, 4]],
+        [[5, 5], [5, 5]],
+        [[7, 6], [1, 0]],
+        [[3, 3], [0, 0]],
+        [[2, 1], [2, 1]],
+    ]
+)
 PROBS = torch.tensor([0.3, 0.1, 0.2, 0.15, 0.15, 0.1], dtype=torch.float64)
 WRONG_PROBS = torch.tensor([0.05, 0.35, 0.05, 0.05, 0.1, 0.4], dtype=torch.float64)
 
@@ -68,8 +74,15 @@ def metric_weights(x, t, method, probs=PROBS) -> torch.Tensor:
 class Oracle:
     """model(x, t, y) returning what a perfectly trained network of a method would return."""
 
-    def __init__(self, kind: str, source: str = "mask", probs=PROBS, kappa=lambda t: t,
-                 method=None, codebook=CODEBOOK):  # fmt: skip
+    def __init__(
+        self,
+        kind: str,
+        source: str = "mask",
+        probs=PROBS,
+        kappa=lambda t: t,
+        method=None,
+        codebook=CODEBOOK,
+    ):
         self.kind, self.source, self.probs, self.kappa = kind, source, probs, kappa
         self.method = method  # the MetricDFM whose path the "dfm-metric" oracle inverts
         self.codebook = codebook.double()  # the latent methods' codebook (E, or standardised)

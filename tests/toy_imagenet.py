@@ -55,8 +55,10 @@ def main() -> None:
     args = ap.parse_args()
     write_images(os.path.join(args.out, "train"), args.classes, args.per_class)
     write_sd_vq_f8(os.path.join(args.out, "vq-f8", "model.ckpt"))
-    print(f"{args.out}/train: {args.classes} classes × {args.per_class} images; "
-          f"{args.out}/vq-f8/model.ckpt (random weights, real layout)")  # fmt: skip
+    print(
+        f"{args.out}/train: {args.classes} classes × {args.per_class} images; "
+        f"{args.out}/vq-f8/model.ckpt (random weights, real layout)"
+    )
 
 
 if __name__ == "__main__":

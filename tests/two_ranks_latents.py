@@ -22,8 +22,13 @@ from experiments.runner.build import Dist, load_tokenizer, prepare_latents  # no
 
 config, store = sys.argv[1], sys.argv[2]
 rank = int(os.environ["RANK"])
-dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
-                        timeout=datetime.timedelta(seconds=30))  # fmt: skip
+dist.init_process_group(
+    "gloo",
+    init_method=f"file://{store}",
+    rank=rank,
+    world_size=2,
+    timeout=datetime.timedelta(seconds=30),
+)
 if rank == 1:  # in the runner's own decisions (build.py), not in the file polls that follow
     real_isfile = os.path.isfile
 

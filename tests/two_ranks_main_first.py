@@ -16,8 +16,13 @@ from experiments.runner.errors import RunError
 
 store, folder, mode = sys.argv[1:4]
 rank = int(__import__("os").environ["RANK"])
-dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
-                        timeout=datetime.timedelta(seconds=2))  # fmt: skip
+dist.init_process_group(
+    "gloo",
+    init_method=f"file://{store}",
+    rank=rank,
+    world_size=2,
+    timeout=datetime.timedelta(seconds=2),
+)
 dd = Dist(rank, 2)
 
 

@@ -61,8 +61,9 @@ class Dist:
         dist.all_gather_object(out, value)
         return out
 
-    def main_first(self, work, folder: str, name: str, poll_s: float = 1.0,
-                   token: str | None = None):  # fmt: skip
+    def main_first(
+        self, work, folder: str, name: str, poll_s: float = 1.0, token: str | None = None
+    ):
         """``work()`` on rank 0 (its result; None elsewhere) while the other ranks wait by
         polling a file in ``folder`` (shared by all ranks), never in a collective: building a
         50k-image reference set, or a baseline at ImageNet scale, outlasts NCCL's collective
@@ -87,8 +88,10 @@ class Dist:
             result, t0, told = None, time.time(), time.time()
             while not os.path.isfile(flag):
                 if time.time() - told >= 60:
-                    print(f"[rank {self.rank}] waiting for rank 0's {name} "
-                          f"({time.time() - t0:.0f} s so far)")  # fmt: skip
+                    print(
+                        f"[rank {self.rank}] waiting for rank 0's {name} "
+                        f"({time.time() - t0:.0f} s so far)"
+                    )
                     told = time.time()
                 time.sleep(poll_s)
             with open(flag) as f:
@@ -197,8 +200,13 @@ def prepare_latents(cfg, tok, dd: Dist):
         except (ShardError, ImageFolderError) as e:  # e.g. an image that cannot be decoded
             raise RunError(f"extracting {cfg.data.root} into {folder}: {e}") from None
     try:
-        shards = IndexShards(folder, verify=True, num_classes=cfg.data.num_classes,
-                             progress=cfg.progress and dd.main, identity=identity)  # fmt: skip
+        shards = IndexShards(
+            folder,
+            verify=True,
+            num_classes=cfg.data.num_classes,
+            progress=cfg.progress and dd.main,
+            identity=identity,
+        )
     except ShardError as e:
         raise RunError(str(e)) from None
     if shards.manifest["tokenizer_id"] != tok.tokenizer_id:
@@ -238,8 +246,16 @@ def extract_once(cfg, tok, dd: Dist, folder: str, ds_id: str, identity: dict) ->
             print(f"extracting latents into {folder} over {dd.world} rank(s)")
         # the identity came from rank 0 (computed once); here only the images are opened
         dataset = open_dataset(cfg.data.dataset, cfg.data.root, "train", tok.image_size)
-        extract(dataset, tok, folder, ds_id, rank=dd.rank, world_size=dd.world,
-                progress=cfg.progress and dd.main, identity=identity)  # fmt: skip
+        extract(
+            dataset,
+            tok,
+            folder,
+            ds_id,
+            rank=dd.rank,
+            world_size=dd.world,
+            progress=cfg.progress and dd.main,
+            identity=identity,
+        )
         wait_for_manifest(folder, say=say)  # the other ranks' shards (the last one writes it)
     finally:
         lock.release()
@@ -271,8 +287,13 @@ def unflatten(flat: dict) -> dict:
     return tree
 
 
-def load_trained(run_dir: str, device="cpu", path: str | None = None, weights: str = "ema",
-                 with_checkpoint: bool = False):  # fmt: skip
+def load_trained(
+    run_dir: str,
+    device="cpu",
+    path: str | None = None,
+    weights: str = "ema",
+    with_checkpoint: bool = False,
+):
     """(cfg, tokenizer, method, model) of a run directory, for analysis and sampling: the EMA
     weights (``weights="raw"``: the trained ones) of ``path`` (default: the run's last
     checkpoint); with ``with_checkpoint``, the loaded checkpoint dict is appended.

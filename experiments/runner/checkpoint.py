@@ -134,10 +134,12 @@ def check_resume(path: str, ck: dict, cfg) -> dict:
     allowed = set(cfg.get("allow_changes") or ())
     saved, current = ck["config"], flat_keys(cfg)
     refused = {
-        k: v for k, v in diff.items()
-        if is_training_key(k) and k not in allowed
+        k: v
+        for k, v in diff.items()
+        if is_training_key(k)
+        and k not in allowed
         and not _added_with_old_behaviour(k, saved, current)
-    }  # fmt: skip
+    }
     if refused:
         lines = "\n  ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in refused.items())
         keys = ",".join(refused)
@@ -156,11 +158,21 @@ def check_resume(path: str, ck: dict, cfg) -> dict:
 # batching or the figures (eval.batch_size, eval.grid_samples) or where later evaluations
 # fall (eval.points, eval.spacing) are not among them.
 MEASUREMENT_KEYS = (
-    "eval.num_samples", "eval.steps", "eval.solver", "eval.temperature", "eval.cfg_scale",
-    "eval.extractor", "eval.metric_net", "eval.reference_split", "eval.reference_n",
-    "eval.seed", "eval.precision", "method.maskgit_schedule",
-    "method.maskgit_choice_temperature", "method.maskgit_confidence_temperature",
-)  # fmt: skip
+    "eval.num_samples",
+    "eval.steps",
+    "eval.solver",
+    "eval.temperature",
+    "eval.cfg_scale",
+    "eval.extractor",
+    "eval.metric_net",
+    "eval.reference_split",
+    "eval.reference_n",
+    "eval.seed",
+    "eval.precision",
+    "method.maskgit_schedule",
+    "method.maskgit_choice_temperature",
+    "method.maskgit_confidence_temperature",
+)
 SAMPLE_ELSEWHERE = (
     "To sample or score it with other settings use analysis/nfe_sweep.py, "
     "analysis/guidance_sweep.py or experiments/sample.py + experiments/evaluate.py (they "
@@ -184,10 +196,11 @@ def check_relabel(path: str, ck: dict, cfg, evaluated: bool) -> str | None:
     )
     saved, current = ck["config"], flat_keys(cfg)
     relabel = {
-        k: v for k, v in diff.items()
+        k: v
+        for k, v in diff.items()
         if (k in MEASUREMENT_KEYS or is_training_key(k))
         and not _added_with_old_behaviour(k, saved, current)
-    }  # fmt: skip
+    }
     lines = "\n  ".join(f"{k}: runs {a!r}, now {b!r}" for k, (a, b) in relabel.items())
     if finished and relabel:
         return (

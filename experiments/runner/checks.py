@@ -171,12 +171,22 @@ def _method_errors(get, bad) -> None:
     if get("eval.solver") not in SOLVERS[name]:
         bad("eval.solver", f"one of {', '.join(SOLVERS[name])} (the samplers of {name})")
     elif get("eval.solver") in ("maskgit", "euler-redraw") and get("method.source") != "mask":
-        bad("eval.solver", "euler: maskgit and euler-redraw unmask tokens and need "
-            "method.source=mask")  # fmt: skip
+        bad(
+            "eval.solver",
+            "euler: maskgit and euler-redraw unmask tokens and need method.source=mask",
+        )
     if name == "dfm":
-        options = ("source", "weighting", "kappa_power", "time_sampling", "t_min", "mdlm_eps",
-                   "maskgit_schedule", "maskgit_choice_temperature",
-                   "maskgit_confidence_temperature")  # fmt: skip
+        options = (
+            "source",
+            "weighting",
+            "kappa_power",
+            "time_sampling",
+            "t_min",
+            "mdlm_eps",
+            "maskgit_schedule",
+            "maskgit_choice_temperature",
+            "maskgit_confidence_temperature",
+        )
         given = {k: get(f"method.{k}") for k in options if get(f"method.{k}") is not None}
         for option, expected in dfm_option_errors(**given):
             bad(f"method.{option}", expected)
@@ -252,8 +262,10 @@ def ignored_options(cfg) -> list[str]:
     for key in MASKGIT_KEYS:
         v = OmegaConf.select(cfg, key, default=None)
         if v is not None and v != getattr(DFMConfig, key.split(".", 1)[1]):
-            out.append(f"{key}={v} is ignored: it is read only with eval.solver=maskgit "
-                       f"(here eval.solver={cfg.eval.solver})")  # fmt: skip
+            out.append(
+                f"{key}={v} is ignored: it is read only with eval.solver=maskgit "
+                f"(here eval.solver={cfg.eval.solver})"
+            )
     return out
 
 
@@ -266,15 +278,20 @@ def unknown_keys(cfg, prefix: str = "") -> list[str]:
     if not OmegaConf.is_config(cfg) or not OmegaConf.is_dict(cfg):
         return []
     schema = OmegaConf.get_type(cfg)
-    known = ({f.name for f in dataclasses.fields(schema)}
-             if schema is not None and dataclasses.is_dataclass(schema) else None)  # fmt: skip
+    known = (
+        {f.name for f in dataclasses.fields(schema)}
+        if schema is not None and dataclasses.is_dataclass(schema)
+        else None
+    )
     out = []
     for key in cfg.keys():
         if key == "hydra":
             continue
         if known is not None and key not in known:
-            out.append(f"{prefix}{key} is not a config key of {schema.__name__} (added with "
-                       f"'+'?); drop it, or check its spelling")  # fmt: skip
+            out.append(
+                f"{prefix}{key} is not a config key of {schema.__name__} (added with "
+                f"'+'?); drop it, or check its spelling"
+            )
             continue
         node = cfg._get_node(key)
         if OmegaConf.is_dict(node):
@@ -310,8 +327,10 @@ def check_inputs(cfg) -> None:
         if not all(os.path.isfile(os.path.join(root, f)) for pair in FILES.values() for f in pair):
             raise RunError(missing_data_message(root))
         if cfg.data.num_classes != 10:
-            raise RunError(f"data.num_classes={cfg.data.num_classes}, but Fashion-MNIST has 10 "
-                           "classes; set data.num_classes=10")  # fmt: skip
+            raise RunError(
+                f"data.num_classes={cfg.data.num_classes}, but Fashion-MNIST has 10 "
+                "classes; set data.num_classes=10"
+            )
     elif not cfg.data.root or not os.path.isdir(cfg.data.root):
         raise RunError(
             f"data.root={cfg.data.root!r} is not a folder; point it at an ImageNet-style "
@@ -354,8 +373,10 @@ def check_inputs(cfg) -> None:
         if missing:
             raise RunError(missing)
     if cfg.eval.metric_net and not os.path.isfile(os.path.join(cfg.eval.metric_net, "meta.json")):
-        raise RunError(f"eval.metric_net={cfg.eval.metric_net!r} holds no network (meta.json + "
-                       "model.safetensors); unset it for the shipped one")  # fmt: skip
+        raise RunError(
+            f"eval.metric_net={cfg.eval.metric_net!r} holds no network (meta.json + "
+            "model.safetensors); unset it for the shipped one"
+        )
     if cfg.tokenizer.backend == "fashion-vq":
         from shared.artifacts import METRIC_NET, TOKENIZER, ArtifactError, shipped
 
@@ -378,8 +399,10 @@ def check_inputs(cfg) -> None:
         if not cfg.tokenizer.path or not os.path.exists(cfg.tokenizer.path):
             raise RunError(f"tokenizer weights {cfg.tokenizer.path!r} not found: {hint}")
         if cfg.tokenizer.backend == "llamagen-vq-ds8" and os.path.isdir(cfg.tokenizer.path):
-            raise RunError(f"tokenizer.path={cfg.tokenizer.path} is a folder; LlamaGen's "
-                           f"tokenizer is one file: {hint}")  # fmt: skip
+            raise RunError(
+                f"tokenizer.path={cfg.tokenizer.path} is a folder; LlamaGen's "
+                f"tokenizer is one file: {hint}"
+            )
         if os.path.isdir(cfg.tokenizer.path) and not os.path.isfile(
             os.path.join(cfg.tokenizer.path, "config.json")
         ):

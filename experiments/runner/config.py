@@ -127,10 +127,12 @@ class BudgetConfig:
 PAPER_IMAGES = 400_000_000
 CFM_TRAIN_FLOPS_PER_IMAGE = {"b2": 1.3801e11, "l2": 4.8416e11, "xl2": 7.1170e11}
 IMAGENET_BUDGETS = {
-    **{f"imagenet_{b}": BudgetConfig(train_flops=PAPER_IMAGES * f, images=None, batch_size=256)
-       for b, f in CFM_TRAIN_FLOPS_PER_IMAGE.items()},
+    **{
+        f"imagenet_{b}": BudgetConfig(train_flops=PAPER_IMAGES * f, images=None, batch_size=256)
+        for b, f in CFM_TRAIN_FLOPS_PER_IMAGE.items()
+    },
     "imagenet_iters": BudgetConfig(train_flops=None, images=PAPER_IMAGES, batch_size=256),
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -212,9 +214,16 @@ class RunConfig:
     preset_name: str = "fashion_cpu"  # the default protocol; presets name theirs
 
 
-IMAGENET_EVAL = EvalConfig(points=10, spacing="log", num_samples=10000, steps=100,
-                           extractor="inception", reference_n=50000, batch_size=125,
-                           grid_samples=64)  # fmt: skip
+IMAGENET_EVAL = EvalConfig(
+    points=10,
+    spacing="log",
+    num_samples=10000,
+    steps=100,
+    extractor="inception",
+    reference_n=50000,
+    batch_size=125,
+    grid_samples=64,
+)
 
 
 def register() -> None:
@@ -223,22 +232,36 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     options = {
-        "method": {"cfm": CFMConfig, "cfm-endpoint": CFMEndpointConfig, "purr": PurrConfig,
-                   "dfm": DFMConfig, "dfm-uniform": DFMConfig(source="uniform"),
-                   "dfm-mdlm": DFMConfig(weighting="mdlm"), "dfm-metric": DFMMetricConfig},
-        "backbone": {name.lower().replace("-", "_").replace("/", "_"): BackboneConfig(preset=name)
-                     for name in PRESETS},
-        "tokenizer": {"fashion": TokenizerConfig(),
-                      "sd_vq_f8": TokenizerConfig("sd-vq-f8", "vq-f8/model.ckpt", 256),
-                      "llamagen": TokenizerConfig("llamagen-vq-ds8", "vq_ds8_c2i.pt", 256)},
-        "data": {"fashion": DataConfig(),
-                 "imagenet": DataConfig(dataset="imagefolder", root=MISSING, num_classes=1000)},
+        "method": {
+            "cfm": CFMConfig,
+            "cfm-endpoint": CFMEndpointConfig,
+            "purr": PurrConfig,
+            "dfm": DFMConfig,
+            "dfm-uniform": DFMConfig(source="uniform"),
+            "dfm-mdlm": DFMConfig(weighting="mdlm"),
+            "dfm-metric": DFMMetricConfig,
+        },
+        "backbone": {
+            name.lower().replace("-", "_").replace("/", "_"): BackboneConfig(preset=name)
+            for name in PRESETS
+        },
+        "tokenizer": {
+            "fashion": TokenizerConfig(),
+            "sd_vq_f8": TokenizerConfig("sd-vq-f8", "vq-f8/model.ckpt", 256),
+            "llamagen": TokenizerConfig("llamagen-vq-ds8", "vq_ds8_c2i.pt", 256),
+        },
+        "data": {
+            "fashion": DataConfig(),
+            "imagenet": DataConfig(dataset="imagefolder", root=MISSING, num_classes=1000),
+        },
         "budget": {"fashion": BudgetConfig(), **IMAGENET_BUDGETS},
         # fp32: bf16 autocast runs DiT-Nano/1 at ×0.79–0.87 of fp32 on a CPU (docs/frontier.md)
-        "optim": {"fashion": OptimConfig(precision="fp32"),
-                  "imagenet": OptimConfig(lr=1e-4, warmup_steps=0, ema_decay=0.9999)},
+        "optim": {
+            "fashion": OptimConfig(precision="fp32"),
+            "imagenet": OptimConfig(lr=1e-4, warmup_steps=0, ema_decay=0.9999),
+        },
         "eval": {"fashion": EvalConfig(), "imagenet": IMAGENET_EVAL},
-    }  # fmt: skip
+    }
     for group, nodes in options.items():
         for name, node in nodes.items():
             cs.store(group=group, name=name, node=node)

@@ -24,20 +24,47 @@ from shared.paths import cache_root, config_hash
 from .checks import method_label
 
 METRIC_COLUMNS = [
-    "method", "seed", "step", "total_steps", "images_seen", "train_flops", "budget_fraction",
-    "wall_s", "loss", "fd_fashion", "fid_inception", "kid", "kid_std", "precision", "recall",
-    "inception_score", "nfe", "nfe_rows", "sample_steps", "solver", "temperature", "cfg_scale",
-    "num_samples", "extractor", "eval_s",
+    "method",
+    "seed",
+    "step",
+    "total_steps",
+    "images_seen",
+    "train_flops",
+    "budget_fraction",
+    "wall_s",
+    "loss",
+    "fd_fashion",
+    "fid_inception",
+    "kid",
+    "kid_std",
+    "precision",
+    "recall",
+    "inception_score",
+    "nfe",
+    "nfe_rows",
+    "sample_steps",
+    "solver",
+    "temperature",
+    "cfg_scale",
+    "num_samples",
+    "extractor",
+    "eval_s",
     # baselines at the same n: held-out real images, and their tokenizer reconstructions
-    "fd_real", "fd_recon",
+    "fd_real",
+    "fd_recon",
     # identity: what produced the row (analysis refuses to compare rows that differ here)
-    "tokenizer_sha256", "metric_net_sha256", "reference", "reference_sha256",
+    "tokenizer_sha256",
+    "metric_net_sha256",
+    "reference",
+    "reference_sha256",
     # resolved precisions (fp32 | bf16) of training and of evaluation sampling
-    "train_precision", "eval_precision",
+    "train_precision",
+    "eval_precision",
     # learning-rate schedule (constant | wsd<fraction>) and, under wsd, the step its decay
     # began (a decay branch's fork; experiments/runner/train_loop.py)
-    "lr_schedule", "decay_from",
-]  # fmt: skip
+    "lr_schedule",
+    "decay_from",
+]
 
 
 def write_csv(path: str, rows: list[dict]) -> None:
@@ -73,14 +100,21 @@ class Evaluator:
         # of sampling; configs stored before the key existed sampled in fp32
         self.precision = precision.resolve(cfg.eval.get("precision", "fp32"), device.type)
         e = cfg.eval
-        self.dataset = ("fashion-mnist" if cfg.data.dataset == "fashion"
-                        else f"imagefolder:{cfg.data.root}")  # fmt: skip
+        self.dataset = (
+            "fashion-mnist" if cfg.data.dataset == "fashion" else f"imagefolder:{cfg.data.root}"
+        )
         net = load_classifier(e.metric_net) if e.extractor == "fashion" and e.metric_net else None
         self.extractor = build_extractor(e.extractor, device, net=net)
-        self.reference = reference_features(e.extractor, self.dataset, split=e.reference_split,
-                                            size=tok.image_size, n=e.reference_n,
-                                            data_root=cfg.data.root, extractor=self.extractor,
-                                            progress=cfg.progress)  # fmt: skip
+        self.reference = reference_features(
+            e.extractor,
+            self.dataset,
+            split=e.reference_split,
+            size=tok.image_size,
+            n=e.reference_n,
+            data_root=cfg.data.root,
+            extractor=self.extractor,
+            progress=cfg.progress,
+        )
         self.identity = {
             "tokenizer_sha256": (tok.weights_sha256 or "unknown")[:16],
             "metric_net_sha256": self.extractor.sha256[:16],
@@ -98,8 +132,9 @@ class Evaluator:
             return []
         found = [not_comparable_warning("tokenizer", self.tok.weights_sha256 or "", TOKENIZER)]
         if self.cfg.eval.extractor == "fashion":
-            found.append(not_comparable_warning("fd_fashion network", self.extractor.sha256,
-                                                METRIC_NET))  # fmt: skip
+            found.append(
+                not_comparable_warning("fd_fashion network", self.extractor.sha256, METRIC_NET)
+            )
         return [w for w in found if w]
 
     @torch.no_grad()
@@ -119,13 +154,21 @@ class Evaluator:
         real = None
         if e.reference_n is not None:
             real = held_out_images(
-                self.dataset, e.reference_split, self.tok.image_size, e.reference_n,
-                e.num_samples, data_root=self.cfg.data.root,
-            )  # fmt: skip
+                self.dataset,
+                e.reference_split,
+                self.tok.image_size,
+                e.reference_n,
+                e.num_samples,
+                data_root=self.cfg.data.root,
+            )
         if real is not None:
             fd = FD_KEY[e.extractor]
-            recon = torch.cat([self.tok.decode(self.tok.encode(real[i : i + e.batch_size])).cpu()
-                               for i in range(0, len(real), e.batch_size)])  # fmt: skip
+            recon = torch.cat(
+                [
+                    self.tok.decode(self.tok.encode(real[i : i + e.batch_size])).cpu()
+                    for i in range(0, len(real), e.batch_size)
+                ]
+            )
             for name, images in (("fd_real", real), ("fd_recon", recon)):
                 m = compute_metrics(images, self.reference, self.extractor, which=("fd",))
                 out[name] = m[fd]
@@ -147,11 +190,18 @@ class Evaluator:
             y = labels[i : i + e.batch_size]
             with precision.autocast(self.device.type, self.precision):
                 out = self.method.sample(
-                    ema, len(y), self.tok.grid, e.steps, y=y, solver=e.solver,
+                    ema,
+                    len(y),
+                    self.tok.grid,
+                    e.steps,
+                    y=y,
+                    solver=e.solver,
                     temperature=e.temperature if temperature is None else temperature,
-                    cfg_scale=e.cfg_scale if cfg_scale is None else cfg_scale, generator=g,
-                    trace=trace, **solver_kw,
-                )  # fmt: skip
+                    cfg_scale=e.cfg_scale if cfg_scale is None else cfg_scale,
+                    generator=g,
+                    trace=trace,
+                    **solver_kw,
+                )
             self.batch_nfe.append((len(y), out.nfe, out.nfe_rows))
             images.append(self.tok.decode(out.indices).cpu())
         return torch.cat(images), labels.cpu(), out
@@ -180,22 +230,41 @@ class Evaluator:
         nfe, rows = out.nfe, out.nfe_rows
         kind = e.extractor
         return {
-            "method": method_label(self.cfg), "seed": self.cfg.seed, "step": step,
-            "total_steps": total_steps, "images_seen": step * batch,
-            "train_flops": step * flops_per_step, "budget_fraction": step / total_steps,
-            "wall_s": round(wall_s, 3), "loss": loss,
-            "fd_fashion": m.get("fd_fashion"), "fid_inception": m.get("fid_inception"),
-            "kid": m.get(f"kid_{kind}"), "kid_std": m.get(f"kid_{kind}_std"),
-            "precision": m.get(f"precision_{kind}"), "recall": m.get(f"recall_{kind}"),
-            "inception_score": m.get(f"is_{kind}"), "nfe": nfe, "nfe_rows": rows,
-            "sample_steps": e.steps, "solver": e.solver, "temperature": e.temperature,
-            "cfg_scale": e.cfg_scale, "num_samples": e.num_samples, "extractor": kind,
-            "eval_s": round(time.time() - t0, 2), **self.baselines, **self.identity,
-            "train_precision": self.train_precision, "eval_precision": self.precision,
-        }  # fmt: skip
+            "method": method_label(self.cfg),
+            "seed": self.cfg.seed,
+            "step": step,
+            "total_steps": total_steps,
+            "images_seen": step * batch,
+            "train_flops": step * flops_per_step,
+            "budget_fraction": step / total_steps,
+            "wall_s": round(wall_s, 3),
+            "loss": loss,
+            "fd_fashion": m.get("fd_fashion"),
+            "fid_inception": m.get("fid_inception"),
+            "kid": m.get(f"kid_{kind}"),
+            "kid_std": m.get(f"kid_{kind}_std"),
+            "precision": m.get(f"precision_{kind}"),
+            "recall": m.get(f"recall_{kind}"),
+            "inception_score": m.get(f"is_{kind}"),
+            "nfe": nfe,
+            "nfe_rows": rows,
+            "sample_steps": e.steps,
+            "solver": e.solver,
+            "temperature": e.temperature,
+            "cfg_scale": e.cfg_scale,
+            "num_samples": e.num_samples,
+            "extractor": kind,
+            "eval_s": round(time.time() - t0, 2),
+            **self.baselines,
+            **self.identity,
+            "train_precision": self.train_precision,
+            "eval_precision": self.precision,
+        }
 
     def describe(self, row) -> str:
         fd = row["fd_fashion"] if row["fd_fashion"] is not None else row["fid_inception"]
-        return (f"[eval] {row['method']} step {row['step']}/{row['total_steps']}: loss "
-                f"{row['loss']:.4f}, FD {fd:.3f}, precision {row['precision']:.3f}, recall "
-                f"{row['recall']:.3f} ({row['eval_s']:.1f} s)")  # fmt: skip
+        return (
+            f"[eval] {row['method']} step {row['step']}/{row['total_steps']}: loss "
+            f"{row['loss']:.4f}, FD {fd:.3f}, precision {row['precision']:.3f}, recall "
+            f"{row['recall']:.3f} ({row['eval_s']:.1f} s)"
+        )

@@ -45,8 +45,10 @@ class RunDir:
         os.makedirs(self.path, exist_ok=True)
 
         def unsupported(e):  # e.g. Lustre mounted without flock support: warn, do not fail
-            print(f"warning: cannot lock {self.path} ({e}); this file system does not support "
-                  "flock, so a second launch into this directory would not be stopped")  # fmt: skip
+            print(
+                f"warning: cannot lock {self.path} ({e}); this file system does not support "
+                "flock, so a second launch into this directory would not be stopped"
+            )
 
         f, holder = take_flock(os.path.join(self.path, ".lock"), unsupported)
         if f is None:

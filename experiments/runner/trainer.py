@@ -176,8 +176,9 @@ def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
     # built by rank 0 before the first collective of DDP; the other ranks poll meanwhile
     evaluator = dd.main_first(
         lambda: Evaluator(cfg, tok, method, device, rundir.path, train_precision),
-        rundir.path, "evaluator",
-    )  # fmt: skip
+        rundir.path,
+        "evaluator",
+    )
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = build_adamw(model.parameters(), o.lr, o.betas, o.weight_decay, fused=o.fused)
     net = model
@@ -187,20 +188,36 @@ def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
     if cfg.compile:
         net = torch.compile(net)
     return Parts(
-        method=method, model=model, net=net, ema=ema, opt=opt, shards=shards,
-        evaluator=evaluator, device=device, use_bf16=train_precision == "bf16",
-        flops_per_step=flops, total_steps=total, evals=evals, branches=branches,
-        identity={"tokenizer": tok.tokenizer_id, "shards": shards.manifest["checksum"],
-                  "train_precision": train_precision},
-    )  # fmt: skip
+        method=method,
+        model=model,
+        net=net,
+        ema=ema,
+        opt=opt,
+        shards=shards,
+        evaluator=evaluator,
+        device=device,
+        use_bf16=train_precision == "bf16",
+        flops_per_step=flops,
+        total_steps=total,
+        evals=evals,
+        branches=branches,
+        identity={
+            "tokenizer": tok.tokenizer_id,
+            "shards": shards.manifest["checksum"],
+            "train_precision": train_precision,
+        },
+    )
 
 
 def describe(cfg, p: Parts, dd: Dist) -> dict:
     """summary.json's description of the run, with the identity of what measures it."""
     ev = {}
     if p.evaluator is not None:
-        ev = {"identity": p.evaluator.identity, "baselines": p.evaluator.baselines,
-              "warnings": p.evaluator.comparability_warnings()}  # fmt: skip
+        ev = {
+            "identity": p.evaluator.identity,
+            "baselines": p.evaluator.baselines,
+            "warnings": p.evaluator.comparability_warnings(),
+        }
         for w in ev["warnings"]:
             print(f"\n{'!' * 100}\n{w}\n{'!' * 100}\n", file=sys.stderr)
     flat = flat_keys(cfg)
@@ -284,8 +301,12 @@ def restore(cfg, parts: Parts, saved: dict | None, rundir: RunDir) -> checkpoint
 def start_launch(rundir: RunDir, info: dict, step: int, changed: dict) -> None:
     """The launch owns the directory now: record it (and what it cleaned up) in summary.json."""
     removed = rundir.accept()
-    launch = {"start_step": step, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "changed": changed, "removed_temporaries": removed}  # fmt: skip
+    launch = {
+        "start_step": step,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "changed": changed,
+        "removed_temporaries": removed,
+    }
     info["launches"] = (rundir.read_summary() or {}).get("launches", []) + [launch]
     rundir.write_summary({**info, "status": "running", "step": step})
 
@@ -293,9 +314,12 @@ def start_launch(rundir: RunDir, info: dict, step: int, changed: dict) -> None:
 def record_stop(rundir: RunDir, e: BaseException, info: dict, step: int | None) -> None:
     """summary.json after a stop: 'interrupted' (signal) or 'failed', with the reason."""
     stopped = isinstance(e, RunInterrupted | KeyboardInterrupt)
-    summary = {**(rundir.read_summary() or {}), **info,
-               "status": "interrupted" if stopped else "failed",
-               "error": f"{type(e).__name__}: {e}"}  # fmt: skip
+    summary = {
+        **(rundir.read_summary() or {}),
+        **info,
+        "status": "interrupted" if stopped else "failed",
+        "error": f"{type(e).__name__}: {e}",
+    }
     if step is not None:
         summary["step"] = step
     rundir.write_summary(summary)
@@ -339,16 +363,31 @@ def run(cfg, run_dir: str, on_evaluation=(), checked: bool = False) -> dict:
                 tracker = open_tracker(cfg.logger, run_dir, config, name, cfg.wandb_project)
             # train
             last_ckpt = progress.step or None
-            loop = Loop(cfg, parts, progress, rows, rundir, dd, stop, last_ckpt, on_evaluation,
-                        tracker=tracker)  # fmt: skip
+            loop = Loop(
+                cfg,
+                parts,
+                progress,
+                rows,
+                rundir,
+                dd,
+                stop,
+                last_ckpt,
+                on_evaluation,
+                tracker=tracker,
+            )
             try:
                 loop.run()
             finally:
                 tracker.close()
         # finish
-        summary = {**info, "status": "finished", "step": progress.step,
-                   "train_wall_s": progress.wall_s, "total_wall_s": time.time() - t_start,
-                   "final": rows[-1] if rows else None}  # fmt: skip
+        summary = {
+            **info,
+            "status": "finished",
+            "step": progress.step,
+            "train_wall_s": progress.wall_s,
+            "total_wall_s": time.time() - t_start,
+            "final": rows[-1] if rows else None,
+        }
         if dd.main:
             rundir.write_summary(summary)
             if parts.evaluator.last_grid:

@@ -173,8 +173,11 @@ class DiT(nn.Module):
         self.grid, self.patch_size, self.input_kind = (h, w), patch_size, input_kind
         self.in_channels, self.vocab_size, self.out_channels = in_channels, vocab_size, out_channels
         self.hidden_size, self.depth, self.num_heads, self.mlp_ratio = (
-            hidden_size, depth, num_heads, mlp_ratio
-        )  # fmt: skip
+            hidden_size,
+            depth,
+            num_heads,
+            mlp_ratio,
+        )
         self.num_classes = num_classes
         if input_kind == "tokens":
             self.token_embed_dim = token_embed_dim or max(hidden_size // patch_size**2, 16)
@@ -243,8 +246,13 @@ class DiT(nn.Module):
             raise TypeError(f"latent input must be float (B,d,H,W), got {x.dtype}")
         return self.x_embedder(x) + self.pos_embed  # (B, T, D), T = H·W/p²
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
-                features: bool = False):  # fmt: skip
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        features: bool = False,
+    ):
         """x: (B,d,H,W) float or (B,H,W) long; t: (B,) in [0,1]; y: (B,) long or None.
 
         ``features=True`` returns the final layer's input (B, T, D) instead of its output."""
@@ -405,14 +413,26 @@ def DiT_XL_4(**kw):
 
 DiT_models = {
     "DiT-Nano/1": DiT_Nano_1,
-    "DiT-Micro/1": DiT_Micro_1, "DiT-Micro/2": DiT_Micro_2,
-    "DiT-Mini/1": DiT_Mini_1, "DiT-Mini/2": DiT_Mini_2,
-    "DiT-Ti/1": DiT_Ti_1, "DiT-Ti/2": DiT_Ti_2, "DiT-Ti/4": DiT_Ti_4,
-    "DiT-S/1": DiT_S_1, "DiT-S/2": DiT_S_2, "DiT-S/4": DiT_S_4,
-    "DiT-B/1": DiT_B_1, "DiT-B/2": DiT_B_2, "DiT-B/4": DiT_B_4,
-    "DiT-L/1": DiT_L_1, "DiT-L/2": DiT_L_2, "DiT-L/4": DiT_L_4,
-    "DiT-XL/1": DiT_XL_1, "DiT-XL/2": DiT_XL_2, "DiT-XL/4": DiT_XL_4,
-}  # fmt: skip
+    "DiT-Micro/1": DiT_Micro_1,
+    "DiT-Micro/2": DiT_Micro_2,
+    "DiT-Mini/1": DiT_Mini_1,
+    "DiT-Mini/2": DiT_Mini_2,
+    "DiT-Ti/1": DiT_Ti_1,
+    "DiT-Ti/2": DiT_Ti_2,
+    "DiT-Ti/4": DiT_Ti_4,
+    "DiT-S/1": DiT_S_1,
+    "DiT-S/2": DiT_S_2,
+    "DiT-S/4": DiT_S_4,
+    "DiT-B/1": DiT_B_1,
+    "DiT-B/2": DiT_B_2,
+    "DiT-B/4": DiT_B_4,
+    "DiT-L/1": DiT_L_1,
+    "DiT-L/2": DiT_L_2,
+    "DiT-L/4": DiT_L_4,
+    "DiT-XL/1": DiT_XL_1,
+    "DiT-XL/2": DiT_XL_2,
+    "DiT-XL/4": DiT_XL_4,
+}
 
 
 def build_dit(name: str, **kw) -> DiT:

@@ -60,8 +60,14 @@ class Mlp(nn.Module):
 class PatchEmbed(nn.Module):
     """(B, C, H, W) → (B, H·W/p², D): a p×p stride-p convolution, flattened row-major."""
 
-    def __init__(self, img_size: tuple[int, int], patch_size: int, in_chans: int,
-                 embed_dim: int, bias: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        img_size: tuple[int, int],
+        patch_size: int,
+        in_chans: int,
+        embed_dim: int,
+        bias: bool = True,
+    ):
         super().__init__()
         self.img_size, self.patch_size = tuple(img_size), (patch_size, patch_size)
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)

@@ -6,7 +6,16 @@ from .image_folder import ImageFolder, ImageFolderError, adm_center_crop
 from .sampler import InfiniteSampler, epoch_permutation
 
 __all__ = [
-    "FashionMNIST", "load_fashion_mnist", "IDXError", "read_idx", "read_images", "read_labels",
-    "write_idx", "ImageFolder", "ImageFolderError", "adm_center_crop", "InfiniteSampler",
+    "FashionMNIST",
+    "load_fashion_mnist",
+    "IDXError",
+    "read_idx",
+    "read_images",
+    "read_labels",
+    "write_idx",
+    "ImageFolder",
+    "ImageFolderError",
+    "adm_center_crop",
+    "InfiniteSampler",
     "epoch_permutation",
-]  # fmt: skip
+]

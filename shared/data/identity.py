@@ -29,8 +29,13 @@ from .image_folder import scan_class_folders
 def fashion_identity(root: str | None, split: str, size: int, resize: str = "pad") -> dict:
     root = resolve_root(root)
     files = "".join(file_sha256(os.path.join(root, f)) for f in FILES[split])
-    return {"kind": "fashion-mnist", "split": split, "image_size": int(size), "resize": resize,
-            "files_sha256": hashlib.sha256(files.encode()).hexdigest()}  # fmt: skip
+    return {
+        "kind": "fashion-mnist",
+        "split": split,
+        "image_size": int(size),
+        "resize": resize,
+        "files_sha256": hashlib.sha256(files.encode()).hexdigest(),
+    }
 
 
 def folder_identity(root: str, size: int) -> dict:
@@ -41,9 +46,14 @@ def folder_identity(root: str, size: int) -> dict:
     for path, label in samples:
         st, rel = os.stat(path), os.path.relpath(path, root)
         h.update(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return {"kind": "imagefolder", "root": os.path.realpath(root), "classes": len(classes),
-            "count": len(samples), "listing_sha256": h.hexdigest(),
-            "image_size": int(size)}  # fmt: skip
+    return {
+        "kind": "imagefolder",
+        "root": os.path.realpath(root),
+        "classes": len(classes),
+        "count": len(samples),
+        "listing_sha256": h.hexdigest(),
+        "image_size": int(size),
+    }
 
 
 def dataset_id(prefix: str, identity: dict) -> str:

@@ -12,7 +12,14 @@ from .fidelity import (
 from .inception import inception_weights_path
 
 __all__ = [
-    "FashionCNN", "FashionCNNConfig", "load_classifier", "train_classifier", "build_extractor",
-    "compute_metrics", "extract_features", "metrics_from_features", "reference_features",
+    "FashionCNN",
+    "FashionCNNConfig",
+    "load_classifier",
+    "train_classifier",
+    "build_extractor",
+    "compute_metrics",
+    "extract_features",
+    "metrics_from_features",
+    "reference_features",
     "inception_weights_path",
-]  # fmt: skip
+]

@@ -42,9 +42,15 @@ class FashionCNN(nn.Module):
         super().__init__()
         layers, cin = [], 1
         for w in widths:  # each stage: two 3×3 convs + BN + ReLU, then 2×2 max-pool
-            layers += [nn.Conv2d(cin, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
-                       nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(),
-                       nn.MaxPool2d(2)]  # fmt: skip
+            layers += [
+                nn.Conv2d(cin, w, 3, padding=1),
+                nn.BatchNorm2d(w),
+                nn.ReLU(),
+                nn.Conv2d(w, w, 3, padding=1),
+                nn.BatchNorm2d(w),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
             cin = w
         self.body = nn.Sequential(*layers)
         self.feat = nn.Linear(cin * (32 // 2 ** len(widths)) ** 2, feat_dim)
@@ -83,8 +89,9 @@ def test_accuracy(net: FashionCNN, data_root: str | None = None) -> float:
     return round((pred == yt).float().mean().item(), 4)
 
 
-def train_classifier(cfg: FashionCNNConfig, data_root: str | None = None, progress=True,
-                     out: str | None = None) -> str:  # fmt: skip
+def train_classifier(
+    cfg: FashionCNNConfig, data_root: str | None = None, progress=True, out: str | None = None
+) -> str:
     """Train the network with its seeded recipe into ``out`` (default: the cache)."""
     from ..data import load_fashion_mnist
 
@@ -113,9 +120,11 @@ def train_classifier(cfg: FashionCNNConfig, data_root: str | None = None, progre
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
-    meta = {"config": {**asdict(cfg), "widths": list(cfg.widths)},
-            "test_accuracy": test_accuracy(net, data_root),
-            "train_seconds": round(time.time() - t0, 1)}  # fmt: skip
+    meta = {
+        "config": {**asdict(cfg), "widths": list(cfg.widths)},
+        "test_accuracy": test_accuracy(net, data_root),
+        "train_seconds": round(time.time() - t0, 1),
+    }
     os.makedirs(out, exist_ok=True)
     with atomic_open(os.path.join(out, "model.safetensors"), "wb") as f:
         f.write(save_safetensors({k: v.contiguous() for k, v in net.state_dict().items()}))

@@ -53,8 +53,13 @@ def build_extractor(kind: str, device="cpu", inception_weights: str = "auto", ne
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"Inception weights {path} do not exist")
         feats = ["2048"] if path else ["2048", "logits_unbiased"]
-        fe = create_feature_extractor("inception-v3-compat", feats, cuda=False, verbose=False,
-                                      feature_extractor_weights_path=path)  # fmt: skip
+        fe = create_feature_extractor(
+            "inception-v3-compat",
+            feats,
+            cuda=False,
+            verbose=False,
+            feature_extractor_weights_path=path,
+        )
         fe.has_logits = path is None  # the offline weights carry no classifier head
     else:
         raise ValueError(f"unknown feature extractor {kind!r}; choose one of {KINDS}")
@@ -65,8 +70,9 @@ def build_extractor(kind: str, device="cpu", inception_weights: str = "auto", ne
 
 
 @torch.no_grad()
-def extract_features(extractor, images: torch.Tensor | Iterable[torch.Tensor], batch_size=250,
-                     progress: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
+def extract_features(
+    extractor, images: torch.Tensor | Iterable[torch.Tensor], batch_size=250, progress: bool = False
+) -> dict[str, torch.Tensor]:
     """uint8 images (N,C,H,W), or an iterable of such batches → {'feat': (N, D), ['logits']}."""
     batches = (
         (images[i : i + batch_size] for i in range(0, len(images), batch_size))
@@ -76,8 +82,12 @@ def extract_features(extractor, images: torch.Tensor | Iterable[torch.Tensor], b
     device = next(extractor.parameters()).device
     out: dict[str, list] = {}
     total = len(images) if torch.is_tensor(images) else None
-    for batch in progress_bar(batches, total=None if total is None else -(-total // batch_size),
-                      desc=f"features[{extractor.kind}]", disable=not progress):  # fmt: skip
+    for batch in progress_bar(
+        batches,
+        total=None if total is None else -(-total // batch_size),
+        desc=f"features[{extractor.kind}]",
+        disable=not progress,
+    ):
         if batch.dtype != torch.uint8:
             raise TypeError(f"metrics take uint8 images, got {batch.dtype}")
         if extractor.kind == "inception" and batch.shape[1] == 1:
@@ -119,8 +129,15 @@ def reference_order(total: int, seed: int) -> torch.Tensor:
     return torch.randperm(total, generator=torch.Generator().manual_seed(seed))
 
 
-def held_out_images(dataset: str, split: str, size: int, n_ref: int, n: int, seed: int = 0,
-                    data_root: str | None = None) -> torch.Tensor | None:  # fmt: skip
+def held_out_images(
+    dataset: str,
+    split: str,
+    size: int,
+    n_ref: int,
+    n: int,
+    seed: int = 0,
+    data_root: str | None = None,
+) -> torch.Tensor | None:
     """n real images disjoint from the reference set of size n_ref (same seed), or None when
     the split is too small: the real-vs-real and tokenizer-ceiling baselines use them."""
     total, get = image_source(dataset, split, size, data_root)
@@ -130,10 +147,18 @@ def held_out_images(dataset: str, split: str, size: int, n_ref: int, n: int, see
     return torch.stack([get(int(i)) for i in pick])
 
 
-def reference_features(kind: str = "fashion", dataset: str = "fashion-mnist", split="train",
-                       size: int = 32, n: int | None = 1000, seed: int = 0,
-                       data_root: str | None = None, device="cpu", extractor=None,
-                       progress: bool = True) -> dict:  # fmt: skip
+def reference_features(
+    kind: str = "fashion",
+    dataset: str = "fashion-mnist",
+    split="train",
+    size: int = 32,
+    n: int | None = 1000,
+    seed: int = 0,
+    data_root: str | None = None,
+    device="cpu",
+    extractor=None,
+    progress: bool = True,
+) -> dict:
     """Features of a real reference set, computed once and cached per (dataset, split, size,
     extractor network, n, seed); a stale or corrupt cache file is rebuilt. Also returns the
     sha256 of the reference images themselves (``images_sha256``)."""
@@ -146,22 +171,36 @@ def reference_features(kind: str = "fashion", dataset: str = "fashion-mnist", sp
         dataset_id = f"fashion-mnist:{os.path.abspath(resolve_root(data_root))}"
     else:
         dataset_id = f"imagefolder:{os.path.abspath(dataset.split(':', 1)[1])}"
-    key = {"dataset": dataset_id, "split": split, "size": size, "extractor": kind, "n": n,
-           "seed": seed, "net": extractor.sha256}  # fmt: skip
+    key = {
+        "dataset": dataset_id,
+        "split": split,
+        "size": size,
+        "extractor": kind,
+        "n": n,
+        "seed": seed,
+        "net": extractor.sha256,
+    }
     path = cache_root() / "metrics" / "refs" / f"{kind}-{split}-{size}-n{n}-{config_hash(key)}.pt"
     if path.is_file():
         try:
             blob = load_torch_file(path, "reference statistics")
             feats = blob["features"]
-            ok = (blob["key"] == key and _digest(feats) == blob["sha256"]
-                  and "images_sha256" in blob
-                  and (n is None or all(len(v) == n for v in feats.values())))  # fmt: skip
+            ok = (
+                blob["key"] == key
+                and _digest(feats) == blob["sha256"]
+                and "images_sha256" in blob
+                and (n is None or all(len(v) == n for v in feats.values()))
+            )
             why = "stale (another key or checksum)"
         except (FileLoadError, KeyError, TypeError) as e:  # unreadable, truncated or unsafe
             ok, why = False, str(e)
         if ok:
-            return {"key": key, "features": feats, "images_sha256": blob["images_sha256"],
-                    "stats": reference_statistics(feats)}  # fmt: skip
+            return {
+                "key": key,
+                "features": feats,
+                "images_sha256": blob["images_sha256"],
+                "stats": reference_statistics(feats),
+            }
         print(f"reference statistics {path} are stale or corrupt; rebuilding them ({why})")
     total, get = image_source(dataset, split, size, data_root)
     pick = torch.arange(total)
@@ -178,11 +217,19 @@ def reference_features(kind: str = "fashion", dataset: str = "fashion-mnist", sp
             yield batch
 
     feats = extract_features(extractor, batches(), progress=progress)
-    blob = {"key": key, "features": feats, "sha256": _digest(feats),
-            "images_sha256": images_sha.hexdigest()}  # fmt: skip
+    blob = {
+        "key": key,
+        "features": feats,
+        "sha256": _digest(feats),
+        "images_sha256": images_sha.hexdigest(),
+    }
     atomic_torch_save(blob, path)
-    return {"key": key, "features": feats, "images_sha256": blob["images_sha256"],
-            "stats": reference_statistics(feats, progress)}  # fmt: skip
+    return {
+        "key": key,
+        "features": feats,
+        "images_sha256": blob["images_sha256"],
+        "stats": reference_statistics(feats, progress),
+    }
 
 
 PRC_K = 3  # precision/recall's k nearest neighbours (torch-fidelity's default)
@@ -204,8 +251,11 @@ def reference_statistics(ref: dict, progress: bool = False) -> dict:
         try:
             blob = load_torch_file(path, "reference statistics")
             if blob["features_sha256"] == digest and blob["k"] == PRC_K:
-                return {"mu": blob["mu"].numpy(), "sigma": blob["sigma"].numpy(),
-                        "radii": blob["radii"]}  # fmt: skip
+                return {
+                    "mu": blob["mu"].numpy(),
+                    "sigma": blob["sigma"].numpy(),
+                    "radii": blob["radii"],
+                }
         except (FileLoadError, KeyError, TypeError, AttributeError):
             pass
         print(f"reference statistics {path} are stale or corrupt; rebuilding them")
@@ -214,8 +264,13 @@ def reference_statistics(ref: dict, progress: bool = False) -> dict:
     if progress:
         print(f"reference statistics: FD moments and precision radii of {len(r)} features")
     radii = stats.manifold_radii(r, PRC_K, 10000) if len(r) > PRC_K else None
-    blob = {"features_sha256": digest, "k": PRC_K, "mu": torch.from_numpy(fd["mu"]),
-            "sigma": torch.from_numpy(fd["sigma"]), "radii": radii}  # fmt: skip
+    blob = {
+        "features_sha256": digest,
+        "k": PRC_K,
+        "mu": torch.from_numpy(fd["mu"]),
+        "sigma": torch.from_numpy(fd["sigma"]),
+        "radii": radii,
+    }
     atomic_torch_save(blob, path)
     return {"mu": fd["mu"], "sigma": fd["sigma"], "radii": radii}
 
@@ -250,12 +305,19 @@ def metrics_from_features(
     return {k: float(np.float64(v)) for k, v in out.items()}
 
 
-def compute_metrics(generated, reference: dict, extractor=None, which=("fd", "kid", "prc", "is"),
-                    kid_subset_size: int | None = None, device="cpu") -> dict:  # fmt: skip
+def compute_metrics(
+    generated,
+    reference: dict,
+    extractor=None,
+    which=("fd", "kid", "prc", "is"),
+    kid_subset_size: int | None = None,
+    device="cpu",
+) -> dict:
     """Metrics of generated uint8 images (tensor or iterable of batches) against reference
     features from :func:`reference_features` (same extractor kind)."""
     kind = reference["key"]["extractor"]
     extractor = extractor or build_extractor(kind, device)
     gen = extract_features(extractor, generated)
-    return metrics_from_features(gen, reference["features"], kind, which, kid_subset_size,
-                                 ref_stats=reference.get("stats"))  # fmt: skip
+    return metrics_from_features(
+        gen, reference["features"], kind, which, kid_subset_size, ref_stats=reference.get("stats")
+    )

@@ -51,8 +51,9 @@ def _mmd2_unbiased(k_xx: np.ndarray, k_xy: np.ndarray, k_yy: np.ndarray) -> floa
     return (off_xx + off_yy) / (m * (m - 1)) - 2 * k_xy.sum(axis=0).sum() / (m * m)
 
 
-def kid(f1: torch.Tensor, f2: torch.Tensor, subset_size: int, subsets: int = 100,
-        seed: int = 2020) -> tuple[float, float]:  # fmt: skip
+def kid(
+    f1: torch.Tensor, f2: torch.Tensor, subset_size: int, subsets: int = 100, seed: int = 2020
+) -> tuple[float, float]:
     """(mean, std) of the KID over random subsets."""
     n1, n2 = len(f1), len(f2)
     if min(n1, n2) < subset_size:
@@ -81,23 +82,34 @@ def manifold_radii(members: torch.Tensor, k: int = 3, batch: int = 10000) -> tor
     the radii of the set's manifold. For a 60k reference set this is 3.6e9 distances, the
     bulk of an evaluation, so a reference's radii are cached with its features
     (``fidelity.reference_statistics``)."""
-    return torch.cat([
-        _cdist(part, members, batch).kthvalue(k + 1).values for part in members.split(batch)
-    ])  # fmt: skip
+    return torch.cat(
+        [_cdist(part, members, batch).kthvalue(k + 1).values for part in members.split(batch)]
+    )
 
 
-def _inside(queries: torch.Tensor, members: torch.Tensor, k: int, batch: int,
-            radii: torch.Tensor | None = None) -> float:  # fmt: skip
+def _inside(
+    queries: torch.Tensor,
+    members: torch.Tensor,
+    k: int,
+    batch: int,
+    radii: torch.Tensor | None = None,
+) -> float:
     """Fraction of queries within some member's distance to its k-th neighbour (row by row
     over batches, as torch-fidelity's ``save_cpu_ram`` path)."""
     radii = manifold_radii(members, k, batch) if radii is None else radii
-    hits = [(_cdist(part, members, batch) <= radii).any(dim=1).float()
-            for part in queries.split(batch)]  # fmt: skip
+    hits = [
+        (_cdist(part, members, batch) <= radii).any(dim=1).float() for part in queries.split(batch)
+    ]
     return torch.cat(hits).mean().item()
 
 
-def precision_recall(gen: torch.Tensor, real: torch.Tensor, k: int = 3, batch: int = 10000,
-                     real_radii: torch.Tensor | None = None) -> tuple[float, float]:  # fmt: skip
+def precision_recall(
+    gen: torch.Tensor,
+    real: torch.Tensor,
+    k: int = 3,
+    batch: int = 10000,
+    real_radii: torch.Tensor | None = None,
+) -> tuple[float, float]:
     """(precision, recall) of generated against real features; ``real_radii``: the real set's
     :func:`manifold_radii` at this k, when already known."""
     if len(gen) <= k or len(real) <= k:
@@ -110,8 +122,9 @@ def precision_recall(gen: torch.Tensor, real: torch.Tensor, k: int = 3, batch: i
     return precision, recall
 
 
-def inception_score(logits: torch.Tensor, splits: int = 10,
-                    seed: int = 2020) -> tuple[float, float]:  # fmt: skip
+def inception_score(
+    logits: torch.Tensor, splits: int = 10, seed: int = 2020
+) -> tuple[float, float]:
     n = len(logits)
     logits = logits[np.random.RandomState(seed).permutation(n), :].double()
     p, log_p = logits.softmax(dim=1), logits.log_softmax(dim=1)

@@ -18,7 +18,15 @@ def load_tokenizer(backend: str, path: str | None = None, image_size: int | None
 
 
 __all__ = [
-    "Tokenizer", "to_float", "to_uint8", "FashionVQ", "FashionVQConfig",
-    "shipped_fashion_tokenizer", "train_fashion_vq", "SDVQF8", "LlamaGenVQ", "BACKENDS",
+    "Tokenizer",
+    "to_float",
+    "to_uint8",
+    "FashionVQ",
+    "FashionVQConfig",
+    "shipped_fashion_tokenizer",
+    "train_fashion_vq",
+    "SDVQF8",
+    "LlamaGenVQ",
+    "BACKENDS",
     "load_tokenizer",
-]  # fmt: skip
+]

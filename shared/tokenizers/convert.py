@@ -22,8 +22,14 @@ import torch
 
 from .layout import CheckpointLayoutError
 
-LEAF = {"nin_shortcut": "conv_shortcut", "norm": "group_norm", "q": "to_q", "k": "to_k",
-        "v": "to_v", "proj_out": "to_out.0"}  # fmt: skip
+LEAF = {
+    "nin_shortcut": "conv_shortcut",
+    "norm": "group_norm",
+    "q": "to_q",
+    "k": "to_k",
+    "v": "to_v",
+    "proj_out": "to_out.0",
+}
 LAYOUTS = ("ldm", "llamagen")
 
 
@@ -36,18 +42,19 @@ def _levels(sd, prefix: str, layout: str):
         m = pat.match(k)
         if m:
             counts.setdefault(int(m[1]), set()).add(int(m[2]))
-    attn = {
-        int(m[1])
-        for k in sd
-        if (m := re.match(rf"^{prefix}\.{blk}\.(\d+)\.attn\.\d+\.", k))
-    }  # fmt: skip
+    attn = {int(m[1]) for k in sd if (m := re.match(rf"^{prefix}\.{blk}\.(\d+)\.attn\.\d+\.", k))}
     return [(len(counts[i]), i in attn) for i in sorted(counts)]
 
 
 def infer_config(sd: dict, layout: str) -> dict:
     """diffusers VQModel kwargs from a taming-style state dict."""
-    need = ["encoder.conv_in.weight", "encoder.conv_out.weight", "decoder.conv_out.weight",
-            "quantize.embedding.weight", "quant_conv.weight"]  # fmt: skip
+    need = [
+        "encoder.conv_in.weight",
+        "encoder.conv_out.weight",
+        "decoder.conv_out.weight",
+        "quantize.embedding.weight",
+        "quant_conv.weight",
+    ]
     missing = [k for k in need if k not in sd]
     if missing:
         raise CheckpointLayoutError(
@@ -75,10 +82,10 @@ def infer_config(sd: dict, layout: str) -> dict:
         out_channels=sd["decoder.conv_out.weight"].shape[0],
         down_block_types=tuple(
             "AttnDownEncoderBlock2D" if a else "DownEncoderBlock2D" for a in attn_levels
-        ),  # fmt: skip
+        ),
         up_block_types=tuple(
             "AttnUpDecoderBlock2D" if a else "UpDecoderBlock2D" for a in reversed(attn_levels)
-        ),  # fmt: skip
+        ),
         block_out_channels=tuple(ch_out),
         layers_per_block=blocks.pop(),
         latent_channels=sd["encoder.conv_out.weight"].shape[0],

@@ -164,8 +164,13 @@ def train_fashion_vq(cfg: FashionVQConfig, out_dir: str | None = None, progress=
     cfg_key = cfg.key()
     tok = Tokenizer(vq.eval(), cfg.image_size, f"fashion-vq-{config_hash(cfg_key)}")
     metrics = evaluate_reconstruction(tok, test)
-    meta = {"id": tok.tokenizer_id, "backend": FashionVQ.backend, "config": cfg_key,
-            "test_metrics": metrics, "train_seconds": round(train_s, 1)}  # fmt: skip
+    meta = {
+        "id": tok.tokenizer_id,
+        "backend": FashionVQ.backend,
+        "config": cfg_key,
+        "test_metrics": metrics,
+        "train_seconds": round(train_s, 1),
+    }
     # save into a temporary sibling folder, then rename: a crash never leaves half a tokenizer
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
@@ -176,8 +181,11 @@ def train_fashion_vq(cfg: FashionVQConfig, out_dir: str | None = None, progress=
         with open(os.path.join(tmp, "tokenizer.json"), "w") as f:
             json.dump(meta, f, indent=2)
         originals = test[:16]  # top row: test images, bottom row: their reconstructions
-        save_grid(torch.cat([originals, tok.decode(tok.encode(originals))]),
-                  os.path.join(tmp, "reconstructions.png"), nrow=16)  # fmt: skip
+        save_grid(
+            torch.cat([originals, tok.decode(tok.encode(originals))]),
+            os.path.join(tmp, "reconstructions.png"),
+            nrow=16,
+        )
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

@@ -77,14 +77,17 @@ class VQConfig:
             setattr(cfg, name, tuple(getattr(cfg, name)))
         problems = []
         if cfg.norm_type != "group":
-            problems.append(f"norm_type={cfg.norm_type!r} (only 'group'; MoVQ's spatial norm "
-                            "is not supported)")  # fmt: skip
+            problems.append(
+                f"norm_type={cfg.norm_type!r} (only 'group'; MoVQ's spatial norm is not supported)"
+            )
         if cfg.act_fn not in ("silu", "swish"):
             problems.append(f"act_fn={cfg.act_fn!r} (only 'silu')")
         n = len(cfg.block_out_channels)
         if len(cfg.down_block_types) != n or len(cfg.up_block_types) != n:
-            problems.append(f"{n} block_out_channels but {len(cfg.down_block_types)} down and "
-                            f"{len(cfg.up_block_types)} up block types")  # fmt: skip
+            problems.append(
+                f"{n} block_out_channels but {len(cfg.down_block_types)} down and "
+                f"{len(cfg.up_block_types)} up block types"
+            )
         bad = [t for t in cfg.down_block_types if t not in DOWN_TYPES]
         bad += [t for t in cfg.up_block_types if t not in UP_TYPES]
         if bad:
@@ -136,8 +139,9 @@ class AttentionBlock(nn.Module):
         b, c, h, w = x.shape
         s = x.view(b, c, h * w).transpose(1, 2)
         s = self.group_norm(s.transpose(1, 2)).transpose(1, 2)
-        q, k, v = (proj(s).view(b, -1, 1, c).transpose(1, 2)
-                   for proj in (self.to_q, self.to_k, self.to_v))  # fmt: skip
+        q, k, v = (
+            proj(s).view(b, -1, 1, c).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v)
+        )
         s = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, c)
         s = self.to_out[0](s.to(q.dtype))
         return s.transpose(-1, -2).reshape(b, c, h, w) + x
@@ -169,8 +173,9 @@ class Block(nn.Module):
     """A down (encoder) or up (decoder) level: resnets, each followed by attention when the
     level has it, then the resampler (``downsamplers.0`` / ``upsamplers.0``)."""
 
-    def __init__(self, cin: int, cout: int, layers: int, attention: bool, groups: int,
-                 resample: str | None):  # fmt: skip
+    def __init__(
+        self, cin: int, cout: int, layers: int, attention: bool, groups: int, resample: str | None
+    ):
         super().__init__()
         resnets, attentions = [], []
         for j in range(layers):  # created in diffusers' order, registered in its order
@@ -226,8 +231,16 @@ class Encoder(nn.Module):
         for i, kind in enumerate(cfg.down_block_types):
             cin, cout = cout, ch[i]
             last = i == len(ch) - 1
-            self.down_blocks.append(Block(cin, cout, cfg.layers_per_block, kind == DOWN_TYPES[1],
-                                          g, None if last else "down"))  # fmt: skip
+            self.down_blocks.append(
+                Block(
+                    cin,
+                    cout,
+                    cfg.layers_per_block,
+                    kind == DOWN_TYPES[1],
+                    g,
+                    None if last else "down",
+                )
+            )
         self.mid_block = MidBlock(ch[-1], g, cfg.mid_block_add_attention)
         self.conv_norm_out = nn.GroupNorm(g, ch[-1], eps=1e-6)
         self.conv_out = nn.Conv2d(ch[-1], cfg.latent_channels, 3, padding=1)
@@ -252,8 +265,16 @@ class Decoder(nn.Module):
         for i, kind in enumerate(cfg.up_block_types):
             cin, cout = cout, rev[i]
             last = i == len(ch) - 1
-            self.up_blocks.append(Block(cin, cout, cfg.layers_per_block + 1, kind == UP_TYPES[1],
-                                        g, None if last else "up"))  # fmt: skip
+            self.up_blocks.append(
+                Block(
+                    cin,
+                    cout,
+                    cfg.layers_per_block + 1,
+                    kind == UP_TYPES[1],
+                    g,
+                    None if last else "up",
+                )
+            )
         self.conv_norm_out = nn.GroupNorm(g, ch[0], eps=1e-6)
         self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
 
@@ -302,8 +323,11 @@ class VQModel(nn.Module):
         from safetensors.torch import save_file
 
         os.makedirs(folder, exist_ok=True)
-        config = {"_class_name": "VQModel", "_diffusers_version": DIFFUSERS_LAYOUT,
-                  **self.config.to_dict()}  # fmt: skip
+        config = {
+            "_class_name": "VQModel",
+            "_diffusers_version": DIFFUSERS_LAYOUT,
+            **self.config.to_dict(),
+        }
         with open(os.path.join(folder, CONFIG_NAME), "w") as f:
             f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
@@ -342,9 +366,12 @@ def load_pretrained(folder: str) -> VQModel:
         pickles = [n for n in os.listdir(folder) if n.endswith((".bin", ".pt", ".ckpt"))]
         raise FileNotFoundError(
             f"{folder} has no {WEIGHTS_NAME}"
-            + (f" (only {pickles}: pickled weights are never loaded; convert them to "
-               "safetensors)" if pickles else "")
-        )  # fmt: skip
+            + (
+                f" (only {pickles}: pickled weights are never loaded; convert them to safetensors)"
+                if pickles
+                else ""
+            )
+        )
     try:
         with open(config_path) as f:
             config = json.load(f)
