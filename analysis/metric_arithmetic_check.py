@@ -55,18 +55,18 @@ def measure(run_dir: str) -> list[dict]:
     import methods.latent_flow as latent_flow
 
     cfg, tok, method, model = load_trained(run_dir, "cpu")
-    ev = Evaluator(cfg, tok, method, torch.device("cpu"), os.path.join(run_dir, "analysis"))
+    evaluator = Evaluator(cfg, tok, method, torch.device("cpu"), os.path.join(run_dir, "analysis"))
     rows = []
     base = {
         "run": os.path.basename(os.path.normpath(run_dir)),
         "method": cfg.method.name,
         "num_samples": cfg.eval.num_samples,
-        "reference": ev.identity["reference"],
+        "reference": evaluator.identity["reference"],
     }
     # 1. the FD's matrix square root, on the run's own fp32 protocol samples
-    images, _, _ = ev.sample_images(model)
-    gen = extract_features(ev.extractor, images)["feat"].double()
-    ref = ev.reference["features"]["feat"].double()
+    images, _, _ = evaluator.sample_images(model)
+    gen = extract_features(evaluator.extractor, images)["feat"].double()
+    ref = evaluator.reference["features"]["feat"].double()
     g, r = fd_statistics(gen), fd_statistics(ref)
     eig, sq = frechet_distance(g, r), fd_sqrtm(g, r)
     rows.append(
@@ -89,16 +89,19 @@ def measure(run_dir: str) -> list[dict]:
         finals.append(z.detach().clone())
         return real_nearest(z, codebook, chunk)
 
-    ev.precision = "bf16"
+    evaluator.precision = "bf16"
     latent_flow.nearest_code = keep_final
     try:
-        fp32_snapped, _, _ = ev.sample_images(model)
+        fp32_snapped, _, _ = evaluator.sample_images(model)
     finally:
         latent_flow.nearest_code = real_nearest
     z = torch.cat(finals)
     a, b = real_nearest(z, method.codebook), bf16_snap(z, method.codebook)
     bf16_snapped = torch.cat([tok.decode(b[i : i + 250]) for i in range(0, len(b), 250)])
-    fd_a, fd_b = ev.score(fp32_snapped)[ev_key(ev)], ev.score(bf16_snapped)[ev_key(ev)]
+    fd_a, fd_b = (
+        evaluator.score(fp32_snapped)[fd_key(evaluator)],
+        evaluator.score(bf16_snapped)[fd_key(evaluator)],
+    )
     rows.append(
         {
             **base,
@@ -113,8 +116,8 @@ def measure(run_dir: str) -> list[dict]:
     return rows
 
 
-def ev_key(ev) -> str:
-    return "fd_fashion" if ev.cfg.eval.extractor == "fashion" else "fid_inception"
+def fd_key(evaluator) -> str:
+    return "fd_fashion" if evaluator.cfg.eval.extractor == "fashion" else "fid_inception"
 
 
 def main(argv=None) -> pd.DataFrame:

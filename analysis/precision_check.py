@@ -83,11 +83,11 @@ def compare_sampling(run_dirs: list[str], device: str = "cpu") -> pd.DataFrame:
         row = {"run": os.path.basename(run), "method": method_label(cfg), "seed": cfg.seed}
         for prec in ("fp32", "bf16"):
             cfg.eval.precision = prec
-            ev = Evaluator(cfg, tok, method, torch.device(device), run)
+            evaluator = Evaluator(cfg, tok, method, torch.device(device), run)
             t0 = time.time()
-            images, _, _ = ev.sample_images(model)
+            images, _, _ = evaluator.sample_images(model)
             row[f"sample_s_{prec}"] = time.time() - t0
-            scored = ev.score(images)
+            scored = evaluator.score(images)
             key = "fd_fashion" if "fd_fashion" in scored else "fid_inception"
             row[f"fd_{prec}"] = scored[key]
         row["diff"] = row["fd_bf16"] - row["fd_fp32"]

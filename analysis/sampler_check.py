@@ -27,13 +27,13 @@ from experiments.runner.evaluation import Evaluator
 
 def check_run(run_dir: str, solvers: list[str], out_dir: str, device="cpu") -> list[dict]:
     cfg, tok, method, model = load_trained(run_dir, device)
-    ev = Evaluator(cfg, tok, method, torch.device(device), out_dir)
+    evaluator = Evaluator(cfg, tok, method, torch.device(device), out_dir)
     rows = []
     for solver in solvers:
         method.check_sampling(solver, cfg.eval.steps, tok.grid)
         cfg.eval.solver = solver  # the evaluator and the label read it
-        images, _, out = ev.sample_images(model)
-        m = ev.score(images)
+        images, _, out = evaluator.sample_images(model)
+        m = evaluator.score(images)
         kind = cfg.eval.extractor
         rows.append(
             {
@@ -48,9 +48,9 @@ def check_run(run_dir: str, solvers: list[str], out_dir: str, device="cpu") -> l
                 "precision": m.get(f"precision_{kind}"),
                 "recall": m.get(f"recall_{kind}"),
                 "extractor": kind,
-                **ev.identity,
+                **evaluator.identity,
                 "train_precision": trained_in(run_dir),
-                "eval_precision": ev.precision,
+                "eval_precision": evaluator.precision,
             }
         )
         r = rows[-1]

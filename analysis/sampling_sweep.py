@@ -125,7 +125,7 @@ def sweep_run(
     base = {k: cfg.eval[k] for k in ("solver", "steps", "temperature", "cfg_scale")}
     base["num_samples"] = cfg.eval.num_samples
     out_dir = os.path.dirname(csv_path)
-    ev = None
+    evaluator = None
     for full in todo:
         setting = {**base, **{k: v for k, v in full.items() if v is not None}}
         adaptive = setting["solver"] in getattr(method, "adaptive_solvers", ())
@@ -135,23 +135,24 @@ def sweep_run(
             raise SystemExit(
                 f"error: {run_dir}: {cfg.method.name} has no solver {setting['solver']!r}"
             )
-        cfg.eval.solver, cfg.eval.steps = setting["solver"], setting["steps"]
+        cfg.eval.solver = setting["solver"]
+        cfg.eval.steps = setting["steps"]
         cfg.eval.num_samples = setting["num_samples"]
-        if ev is None:
-            ev = Evaluator(cfg, tok, method, torch.device(device), out_dir)
+        if evaluator is None:
+            evaluator = Evaluator(cfg, tok, method, torch.device(device), out_dir)
         kw = {"tolerance": float(setting["tolerance"])} if adaptive else {}
         if adaptive:  # the grid's steps mean nothing to it: its row says so
             setting["steps"] = None
         else:
             setting["tolerance"] = None
         t0 = time.time()
-        images, _, _ = ev.sample_images(
+        images, _, _ = evaluator.sample_images(
             model, temperature=setting["temperature"], cfg_scale=setting["cfg_scale"], **kw
         )
         sample_s = time.time() - t0
-        m = ev.score(images)
+        m = evaluator.score(images)
         kind = cfg.eval.extractor
-        n = sum(b for b, _, _ in ev.batch_nfe)
+        n = sum(b for b, _, _ in evaluator.batch_nfe)
         row = {
             "run": os.path.join(*os.path.normpath(run_dir).split(os.sep)[-2:]),
             "path": path,
@@ -163,10 +164,10 @@ def sweep_run(
             "setting": setting_key(full),
             **{k: setting.get(k) for k in SETTING},
             # model calls per image batch, averaged over images (an adaptive solver's differ)
-            "nfe": sum(b * f for b, f, _ in ev.batch_nfe) / n,
-            "nfe_rows": sum(b * r for b, _, r in ev.batch_nfe) / n,
-            "nfe_min": min(f for _, f, _ in ev.batch_nfe),
-            "nfe_max": max(f for _, f, _ in ev.batch_nfe),
+            "nfe": sum(b * f for b, f, _ in evaluator.batch_nfe) / n,
+            "nfe_rows": sum(b * r for b, _, r in evaluator.batch_nfe) / n,
+            "nfe_min": min(f for _, f, _ in evaluator.batch_nfe),
+            "nfe_max": max(f for _, f, _ in evaluator.batch_nfe),
             "batch_size": cfg.eval.batch_size,
             "sample_s": round(sample_s, 2),
             "fd": m.get("fd_fashion", m.get("fid_inception")),
@@ -174,9 +175,9 @@ def sweep_run(
             "precision": m.get(f"precision_{kind}"),
             "recall": m.get(f"recall_{kind}"),
             "extractor": kind,
-            **ev.identity,
+            **evaluator.identity,
             "train_precision": trained_in(run_dir),
-            "eval_precision": ev.precision,
+            "eval_precision": evaluator.precision,
         }
         rows.append(row)
         save_rows(csv_path, rows)

@@ -67,11 +67,11 @@ def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu", stem=None)
         raise ValueError(f"{run_dir} trains {cfg.method.name}, which has no temperature")
     if num_samples:
         cfg.eval.num_samples = num_samples
-    ev = Evaluator(cfg, tok, method, torch.device(device), out_dir)
+    evaluator = Evaluator(cfg, tok, method, torch.device(device), out_dir)
     rows, grid, shown = [], [], None
     for tau in taus:
-        images, labels, out = ev.sample_images(model, temperature=tau)
-        m = ev.score(images)
+        images, labels, out = evaluator.sample_images(model, temperature=tau)
+        m = evaluator.score(images)
         kind = cfg.eval.extractor
         rows.append(
             {
@@ -86,9 +86,9 @@ def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu", stem=None)
                 "precision": m.get(f"precision_{kind}"),
                 "recall": m.get(f"recall_{kind}"),
                 "extractor": kind,
-                **ev.identity,
+                **evaluator.identity,
                 "train_precision": trained_in(run_dir),
-                "eval_precision": ev.precision,
+                "eval_precision": evaluator.precision,
             }
         )
         print(

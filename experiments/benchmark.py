@@ -81,7 +81,10 @@ class TimedModel:
     """Wraps a model to measure the wall time spent inside its forward calls."""
 
     def __init__(self, model, device):
-        self.model, self.device, self.seconds, self.calls = model, device, 0.0, 0
+        self.model = model
+        self.device = device
+        self.seconds = 0.0
+        self.calls = 0
 
     def __call__(self, x, t, y, **kw):
         sync(self.device)
@@ -140,9 +143,9 @@ class LargestTensor(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for o in out if isinstance(out, tuple | list) else (out,):
-            if isinstance(o, torch.Tensor):
-                self.bytes = max(self.bytes, o.numel() * o.element_size())
+        for output in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(output, torch.Tensor):
+                self.bytes = max(self.bytes, output.numel() * output.element_size())
         return out
 
 
@@ -326,7 +329,8 @@ def main(argv=None) -> list[dict]:
                 with torch.no_grad(), autocast(device.type, p):
                     # warm-up at the timed batch: a compiled model then runs its final graph
                     method.sample(timed, args.sample_batch, grid, 2, y=y, generator=gen)
-                    timed.seconds, timed.calls = 0.0, 0
+                    timed.seconds = 0.0
+                    timed.calls = 0
                     sync(device)
                     t0 = time.perf_counter()
                     out = method.sample(timed, args.sample_batch, grid, nfe, y=y, generator=gen)

@@ -489,8 +489,8 @@ def main(argv=None) -> dict | None:
     kind = (
         args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     )
-    dd = setup_distributed(kind)
-    device = torch.device(f"cuda:{dd.local_rank}" if kind == "cuda" else "cpu")
+    ranks = setup_distributed(kind)
+    device = torch.device(f"cuda:{ranks.local_rank}" if kind == "cuda" else "cpu")
     try:
         ck_path = args.checkpoint or os.path.join(args.run, "checkpoints", "last.pt")
         # hashed before and after the load: a checkpoint rewritten meanwhile is refused, so the
@@ -506,7 +506,7 @@ def main(argv=None) -> dict | None:
                 "relaunch its training to finish it, or pass --checkpoint to sample that "
                 "intermediate checkpoint on purpose (the card records its step)"
             )
-        card = build_card(args, cfg, tok, method, model, ck, ck_path, device.type, dd.world)
+        card = build_card(args, cfg, tok, method, model, ck, ck_path, device.type, ranks.world)
         if card["checkpoint_sha256"] != before:
             raise ValueError(
                 f"{ck_path} changed while it was being loaded; sample a checkpoint "
@@ -516,11 +516,11 @@ def main(argv=None) -> dict | None:
         raise SystemExit(f"error: {e}") from None
     # every rank must sample the same weights (a checkpoint rewritten between the ranks' loads,
     # or ranks that see different file systems, would mix two models in one file)
-    digests = dd.gather(card["checkpoint_sha256"])
+    digests = ranks.gather(card["checkpoint_sha256"])
     if len(set(digests)) > 1:
         raise SystemExit(
             f"error: the ranks loaded different checkpoints ({ck_path}: sha256 "
-            f"{', '.join(d[:12] for d in digests)} on ranks 0…{dd.world - 1}); "
+            f"{', '.join(d[:12] for d in digests)} on ranks 0…{ranks.world - 1}); "
             "sample a checkpoint that no job is writing"
         )
     batch = card["batch_size"]
@@ -528,29 +528,29 @@ def main(argv=None) -> dict | None:
     parts = out + ".parts"
     # rank 0 looks at the files, every rank follows (Dist.decide): no rank can take another
     # path through the barriers below
-    state, why = dd.decide(start(out, parts, card) if dd.main else None)
+    state, why = ranks.decide(start(out, parts, card) if ranks.main else None)
     if state != "sample":
-        dd.close(True)
+        ranks.close(True)
         if state == "refuse":
             raise SystemExit(f"error: {why}")
-        if dd.main:
+        if ranks.main:
             print(f"{out} is complete (same settings); nothing to do")
         return None
     ranges = shard_ranges(args.num_samples, args.shard_size)
-    launch = dd.decide(uuid.uuid4().hex)  # this launch's claims (a relaunch's are its own)
+    launch = ranks.decide(uuid.uuid4().hex)  # this launch's claims (a relaunch's are its own)
     done = sum(shard_done(shard_path(parts, k), *ranges[k]) for k in range(len(ranges)))
-    if dd.main:
+    if ranks.main:
         print(
             f"sampling {args.num_samples} images of {card['method']} (step {card['step']}, "
             f"{card['solver']} × {card['steps']}, τ={card['temperature']}, "
-            f"CFG {card['cfg_scale']}) in {len(ranges)} shards over {dd.world} process(es); "
+            f"CFG {card['cfg_scale']}) in {len(ranges)} shards over {ranks.world} process(es); "
             f"{done} of the {len(ranges)} shards already done"
         )
     # rank r starts with shards r, r + world, …, then takes any shard nobody has claimed: a
     # relaunch that owes only the last shards spreads them over every rank
-    order = sorted(range(len(ranges)), key=lambda k: (k % dd.world != dd.rank, k))
+    order = sorted(range(len(ranges)), key=lambda k: (k % ranks.world != ranks.rank, k))
     bar = progress_bar(
-        total=len(ranges) - done, desc=f"shards[rank {dd.rank}]", disable=not args.progress
+        total=len(ranges) - done, desc=f"shards[rank {ranks.rank}]", disable=not args.progress
     )
     for k in order:
         lo, hi = ranges[k]
@@ -566,18 +566,18 @@ def main(argv=None) -> dict | None:
     # assembles (and deletes the shard folder); the others poll main_first's flag, whose token
     # was agreed before sampling
     def gather_and_assemble():
-        wait_for_shards(parts, ranges, dd.rank)
+        wait_for_shards(parts, ranges, ranks.rank)
         return assemble(out, parts, card, args.png_dir)
 
-    final = dd.main_first(
+    final = ranks.main_first(
         gather_and_assemble, os.path.dirname(out), f"assembly-{os.path.basename(out)}", token=launch
     )
-    if dd.main:
+    if ranks.main:
         print(
             f"wrote {out} ({args.num_samples} images, NFE {final['nfe']}) and its card "
             f"{out[:-4]}.json"
         )
-    dd.close(True)
+    ranks.close(True)
     return final
 
 

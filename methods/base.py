@@ -77,8 +77,12 @@ class TimeSampler:
             raise ValueError(f"need 0 ≤ t_min < t_max ≤ 1, got t_min={t_min}, t_max={t_max}")
         if stratified and kind != "uniform":
             raise ValueError("stratified time sampling is for time_sampling='uniform' only")
-        self.kind, self.t_min, self.mean, self.std = kind, t_min, mean, std
-        self.t_max, self.stratified = t_max, stratified
+        self.kind = kind
+        self.t_min = t_min
+        self.mean = mean
+        self.std = std
+        self.t_max = t_max
+        self.stratified = stratified
         self.top = below(t_max)  # the largest float32 draw
 
     def quantile(self, q: torch.Tensor) -> torch.Tensor:

@@ -65,7 +65,9 @@ class MetricDFM(CategoricalHead, Method):
         overflow = beta_overflow(beta_scale, beta_power)
         if overflow:
             raise ValueError(overflow)
-        self.beta_scale, self.beta_power, self.distance = beta_scale, beta_power, distance
+        self.beta_scale = beta_scale
+        self.beta_power = beta_power
+        self.distance = distance
         self.z_loss_weight = z_loss_weight
         self.register_buffer("norms", self.codebook.pow(2).sum(1), persistent=False)
         k = self.num_codes
@@ -74,7 +76,8 @@ class MetricDFM(CategoricalHead, Method):
             self.scale = float(raw.double().sum()) / (k * (k - 1))
             table = raw / self.scale
         else:
-            self.scale, table = self._mean_distance(), None
+            self.scale = self._mean_distance()
+            table = None
         self.register_buffer("table", table, persistent=False)
 
     # ------------------------------------------------------------------ the path

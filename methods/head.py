@@ -285,7 +285,8 @@ class CategoricalHead:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if not isinstance(head_chunk, int) or head_chunk < 1:
             raise ValueError(f"head_chunk must be a positive number of logits, got {head_chunk!r}")
-        self.head, self.head_chunk = head, head_chunk
+        self.head = head
+        self.head_chunk = head_chunk
 
     def head_for(self, model) -> LinearHead | None:
         return None if self.head == "full" else LinearHead.of(model, self.head_chunk)

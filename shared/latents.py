@@ -394,7 +394,8 @@ class IndexShards(torch.utils.data.Dataset):
                 f"{folder} cannot serve this run: {why}. Point data.latents_dir at another "
                 "folder (or leave it unset), or delete this one and extract again"
             )
-        self.indices, self.labels = [], []
+        self.indices = []
+        self.labels = []
         shards = self.manifest["shards"]
         for s, info in enumerate(
             progress_bar(

@@ -18,8 +18,10 @@ def norm(c):
 class Res(nn.Module):
     def __init__(self, cin, cout):
         super().__init__()
-        self.norm1, self.conv1 = norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2, self.conv2 = norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.norm1 = norm(cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2 = norm(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         if cin != cout:
             self.nin_shortcut = nn.Conv2d(cin, cout, 1)
 
@@ -84,7 +86,9 @@ class RefVQ(nn.Module):
         attn_levels=None,
     ):
         super().__init__()
-        self.layout, self.n_res, n = layout, n_res, len(ch_mult)
+        self.layout = layout
+        self.n_res = n_res
+        n = len(ch_mult)
         attn_levels = {n - 1} if attn_levels is None else set(attn_levels)
         ldm = layout == "ldm"
         blk, res = ("down", "block") if ldm else ("conv_blocks", "res")
@@ -106,7 +110,8 @@ class RefVQ(nn.Module):
             levels.append(lv)
         setattr(enc, blk, levels)
         enc.mid = self._mid(cin, ldm)
-        enc.norm_out, enc.conv_out = norm(cin), nn.Conv2d(cin, z_ch, 3, padding=1)
+        enc.norm_out = norm(cin)
+        enc.conv_out = nn.Conv2d(cin, z_ch, 3, padding=1)
         self.encoder = enc
         self.quant_conv = nn.Conv2d(z_ch, embed_dim, 1)
         self.quantize = nn.Module()
@@ -130,7 +135,8 @@ class RefVQ(nn.Module):
                 lv.upsample = Up(cin)
             ups[i if ldm else n - 1 - i] = lv  # LDM indexes by level, LlamaGen by order
         setattr(dec, "up" if ldm else "conv_blocks", nn.ModuleList(ups))
-        dec.norm_out, dec.conv_out = norm(cin), nn.Conv2d(cin, in_ch, 3, padding=1)
+        dec.norm_out = norm(cin)
+        dec.conv_out = nn.Conv2d(cin, in_ch, 3, padding=1)
         self.decoder = dec
         self.ch_mult = ch_mult
         for p in self.parameters():  # random everything (norm affines too) to catch mix-ups
@@ -141,7 +147,9 @@ class RefVQ(nn.Module):
     def _mid(c, ldm):
         if ldm:
             m = nn.Module()
-            m.block_1, m.attn_1, m.block_2 = Res(c, c), Attn(c), Res(c, c)
+            m.block_1 = Res(c, c)
+            m.attn_1 = Attn(c)
+            m.block_2 = Res(c, c)
             return m
         return nn.ModuleList([Res(c, c), Attn(c), Res(c, c)])
 

@@ -69,7 +69,8 @@ def test_kinetic_optimal_rates_solve_the_kolmogorov_equation(t):
     """d/dt p_t(x|x1) = Σ_z u(x, z) p_t(z) − p_t(x) Σ_z u(z, x), with the rates the sampler
     uses; and no rate points away from x1 (u(x, z) > 0 only if d(x, x1) < d(z, x1))."""
     m = metric(beta_power=1.3)
-    m.codebook, m.table = m.codebook.double(), m.table.double()
+    m.codebook = m.codebook.double()
+    m.table = m.table.double()
     for x1 in range(K):
         ones = torch.full((K,), x1)
         p = m.path_logprobs(ones[:1], torch.tensor([t], dtype=torch.float64)).exp()[0]
@@ -99,7 +100,8 @@ def test_euler_step_transports_the_path_to_second_order():
     """p_t(·|x1) after one step of h is p_{t+h}(·|x1) up to O(h²): halving h cuts the
     one-step error about fourfold."""
     m = metric()
-    m.codebook, m.table = m.codebook.double(), m.table.double()
+    m.codebook = m.codebook.double()
+    m.table = m.table.double()
     t, x1 = 0.2, 5
 
     def p(s):

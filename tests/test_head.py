@@ -86,7 +86,8 @@ def test_loss_function_against_independent_reference_with_uneven_chunks():
     loss, ce, zl = head.loss(h, c, 0.1)
     grads = torch.autograd.grad(loss, (h, w, bias))
     dit = build_dit("DiT-Nano/1", input_size=grid, out_channels=k)
-    dit.patch_size, dit.grid = p, grid
+    dit.patch_size = p
+    dit.grid = grid
     logits = dit.unpatchify(h @ w.t() + bias)  # (B, K, H, W)
     ref = categorical_loss(logits, c, 0.1)
     ref_grads = torch.autograd.grad(ref.loss, (h, w, bias))

@@ -30,7 +30,8 @@ class TrainedWhereMasked:
 
     def __init__(self, probs=PROBS, elsewhere: str = "uniform"):
         self.oracle = Oracle("dfm", "mask", probs)
-        self.elsewhere, self.calls = elsewhere, 0
+        self.elsewhere = elsewhere
+        self.calls = 0
 
     def __call__(self, x, t, y=None):
         self.calls += 1
@@ -194,11 +195,13 @@ def extreme_draws(high: bool):
     def randn(*size, **kw):
         return fill(40.0 if high else -40.0, size, kw)
 
-    torch.rand, torch.randn = rand, randn
+    torch.rand = rand
+    torch.randn = randn
     try:
         yield
     finally:
-        torch.rand, torch.randn = real_rand, real_randn
+        torch.rand = real_rand
+        torch.randn = real_randn
 
 
 class Recorder(torch.nn.Module):

@@ -141,10 +141,13 @@ class LabelModel:
     def __init__(self, out_channels, num_classes=3, ignore_labels=False):
         g = torch.Generator().manual_seed(7)
         self.table = torch.randn(num_classes + 1, out_channels, 1, 1, generator=g)
-        self.ignore, self.calls, self.rows = ignore_labels, 0, 0
+        self.ignore = ignore_labels
+        self.calls = 0
+        self.rows = 0
 
     def __call__(self, x, t, y):
-        self.calls, self.rows = self.calls + 1, self.rows + x.shape[0]
+        self.calls = self.calls + 1
+        self.rows = self.rows + x.shape[0]
         base = (x.float().unsqueeze(1) if x.ndim == 3 else x.float()).mean(1, keepdim=True)
         base = base + t.view(-1, 1, 1, 1)
         if self.ignore or y is None:

@@ -599,14 +599,14 @@ def test_a_second_evaluation_reuses_the_reference_features_and_statistics(
 ):
     """EDM2-style: the reference's features, FD moments and precision radii are computed once
     (per images, n and network); the second call computes none of them and scores the same."""
-    import experiments.evaluate as ev
+    import experiments.evaluate as evaluate_module
     from shared.metrics import stats
 
     monkeypatch.setenv("VQBENCH_CACHE", str(tmp_path / "cache"))
     s = write_adm(tmp_path / "s.npz", fake_images(12, 1))
     ref = write_adm(tmp_path / "ref.npz", fake_images(40, 2))
     calls = {"features": 0, "radii": 0}
-    real_features, real_radii = ev.features, stats.manifold_radii
+    real_features, real_radii = evaluate_module.features, stats.manifold_radii
 
     def counted_features(fe, images, *a):
         calls["features"] += len(images) == 40
@@ -616,11 +616,11 @@ def test_a_second_evaluation_reuses_the_reference_features_and_statistics(
         calls["radii"] += len(members) == 40
         return real_radii(members, *a)
 
-    monkeypatch.setattr(ev, "features", counted_features)
+    monkeypatch.setattr(evaluate_module, "features", counted_features)
     monkeypatch.setattr(stats, "manifold_radii", counted_radii)
-    first = ev.evaluate(str(s), str(ref), ["fashion"])
+    first = evaluate_module.evaluate(str(s), str(ref), ["fashion"])
     assert calls == {"features": 1, "radii": 1}
-    again = ev.evaluate(str(s), str(ref), ["fashion"])
+    again = evaluate_module.evaluate(str(s), str(ref), ["fashion"])
     assert calls == {"features": 1, "radii": 1}  # nothing of the reference recomputed
     for k in ("fd_fashion", "kid_fashion", "precision_fashion", "recall_fashion"):
         assert again[k] == first[k]
@@ -631,7 +631,7 @@ def test_a_second_evaluation_reuses_the_reference_features_and_statistics(
     as_tensor = [torch.from_numpy(load(p)["arr_0"][..., :1]).permute(0, 3, 1, 2) for p in (s, ref)]
     g, r = (extract_features(fe, x) for x in as_tensor)
     fresh = metrics_from_features(g, r, "fashion", which=("fd", "kid", "prc"))
-    assert fresh == {k: first[v] for k, v in ev.PLAIN["fashion"].items()}
+    assert fresh == {k: first[v] for k, v in evaluate_module.PLAIN["fashion"].items()}
     # a named split caches its statistics too
     from shared.metrics import reference_features
 

@@ -83,7 +83,10 @@ class Oracle:
         method=None,
         codebook=CODEBOOK,
     ):
-        self.kind, self.source, self.probs, self.kappa = kind, source, probs, kappa
+        self.kind = kind
+        self.source = source
+        self.probs = probs
+        self.kappa = kappa
         self.method = method  # the MetricDFM whose path the "dfm-metric" oracle inverts
         self.codebook = codebook.double()  # the latent methods' codebook (E, or standardised)
         self.calls = 0

@@ -23,7 +23,7 @@ dist.init_process_group(
     world_size=2,
     timeout=datetime.timedelta(seconds=2),
 )
-dd = Dist(rank, 2)
+ranks = Dist(rank, 2)
 
 
 def work():
@@ -34,8 +34,8 @@ def work():
 
 
 try:
-    print(f"rank {rank}: {dd.main_first(work, folder, 'evaluator', poll_s=0.1)!r}", flush=True)
-    dd.close(clean=True)
+    print(f"rank {rank}: {ranks.main_first(work, folder, 'evaluator', poll_s=0.1)!r}", flush=True)
+    ranks.close(clean=True)
 except (RunError, ValueError) as e:
     print(f"rank {rank} failed: {e}", flush=True)
     sys.exit(3)

@@ -94,8 +94,11 @@ class Evaluator:
     def __init__(self, cfg, tok, method, device, run_dir, train_precision=None):
         from shared.metrics import build_extractor, load_classifier, reference_features
 
-        self.cfg, self.tok, self.method = cfg, tok, method
-        self.device, self.run_dir = device, run_dir
+        self.cfg = cfg
+        self.tok = tok
+        self.method = method
+        self.device = device
+        self.run_dir = run_dir
         self.train_precision = train_precision
         # of sampling; configs stored before the key existed sampled in fp32
         self.precision = precision.resolve(cfg.eval.get("precision", "fp32"), device.type)

@@ -216,18 +216,22 @@ class Loop:
         # loss sum since the last sync, in float64: exact for float32 losses, so the logged mean
         # does not depend on where syncs fell (a resumed run syncs at other steps)
         self.pending = torch.zeros((), device=parts.device, dtype=torch.float64)
-        self.pending_n, self.synced_step = 0, progress.step
+        self.pending_n = 0
+        self.synced_step = progress.step
         # the log line's interval: a cluster job without progress bars still prints (and
         # writes run.log) every log_every steps, long before its first evaluation
-        self.log_sum, self.log_n = 0.0, 0
-        self.log_t, self.log_step, self.log_train_s = time.time(), progress.step, 0.0
+        self.log_sum = 0.0
+        self.log_n = 0
+        self.log_t = time.time()
+        self.log_step = progress.step
+        self.log_train_s = 0.0
         self.schedule = schedule_of(cfg.optim)[1]  # decay fraction (0: constant after warm-up)
         self.schedule_label = schedule_label(cfg.optim)
 
     def lr(self, step: int, end: int) -> float:
         """The learning rate of ``step`` on the way to ``end`` (the budget or a branch's end)."""
-        o = self.cfg.optim
-        return lr_at(step, o.lr, o.warmup_steps, end, self.schedule)
+        optim = self.cfg.optim
+        return lr_at(step, optim.lr, optim.warmup_steps, end, self.schedule)
 
     def report(self, line: str, bar, echo: bool = True) -> None:
         """One status line: to run.log in the run folder (every line), and to the console
@@ -249,8 +253,11 @@ class Loop:
             "train/images_per_s": cfg.budget.batch_size * rate,
             "train/flops": float(step * parts.flops_per_step),
         }
-        self.log_sum, self.log_n = 0.0, 0
-        self.log_t, self.log_step, self.log_train_s = time.time(), step, 0.0
+        self.log_sum = 0.0
+        self.log_n = 0
+        self.log_t = time.time()
+        self.log_step = step
+        self.log_train_s = 0.0
         self.steps_per_s = rate
         return values
 
@@ -339,7 +346,8 @@ class Loop:
     def step(self, stream, gen: torch.Generator) -> None:
         """The next global batch from the data stream, one train_step, step counter + 1."""
         loss = self.train_at(self.progress.step, self.parts.total_steps, stream, gen)
-        self.pending, self.pending_n = self.pending + loss.double(), self.pending_n + 1
+        self.pending = self.pending + loss.double()
+        self.pending_n = self.pending_n + 1
         self.progress.step += 1
 
     def train_at(self, step: int, end: int, stream, gen: torch.Generator) -> torch.Tensor:
@@ -446,9 +454,11 @@ class Loop:
             )
         self.progress.loss_sum += total
         self.progress.loss_count += self.pending_n
-        self.log_sum, self.log_n = self.log_sum + total, self.log_n + self.pending_n
+        self.log_sum = self.log_sum + total
+        self.log_n = self.log_n + self.pending_n
         self.pending = torch.zeros((), device=self.parts.device, dtype=torch.float64)
-        self.pending_n, self.synced_step = 0, step
+        self.pending_n = 0
+        self.synced_step = step
 
     def evaluate(self, step: int, bar, wall_s=None, loss=None, branch_from=None) -> None:
         """Score the EMA weights at ``step``. A decay branch passes its own training wall time
@@ -479,7 +489,8 @@ class Loop:
                 if message:
                     self.report(message, bar)
         if branch_from is None:
-            progress.loss_sum, progress.loss_count = 0.0, 0
+            progress.loss_sum = 0.0
+            progress.loss_count = 0
         self.dist.barrier()
 
     def save(self) -> None:
@@ -503,7 +514,8 @@ class Loop:
                 parts.identity,
             )
         self.dist.barrier()
-        self.save_seconds, self.checkpoint_step = time.time() - t0, step
+        self.save_seconds = time.time() - t0
+        self.checkpoint_step = step
 
     def resume_hint(self) -> str:
         if self.checkpoint_step is None:

@@ -133,22 +133,22 @@ def environment(cfg, run_dir: str) -> tuple[Dist, torch.device, str]:
     if cfg.deterministic:
         set_deterministic(compiled=cfg.compile)
     kind = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    dd = setup_distributed(kind)
-    if dd.world > 1:  # every rank writes into rank 0's directory (timestamps may differ)
+    ranks = setup_distributed(kind)
+    if ranks.world > 1:  # every rank writes into rank 0's directory (timestamps may differ)
         holder = [run_dir]
         dist.broadcast_object_list(holder, src=0)
         run_dir = holder[0]
-    if cfg.budget.batch_size % dd.world:
+    if cfg.budget.batch_size % ranks.world:
         raise RunError(
-            f"budget.batch_size={cfg.budget.batch_size} is not divisible by {dd.world} ranks"
+            f"budget.batch_size={cfg.budget.batch_size} is not divisible by {ranks.world} ranks"
         )
-    device = torch.device(f"cuda:{dd.local_rank}" if kind == "cuda" else "cpu")
+    device = torch.device(f"cuda:{ranks.local_rank}" if kind == "cuda" else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    return dd, device, run_dir
+    return ranks, device, run_dir
 
 
-def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
+def build(cfg, ranks: Dist, device: torch.device, rundir: RunDir) -> Parts:
     """Tokenizer, verified index shards, method, DiT (+EMA, AdamW), evaluator."""
     tok = load_tokenizer(cfg).to(device)
     with torch.random.fork_rng(devices=[]):  # initial weights from the seed alone
@@ -168,13 +168,13 @@ def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
             f"eval.points to at most {len(evals)}, or raise the budget"
         )
     evals, branches = decay_plan(evals, total, schedule_of(cfg.optim)[1])
-    shards = prepare_latents(cfg, tok, dd)
+    shards = prepare_latents(cfg, tok, ranks)
     o = cfg.optim
     # resolved once (rank 0's hardware): ranks of one run never train in different precisions
-    train_precision = dd.decide(precision.resolve(o.precision, device.type))
+    train_precision = ranks.decide(precision.resolve(o.precision, device.type))
     # the evaluator's reference features and baselines (hours for 50k ImageNet images) are
     # built by rank 0 before the first collective of DDP; the other ranks poll meanwhile
-    evaluator = dd.main_first(
+    evaluator = ranks.main_first(
         lambda: Evaluator(cfg, tok, method, device, rundir.path, train_precision),
         rundir.path,
         "evaluator",
@@ -182,7 +182,7 @@ def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = build_adamw(model.parameters(), o.lr, o.betas, o.weight_decay, fused=o.fused)
     net = model
-    if dd.world > 1:
+    if ranks.world > 1:
         ids = [device.index] if device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if cfg.compile:
@@ -209,20 +209,20 @@ def build(cfg, dd: Dist, device: torch.device, rundir: RunDir) -> Parts:
     )
 
 
-def describe(cfg, p: Parts, dd: Dist) -> dict:
+def describe(cfg, parts: Parts, ranks: Dist) -> dict:
     """summary.json's description of the run, with the identity of what measures it."""
-    ev = {}
-    if p.evaluator is not None:
-        ev = {
-            "identity": p.evaluator.identity,
-            "baselines": p.evaluator.baselines,
-            "warnings": p.evaluator.comparability_warnings(),
+    evaluation = {}
+    if parts.evaluator is not None:
+        evaluation = {
+            "identity": parts.evaluator.identity,
+            "baselines": parts.evaluator.baselines,
+            "warnings": parts.evaluator.comparability_warnings(),
         }
-        for w in ev["warnings"]:
+        for w in evaluation["warnings"]:
             print(f"\n{'!' * 100}\n{w}\n{'!' * 100}\n", file=sys.stderr)
     flat = flat_keys(cfg)
     return {
-        **ev,
+        **evaluation,
         "method": method_label(cfg),
         "seed": cfg.seed,
         # what the run trains (every training key but the seed) and its digest: analysis
@@ -231,40 +231,42 @@ def describe(cfg, p: Parts, dd: Dist) -> dict:
         "train_config": checkpoint.training_config(flat),
         "preset": cfg.preset_name,
         "backbone": cfg.backbone.preset,
-        "params": p.model.num_params(),
-        "train_flops_per_step": p.flops_per_step,
-        "train_flops_per_image": p.model.train_flops(1),
-        "total_steps": p.total_steps,
+        "params": parts.model.num_params(),
+        "train_flops_per_step": parts.flops_per_step,
+        "train_flops_per_image": parts.model.train_flops(1),
+        "total_steps": parts.total_steps,
         "batch_size": cfg.budget.batch_size,
-        "eval_steps": sorted([*p.evals, *(e for ends in p.branches.values() for e in ends)]),
+        "eval_steps": sorted(
+            [*parts.evals, *(e for ends in parts.branches.values() for e in ends)]
+        ),
         "lr_schedule": schedule_label(cfg.optim),
         # wsd: fork step → the evaluation steps whose decay branches start there
-        "decay_branches": {str(k): v for k, v in sorted(p.branches.items())},
+        "decay_branches": {str(k): v for k, v in sorted(parts.branches.items())},
         "budget_train_flops": cfg.budget.train_flops,
         "budget_images": cfg.budget.images,
-        "tokenizer": p.identity["tokenizer"],
-        "shards": p.identity["shards"],
+        "tokenizer": parts.identity["tokenizer"],
+        "shards": parts.identity["shards"],
         # what the shards were extracted from (shared/data/identity.py): files or listing, size
-        "data_identity": p.shards.manifest.get("data_identity"),
-        "train_precision": p.identity["train_precision"],
-        "eval_precision": p.evaluator.precision if p.evaluator is not None else None,
-        "world_size": dd.world,
-        "device": str(p.device),
+        "data_identity": parts.shards.manifest.get("data_identity"),
+        "train_precision": parts.identity["train_precision"],
+        "eval_precision": parts.evaluator.precision if parts.evaluator is not None else None,
+        "world_size": ranks.world,
+        "device": str(parts.device),
         "cpu_threads": torch.get_num_threads(),
     }
 
 
-def open_run_dir(cfg, rundir: RunDir, dd: Dist) -> tuple[dict | None, dict]:
+def open_run_dir(cfg, rundir: RunDir, ranks: Dist) -> tuple[dict | None, dict]:
     """One writer per directory; a checkpoint there is resumed only under the same training
     config. Returns (checkpoint or None, the accepted config changes)."""
     refused = None
-    if dd.main:
+    if ranks.main:
         try:
             rundir.lock()
         except (RunRefused, OSError) as e:  # every rank must hear of it (see Dist.decide)
             refused = str(e) if isinstance(e, RunRefused) else f"cannot open {rundir.path}: {e}"
     # rank 0 locks and looks; every rank follows its answers (see Dist.decide)
-    refused, resume = dd.decide((refused, cfg.resume and os.path.isfile(rundir.checkpoint)))
+    refused, resume = ranks.decide((refused, cfg.resume and os.path.isfile(rundir.checkpoint)))
     if refused is not None:
         raise RunRefused(refused)
     if not resume:
@@ -273,11 +275,11 @@ def open_run_dir(cfg, rundir: RunDir, dd: Dist) -> tuple[dict | None, dict]:
     changed = checkpoint.check_resume(rundir.checkpoint, saved, cfg)
     # rank 0 reads metrics.csv and decides (every rank must refuse, or none; see Dist.decide)
     relabel = None
-    if dd.main:
+    if ranks.main:
         step = saved["progress"]["step"]
         evaluated = any(row_anchor(r) <= step for r in read_csv(rundir.metrics))
         relabel = checkpoint.check_relabel(rundir.checkpoint, saved, cfg, evaluated)
-    relabel = dd.decide(relabel)
+    relabel = ranks.decide(relabel)
     if relabel is not None:
         raise RunRefused(relabel)
     return saved, changed
@@ -337,26 +339,26 @@ def run(cfg, run_dir: str, on_evaluation=(), checked: bool = False) -> dict:
     for warning in ignored_options(cfg):
         print(f"warning: {warning}", file=sys.stderr)
     # environment
-    dd, device, run_dir = environment(cfg, run_dir)
+    ranks, device, run_dir = environment(cfg, run_dir)
     rundir, t_start = RunDir(run_dir), time.time()
     info, progress = {}, None
     try:
         # run directory: lock; a relaunch resumes only an identical training config
-        saved, changed = open_run_dir(cfg, rundir, dd)
+        saved, changed = open_run_dir(cfg, rundir, ranks)
         with StopSignals() as stop:
             # build, restore
-            parts = build(cfg, dd, device, rundir)
+            parts = build(cfg, ranks, device, rundir)
             progress = restore(cfg, parts, saved, rundir)
             del saved
-            info = describe(cfg, parts, dd)
+            info = describe(cfg, parts, ranks)
             rows = [r for r in read_csv(rundir.metrics) if row_anchor(r) <= progress.step]
-            if dd.main:
+            if ranks.main:
                 start_launch(rundir, info, progress.step, changed)
                 if progress.step:
                     print(f"resuming {run_dir} at step {progress.step}/{parts.total_steps}")
             # trackers (logger=tensorboard / wandb), on the main rank, with the run's identity
             tracker = Tracker()
-            if dd.main:
+            if ranks.main:
                 config = {**flat_keys(cfg), "train_identity": info["train_identity"]}
                 config.update({f"identity.{k}": v for k, v in parts.identity.items()})
                 name = f"{method_label(cfg)}-seed{cfg.seed}"
@@ -369,7 +371,7 @@ def run(cfg, run_dir: str, on_evaluation=(), checked: bool = False) -> dict:
                 progress,
                 rows,
                 rundir,
-                dd,
+                ranks,
                 stop,
                 last_ckpt,
                 on_evaluation,
@@ -388,21 +390,21 @@ def run(cfg, run_dir: str, on_evaluation=(), checked: bool = False) -> dict:
             "total_wall_s": time.time() - t_start,
             "final": rows[-1] if rows else None,
         }
-        if dd.main:
+        if ranks.main:
             rundir.write_summary(summary)
             if parts.evaluator.last_grid:
                 shutil.copyfile(
                     parts.evaluator.last_grid, os.path.join(run_dir, "samples_final.png")
                 )
-        dd.close(clean=True)
+        ranks.close(clean=True)
         return summary
     except BaseException as e:
-        if dd.main and not info:
+        if ranks.main and not info:
             rundir.refuse()  # a launch that never started leaves the owner's files as they were
-        if dd.main and rundir.locked and not isinstance(e, RunRefused):
+        if ranks.main and rundir.locked and not isinstance(e, RunRefused):
             record_stop(rundir, e, info, progress.step if info else None)
         if isinstance(e, RunInterrupted):  # an agreed stop: every rank is at the same point
-            dd.close(clean=True)
+            ranks.close(clean=True)
         raise
     finally:
         rundir.release()

@@ -51,7 +51,8 @@ class TimestepEmbedder(nn.Module):
 
     def __init__(self, hidden_size: int, freq_dim: int = 256, time_scale: float = 1000.0):
         super().__init__()
-        self.freq_dim, self.time_scale = freq_dim, time_scale
+        self.freq_dim = freq_dim
+        self.time_scale = time_scale
         self.mlp = nn.Sequential(
             nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
         )
@@ -74,7 +75,8 @@ class LabelEmbedder(nn.Module):
 
     def __init__(self, num_classes: int, hidden_size: int, class_dropout: float):
         super().__init__()
-        self.num_classes, self.class_dropout = num_classes, class_dropout
+        self.num_classes = num_classes
+        self.class_dropout = class_dropout
         self.table = nn.Embedding(num_classes + 1, hidden_size)
 
     def forward(self, y: torch.Tensor | None, batch: int, device) -> torch.Tensor:
@@ -170,21 +172,24 @@ class DiT(nn.Module):
             raise ValueError(f"input_kind must be 'latent' or 'tokens', got {input_kind!r}")
         if input_kind == "tokens" and not vocab_size:
             raise ValueError("input_kind='tokens' needs vocab_size (K, or K+1 with a mask id)")
-        self.grid, self.patch_size, self.input_kind = (h, w), patch_size, input_kind
-        self.in_channels, self.vocab_size, self.out_channels = in_channels, vocab_size, out_channels
-        self.hidden_size, self.depth, self.num_heads, self.mlp_ratio = (
-            hidden_size,
-            depth,
-            num_heads,
-            mlp_ratio,
-        )
+        self.grid = (h, w)
+        self.patch_size = patch_size
+        self.input_kind = input_kind
+        self.in_channels = in_channels
+        self.vocab_size = vocab_size
+        self.out_channels = out_channels
+        self.hidden_size = hidden_size
+        self.depth = depth
+        self.num_heads = num_heads
+        self.mlp_ratio = mlp_ratio
         self.num_classes = num_classes
         if input_kind == "tokens":
             self.token_embed_dim = token_embed_dim or max(hidden_size // patch_size**2, 16)
             self.token_embedder = nn.Embedding(vocab_size, self.token_embed_dim)
             embed_in = self.token_embed_dim
         else:
-            self.token_embed_dim, embed_in = None, in_channels
+            self.token_embed_dim = None
+            embed_in = in_channels
         self.x_embedder = PatchEmbed((h, w), patch_size, embed_in, hidden_size, bias=True)
         self.t_embedder = TimestepEmbedder(hidden_size, time_scale=time_scale)
         self.y_embedder = (

@@ -29,7 +29,8 @@ class Attention(nn.Module):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by {num_heads} heads")
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
@@ -69,7 +70,8 @@ class PatchEmbed(nn.Module):
         bias: bool = True,
     ):
         super().__init__()
-        self.img_size, self.patch_size = tuple(img_size), (patch_size, patch_size)
+        self.img_size = tuple(img_size)
+        self.patch_size = (patch_size, patch_size)
         self.grid_size = (img_size[0] // patch_size, img_size[1] // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, bias=bias)

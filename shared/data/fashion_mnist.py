@@ -117,7 +117,9 @@ class FashionMNIST(Dataset):
         resize: str = "pad",
         strict_count: bool | None = None,
     ):
-        self.root, self.split, self.size = resolve_root(root), split, size
+        self.root = resolve_root(root)
+        self.split = split
+        self.size = size
         self.images, self.labels = load_fashion_mnist(self.root, split, size, resize)
         if strict_count is None:
             strict_count = os.path.abspath(self.root) == DEFAULT_ROOT

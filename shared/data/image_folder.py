@@ -74,7 +74,8 @@ class ImageFolder(Dataset):
     """``(image uint8 (3, size, size), label int)`` pairs from a class-folder tree."""
 
     def __init__(self, root: str, size: int = 256):
-        self.root, self.size = root, size
+        self.root = root
+        self.size = size
         self.classes, self.samples = scan_class_folders(root)
         self.num_classes = len(self.classes)
 

@@ -39,8 +39,12 @@ class InfiniteSampler(Sampler[int]):
             raise ValueError(f"rank {rank} is outside [0, world_size={world_size})")
         if start < 0:
             raise ValueError(f"start (images seen) must be ≥ 0, got {start}")
-        self.n, self.seed, self.start = n, seed, start
-        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
+        self.n = n
+        self.seed = seed
+        self.start = start
+        self.rank = rank
+        self.world_size = world_size
+        self.shuffle = shuffle
 
     def __iter__(self) -> Iterator[int]:
         pos = self.start + self.rank

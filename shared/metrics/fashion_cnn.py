@@ -153,7 +153,8 @@ def load_classifier(path: str | None = None) -> FashionCNN:
     except Exception as e:
         raise FileLoadError(f"cannot read metric network {weights}: {e}") from None
     net.load_state_dict(state)
-    net.meta, net.sha256 = meta, state_digest(net)
+    net.meta = meta
+    net.sha256 = state_digest(net)
     return net.eval()
 
 

@@ -38,7 +38,9 @@ class Tokenizer(nn.Module):
 
     def __init__(self, vq, image_size: int, tokenizer_id: str, info: dict | None = None):
         super().__init__()
-        self.vq, self.image_size, self.tokenizer_id = vq.eval(), image_size, tokenizer_id
+        self.vq = vq.eval()
+        self.image_size = image_size
+        self.tokenizer_id = tokenizer_id
         self.info = dict(info or {})
         levels = len(vq.config.block_out_channels)
         self.downsample = 2 ** (levels - 1)
