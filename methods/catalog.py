@@ -131,6 +131,17 @@ def dfm_option_errors(
     return errors
 
 
+def check_dfm_options(**options) -> None:
+    """Raise one ValueError listing every problem ``dfm_option_errors`` finds."""
+    errors = dfm_option_errors(**options)
+    if errors:
+        problems = "; ".join(
+            f"{option}={options[option]!r} is not allowed; expected {expected}"
+            for option, expected in errors
+        )
+        raise ValueError("dfm: " + problems)
+
+
 def beta_overflow(beta_scale: float, beta_power: float) -> str | None:
     """Why β_t overflows float32 on the training times, naming the limit, or None."""
     log_beta = math.log10(beta_scale) + beta_power * math.log10(MAX_RATIO)

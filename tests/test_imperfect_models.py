@@ -17,6 +17,7 @@ import torch
 from toy import CODEBOOK, GRID, PROBS, WRONG_PROBS, K, Oracle, total_variation
 
 import methods
+from methods import dfm_samplers
 from methods.base import below
 from shared.backbone import DiT
 
@@ -164,7 +165,7 @@ def test_maskgit_refuses_more_steps_than_positions_and_keeps_the_default_schedul
             if i == 19
             else max(0, min(math.floor(64 * math.cos(math.pi / 2 * (i + 1) / 20)), masked - 1))
         )
-        new = m.maskgit_masked(64, i, 20, masked)
+        new = dfm_samplers.maskgit_masked(64, i, 20, masked, m.maskgit_schedule)
         assert new == old
         masked = new
     with pytest.raises(ValueError, match="source='mask'"):
