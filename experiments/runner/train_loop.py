@@ -184,6 +184,19 @@ class Parts:
     branches: dict[int, list[int]] = field(default_factory=dict)
 
 
+@dataclass
+class LogInterval:
+    """The log line's interval, from ``step``: its synced loss sum and count, and its training
+    seconds (``train_s`` before the last resume of training at ``resumed``; evaluations and
+    checkpoints in between do not count)."""
+
+    step: int
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    resumed: float = field(default_factory=time.time)
+    train_s: float = 0.0
+
+
 class Loop:
     """Runs ``parts`` from ``progress.step`` to ``total_steps``; see the module docstring."""
 
@@ -220,11 +233,7 @@ class Loop:
         self.synced_step = progress.step
         # the log line's interval: a cluster job without progress bars still prints (and
         # writes run.log) every log_every steps, long before its first evaluation
-        self.log_sum = 0.0
-        self.log_n = 0
-        self.log_t = time.time()
-        self.log_step = progress.step
-        self.log_train_s = 0.0
+        self.interval = LogInterval(progress.step)
         self.schedule = schedule_of(cfg.optim)[1]  # decay fraction (0: constant after warm-up)
         self.schedule_label = schedule_label(cfg.optim)
 
@@ -245,19 +254,18 @@ class Loop:
         """The log line's numbers since the last line: mean loss, learning rate, training
         throughput (training time only; evaluations come on top), FLOPs so far."""
         cfg, parts = self.cfg, self.parts
-        train_s = self.log_train_s + (time.time() - self.log_t)
-        rate = (step - self.log_step) / train_s if train_s > 0 else 0.0  # steps/s
+        interval = self.interval
+        train_s = interval.train_s + (time.time() - interval.resumed)
+        rate = (step - interval.step) / train_s if train_s > 0 else 0.0  # steps/s
         values = {
-            "train/loss": self.log_sum / self.log_n if self.log_n else float("nan"),
+            "train/loss": interval.loss_sum / interval.loss_count
+            if interval.loss_count
+            else float("nan"),
             "train/lr": self.lr(step - 1, parts.total_steps),
             "train/images_per_s": cfg.budget.batch_size * rate,
             "train/flops": float(step * parts.flops_per_step),
         }
-        self.log_sum = 0.0
-        self.log_n = 0
-        self.log_t = time.time()
-        self.log_step = step
-        self.log_train_s = 0.0
+        self.interval = LogInterval(step)
         self.steps_per_s = rate
         return values
 
@@ -299,10 +307,24 @@ class Loop:
             if self.pending_branches(progress.step):
                 self.decay_branches(progress.step, gen, bar)
                 self.save()
-                t_seg = self.log_t = time.time()
+                t_seg = self.interval.resumed = time.time()
             while progress.step < parts.total_steps:
-                # Train one step: method.loss, backward, AdamW, EMA (train_step).
-                self.step(stream, gen)
+                # Train one step: its batch, then method.loss, backward, AdamW and EMA.
+                codes, labels = self.batch(progress.step, stream, gen)
+                loss = train_step(
+                    parts.method,
+                    parts.model,
+                    parts.net,
+                    parts.opt,
+                    parts.ema,
+                    codes,
+                    labels,
+                    gen,
+                    **self.step_settings(progress.step, parts.total_steps),
+                )
+                self.pending = self.pending + loss.double()
+                self.pending_n += 1
+                progress.step += 1
                 bar.update()
                 step = progress.step
                 is_branch = step in parts.branches and bool(self.pending_branches(step))
@@ -328,13 +350,15 @@ class Loop:
                 if is_eval or is_ckpt:
                     now = time.time()
                     progress.wall_s += now - t_seg
-                    self.log_train_s += now - self.log_t  # the log's rate: training time only
+                    self.interval.train_s += (
+                        now - self.interval.resumed
+                    )  # the rate: training time only
                     if is_branch:
                         self.decay_branches(step, gen, bar)
                     if is_eval:
                         self.evaluate(step, bar)
                     self.save()
-                    t_seg = self.log_t = time.time()
+                    t_seg = self.interval.resumed = time.time()
 
                 # Stop on a signal (preemption, Ctrl-C): checkpoint if cheap, then exit.
                 if self.stop_requested(step):
@@ -343,35 +367,41 @@ class Loop:
         finally:
             bar.close()
 
-    def step(self, stream, gen: torch.Generator) -> None:
-        """The next global batch from the data stream, one train_step, step counter + 1."""
-        loss = self.train_at(self.progress.step, self.parts.total_steps, stream, gen)
-        self.pending = self.pending + loss.double()
-        self.pending_n = self.pending_n + 1
-        self.progress.step += 1
+    def batch(self, step: int, stream, gen: torch.Generator):
+        """The local batch of optimiser step ``step`` (the stream's next rows, on the device),
+        with ``gen`` seeded for that step: both are functions of the step alone."""
+        local_batch = self.cfg.budget.batch_size // self.dist.world
+        rows = np.fromiter((next(stream) for _ in range(local_batch)), np.int64, local_batch)
+        codes, labels = self.parts.shards.gather(rows)
+        codes = codes.to(self.parts.device, non_blocking=True)
+        labels = labels.to(self.parts.device, non_blocking=True)
+        gen.manual_seed(step_seed(self.cfg.seed, self.dist.rank, step))
+        return codes, labels
+
+    def step_settings(self, step: int, end: int) -> dict:
+        """train_step's settings at ``step`` of a run (or decay branch) that ends at ``end``."""
+        optim = self.cfg.optim
+        return {
+            "lr": self.lr(step, end),
+            "grad_clip": optim.grad_clip,
+            "ema_decay": ema_decay(step, optim.ema_decay, optim.ema_warmup),
+            "use_bf16": self.parts.use_bf16,
+        }
 
     def train_at(self, step: int, end: int, stream, gen: torch.Generator) -> torch.Tensor:
-        """Optimiser step ``step`` of a run that ends at ``end``: its batch (the stream's next
-        rows), its generator and its learning rate are functions of the step alone."""
-        cfg, parts = self.cfg, self.parts
-        local_batch = cfg.budget.batch_size // self.dist.world
-        rows = np.fromiter((next(stream) for _ in range(local_batch)), np.int64, local_batch)
-        c, y = parts.shards.gather(rows)
-        c, y = c.to(parts.device, non_blocking=True), y.to(parts.device, non_blocking=True)
-        gen.manual_seed(step_seed(cfg.seed, self.dist.rank, step))
+        """Optimiser step ``step`` of a decay branch that ends at ``end``."""
+        codes, labels = self.batch(step, stream, gen)
+        parts = self.parts
         return train_step(
             parts.method,
             parts.model,
             parts.net,
             parts.opt,
             parts.ema,
-            c,
-            y,
+            codes,
+            labels,
             gen,
-            lr=self.lr(step, end),
-            grad_clip=cfg.optim.grad_clip,
-            ema_decay=ema_decay(step, cfg.optim.ema_decay, cfg.optim.ema_warmup),
-            use_bf16=parts.use_bf16,
+            **self.step_settings(step, end),
         )
 
     # ------------------------------------------------------------ decay branches (wsd)
@@ -454,8 +484,8 @@ class Loop:
             )
         self.progress.loss_sum += total
         self.progress.loss_count += self.pending_n
-        self.log_sum = self.log_sum + total
-        self.log_n = self.log_n + self.pending_n
+        self.interval.loss_sum += total
+        self.interval.loss_count += self.pending_n
         self.pending = torch.zeros((), device=self.parts.device, dtype=torch.float64)
         self.pending_n = 0
         self.synced_step = step
