@@ -2,34 +2,13 @@
 private cache; the shipped metric network)."""
 
 import os
-import sys
 
 import pytest
+from helpers import runs
+from helpers.data import make_fmnist
 
-sys.path.insert(0, os.path.dirname(__file__))
+from shared.tokenizers import FashionVQConfig, train_fashion_vq
 
-from test_data import make_fmnist  # noqa: E402
-
-from shared.paths import REPO_ROOT  # noqa: E402
-from shared.tokenizers import FashionVQConfig, train_fashion_vq  # noqa: E402
-
-TINY = [
-    "backbone=dit_nano_1",
-    "budget.train_flops=null",
-    "budget.images=128",
-    "budget.batch_size=16",
-    "eval.points=2",
-    "eval.num_samples=20",
-    "eval.batch_size=20",
-    "eval.steps=4",
-    "eval.reference_n=32",
-    "eval.grid_samples=10",
-    "checkpoint_every=3",
-    "log_every=2",
-    "progress=false",
-    "deterministic=true",  # exact comparisons hold on CUDA too
-    "optim.precision=auto",  # resolved per machine: the relaunch rules test that path
-]
 # cuBLAS reads this when first used; set before any test touches CUDA (deterministic=true)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per worker, for the processes it starts too
@@ -92,27 +71,7 @@ def env(tmp_path_factory):
     finally:
         os.environ.pop("VQBENCH_CACHE") if old is None else os.environ.update(VQBENCH_CACHE=old)
     overrides = [f"data.root={data}", f"tokenizer.path={tok}", f"data.latents_dir={base / 'lat'}"]
-    return {"cache": str(cache), "overrides": overrides + TINY, "base": base}
-
-
-def compose(overrides):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from experiments.runner.config import register
-
-    register()
-    with initialize_config_dir(str(REPO_ROOT / "experiments" / "conf"), version_base=None):
-        return hydra_compose("config", overrides=overrides)
-
-
-def run_in_process(env, overrides, run_dir, monkeypatch):
-    from experiments.run import evaluation_hooks
-    from experiments.runner.trainer import run
-
-    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
-    cfg = compose(env["overrides"] + overrides)
-    return run(cfg, str(run_dir), on_evaluation=evaluation_hooks(cfg))
+    return {"cache": str(cache), "overrides": overrides + runs.TINY, "base": base}
 
 
 class CodePayload:
@@ -145,14 +104,20 @@ def payload(tmp_path):
     return Payload()
 
 
-def ensure_latents(env) -> str:
-    """The env's index shards (extracted on first use, like a run does); returns the folder."""
-    from experiments.runner.build import Dist, load_tokenizer, prepare_latents
+@pytest.fixture(scope="session")
+def compose():
+    """compose(overrides): the Hydra config of ``experiments/conf`` with those overrides."""
+    return runs.compose
 
-    cfg = compose(env["overrides"] + ["method=cfm"])
-    old = os.environ.get("VQBENCH_CACHE")
-    os.environ["VQBENCH_CACHE"] = env["cache"]
-    try:
-        return prepare_latents(cfg, load_tokenizer(cfg), Dist()).folder
-    finally:
-        os.environ.pop("VQBENCH_CACHE") if old is None else os.environ.update(VQBENCH_CACHE=old)
+
+@pytest.fixture(scope="session")
+def run_in_process():
+    """run_in_process(env, overrides, run_dir, monkeypatch): one tiny training run, in this
+    process, on the env's data and tokenizer."""
+    return runs.run_in_process
+
+
+@pytest.fixture(scope="session")
+def latents(env) -> str:
+    """The env's index shards (extracted on first use, like a run does): their folder."""
+    return runs.ensure_latents(env)

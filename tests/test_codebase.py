@@ -116,12 +116,29 @@ def test_only_the_analysis_layer_imports_analysis(package):
 
 
 def test_commands_import_the_installed_package_not_a_sys_path_edit():
+    """The package is installed (editable), and pytest puts tests/ on the path for the
+    helpers (pyproject's ``pythonpath``): no module, command or test edits sys.path."""
+    tests = [p for p in sorted((ROOT / "tests").rglob("*.py")) if p != pathlib.Path(__file__)]
+    files = [*modules().values(), *tests]
     edits = [
         str(path.relative_to(ROOT))
-        for path in modules().values()
+        for path in files
         if "sys.path.insert" in path.read_text() or "sys.path.append" in path.read_text()
     ]
     assert edits == []
+
+
+def test_tests_mirror_the_packages_and_helpers_live_apart():
+    """tests/<package>/test_*.py for methods, shared, experiments' runner and analysis; the
+    helpers (toys, process tools, the scripts subprocess tests launch) in tests/helpers."""
+    tests = ROOT / "tests"
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+    assert folders == {"methods", "shared", "runner", "analysis", "helpers"}
+    top = {p.name for p in tests.glob("*.py")}
+    assert top == {"conftest.py", "test_codebase.py", "test_dependencies.py"}
+    for folder in folders - {"helpers"}:
+        assert all(p.name.startswith("test_") for p in (tests / folder).glob("*.py")), folder
+    assert not list((tests / "helpers").glob("test_*.py"))
 
 
 HISTORY = re.compile(r"(?i)\bissues? #?\d+|(?<![\w&])#\d{1,2}(\.\d+)?\b")

@@ -8,8 +8,8 @@ import types
 import numpy as np
 import pytest
 import torch
-from taming_reference import RefVQ
-from test_data import make_fmnist
+from helpers.data import make_fmnist
+from helpers.taming_reference import RefVQ
 
 from shared.tokenizers import (
     SDVQF8,
@@ -188,11 +188,10 @@ def test_fashion_training_artifact(fashion_tok):
     assert meta["config"]["steps"] == 6 and "data_root" not in meta["config"]
 
 
-def test_the_runner_refuses_a_tokenizer_of_another_layout(tmp_path):
+def test_the_runner_refuses_a_tokenizer_of_another_layout(compose, tmp_path):
     """A 3-level VQModel loaded as "sd-vq-f8" (a 64×64 grid) and a swapped tokenizer
     family are each a one-line RunError before any data or model work, not a silent wrong
     grid or a late traceback."""
-    from conftest import compose
 
     from experiments.runner.build import load_tokenizer as runner_tokenizer
     from experiments.runner.errors import RunError

@@ -104,8 +104,9 @@ def test_entropy_closed_form():
     assert torch.equal(entropy(one_hot.permute(0, 3, 1, 2).float()), torch.zeros(2, 3, 3))
 
 
-def test_temperature_sweep_and_entropy_maps_on_trained_runs(env, tmp_path, monkeypatch):
-    from conftest import compose, run_in_process
+def test_temperature_sweep_and_entropy_maps_on_trained_runs(
+    compose, run_in_process, env, tmp_path, monkeypatch
+):
     from omegaconf import OmegaConf
 
     from analysis import entropy_maps, sample_grids, temperature_sweep

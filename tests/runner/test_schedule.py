@@ -12,7 +12,6 @@ import signal
 
 import pytest
 import torch
-from conftest import run_in_process
 
 from experiments.runner.train_loop import decay_start, lr_at
 from experiments.runner.trainer import decay_plan
@@ -63,7 +62,9 @@ WSD = [
 ]  # 16 steps, evaluations at 8 and 16; branch 4 → 8
 
 
-def test_a_decay_branch_is_exactly_the_end_of_a_shorter_run(env, tmp_path, monkeypatch):
+def test_a_decay_branch_is_exactly_the_end_of_a_shorter_run(
+    run_in_process, env, tmp_path, monkeypatch
+):
     long = run_in_process(env, WSD, tmp_path / "long", monkeypatch)
     assert long["status"] == "finished" and long["lr_schedule"] == "wsd0.5"
     assert long["decay_branches"] == {"4": [8]} and long["eval_steps"] == [8, 16]
@@ -95,7 +96,9 @@ def test_a_decay_branch_is_exactly_the_end_of_a_shorter_run(env, tmp_path, monke
     assert rows_of(const)[0]["lr_schedule"] == "constant" and rows_of(const)[0]["decay_from"] == ""
 
 
-def test_a_stop_inside_a_branch_resumes_into_the_same_rows(env, tmp_path, monkeypatch):
+def test_a_stop_inside_a_branch_resumes_into_the_same_rows(
+    run_in_process, env, tmp_path, monkeypatch
+):
     from experiments.runner.train_loop import Loop
 
     full = tmp_path / "full"

@@ -12,9 +12,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import compose, run_in_process
-from proc import kill_tree, run_tree
-from toy import CODEBOOK, GRID, Oracle
+from helpers.proc import kill_tree, run_tree
+from helpers.toy import CODEBOOK, GRID, Oracle
 
 import methods
 from methods.noise import PerSample
@@ -24,7 +23,7 @@ SAMPLE = [sys.executable, str(REPO_ROOT / "experiments" / "sample.py")]
 
 
 @pytest.fixture(scope="module")
-def runs(env, tmp_path_factory):
+def runs(run_in_process, env, tmp_path_factory):
     """Two tiny trained runs: a masked dfm and a cfm."""
     base = tmp_path_factory.mktemp("sampled")
     out = {}
@@ -421,7 +420,7 @@ def test_two_ranks_with_uneven_shards_never_wait_in_a_collective(env, runs, tmp_
         "torch.distributed.run",
         "--standalone",
         "--nproc_per_node=2",
-        str(REPO_ROOT / "tests" / "sample_with_slow_shards.py"),
+        str(REPO_ROOT / "tests" / "helpers" / "sample_with_slow_shards.py"),
         "2.5",
         "4",
         "--",
@@ -675,7 +674,7 @@ def test_evaluate_refuses_other_formats_naming_both(env, tmp_path, monkeypatch):
     assert res["evaluator"]["kind"] == "image folder" and res["evaluator"]["n"] == 6
 
 
-def test_evaluate_cli_named_fashion_reference(env, tmp_path, monkeypatch):
+def test_evaluate_cli_named_fashion_reference(compose, env, tmp_path, monkeypatch):
     from experiments.evaluate import main
 
     if not os.path.isfile("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):

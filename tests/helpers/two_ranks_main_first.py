@@ -1,6 +1,6 @@
 """Two gloo ranks whose collectives time out after 2 s; rank 0's work takes 3.5 s.
 
-    RANK=r python tests/two_ranks_main_first.py STORE FOLDER ok|fail
+    RANK=r python tests/helpers/two_ranks_main_first.py STORE FOLDER ok|fail
 
 Dist.main_first must keep rank 1 out of every collective meanwhile (it polls a file), so
 both ranks finish (ok) or both fail naming rank 0's error (fail)."""

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from toy import CODEBOOK, GRID, PROBS, WRONG_PROBS, K, Oracle, total_variation
+from helpers.toy import CODEBOOK, GRID, PROBS, WRONG_PROBS, K, Oracle, total_variation
 
 import methods
 from methods.base import NULL_LABEL, categorical, guided_forward, nearest_code

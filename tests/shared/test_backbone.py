@@ -81,7 +81,7 @@ def test_labels_null_class_and_dropout():
     net.y_embedder.class_dropout = 1.0  # every label dropped → the null class is trained
     torch.testing.assert_close(net(x, t, net.drop_labels(y)), uncond)
     net.y_embedder.class_dropout = 0.5  # the mask comes from the generator alone
-    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(3)
     y_long = torch.arange(4000) % 5
     dropped = net.drop_labels(y_long, g())
     assert torch.equal(dropped, net.drop_labels(y_long, g()))

@@ -16,8 +16,7 @@ import time
 
 import pytest
 import torch
-from conftest import compose, run_in_process
-from proc import run_tree
+from helpers.proc import run_tree
 
 from shared.paths import REPO_ROOT
 
@@ -32,7 +31,7 @@ def metric_rows(run_dir):
     return rows
 
 
-def test_matched_compute_steps_differ_by_head(env, monkeypatch):
+def test_matched_compute_steps_differ_by_head(compose, env, monkeypatch):
     from experiments.runner.trainer import eval_steps
 
     assert eval_steps(10, 4, "linear") == [2, 5, 8, 10]
@@ -53,7 +52,7 @@ def test_matched_compute_steps_differ_by_head(env, monkeypatch):
     assert steps["cfm"] > steps["purr"] and steps["cfm"] > steps["dfm"]
 
 
-def test_run_outputs_and_exact_resume(env, tmp_path, monkeypatch):
+def test_run_outputs_and_exact_resume(run_in_process, env, tmp_path, monkeypatch):
     full = tmp_path / "full"
     summary = run_in_process(env, ["method=purr"], full, monkeypatch)
     assert summary["status"] == "finished" and summary["total_steps"] == 8
@@ -101,7 +100,7 @@ def test_run_outputs_and_exact_resume(env, tmp_path, monkeypatch):
     assert metric_rows(part) == rows
 
 
-def test_same_seed_same_loss_curve_and_nonfinite_stop(env, tmp_path, monkeypatch):
+def test_same_seed_same_loss_curve_and_nonfinite_stop(run_in_process, env, tmp_path, monkeypatch):
     a = run_in_process(env, ["method=cfm", "eval.points=1"], tmp_path / "a", monkeypatch)
     b = run_in_process(env, ["method=cfm", "eval.points=1"], tmp_path / "b", monkeypatch)
     assert metric_rows(tmp_path / "a") == metric_rows(tmp_path / "b")
@@ -165,12 +164,12 @@ def with_data(env, args):
     data = next(o for o in env["overrides"] if o.startswith("data.root="))
     tree = env["base"] / "tree"  # "TREE": a 3-class image folder (one image each)
     if "TREE" in args and not tree.exists():
-        from test_data import make_tree
+        from helpers.data import make_tree
 
         make_tree(tree, sizes=((40, 40),))
     empty = env["base"] / "tree_with_an_empty_class"
     if "EMPTY_CLASS" in args and not empty.exists():
-        from test_data import make_tree
+        from helpers.data import make_tree
 
         make_tree(empty, sizes=((40, 40),))
         (empty / "zz_empty").mkdir()
@@ -189,7 +188,9 @@ def with_data(env, args):
     return out
 
 
-def test_maskgit_steps_beyond_the_grid_are_refused_before_training(env, tmp_path, monkeypatch):
+def test_maskgit_steps_beyond_the_grid_are_refused_before_training(
+    run_in_process, env, tmp_path, monkeypatch
+):
     """The grid is known once the tokenizer is loaded: the refusal comes before extraction and
     training, not at the first evaluation."""
     from experiments.runner.errors import RunError
@@ -203,7 +204,9 @@ def test_maskgit_steps_beyond_the_grid_are_refused_before_training(env, tmp_path
     assert not (run_dir / "metrics.csv").exists()
 
 
-def test_more_evaluations_than_steps_and_unknown_keys_are_refused(env, tmp_path, monkeypatch):
+def test_more_evaluations_than_steps_and_unknown_keys_are_refused(
+    run_in_process, env, tmp_path, monkeypatch
+):
     """eval.points beyond the steps the budget buys is refused rather than giving fewer
     evaluations without a word, and so is a '+eval.key' that nothing reads."""
     from experiments.runner.errors import RunError
@@ -218,7 +221,7 @@ def test_more_evaluations_than_steps_and_unknown_keys_are_refused(env, tmp_path,
         run_in_process(env, ["method=cfm", "+eval.unknown=1"], run_dir, monkeypatch)
 
 
-def test_redraw_sampler_is_labelled_apart(env):
+def test_redraw_sampler_is_labelled_apart(compose, env):
     from experiments.runner.checks import method_label
 
     base = env["overrides"]
@@ -229,12 +232,12 @@ def test_redraw_sampler_is_labelled_apart(env):
 
 
 @pytest.mark.parametrize("args,expect", BAD_CONFIGS)
-def test_bad_config_is_refused_naming_the_fix(env, args, expect, monkeypatch):
+def test_bad_config_is_refused_naming_the_fix(compose, env, args, expect, monkeypatch):
     """Every bad value is refused by the start-up checks (in this process), naming the fix."""
     from experiments.runner.checks import check_inputs, validate
 
     monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
-    with pytest.raises(Exception) as refused:  # noqa: PT011 (Hydra's errors, or RunError)
+    with pytest.raises(Exception) as refused:
         cfg = compose(env["overrides"] + with_data(env, args))
         validate(cfg)
         check_inputs(cfg)
@@ -273,10 +276,10 @@ def torch_import_s():
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """A real single-node SLURM cluster (tests/cluster/slurm-local.sh), as root."""
+    """A real single-node SLURM cluster (tests/helpers/cluster/slurm-local.sh), as root."""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         pytest.skip("a local SLURM cluster needs root and apt-get")
-    script = REPO_ROOT / "tests" / "cluster" / "slurm-local.sh"
+    script = REPO_ROOT / "tests" / "helpers" / "cluster" / "slurm-local.sh"
     up = subprocess.run(["bash", str(script), "up"], capture_output=True, text=True)
     assert up.returncode == 0, up.stderr[-2000:]
     yield
@@ -328,7 +331,7 @@ def test_sweep_through_submitit(env, tmp_path, launcher, request):
         (["method=dfm-mdlm", "eval.solver=maskgit"], "dfm-mdlm-maskgit"),
     ],
 )
-def test_new_baselines_run_end_to_end(env, tmp_path, monkeypatch, overrides, label):
+def test_new_baselines_run_end_to_end(run_in_process, env, tmp_path, monkeypatch, overrides, label):
     """The metric-path DFM and the MDLM-weighted masked DFM sampled by MaskGIT train and
     evaluate through the runner; their rows carry a label that keeps them apart in figures."""
     summary = run_in_process(env, overrides, tmp_path / "run", monkeypatch)
@@ -433,7 +436,7 @@ def test_pack_owns_its_jobs_on_sigterm_and_on_its_own_death(env, tmp_path):
     """SIGTERM to the pack stops every job (they checkpoint), then its table; SIGKILL
     to the pack still stops them (parent-death signal): no orphan keeps its lock, and an
     immediate relaunch gets past the locks."""
-    from proc import descendants, kill_tree
+    from helpers.proc import descendants, kill_tree
 
     sweep = tmp_path / "owned"
     cmd = [
@@ -597,7 +600,7 @@ def test_gpu_sweep_script_runs_its_whole_path_on_cpu(env, tmp_path):
     assert len(list((out / "sweep").glob("*_seed*/summary.json"))) == 2
 
 
-def test_maskgit_options_are_sampler_settings_not_training_keys(env):
+def test_maskgit_options_are_sampler_settings_not_training_keys(compose, env):
     """The maskgit_* options are read only by the MaskGIT sampler: a resume that
     changes one is accepted (they used to count as training keys), and setting one under
     another solver warns."""
@@ -645,7 +648,7 @@ def test_demo_plan_scales_its_estimates_with_the_demo_overrides(capsys, tmp_path
     assert "80 TFLOP, 7 evals" in out and "demo scale" not in out
 
 
-def test_the_demo_plan_and_the_default_config_agree_on_the_default_protocol():
+def test_the_demo_plan_and_the_default_config_agree_on_the_default_protocol(compose):
     """demo_plan.py runs before the venv exists, so it cannot import the config: its copy of
     the default budget and evaluation count must equal the composed default."""
     from experiments import demo_plan as plan

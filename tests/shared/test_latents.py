@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from test_data import make_fmnist
+from helpers.data import make_fmnist
 
 from shared.data import FashionMNIST
 from shared.latents import IndexShards, ShardError, extract, shard_paths
@@ -108,7 +108,7 @@ def test_shards_are_keyed_by_what_the_data_is(setup, tmp_path):
     cache, and latents made at 128 px be reused at 256 px. The folder name carries a
     digest of the data's identity (listing or files, image size), and a reader given shards
     of other data refuses them, naming what differs."""
-    from test_data import make_fmnist, make_tree
+    from helpers.data import make_fmnist, make_tree
 
     from experiments.extract_latents import data_source, shard_folder
 

@@ -1,6 +1,6 @@
-"""One rank of the shard-extraction race test (tests/test_relaunch.py), for tests only.
+"""One rank of the shard-extraction race test (tests/runner/test_relaunch.py), for tests only.
 
-    RANK=r python tests/two_ranks_latents.py CONFIG.yaml STORE
+    RANK=r python tests/helpers/two_ranks_latents.py CONFIG.yaml STORE
 
 Rank 1 sees the manifest at once, as it does when rank 0 was quicker to write it than rank 1
 was to look: the ranks' views of the file system differ, and they must still take the same
@@ -11,14 +11,11 @@ import datetime
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from experiments.runner.build import Dist, load_tokenizer, prepare_latents  # noqa: E402
+from experiments.runner.build import Dist, load_tokenizer, prepare_latents
 
 config, store = sys.argv[1], sys.argv[2]
 rank = int(os.environ["RANK"])

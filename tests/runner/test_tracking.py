@@ -8,7 +8,6 @@ import json
 import sys
 
 import pytest
-from conftest import run_in_process
 
 
 def csv_rows(run_dir):
@@ -16,7 +15,9 @@ def csv_rows(run_dir):
         return list(csv.DictReader(f))
 
 
-def test_tensorboard_gets_every_log_line_and_evaluation_with_the_config(env, tmp_path, monkeypatch):
+def test_tensorboard_gets_every_log_line_and_evaluation_with_the_config(
+    run_in_process, env, tmp_path, monkeypatch
+):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -62,7 +63,7 @@ def wandb_records(path):
 
 
 def test_wandb_writes_an_offline_run_with_every_evaluation_and_the_config(
-    env, tmp_path, monkeypatch
+    run_in_process, env, tmp_path, monkeypatch
 ):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)  # offline unless the user says otherwise

@@ -1,6 +1,6 @@
 """A toy ImageNet for trying the walkthrough of docs/imagenet.md on a CPU.
 
-    python tests/toy_imagenet.py OUT [--classes 3] [--per-class 8]
+    python tests/helpers/toy_imagenet.py OUT [--classes 3] [--per-class 8]
 
 Writes ``OUT/train/<wnid>/*.JPEG`` (mixed modes and sizes, as ImageNet's are: RGB, greyscale,
 CMYK, RGBA, a PNG named .JPEG, 100×80 and 1024×200) and ``OUT/vq-f8/model.ckpt``: an SD
@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
 import torch
 from PIL import Image
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from taming_reference import RefVQ  # noqa: E402
+from taming_reference import RefVQ
 
 MODES = ["RGB", "L", "CMYK", "RGBA", "PNG", "RGB", "L", "RGB"]
 SIZES = [(300, 260), (100, 80), (1024, 200), (256, 256)]

@@ -1,6 +1,6 @@
 """Launch ``experiments/run.py`` with one injected fault (for tests only).
 
-    python tests/launch_with_fault.py MODE N -- <run.py arguments>
+    python tests/helpers/launch_with_fault.py MODE N -- <run.py arguments>
 
 MODE: ``kill-at-step`` (SIGKILL inside the N-th optimiser step of this process),
 ``term-at-step`` (SIGTERM to itself during the N-th step: what SLURM sends before a kill),
@@ -12,8 +12,7 @@ import runpy
 import signal
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import experiments.runner.checkpoint as checkpoint  # noqa: E402
 import experiments.runner.train_loop as train_loop  # noqa: E402

@@ -1,6 +1,6 @@
 """Run ``experiments/sample.py`` with a short process-group timeout and slow shards (tests only).
 
-    python tests/sample_with_slow_shards.py TIMEOUT_S SHARD_S -- <sample.py arguments>
+    python tests/helpers/sample_with_slow_shards.py TIMEOUT_S SHARD_S -- <sample.py arguments>
 
 Every collective times out after TIMEOUT_S seconds and every shard takes at least SHARD_S:
 the shape of an 8-GPU ImageNet job (10–40 min shards, NCCL's 10 min timeout) in seconds.
@@ -11,8 +11,7 @@ import os
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch.distributed as dist  # noqa: E402
 

@@ -10,8 +10,7 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-from conftest import run_in_process
-from toy import CODEBOOK, GRID, PROBS, WRONG_PROBS, Oracle, total_variation
+from helpers.toy import CODEBOOK, GRID, PROBS, WRONG_PROBS, Oracle, total_variation
 
 import methods
 from methods.latent_flow import ADAPTIVE_TAIL, LatentFlowMethod
@@ -84,7 +83,7 @@ def test_nfe_sweep_points_per_method():
 
 
 @pytest.fixture(scope="module")
-def trained(env, tmp_path_factory):
+def trained(run_in_process, env, tmp_path_factory):
     """A tiny finished sweep: cfm and masked dfm, seed 0."""
     base = tmp_path_factory.mktemp("nfe") / "sweep"
     with pytest.MonkeyPatch.context() as mp:

@@ -14,7 +14,7 @@ import contextlib
 
 import pytest
 import torch
-from toy import CODEBOOK, GRID, PROBS, WRONG_PROBS, K, Oracle, total_variation
+from helpers.toy import CODEBOOK, GRID, PROBS, WRONG_PROBS, K, Oracle, total_variation
 
 import methods
 from methods import dfm_samplers
@@ -22,7 +22,7 @@ from methods.base import below
 from shared.backbone import DiT
 
 E = CODEBOOK.float()
-N_SAMPLES, TV_TOL = 4000, 0.04  # as tests/test_methods.py: sampling error alone ≈ 0.01
+N_SAMPLES, TV_TOL = 4000, 0.04  # as tests/methods/test_methods.py: sampling error alone ≈ 0.01
 
 
 class TrainedWhereMasked:
@@ -255,7 +255,7 @@ def test_losses_are_finite_at_the_extreme_times(case):
     y = torch.tensor([0, 1])
     for ts in TIME_SAMPLERS:
         if "mdlm" in case and ts["time_sampling"] != "uniform":
-            continue  # refused (tests/test_dfm_variants.py)
+            continue  # refused (tests/methods/test_dfm_variants.py)
         m = methods.build(name, codebook=E, **kw, **ts)
         for high in (True, False):
             for bf16 in (False, True):

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose, ensure_latents, run_in_process
 
 from shared.io import atomic_write_text, remove_stale_temporaries
 from shared.latents import IndexShards, ShardError, shard_paths
@@ -35,7 +34,7 @@ def test_pretrained_tokenizer_loaders_refuse_code(tmp_path, payload):
     assert not payload.ran()
 
 
-def test_trainer_loaders_refuse_code(env, tmp_path, monkeypatch, payload):
+def test_trainer_loaders_refuse_code(run_in_process, env, tmp_path, monkeypatch, payload):
     from experiments.runner.build import load_trained
 
     run_dir = tmp_path / "run"
@@ -68,8 +67,8 @@ def test_truncated_file_is_named(tmp_path):
         load_torch_file(path, "checkpoint")
 
 
-def copy_shards(env, tmp_path):
-    src, dst = Path(ensure_latents(env)), tmp_path / "lat"
+def copy_shards(latents, tmp_path):
+    src, dst = Path(latents), tmp_path / "lat"
     dst.mkdir(parents=True)
     for f in os.listdir(src):
         (dst / f).write_bytes((src / f).read_bytes())
@@ -94,12 +93,14 @@ def rewrite_shard(folder, s, idx=None, lbl=None, fix_checksum=True):
         finalize(str(folder))
 
 
-def test_a_run_refuses_shards_of_other_data_before_training(env, tmp_path, monkeypatch):
+def test_a_run_refuses_shards_of_other_data_before_training(
+    latents, run_in_process, env, tmp_path, monkeypatch
+):
     """data.latents_dir pointing at shards extracted from other data (here: their recorded
     identity says other files) is refused at start-up, naming the difference."""
     from experiments.runner.errors import RunError
 
-    lat = copy_shards(env, tmp_path)
+    lat = copy_shards(latents, tmp_path)
     manifest = json.loads((lat / "manifest.json").read_text())
     manifest["data_identity"]["files_sha256"] = "0" * 64
     (lat / "manifest.json").write_text(json.dumps(manifest))
@@ -108,16 +109,18 @@ def test_a_run_refuses_shards_of_other_data_before_training(env, tmp_path, monke
     assert not (tmp_path / "r" / "metrics.csv").exists()
 
 
-def test_training_verifies_shards_at_start(env, tmp_path, monkeypatch, payload):
+def test_training_verifies_shards_at_start(
+    latents, run_in_process, env, tmp_path, monkeypatch, payload
+):
     run = lambda lat, d: run_in_process(
         env,
-        ["method=cfm", f"data.latents_dir={lat}"],  # noqa: E731
+        ["method=cfm", f"data.latents_dir={lat}"],
         tmp_path / d,
         monkeypatch,
     )
     from experiments.runner.errors import RunError
 
-    lat = copy_shards(env, tmp_path)
+    lat = copy_shards(latents, tmp_path)
     idx_p, lbl_p, _ = shard_paths(str(lat), 0)
     idx = np.load(idx_p)
     idx[3, 0, 0] ^= 1  # a flipped bit on disk
@@ -126,20 +129,20 @@ def test_training_verifies_shards_at_start(env, tmp_path, monkeypatch, payload):
         run(lat, "a")
     assert not (tmp_path / "a" / "metrics.csv").exists()  # refused before any training
 
-    lat = copy_shards(env, tmp_path / "b")
+    lat = copy_shards(latents, tmp_path / "b")
     idx = np.load(shard_paths(str(lat), 0)[0])
     idx[5, 1, 1] = 300  # K = 256
     rewrite_shard(lat, 0, idx=idx)
     with pytest.raises(RunError, match=r"row 5 holds code 300, outside \[0, 256\)"):
         run(lat, "b")
-    lat = copy_shards(env, tmp_path / "c")
+    lat = copy_shards(latents, tmp_path / "c")
     lbl = np.load(shard_paths(str(lat), 0)[1])
     lbl[7] = 12
     rewrite_shard(lat, 0, lbl=lbl)
     with pytest.raises(RunError, match=r"row 7 has label 12, outside \[0, 10\)"):
         run(lat, "c")
     # a shard holding a pickled object array is refused without unpickling it
-    lat = copy_shards(env, tmp_path / "d")
+    lat = copy_shards(latents, tmp_path / "d")
     bad = np.empty(1, dtype=object)
     bad[0] = payload.write(tmp_path / "unused.pt")  # any object: an object array needs pickle
     np.save(shard_paths(str(lat), 0)[1], bad, allow_pickle=True)
@@ -178,7 +181,9 @@ def test_shard_verification_cost_script(tmp_path):
     assert out["bytes"] > 2500 * 16 * 2 and out["verify_s"] > 0 and os.listdir(tmp_path) == []
 
 
-def test_a_second_job_waits_for_the_extraction_in_progress(env, tmp_path, monkeypatch):
+def test_a_second_job_waits_for_the_extraction_in_progress(
+    compose, latents, env, tmp_path, monkeypatch
+):
     """The jobs of a sweep extract the same data once. A job that finds the
     shards being extracted (their lock held) waits for the manifest instead, and fails with
     a relaunch hint when the extracting job dies before finishing."""
@@ -188,7 +193,7 @@ def test_a_second_job_waits_for_the_extraction_in_progress(env, tmp_path, monkey
     from experiments.runner.errors import RunError
     from shared.latents import ExtractionLock
 
-    src = Path(ensure_latents(env))
+    src = Path(latents)
     cfg = compose(env["overrides"] + ["method=cfm", f"data.latents_dir={tmp_path / 'lat'}"])
     monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
     tok = build.load_tokenizer(cfg)

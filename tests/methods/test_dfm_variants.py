@@ -12,14 +12,14 @@ import math
 
 import pytest
 import torch
+from helpers.toy import CODEBOOK, GRID, PROBS, WRONG_PROBS, K, Oracle, total_variation
 from test_head import make
-from toy import CODEBOOK, GRID, PROBS, WRONG_PROBS, K, Oracle, total_variation
 
 import methods
 from methods.catalog import MASKGIT_SCHEDULES as SCHEDULES
 
 E = CODEBOOK.float()
-N_SAMPLES, TV_TOL = 4000, 0.04  # as tests/test_methods.py
+N_SAMPLES, TV_TOL = 4000, 0.04  # as tests/methods/test_methods.py
 
 
 def metric(**kw):

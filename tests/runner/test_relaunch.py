@@ -1,8 +1,9 @@
 """Run lifecycle: exact resume after real kills, relaunch safety, non-finite stops, start-up
 validation, signals and failure status.
 
-The kill test runs the real ``experiments/run.py`` in subprocesses (tests/launch_with_fault.py
-injects one fault per launch) and compares with an uninterrupted run made in this process:
+The kill test runs the real ``experiments/run.py`` in subprocesses
+(tests/helpers/launch_with_fault.py injects one fault per launch) and compares with an
+uninterrupted run made in this process:
 resume must not depend on what a process built, or drew random numbers for, before training.
 """
 
@@ -15,8 +16,7 @@ import time
 
 import pytest
 import torch
-from conftest import compose, run_in_process
-from proc import kill_tree, run_tree
+from helpers.proc import kill_tree, run_tree
 from test_runner import metric_rows
 
 from experiments.runner import checkpoint
@@ -25,7 +25,7 @@ from experiments.runner.errors import NonFiniteLossError, RunRefused
 from experiments.runner.rundir import RunDir
 from shared.paths import REPO_ROOT
 
-FAULT = [sys.executable, str(REPO_ROOT / "tests" / "launch_with_fault.py")]
+FAULT = [sys.executable, str(REPO_ROOT / "tests" / "helpers" / "launch_with_fault.py")]
 
 
 def launch(env, run_dir, mode="none", n=0, extra=()):
@@ -45,7 +45,7 @@ def summary(run_dir):
 
 
 @pytest.mark.process
-def test_killed_and_relaunched_run_equals_uninterrupted(env, tmp_path, monkeypatch):
+def test_killed_and_relaunched_run_equals_uninterrupted(run_in_process, env, tmp_path, monkeypatch):
     full = run_in_process(env, ["method=purr"], tmp_path / "full", monkeypatch)
     reference = metric_rows(tmp_path / "full")
     assert full["total_steps"] == 8 and [int(r["step"]) for r in reference] == [4, 8]
@@ -81,7 +81,7 @@ def test_killed_and_relaunched_run_equals_uninterrupted(env, tmp_path, monkeypat
     assert {f: (d / f).read_bytes() for f in before} == before
 
 
-def test_relaunch_rules(env, tmp_path, monkeypatch, capsys):
+def test_relaunch_rules(run_in_process, env, tmp_path, monkeypatch, capsys):
     d = tmp_path / "run"
     run_in_process(env, ["method=purr"], d, monkeypatch)
     rows = metric_rows(d)
@@ -164,7 +164,7 @@ def test_precision_auto_follows_the_hardware(monkeypatch):
     assert precision.legacy_train_precision("auto", "cuda") == "bf16"
 
 
-def test_nonfinite_weights_are_never_checkpointed(env, tmp_path, monkeypatch):
+def test_nonfinite_weights_are_never_checkpointed(run_in_process, env, tmp_path, monkeypatch):
     import experiments.runner.train_loop as tl
 
     real, calls = tl.clip_and_step, {"n": 0}
@@ -197,7 +197,7 @@ def test_nonfinite_weights_are_never_checkpointed(env, tmp_path, monkeypatch):
     assert done["launches"][-1]["changed"]["optim.lr"] == [1e-3, 5e-4]
 
 
-def test_failure_while_building_is_recorded(env, tmp_path, monkeypatch):
+def test_failure_while_building_is_recorded(run_in_process, env, tmp_path, monkeypatch):
     import experiments.runner.trainer as trainer
 
     def broken(*a, **k):
@@ -248,12 +248,12 @@ def test_failure_while_building_is_recorded(env, tmp_path, monkeypatch):
         (["allow_changes=[optim.lrr]"], "allow_changes names 'optim.lrr'"),
     ],
 )
-def test_every_setting_is_validated_at_startup(overrides, expect):
+def test_every_setting_is_validated_at_startup(compose, overrides, expect):
     errors = validation_errors(compose(["method=purr"] + overrides))
     assert any(expect in e for e in errors), errors
 
 
-def test_default_and_paper_configs_validate():
+def test_default_and_paper_configs_validate(compose):
     assert validation_errors(compose(["method=purr"])) == []
     for m in ("cfm", "dfm", "dfm-uniform", "cfm-endpoint", "dfm-mdlm", "dfm-metric"):
         assert validation_errors(compose([f"method={m}"])) == []
@@ -268,7 +268,9 @@ def test_default_and_paper_configs_validate():
         assert validation_errors(cfg) == []
 
 
-def test_rows_name_what_measured_them_and_the_live_figure(env, tmp_path, monkeypatch):
+def test_rows_name_what_measured_them_and_the_live_figure(
+    run_in_process, env, tmp_path, monkeypatch
+):
     from shared import artifacts
     from shared.tokenizers import FashionVQ
 
@@ -298,7 +300,7 @@ def test_two_rank_ddp_run_stops_on_sigterm_and_resumes_exactly(env, tmp_path):
         cmd = (
             torchrun
             + [
-                str(REPO_ROOT / "tests" / "launch_with_fault.py"),
+                str(REPO_ROOT / "tests" / "helpers" / "launch_with_fault.py"),
                 mode,
                 "3",
                 "--",
@@ -350,7 +352,7 @@ def two_ranks(args, penv, timeout=90):
 
 
 @pytest.mark.process
-def test_ranks_that_see_different_files_take_the_same_collectives(env, tmp_path):
+def test_ranks_that_see_different_files_take_the_same_collectives(compose, env, tmp_path):
     """The root of the 2-rank abort: rank 1 finds the shard manifest that rank 0 has just
     written, so on its own it would skip the barrier that rank 0 waits in. Rank 0's view
     decides for both (Dist.decide); both then meet in the next all-reduce."""
@@ -358,7 +360,7 @@ def test_ranks_that_see_different_files_take_the_same_collectives(env, tmp_path)
 
     cfg = compose(env["overrides"] + ["method=cfm", f"data.latents_dir={tmp_path / 'lat'}"])
     OmegaConf.save(cfg, tmp_path / "cfg.yaml")
-    script = str(REPO_ROOT / "tests" / "two_ranks_latents.py")
+    script = str(REPO_ROOT / "tests" / "helpers" / "two_ranks_latents.py")
     penv = {**os.environ, "VQBENCH_CACHE": env["cache"], "OMP_NUM_THREADS": "1"}
     procs, outs = two_ranks([script, str(tmp_path / "cfg.yaml"), str(tmp_path / "store")], penv)
     for r, (p, out) in enumerate(zip(procs, outs, strict=True)):
@@ -407,7 +409,7 @@ def test_lock_on_a_file_system_without_flock_warns(tmp_path, monkeypatch, capsys
     rd.release()
 
 
-def test_checkpoints_from_before_new_training_keys_resume_unless_the_key_changes():
+def test_checkpoints_from_before_new_training_keys_resume_unless_the_key_changes(compose):
     """A checkpoint written before method.weighting / method.latent_scale existed resumes
     when they keep the value that reproduces its training; any other value is refused."""
     from experiments.runner.checkpoint import check_resume
@@ -431,7 +433,7 @@ def test_checkpoints_from_before_new_training_keys_resume_unless_the_key_changes
             )
 
 
-def test_a_run_with_rows_keeps_its_measurement_unless_a_mix_is_asked_for():
+def test_a_run_with_rows_keeps_its_measurement_unless_a_mix_is_asked_for(compose):
     """A dfm run relaunched with eval.solver=maskgit must not write rows labelled dfm and
     dfm-maskgit into one metrics.csv: once a run has rows, a key that changes what they
     measure is refused unless allow_changes names it; before its first row it may change."""
@@ -464,7 +466,7 @@ def test_a_run_with_rows_keeps_its_measurement_unless_a_mix_is_asked_for():
     assert check_relabel("last.pt", done, cfg, evaluated=True) is None
 
 
-def test_mdlm_checkpoints_from_before_its_time_range_are_refused_naming_the_keys():
+def test_mdlm_checkpoints_from_before_its_time_range_are_refused_naming_the_keys(compose):
     """method.mdlm_eps / mdlm_stratified change training only under weighting=mdlm:
     an old dfm checkpoint resumes, an old dfm-mdlm one (trained on t up to 1) is refused."""
     from experiments.runner.checkpoint import check_resume
@@ -540,7 +542,7 @@ def test_a_run_process_imports_none_of_the_slow_packages(env):
 
 
 @pytest.mark.parametrize("tok", ["sd", "llamagen"])
-def test_imagenet_presets_are_flop_matched_and_name_the_paper_setting(tok):
+def test_imagenet_presets_are_flop_matched_and_name_the_paper_setting(compose, tok):
     """Each ImageNet preset's budget is the FLOPs cfm spends on 400M images on that
     backbone (recomputed here from the analytic count, on the meta device); budget=
     imagenet_iters is the paper's 400M images for every method; setting images on top of a
@@ -578,7 +580,7 @@ def test_rank_zero_work_outlasts_the_collective_timeout(tmp_path, mode):
     """Rank 0 builds the evaluator (the reference set, the baselines) for longer than the
     group's collective timeout (3.5 s against 2 s) while rank 1 waits by polling a file; rank
     0's failure reaches rank 1 as an error naming it."""
-    script = str(REPO_ROOT / "tests" / "two_ranks_main_first.py")
+    script = str(REPO_ROOT / "tests" / "helpers" / "two_ranks_main_first.py")
     penv = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     procs, outs = two_ranks([script, str(tmp_path / "store"), str(tmp_path), mode], penv)
     if mode == "ok":
