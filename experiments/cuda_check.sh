@@ -23,7 +23,7 @@ $PY -c "import torch; print('torch', torch.__version__, \
 torch.cuda.get_device_name(), 'capability', torch.cuda.get_device_capability())" | tee -a "$OUT/gpu.txt"
 
 echo "== runner tests on CUDA"
-timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_runner.py tests/test_optim.py \
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/runner/test_runner.py tests/shared/test_optim.py \
     -k "not sweep" 2>&1 | tee "$OUT/pytest.log"
 
 echo "== benchmark, eager (bf16 autocast)"

@@ -107,7 +107,7 @@ def shipped_digest(name: str) -> str:
 
 
 def recorded(name: str) -> dict:
-    """The numbers the shipped artifact reproduces (see tests/test_artifacts.py)."""
+    """The numbers the shipped artifact reproduces (see tests/shared/test_artifacts.py)."""
     return manifest()[name]["recorded"]
 
 

@@ -9,7 +9,7 @@ dozen passes over the weights per step; ``fused=True`` runs one kernel that read
 gradient and both moments once (DiT-S/2, 32.5M parameters, on this project's 2-core machine:
 79 ms for-loop, 130 ms foreach, 25 ms fused). Gradient clipping and the EMA use the
 multi-tensor (``foreach``) kernels. The update rule is AdamW's either way (tested against the
-closed-form update in ``tests/test_optim.py``).
+closed-form update in ``tests/shared/test_optim.py``).
 
 ``fused=True`` is :class:`FusedAdamW`, not ``torch.optim.AdamW(fused=True)``: it steps through
 torch's public functional AdamW (``torch.optim.adamw.adamw(..., fused=True)``, the function the

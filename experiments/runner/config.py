@@ -120,7 +120,7 @@ class BudgetConfig:
 # (1,562,500 steps at batch 256) on that backbone at a 32×32 grid. cfm's training FLOPs per
 # image (shared/backbone/dit.py's analytic count, SD's 4-dim codes): 1.3801e11 on DiT-B/2,
 # 4.8416e11 on DiT-L/2, 7.1170e11 on DiT-XL/2; LlamaGen's 8-dim codes add 0.03%
-# (tests/test_relaunch.py recomputes them). A K=16384 head costs more per image (purr/dfm
+# (tests/runner/test_relaunch.py recomputes them). A K=16384 head costs more per image (purr/dfm
 # over cfm: 1.56 on B/2, 1.21 on L/2, 1.16 on XL/2), so the categorical methods take fewer
 # steps. `budget=imagenet_iters` is the paper's iteration-matched setting: 400M images for
 # every method, whatever each step costs.

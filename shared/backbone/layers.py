@@ -8,7 +8,7 @@ timm costs a process ≈ 2 s on a CPU (timm → torchvision → torch._dynamo), 
 training, sampling and test process. The state-dict keys are timm's (``attn.qkv``,
 ``attn.proj``, ``mlp.fc1``, ``mlp.fc2``, ``x_embedder.proj``), parameters are created in
 timm's order (so a seeded model initialises to the same numbers), and the forward pass is
-the same sequence of operations: ``tests/test_backbone.py`` checks outputs and gradients
+the same sequence of operations: ``tests/shared/test_backbone.py`` checks outputs and gradients
 against timm bit for bit.
 """
 

@@ -2,7 +2,7 @@
 
 Each function follows torch-fidelity 0.4.0 (``metric_fid``, ``metric_kid``, ``metric_prc``,
 ``metric_isc``) operation for operation, so the numbers are the same to the last bit
-(``tests/test_metrics.py`` compares them on random features). They live here so that a
+(``tests/shared/test_metrics.py`` compares them on random features). They live here so that a
 training process, which scores every evaluation, does not import torch-fidelity: its
 package imports torchvision and with it ``torch._dynamo``, ≈ 2 s per process on this CPU.
 

@@ -14,7 +14,7 @@ layout is diffusers 0.42.1's, so the same files serve both:
   diffusers' order, so a seeded model initialises to the same numbers;
 - the forward pass is the same sequence of operations (diffusers' ``ResnetBlock2D``,
   ``Downsample2D`` with (0, 1, 0, 1) padding, nearest ``Upsample2D``, single-head
-  ``Attention`` with ``AttnProcessor2_0``): ``tests/test_tokenizers.py`` checks encode and
+  ``Attention`` with ``AttnProcessor2_0``): ``tests/shared/test_tokenizers.py`` checks encode and
   decode against diffusers bit for bit, and against taming-transformers' forward.
 
 Supported: ``norm_type="group"`` (the SD vq-f8, LlamaGen and Fashion tokenizers), the four
