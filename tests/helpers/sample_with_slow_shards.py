@@ -16,10 +16,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 import torch.distributed as dist  # noqa: E402
 
 import experiments.sample as sample  # noqa: E402
+import experiments.sample_files as sample_files  # noqa: E402
 
 timeout_s, shard_s = float(sys.argv[1]), float(sys.argv[2])
 args = sys.argv[sys.argv.index("--") + 1 :]
-real_init, real_shard = dist.init_process_group, sample.sample_shard
+real_init = dist.init_process_group
+real_shard = sample_files.sample_shard
 
 
 def short_timeout(*a, **k):
@@ -34,6 +36,6 @@ def slow_shard(*a, **k):
 
 
 dist.init_process_group = short_timeout
-sample.sample_shard = slow_shard
+sample_files.sample_shard = slow_shard
 sys.argv = [os.path.join(REPO, "experiments", "sample.py"), *args]
 sample.main()

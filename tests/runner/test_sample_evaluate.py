@@ -64,7 +64,7 @@ def test_sample_file_layout_card_and_per_image_randomness(env, runs, tmp_path, m
     assert z["arr_0"].dtype == np.uint8 and z["arr_0"].shape == (10, 32, 32, 3)
     assert (z["arr_0"][..., 0] == z["arr_0"][..., 2]).all()  # greyscale repeated
     # the default labels: drawn per image from (seed, i), as DiT/SiT/LlamaGen/ADM sample
-    from experiments.sample import labels_for
+    from experiments.sample_files import labels_for
 
     assert (
         card["labels"] == "random"
@@ -85,7 +85,7 @@ def test_sample_file_layout_card_and_per_image_randomness(env, runs, tmp_path, m
     assert list(load(tmp_path / "bal.npz")["labels"]) == [i % 10 for i in range(10)]
     assert json.loads(str(z["card"])) == card == json.loads((tmp_path / "a.json").read_text())
     ck = runs["dfm"] / "checkpoints" / "last.pt"
-    from experiments.sample import file_sha256
+    from shared.io import file_sha256
 
     assert card["checkpoint_sha256"] == file_sha256(ck) and card["method"] == "dfm"
     assert card["nfe"] == 4 and card["steps"] == 4 and card["solver"] == "euler"
@@ -246,7 +246,7 @@ def test_sample_refuses_changed_settings_and_reuses_a_complete_file(
 
 
 def test_the_card_names_its_batch_and_a_relaunch_keeps_it(env, runs, tmp_path, monkeypatch):
-    import experiments.sample as sampler
+    import experiments.sample_files as sampler
 
     out = tmp_path / "b.npz"
     real = sampler.sample_shard
