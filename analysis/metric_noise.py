@@ -26,7 +26,7 @@ import pandas as pd
 
 from analysis.sampling_sweep import current_rows, run_key, save_rows
 from analysis.sweeps import check_runs, load_sweep, read_table
-from experiments.runner.checks import method_label
+from experiments.runner.labels import method_label
 from shared.io import atomic_write_text, file_sha256
 
 STEM = "metric_noise"

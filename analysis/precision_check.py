@@ -74,8 +74,8 @@ def compare_training(fp32: pd.DataFrame, bf16: pd.DataFrame, metric: str) -> pd.
 
 def compare_sampling(run_dirs: list[str], device: str = "cpu") -> pd.DataFrame:
     from experiments.runner.build import load_trained
-    from experiments.runner.checks import method_label
     from experiments.runner.evaluation import Evaluator
+    from experiments.runner.labels import method_label
 
     out = []
     for run in run_dirs:

@@ -21,8 +21,8 @@ import torch
 
 from analysis.sweeps import trained_in
 from experiments.runner.build import load_trained
-from experiments.runner.checks import method_label
 from experiments.runner.evaluation import Evaluator
+from experiments.runner.labels import method_label
 
 
 def check_run(run_dir: str, solvers: list[str], out_dir: str, device="cpu") -> list[dict]:

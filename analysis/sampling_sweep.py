@@ -32,7 +32,7 @@ from analysis.sweeps import (
     trained_in,
 )
 from experiments.runner.checkpoint import training_identity
-from experiments.runner.checks import method_label
+from experiments.runner.labels import method_label
 from shared.io import atomic_write_text, file_sha256
 
 # a point's setting: every key a sampler takes from the protocol that a sweep may change

@@ -32,8 +32,8 @@ from analysis.sweeps import (
     trained_in,
 )
 from experiments.runner.build import load_trained
-from experiments.runner.checks import method_label
 from experiments.runner.evaluation import Evaluator
+from experiments.runner.labels import method_label
 from methods.catalog import CATEGORICAL
 from shared.images import pick_by_class, save_grid
 

@@ -119,6 +119,8 @@ def existing_runs(sweep_dir: str) -> dict[str, str]:
 def plan(jobs, configs, sweep_dir: str) -> list[tuple[int, list[str], str]]:
     """(index, overrides, run folder) per job: the existing folder of a known override set,
     else a new one numbered after the highest existing number."""
+    from experiments.runner.labels import method_label
+
     known = existing_runs(sweep_dir)
     taken = [
         int(os.path.basename(d).split("_", 1)[0])
@@ -130,7 +132,9 @@ def plan(jobs, configs, sweep_dir: str) -> list[tuple[int, list[str], str]]:
     for job, cfg in zip(jobs, configs, strict=True):
         run_dir = known.get(job_key(job))
         if run_dir is None:
-            run_dir = os.path.join(sweep_dir, f"{nxt}_{cfg.method.name}_seed{cfg.seed}")
+            run_dir = os.path.join(
+                sweep_dir, f"{nxt}_{method_label(cfg, sampler=False)}_seed{cfg.seed}"
+            )
             nxt += 1
         out.append((len(out), job, run_dir))
     return out

@@ -119,7 +119,7 @@ def trained_precision(ck: dict) -> str:
 
 
 def build_card(args, cfg, tok, method, model, ck, ck_path, device_type, world=1) -> dict:
-    from experiments.runner.checks import method_label
+    from experiments.runner.labels import method_label
     from shared import precision
 
     e = cfg.eval

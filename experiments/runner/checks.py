@@ -141,25 +141,6 @@ def _in_range(v, lo, hi, lo_in, hi_in) -> bool:
     return ok_lo and ok_hi
 
 
-def method_label(cfg, sampler: bool = True) -> str:
-    """The name results are grouped under: the method plus the variant options that make it
-    a different baseline (``dfm-uniform``, ``dfm-mdlm``, ``dfm-maskgit``, …). With
-    ``sampler=False``, the trained model's name alone (the sampler goes in its own column)."""
-    parts = [cfg.method.name]
-    if OmegaConf.select(cfg, "method.source", default=None) == "uniform":
-        parts.append("uniform")
-    if OmegaConf.select(cfg, "method.weighting", default=None) == "mdlm":
-        parts.append("mdlm")
-    if OmegaConf.select(cfg, "method.latent_scale", default=None) == "unit":
-        parts.append("unit")
-    solver = OmegaConf.select(cfg, "eval.solver", default=None) if sampler else None
-    if solver == "maskgit":
-        parts.append("maskgit")
-    elif solver == "euler-redraw":  # the official code's masked Euler (redraws decoded tokens)
-        parts.append("redraw")
-    return "-".join(parts)
-
-
 def _method_errors(get, bad) -> None:
     """The method exists, and the sampler options suit it (solver, temperature)."""
     from methods.catalog import CATEGORICAL, SOLVERS, dfm_option_errors

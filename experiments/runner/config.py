@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+from .labels import method_label
 
 
 # ----------------------------------------------------------------------------- method
@@ -229,6 +231,10 @@ IMAGENET_EVAL = EvalConfig(
 def register() -> None:
     from shared.backbone.presets import PRESETS
 
+    # ${method_label:} names a run folder as its results are grouped (dfm-mdlm, not dfm)
+    OmegaConf.register_new_resolver(
+        "method_label", lambda _root_: method_label(_root_, sampler=False), replace=True
+    )
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     options = {

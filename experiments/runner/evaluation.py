@@ -21,7 +21,7 @@ from shared.images import pick_by_class, save_grid
 from shared.io import atomic_write_text
 from shared.paths import cache_root, config_hash
 
-from .checks import method_label
+from .labels import method_label
 
 METRIC_COLUMNS = [
     "method",

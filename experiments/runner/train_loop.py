@@ -40,9 +40,10 @@ from shared.optim import clip_and_step, ema_decay, ema_update
 from shared.progress import progress_bar
 
 from . import checkpoint
-from .checks import flat_keys, method_label
+from .checks import flat_keys
 from .errors import NonFiniteLossError, RunInterrupted
 from .evaluation import write_csv
+from .labels import method_label
 from .tracking import Tracker
 
 

@@ -44,9 +44,10 @@ from .build import (
     prepare_latents,
     setup_distributed,
 )
-from .checks import check_inputs, flat_keys, ignored_options, method_label, validate
+from .checks import check_inputs, flat_keys, ignored_options, validate
 from .errors import NonFiniteLossError, RunError, RunInterrupted, RunRefused
 from .evaluation import METRIC_COLUMNS, Evaluator, read_csv
+from .labels import method_label
 from .rundir import RunDir
 from .tracking import Tracker, open_tracker
 from .train_loop import (

@@ -222,7 +222,7 @@ def test_more_evaluations_than_steps_and_unknown_keys_are_refused(
 
 
 def test_redraw_sampler_is_labelled_apart(compose, env):
-    from experiments.runner.checks import method_label
+    from experiments.runner.labels import method_label
 
     base = env["overrides"]
     assert method_label(compose(base + ["method=dfm"])) == "dfm"
@@ -413,6 +413,32 @@ def test_pack_parses_overrides_as_hydra_does():
     assert job_key(["seed=0", "method=cfm"]) == job_key(["method=cfm", "seed=0"])
     with pytest.raises(SystemExit, match="no viable alternative at input .range"):
         parse(["seed=range(0,"])
+
+
+def test_sweep_folders_are_named_by_the_results_label(tmp_path):
+    """``-m`` (hydra.sweep.subdir) and pack.py name a run folder as its rows are grouped: a
+    dfm-mdlm run is ``…_dfm-mdlm_seed…``, apart from the plain dfm runs beside it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from experiments.pack import plan
+    from experiments.runner.config import register
+    from shared.paths import REPO_ROOT
+
+    register()
+    methods = ["dfm", "dfm-mdlm", "dfm-uniform", "cfm"]
+    configs = []
+    with initialize_config_dir(str(REPO_ROOT / "experiments" / "conf"), version_base=None):
+        for i, name in enumerate(methods):
+            cfg = hydra_compose("config", [f"method={name}", "seed=2"], return_hydra_config=True)
+            cfg.hydra.job.num = i
+            assert OmegaConf.select(cfg, "hydra.sweep.subdir") == f"{i}_{name}_seed2"
+            assert OmegaConf.select(cfg, "hydra.run.dir").endswith(f"_{name}_seed2")
+            configs.append(cfg)
+    jobs = [[f"method={name}", "seed=2"] for name in methods]
+    folders = [os.path.basename(d) for _, _, d in plan(jobs, configs, str(tmp_path))]
+    assert folders == [f"{i}_{name}_seed2" for i, name in enumerate(methods)]
 
 
 def wait_for(check, timeout, what):
