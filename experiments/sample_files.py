@@ -24,6 +24,7 @@ import zipfile
 import numpy as np
 import torch
 
+from shared.hardware import processor_name
 from shared.io import atomic_open, atomic_write_text, file_sha256
 
 CARD_VERSION = 1
@@ -177,6 +178,9 @@ def build_card(args, cfg, tok, method, model, ck, ck_path, device_type, world=1)
             "torch": torch.__version__,
             "numpy": np.__version__,
             "python": platform.python_version(),
+            "processor": processor_name(
+                device_type, torch.cuda.current_device() if device_type == "cuda" else 0
+            ),
         },
     }
 

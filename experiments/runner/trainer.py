@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from shared import precision
+from shared.hardware import processor_name
 from shared.optim import build_adamw
 
 from . import checkpoint
@@ -253,6 +254,8 @@ def describe(cfg, parts: Parts, ranks: Dist) -> dict:
         "eval_precision": parts.evaluator.precision if parts.evaluator is not None else None,
         "world_size": ranks.world,
         "device": str(parts.device),
+        # bitwise reproducible on the same processor only (shared/hardware.py)
+        "processor": processor_name(parts.device.type, parts.device.index or 0),
         "cpu_threads": torch.get_num_threads(),
     }
 

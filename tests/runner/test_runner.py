@@ -18,6 +18,7 @@ import pytest
 import torch
 from helpers.proc import run_tree
 
+from shared.hardware import processor_name
 from shared.paths import REPO_ROOT
 
 RUN = [sys.executable, str(REPO_ROOT / "experiments" / "run.py")]
@@ -366,7 +367,9 @@ def test_pack_runs_a_sweep_several_jobs_at_once(env, tmp_path):
     threads = max(1, len(os.sched_getaffinity(0)) // 2)
     assert f"pack: {threads} CPU thread(s) per job" in proc.stdout
     for run in ("0_cfm_seed0", "1_purr_seed0"):  # what each job's torch ran with
-        assert json.loads((sweep / run / "summary.json").read_text())["cpu_threads"] == threads
+        summary = json.loads((sweep / run / "summary.json").read_text())
+        assert summary["cpu_threads"] == threads
+        assert summary["processor"] == processor_name("cpu")  # reproducible on it alone
     lines = [ln.strip() for ln in proc.stdout.splitlines()]
     first_end = next(i for i, ln in enumerate(lines) if ln.startswith("ended"))
     assert sum(ln.startswith("started") for ln in lines[:first_end]) == 2  # ran together
