@@ -3,6 +3,8 @@ sampling noise of the evaluation?
 
     python analysis/metric_noise.py RUN_DIR [RUN_DIR ...] --sweep analysis/results/fashion_cpu
     python analysis/metric_noise.py outputs/shipped/nano1-*-8e13-seed0 --eval-seeds 1234,1,2,3,4
+    python analysis/metric_noise.py SWEEP/*_dfm_seed* SWEEP/*_dfm-mdlm_seed* --num-samples 5000 \
+        --eval-seeds 1234,1 --out DIR          # a close pair, at 5× the protocol's samples
 
 Metric noise: one run's final EMA weights scored again under its own protocol (labels,
 steps, τ, sample count, reference) with only the sampling noise seed (``eval.seed``)
@@ -10,7 +12,10 @@ changed; its standard deviation over those seeds is what the evaluation alone ad
 FD. Seed spread: the standard deviation over training seeds of the final FD of each method
 in ``--sweep`` (every run there was scored from the same noise seed). With the ratio
 spread / noise well above 1, seed spread, not the metric, decides how far apart two methods
-must be to be told apart; both use the sample standard deviation (ddof 1).
+must be to be told apart; both use the sample standard deviation (ddof 1). Given several
+training seeds of a method, the noise is pooled within runs and ``run_std`` is their spread
+at the sample count scored here (``--num-samples``: the summary is then
+``metric_noise_n<N>_summary.csv``).
 
 Each score is one row of ``metric_noise.csv``, written atomically as soon as it is done and
 keyed by the run folder, its checkpoint's sha256, the noise seed and the sample count, so a
@@ -45,14 +50,23 @@ def seed_spread(final: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def summarise(scores: pd.DataFrame, spread: pd.DataFrame | None) -> pd.DataFrame:
-    """Per method: the noise seeds' count, mean and standard deviation of ``fd`` (over every
-    run of that method), beside the training seeds' spread and the ratio spread / noise."""
-    grouped = scores.groupby("method")["fd"]
+    """Per method: the noise seeds' count and mean ``fd``, and the noise standard deviation,
+    pooled within runs (√ of the mean within-run variance, each ddof 1), so that several
+    training seeds of one method add no seed spread to it. With several runs of a method,
+    ``run_std`` is the spread over them of their mean FD at this sample count. Beside them,
+    the training seeds' spread from the sweep and the ratio spread / noise."""
+    if "path" not in scores:  # one run per method
+        scores = scores.assign(path=scores["method"])
+    per_run = scores.groupby(["method", "path"])["fd"]
+    runs = per_run.agg(["mean", "var"]).reset_index()
+    grouped = runs.groupby("method")
     out = pd.DataFrame(
         {
-            "eval_seeds": grouped.count(),
-            "noise_mean": grouped.mean(),
-            "noise_std": grouped.std(ddof=1),
+            "runs": grouped["path"].count(),
+            "eval_seeds": scores.groupby("method")["fd"].count(),
+            "noise_mean": scores.groupby("method")["fd"].mean(),
+            "noise_std": grouped["var"].mean() ** 0.5,
+            "run_std": grouped["mean"].std(ddof=1),
         }
     )
     if spread is not None:
@@ -75,9 +89,11 @@ def score_run(
     csv_path: str,
     device: str,
     measured: dict,
+    num_samples: int | None = None,
 ) -> list[dict]:
-    """Score ``run_dir`` at every noise seed not yet in ``rows``, saving after each;
-    ``measured`` gets the run's (checkpoint sha256, sample count), as ``current_rows`` reads."""
+    """Score ``run_dir`` at every noise seed not yet in ``rows``, saving after each, with
+    ``num_samples`` images (default: the run's protocol); ``measured`` gets the run's
+    (checkpoint sha256, sample count), as ``current_rows`` reads."""
     import torch
 
     from experiments.runner.build import load_trained
@@ -86,6 +102,8 @@ def score_run(
     path = run_key(run_dir, csv_path)
     checkpoint_sha = file_sha256(os.path.join(run_dir, "checkpoints", "last.pt"))[:16]
     cfg, tok, method, model = load_trained(run_dir, device)
+    if num_samples:
+        cfg.eval.num_samples = num_samples
     num_samples = int(cfg.eval.num_samples)
     measured[path] = (checkpoint_sha, num_samples)
     have = {
@@ -135,19 +153,27 @@ def main(argv=None) -> pd.DataFrame:
         default=[],
         help="sweep folder whose training seeds give the seed spread (repeatable)",
     )
+    ap.add_argument(
+        "--num-samples",
+        type=int,
+        default=None,
+        help="images per score (default: each run's eval.num_samples); the noise falls as 1/√n",
+    )
     ap.add_argument("--out", required=True, help="output folder")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     eval_seeds = [int(s) for s in args.eval_seeds.split(",")]
     if len(set(eval_seeds)) < 2:
         raise SystemExit("error: --eval-seeds needs at least two distinct seeds for a spread")
+    if args.num_samples is not None and args.num_samples < 2:
+        raise SystemExit(f"error: --num-samples must be ≥ 2, got {args.num_samples}")
     runs = check_runs(args.runs)
     os.makedirs(args.out, exist_ok=True)
     csv_path = os.path.join(args.out, f"{STEM}.csv")
     rows = read_table(csv_path).to_dict("records") if os.path.isfile(csv_path) else []
     measured: dict = {}
     for run in runs:
-        rows = score_run(run, eval_seeds, rows, csv_path, args.device, measured)
+        rows = score_run(run, eval_seeds, rows, csv_path, args.device, measured, args.num_samples)
     # only these runs' current checkpoints at their sample count: older rows stay in the file
     scores = pd.DataFrame(current_rows(rows, measured))
     spread = None
@@ -158,7 +184,8 @@ def main(argv=None) -> pd.DataFrame:
         metric = "fd_fashion" if final["fd_fashion"].notna().any() else "fid_inception"
         spread = seed_spread(final, metric)
     summary = summarise(scores, spread)
-    out_csv = os.path.join(args.out, f"{STEM}_summary.csv")
+    stem = STEM if args.num_samples is None else f"{STEM}_n{args.num_samples}"
+    out_csv = os.path.join(args.out, f"{stem}_summary.csv")
     atomic_write_text(out_csv, summary.to_csv(index=False))
     print(summary.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     print(f"wrote {csv_path}, {out_csv}")

@@ -35,3 +35,21 @@ def test_a_method_without_training_seeds_keeps_its_noise_and_gets_no_ratio():
 def test_one_noise_seed_is_refused_before_anything_is_sampled(tmp_path):
     with pytest.raises(SystemExit, match="two distinct seeds"):
         metric_noise.main([str(tmp_path), "--eval-seeds", "7,7", "--out", str(tmp_path)])
+
+
+def test_several_runs_of_a_method_pool_their_noise_and_give_their_spread():
+    """Noise pooled within runs (√ mean within-run variance), so the training seeds' spread
+    stays out of it; run_std is the spread of the runs' mean FD."""
+    runs = {"a": [80.0, 82.0, 81.0], "b": [85.0, 84.0, 86.5], "c": [79.0, 79.5, 77.0]}
+    scores = pd.DataFrame(
+        [{"method": "dfm", "path": r, "fd": v} for r, vs in runs.items() for v in vs]
+    )
+    out = metric_noise.summarise(scores, None).set_index("method")
+    pooled = np.sqrt(np.mean([np.var(v, ddof=1) for v in runs.values()]))
+    assert out.loc["dfm", "noise_std"] == pytest.approx(pooled)
+    assert out.loc["dfm", "run_std"] == pytest.approx(
+        np.std([np.mean(v) for v in runs.values()], ddof=1)
+    )
+    assert out.loc["dfm", "runs"] == 3 and out.loc["dfm", "eval_seeds"] == 9
+    everything = np.std([v for vs in runs.values() for v in vs], ddof=1)
+    assert out.loc["dfm", "noise_std"] < everything  # the unpooled std mixes in the seeds
