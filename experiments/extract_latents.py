@@ -24,6 +24,7 @@ import os
 
 import torch
 
+from shared.choices import DATASETS, TOKENIZER_BACKENDS
 from shared.data import FashionMNIST, ImageFolder
 from shared.latents import extract
 from shared.paths import cache_root
@@ -78,11 +79,9 @@ def data_source(dataset: str, root: str | None, split: str, size: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument(
-        "--tokenizer", default="fashion-vq", choices=["fashion-vq", "sd-vq-f8", "llamagen-vq-ds8"]
-    )
+    ap.add_argument("--tokenizer", default="fashion-vq", choices=TOKENIZER_BACKENDS)
     ap.add_argument("--tokenizer-path", default=None)
-    ap.add_argument("--dataset", default="fashion", choices=["fashion", "imagefolder"])
+    ap.add_argument("--dataset", default="fashion", choices=DATASETS)
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--splits", default="train,test", help="fashion only")
     ap.add_argument("--image-size", type=int, default=None)

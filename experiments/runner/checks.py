@@ -14,6 +14,7 @@ import os
 from omegaconf import OmegaConf
 
 from methods.catalog import DISTANCES, HEADS, LATENT_SCALES, TIME_SAMPLINGS
+from shared.choices import DATASETS, LR_SCHEDULES, POS_EMBEDS, PRECISIONS, TOKENIZER_BACKENDS
 
 from .errors import RunError
 from .tracking import LOGGERS
@@ -55,12 +56,12 @@ ENUMS = {
     "method.head": HEADS,
     "method.distance": DISTANCES,
     "method.latent_scale": LATENT_SCALES,
-    "backbone.pos_embed": ("sincos", "learned"),
-    "tokenizer.backend": ("fashion-vq", "sd-vq-f8", "llamagen-vq-ds8"),
-    "data.dataset": ("fashion", "imagefolder"),
-    "optim.precision": ("auto", "fp32", "bf16"),
-    "optim.schedule": ("constant", "wsd"),
-    "eval.precision": ("auto", "fp32", "bf16"),
+    "backbone.pos_embed": POS_EMBEDS,
+    "tokenizer.backend": TOKENIZER_BACKENDS,
+    "data.dataset": DATASETS,
+    "optim.precision": PRECISIONS,
+    "optim.schedule": LR_SCHEDULES,
+    "eval.precision": PRECISIONS,
     "eval.spacing": ("linear", "log"),
     "eval.extractor": ("fashion", "inception"),
     "eval.reference_split": ("train", "test"),

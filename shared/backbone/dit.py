@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from shared.choices import POS_EMBEDS
+
 from .layers import Attention, Mlp, PatchEmbed
 from .presets import SIZES
 
@@ -203,7 +205,7 @@ class DiT(nn.Module):
             self.pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens, hidden_size))
             nn.init.normal_(self.pos_embed, std=0.02)
         else:
-            raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {pos_embed!r}")
+            raise ValueError(f"pos_embed must be one of {', '.join(POS_EMBEDS)}, got {pos_embed!r}")
         self.blocks = nn.ModuleList(
             [DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)]
         )
