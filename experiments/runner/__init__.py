@@ -9,5 +9,7 @@ benchmark commands). One job per module, in the order a run goes through them:
     evaluation   the sampling protocol and metrics of in-training evaluations
     trainer      ``run``: the phases above, top to bottom
     config       the Hydra schema (experiments/conf/ holds the YAML)
+    labels       the name a run's results (and its sweep folder) are grouped under
+    tracking     TensorBoard and W&B, when ``logger=`` asks for them
     errors       the errors a run reports to the user
 """
