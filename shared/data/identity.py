@@ -1,8 +1,8 @@
 """What a dataset *is*, so that caches derived from it are keyed by content.
 
-Index shards used to be keyed by a name (``imagefolder-<basename>``): two folders called
-``train`` shared one cache, and latents extracted at 128 px were reused by a 256 px run. A
-dataset's identity is now what decides its pixels:
+A name (``imagefolder-<basename>``) would let two folders called ``train`` share one cache,
+and latents extracted at 128 px be reused by a 256 px run. So a dataset's identity is what
+decides its pixels:
 
 - Fashion-MNIST: the split, the sha256 of its two IDX files, the image size and the resize.
 - A class-folder tree: its resolved path, the class count, the image count, a digest of the
