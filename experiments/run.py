@@ -26,9 +26,9 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from experiments.runner.config import register
+from experiments.runner import config as runner_config
 
-register()
+runner_config.register()
 
 
 def evaluation_hooks(cfg) -> list:
@@ -49,6 +49,9 @@ def evaluation_hooks(cfg) -> list:
 
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg) -> float | None:
+    # main refers to runner_config, so a submitit worker unpickling it imports that module,
+    # which registers the resolvers the run folder's name needs
+    runner_config.register_resolvers()
     from experiments.runner.checks import check_inputs, validate
     from experiments.runner.errors import RunError, RunInterrupted
     from shared.safe_load import FileLoadError

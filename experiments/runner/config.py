@@ -228,13 +228,22 @@ IMAGENET_EVAL = EvalConfig(
 )
 
 
-def register() -> None:
-    from shared.backbone.presets import PRESETS
-
-    # ${method_label:} names a run folder as its results are grouped (dfm-mdlm, not dfm)
+def register_resolvers() -> None:
+    """${method_label:} names a run folder as its results are grouped (dfm-mdlm, not dfm)."""
     OmegaConf.register_new_resolver(
         "method_label", lambda _root_: method_label(_root_, sampler=False), replace=True
     )
+
+
+# at import too: a submitit worker resolves hydra.sweep.subdir before the task runs, having
+# imported this module only because the (pickled) task function refers to it
+register_resolvers()
+
+
+def register() -> None:
+    from shared.backbone.presets import PRESETS
+
+    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     options = {
