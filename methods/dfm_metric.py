@@ -14,7 +14,7 @@ position holds its data code with probability 0.08 / 0.35 / 0.83 at t = 0.3 / 0.
     training:  x_t ~ p_t(· | c) per position;  L = CE(ℓ_θ(x_t, t), c) (+ λ·z-loss)
     kinetic-optimal conditional rates (from state z to x ≠ z):
         u_t(x, z | x1) = β̇_t · p_t(x | x1) · [d(z, x1) − d(x, x1)]_+
-    (they satisfy the Kolmogorov equation of p_t(·|x1); tests/methods/test_dfm_variants.py checks it)
+    (they satisfy the Kolmogorov equation of p_t(·|x1): tests/methods/test_dfm_variants.py)
     sampling (Euler): draw x1 ~ p_θ(· | z, t) = softmax(ℓ/τ) (CFG on ℓ), then jump with
         probability 1 − exp(−h·Λ), Λ = Σ_x u_t(x, z | x1), to x ∝ u_t(x, z | x1); the last
         step takes x1 (β_1 = ∞). Drawing x1 and applying the conditional rates has, in
