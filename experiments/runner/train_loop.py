@@ -312,17 +312,8 @@ class Loop:
             while progress.step < parts.total_steps:
                 # Train one step: its batch, then method.loss, backward, AdamW and EMA.
                 codes, labels = self.batch(progress.step, stream, gen)
-                loss = train_step(
-                    parts.method,
-                    parts.model,
-                    parts.net,
-                    parts.opt,
-                    parts.ema,
-                    codes,
-                    labels,
-                    gen,
-                    **self.step_settings(progress.step, parts.total_steps),
-                )
+                settings = self.step_settings(progress.step, parts.total_steps)
+                loss = train_step(*self.trained, codes, labels, gen, **settings)
                 self.pending = self.pending + loss.double()
                 self.pending_n += 1
                 progress.step += 1
@@ -379,6 +370,12 @@ class Loop:
         gen.manual_seed(step_seed(self.cfg.seed, self.dist.rank, step))
         return codes, labels
 
+    @property
+    def trained(self) -> tuple:
+        """train_step's first arguments: the method, the model, its (DDP) net, AdamW, EMA."""
+        parts = self.parts
+        return parts.method, parts.model, parts.net, parts.opt, parts.ema
+
     def step_settings(self, step: int, end: int) -> dict:
         """train_step's settings at ``step`` of a run (or decay branch) that ends at ``end``."""
         optim = self.cfg.optim
@@ -392,18 +389,7 @@ class Loop:
     def train_at(self, step: int, end: int, stream, gen: torch.Generator) -> torch.Tensor:
         """Optimiser step ``step`` of a decay branch that ends at ``end``."""
         codes, labels = self.batch(step, stream, gen)
-        parts = self.parts
-        return train_step(
-            parts.method,
-            parts.model,
-            parts.net,
-            parts.opt,
-            parts.ema,
-            codes,
-            labels,
-            gen,
-            **self.step_settings(step, end),
-        )
+        return train_step(*self.trained, codes, labels, gen, **self.step_settings(step, end))
 
     # ------------------------------------------------------------ decay branches (wsd)
     def pending_branches(self, step: int) -> list[int]:
