@@ -6,6 +6,8 @@ import ast
 import functools
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -139,6 +141,26 @@ def test_tests_mirror_the_packages_and_helpers_live_apart():
     for folder in folders - {"helpers"}:
         assert all(p.name.startswith("test_") for p in (tests / folder).glob("*.py")), folder
     assert not list((tests / "helpers").glob("test_*.py"))
+
+
+@pytest.mark.process
+def test_bare_pytest_outside_the_root_imports_the_packages_not_the_test_folders(tmp_path):
+    """tests/methods, tests/shared and tests/analysis share their packages' names; under the
+    ``pytest`` script (no cwd on sys.path) run from elsewhere, ``import methods`` must still
+    find methods/__init__.py, not the test folder as a namespace package."""
+    probe = ROOT / "tests" / "methods" / "test_head.py"
+    script = pathlib.Path(sys.executable).parent / "pytest"
+    if not script.exists():
+        pytest.skip(f"no pytest script beside {sys.executable}")
+    done = subprocess.run(
+        [str(script), str(probe), "-q", "-p", "no:cacheprovider", "-k", "never_holds_the_full_logit_map and purr", "-x"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout
 
 
 HISTORY = re.compile(r"(?i)\bissues? #?\d+|(?<![\w&])#\d{1,2}(\.\d+)?\b")
