@@ -153,7 +153,16 @@ def test_bare_pytest_outside_the_root_imports_the_packages_not_the_test_folders(
     if not script.exists():
         pytest.skip(f"no pytest script beside {sys.executable}")
     done = subprocess.run(
-        [str(script), str(probe), "-q", "-p", "no:cacheprovider", "-k", "never_holds_the_full_logit_map and purr", "-x"],
+        [
+            str(script),
+            str(probe),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            "never_holds_the_full_logit_map and purr",
+            "-x",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
