@@ -4,6 +4,7 @@ installed package instead of editing ``sys.path``, and comments carry no issue h
 
 import ast
 import functools
+import importlib
 import pathlib
 import re
 import subprocess
@@ -143,33 +144,26 @@ def test_tests_mirror_the_packages_and_helpers_live_apart():
     assert not list((tests / "helpers").glob("test_*.py"))
 
 
+@pytest.mark.parametrize("package", PACKAGES)
+def test_the_packages_are_imported_from_the_repository(package):
+    """Each package is its own folder's ``__init__.py``, not a same-named test folder
+    (tests/methods, tests/shared, tests/analysis) taken as a namespace package."""
+    module = importlib.import_module(package)
+    assert module.__file__ == str(ROOT / package / "__init__.py")
+
+
 @pytest.mark.process
 def test_bare_pytest_outside_the_root_imports_the_packages_not_the_test_folders(tmp_path):
-    """tests/methods, tests/shared and tests/analysis share their packages' names; under the
-    ``pytest`` script (no cwd on sys.path) run from elsewhere, ``import methods`` must still
-    find methods/__init__.py, not the test folder as a namespace package."""
-    probe = ROOT / "tests" / "methods" / "test_head.py"
+    """The ``pytest`` script run from another folder puts no cwd on sys.path: the check above
+    must still pass there."""
     script = pathlib.Path(sys.executable).parent / "pytest"
     if not script.exists():
         pytest.skip(f"no pytest script beside {sys.executable}")
-    done = subprocess.run(
-        [
-            str(script),
-            str(probe),
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-k",
-            "never_holds_the_full_logit_map and purr",
-            "-x",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    command = [str(script), __file__, "-q", "-p", "no:cacheprovider"]
+    command += ["-k", "the_packages_are_imported_from_the_repository"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert " passed" in done.stdout
+    assert f"{len(PACKAGES)} passed" in done.stdout
 
 
 HISTORY = re.compile(r"(?i)\bissues? #?\d+|(?<![\w&])#\d{1,2}(\.\d+)?\b")
