@@ -243,7 +243,6 @@ register_resolvers()
 def register() -> None:
     from shared.backbone.presets import PRESETS
 
-    register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     options = {
