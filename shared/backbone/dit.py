@@ -342,6 +342,10 @@ def DiT_Nano_1(**kw):
     return _dit("Nano", 1, **kw)
 
 
+def DiT_Nano_2(**kw):
+    return _dit("Nano", 2, **kw)
+
+
 def DiT_Micro_1(**kw):
     return _dit("Micro", 1, **kw)  # noqa: E704
 
@@ -420,6 +424,7 @@ def DiT_XL_4(**kw):
 
 DiT_models = {
     "DiT-Nano/1": DiT_Nano_1,
+    "DiT-Nano/2": DiT_Nano_2,
     "DiT-Micro/1": DiT_Micro_1,
     "DiT-Micro/2": DiT_Micro_2,
     "DiT-Mini/1": DiT_Mini_1,

@@ -16,5 +16,5 @@ SIZES = {
     "L": (1024, 24, 16),
     "XL": (1152, 28, 16),
 }
-PATCHES = {"Nano": (1,), "Micro": (1, 2), "Mini": (1, 2)}  # every other size: patch 1, 2 and 4
+PATCHES = {"Nano": (1, 2), "Micro": (1, 2), "Mini": (1, 2)}  # every other size: patch 1, 2 and 4
 PRESETS = tuple(f"DiT-{size}/{p}" for size in SIZES for p in PATCHES.get(size, (1, 2, 4)))
