@@ -8,8 +8,6 @@ tokenizer and scores them against cached reference features (``shared/metrics``)
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import time
@@ -22,64 +20,9 @@ from shared.io import atomic_write_text
 from shared.paths import cache_root, config_hash
 
 from .labels import method_label
+from .metrics_file import METRIC_COLUMNS, read_csv, write_csv
 
-METRIC_COLUMNS = [
-    "method",
-    "seed",
-    "step",
-    "total_steps",
-    "images_seen",
-    "train_flops",
-    "budget_fraction",
-    "wall_s",
-    "loss",
-    "fd_fashion",
-    "fid_inception",
-    "kid",
-    "kid_std",
-    "precision",
-    "recall",
-    "inception_score",
-    "nfe",
-    "nfe_rows",
-    "sample_steps",
-    "solver",
-    "temperature",
-    "cfg_scale",
-    "num_samples",
-    "extractor",
-    "eval_s",
-    # baselines at the same n: held-out real images, and their tokenizer reconstructions
-    "fd_real",
-    "fd_recon",
-    # identity: what produced the row (analysis refuses to compare rows that differ here)
-    "tokenizer_sha256",
-    "metric_net_sha256",
-    "reference",
-    "reference_sha256",
-    # resolved precisions (fp32 | bf16) of training and of evaluation sampling
-    "train_precision",
-    "eval_precision",
-    # learning-rate schedule (constant | wsd<fraction>) and, under wsd, the step its decay
-    # began (a decay branch's fork; experiments/runner/train_loop.py)
-    "lr_schedule",
-    "decay_from",
-]
-
-
-def write_csv(path: str, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
-def read_csv(path: str) -> list[dict]:
-    if not os.path.isfile(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+__all__ = ["METRIC_COLUMNS", "Evaluator", "read_csv", "write_csv"]
 
 
 class Evaluator:
