@@ -12,10 +12,11 @@
 A run resumes from ``<run dir>/checkpoints/last.pt`` when relaunched in the same directory
 (``hydra.run.dir=...`` or, for a sweep, ``hydra.sweep.dir=...``); a relaunch whose training
 config differs is refused, naming the keys (``'allow_changes=[optim.lr]'`` accepts a change
-explicitly). SIGTERM/SIGINT checkpoint and exit with 128+signal; exit code 2 is a refused or
-failed start (the message says why). Results: metrics.csv,
-samples/, summary.json in each run directory; ``python analysis/convergence_plot.py`` reads
-the latest sweep.
+explicitly); ``resume=false`` into a folder that holds a run is refused unless
+``overwrite=true`` says to discard it. SIGTERM/SIGINT checkpoint and exit with 128+signal;
+exit code 2 is a refused or failed start, or an OS error such as a full disk (the message
+says why, naming the file). Results: metrics.csv, samples/, summary.json in each run
+directory; ``python analysis/convergence_plot.py`` reads the latest sweep.
 """
 
 from __future__ import annotations
@@ -47,6 +48,21 @@ def evaluation_hooks(cfg) -> list:
         ) from None
 
 
+def launch_files(cfg) -> dict[str, str]:
+    """This launch's .hydra files, as Hydra writes them (config, hydra, overrides). The config
+    sets ``hydra.output_subdir: null`` so that Hydra writes none before the run directory's
+    lock is taken; the runner writes these once the launch owns the directory, so a refused
+    launch leaves the owner's files as they were (docs/trust.md)."""
+    from omegaconf import OmegaConf
+
+    hydra_cfg = HydraConfig.get()
+    return {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml({"hydra": hydra_cfg}),
+        "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task),
+    }
+
+
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg) -> float | None:
     # main refers to runner_config, so a submitit worker unpickling it imports that module,
@@ -54,6 +70,7 @@ def main(cfg) -> float | None:
     runner_config.register_resolvers()
     from experiments.runner.checks import check_inputs, validate
     from experiments.runner.errors import RunError, RunInterrupted
+    from shared.io import os_error_line
     from shared.safe_load import FileLoadError
 
     run_dir = HydraConfig.get().runtime.output_dir
@@ -62,12 +79,21 @@ def main(cfg) -> float | None:
         check_inputs(cfg)
         from experiments.runner.trainer import run
 
-        summary = run(cfg, run_dir, on_evaluation=evaluation_hooks(cfg), checked=True)
+        summary = run(
+            cfg,
+            run_dir,
+            on_evaluation=evaluation_hooks(cfg),
+            checked=True,
+            launch_files=launch_files(cfg),
+        )
     except RunInterrupted as e:  # SIGTERM/SIGINT: checkpointed; exit as the signal would
         print(f"interrupted: {e}", file=sys.stderr)
         raise SystemExit(128 + e.signum) from None
     except (RunError, FileLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as e:  # no space, read-only folder, permission: the run's files are intact
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         raise SystemExit(2) from None
     final = summary.get("final") or {}
     return final.get("fd_fashion") or final.get("fid_inception")

@@ -90,7 +90,7 @@ def unpack(name: str, out_root: str = OUT) -> str:
     from safetensors.torch import load_file
 
     from experiments.runner import checkpoint
-    from experiments.runner.evaluation import write_csv
+    from experiments.runner.metrics_file import csv_text, write_csv
 
     folder = artifacts.shipped(f"{RUNS}/{name}")  # sha256 of every file, or ArtifactError
     with open(os.path.join(folder, "run.json")) as f:
@@ -107,19 +107,19 @@ def unpack(name: str, out_root: str = OUT) -> str:
     ema = load_file(os.path.join(folder, "ema.safetensors"))
     run_dir = os.path.join(out_root, name)
     os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-    atomic_torch_save(
-        {
-            "format": checkpoint.FORMAT,
-            "model": ema,
-            "ema": ema,
-            "opt": {},
-            "progress": record["progress"],
-            "total_steps": record["total_steps"],
-            "config": record["config"],
-            "identity": record["identity"],
-        },
-        os.path.join(run_dir, "checkpoints", "last.pt"),
-    )
+    unpacked = {
+        "format": checkpoint.FORMAT,
+        "model": ema,
+        "ema": ema,
+        "opt": {},
+        "progress": record["progress"],
+        "total_steps": record["total_steps"],
+        "config": record["config"],
+        "identity": record["identity"],
+        "metrics_csv": csv_text(record["metrics"]),
+    }
+    # sealed with its sha256, so a byte that changes on disk later is refused when loaded
+    atomic_torch_save(checkpoint.seal(unpacked), os.path.join(run_dir, "checkpoints", "last.pt"))
     summary = {
         **record["summary"],
         "shipped_as": f"{RUNS}/{name}",

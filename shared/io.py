@@ -11,6 +11,7 @@ trainer calls it while it holds its run directory's lock).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import hashlib
@@ -56,10 +57,43 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`atomic_open`. A failed write (full disk, quota, file-size
+    limit) surfaces from torch's zip writer as ``RuntimeError: [enforce fail at
+    inline_container.cc] unexpected pos``, with the real ``OSError`` only as its context: that
+    OSError is raised instead, naming ``path``."""
     import torch
 
-    with atomic_open(path, "wb") as f:
-        torch.save(obj, f)
+    try:
+        with atomic_open(path, "wb") as f:
+            torch.save(obj, f)
+    except RuntimeError as e:
+        cause = e.__cause__ or e.__context__
+        if not isinstance(cause, OSError):
+            raise
+        raise OSError(cause.errno, cause.strerror, os.fspath(path)) from None
+
+
+# What to do about an OSError a user can cause, by errno (the run's files stay as they were:
+# every write is atomic)
+_OS_ERROR_FIXES = {
+    errno.ENOSPC: "free space there and relaunch the same command",
+    errno.EDQUOT: "free space (or raise the quota) and relaunch the same command",
+    errno.EFBIG: "raise the file-size limit (ulimit -f) and relaunch the same command",
+    errno.EACCES: "make it writable by this user, or choose another folder",
+    errno.EPERM: "make it writable by this user, or choose another folder",
+    errno.EROFS: "the file system is read-only: choose another folder",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+}
+
+
+def os_error_line(e: OSError, path: str | os.PathLike | None = None) -> str:
+    """One line for an OSError: the path, the errno's meaning and name, and the fix."""
+    where = path or e.filename or "a file"
+    name = errno.errorcode.get(e.errno, "") if e.errno else ""
+    meaning = e.strerror or str(e)
+    fix = _OS_ERROR_FIXES.get(e.errno)
+    return f"{where}: {meaning}{f' ({name})' if name else ''}" + (f"; {fix}" if fix else "")
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, recursive: bool = True) -> list[str]:

@@ -3,6 +3,7 @@ and DiT — and the same for a finished run, for the analysis scripts (:func:`lo
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -287,6 +288,15 @@ def unflatten(flat: dict) -> dict:
     return tree
 
 
+def _shipped_as(run_dir: str) -> str | None:
+    """The shipped run a run folder was unpacked from (its summary.json says), or None."""
+    try:
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            return json.load(f).get("shipped_as")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def load_trained(
     run_dir: str,
     device="cpu",
@@ -305,7 +315,21 @@ def load_trained(
     path = path or os.path.join(run_dir, "checkpoints", "last.pt")
     if not os.path.isfile(path):
         raise RunError(f"{run_dir} is not a trained run: {path} is missing")
-    ck = checkpoint.load(path, map_location=device)
+    shipped = _shipped_as(run_dir)
+    fix = (
+        f"unpack it again with python experiments/shipped_runs.py --out {os.path.dirname(run_dir)}"
+        if shipped
+        else "restore it from a copy, or retrain the run"
+    )
+    try:
+        ck = checkpoint.load(path, map_location=device)
+    except checkpoint.CheckpointUnreadable as e:
+        raise RunError(f"{e}; {fix}") from None
+    if shipped and "digest" not in ck:  # unpacked before checkpoints carried their sha256
+        raise RunError(
+            f"{path} is an unpacked copy of {shipped} that cannot be verified (unpacked by an "
+            f"older version, without a digest); {fix}"
+        )
     cfg = OmegaConf.create(unflatten(ck["config"]))
     tok = load_tokenizer(cfg).to(device)
     method, model = build_method_and_model(cfg, tok, device)

@@ -7,6 +7,13 @@
     total_steps            the budget in steps
     config                 the resolved run config as dotted keys
     identity               tokenizer id, index-shard checksum and resolved training precision
+    metrics_csv            the text of metrics.csv up to this step (the rows it has passed), so
+                           a damaged or cut metrics.csv is rewritten from it on relaunch
+    digest                 sha256 of everything above (:func:`content_digest`), recorded when
+                           written and compared when loaded: a flipped bit is refused, not run
+
+Checkpoints from before the last two keys load unverified (and their metrics.csv is checked
+for the rows it must have, not rewritten).
 
 No RNG state is stored: training randomness is a function of (seed, rank, step) (see
 ``experiments/runner/train_loop.py``), and the learning rate a function of (config, step), so the
@@ -18,12 +25,13 @@ execution (``checks.NON_TRAINING_KEYS``) may change and are recorded.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
 import torch
 
 from shared.io import atomic_torch_save
-from shared.safe_load import load_torch_file
+from shared.safe_load import FileLoadError, load_torch_file
 
 from .checks import NON_TRAINING_KEYS, flat_keys
 from .errors import RunRefused
@@ -60,32 +68,83 @@ def training_identity(config: dict) -> str:
     return config_hash(training_config(config), 16)
 
 
+def content_digest(ck: dict) -> str:
+    """sha256 of a checkpoint dict's contents (its ``digest`` key left out): every tensor's
+    key path, dtype, shape and bytes, every other value's key path and repr, in key order.
+    Computed from the objects, not the file, so it is the same whether the dict was just
+    built or loaded back (zip layout and pickle framing do not enter)."""
+    h = hashlib.sha256()
+
+    def visit(obj, path: str) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            h.update(f"{path}:{t.dtype}:{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            h.update(f"{path}:dict{len(obj)}|".encode())
+            for key in sorted(obj, key=repr):
+                visit(obj[key], f"{path}/{key!r}")
+        elif isinstance(obj, list | tuple):
+            h.update(f"{path}:{type(obj).__name__}{len(obj)}|".encode())
+            for i, value in enumerate(obj):
+                visit(value, f"{path}/{i}")
+        else:
+            h.update(f"{path}={obj!r}|".encode())
+
+    visit({k: v for k, v in ck.items() if k != "digest"}, "")
+    return h.hexdigest()
+
+
+def seal(ck: dict) -> dict:
+    """``ck`` with its :func:`content_digest` recorded under ``digest``."""
+    return {**ck, "digest": content_digest(ck)}
+
+
 def save(
-    path: str, model, ema, opt, progress: Progress, total_steps: int, config: dict, identity: dict
+    path: str,
+    model,
+    ema,
+    opt,
+    progress: Progress,
+    total_steps: int,
+    config: dict,
+    identity: dict,
+    metrics_csv: str = "",
 ) -> None:
-    atomic_torch_save(
-        {
-            "format": FORMAT,
-            "model": model.state_dict(),
-            "ema": ema.state_dict(),
-            "opt": opt.state_dict(),
-            "progress": asdict(progress),
-            "total_steps": total_steps,
-            "config": config,
-            "identity": identity,
-        },
-        path,
-    )
+    ck = {
+        "format": FORMAT,
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "opt": opt.state_dict(),
+        "progress": asdict(progress),
+        "total_steps": total_steps,
+        "config": config,
+        "identity": identity,
+        "metrics_csv": metrics_csv,
+    }
+    atomic_torch_save(seal(ck), path)
+
+
+class CheckpointUnreadable(RunRefused):
+    """A checkpoint that cannot be read or whose contents changed since it was written."""
 
 
 def load(path: str, map_location="cpu") -> dict:
-    """A checkpoint written by :func:`save`; refuses anything else, naming the file."""
-    ck = load_torch_file(path, "checkpoint", map_location=map_location)
+    """A checkpoint written by :func:`save`, its digest (when it has one) checked; refuses
+    anything else with one line naming the file (:class:`CheckpointUnreadable`)."""
+    try:
+        ck = load_torch_file(path, "checkpoint", map_location=map_location)
+    except FileLoadError as e:  # truncated, not a torch file, or a refused pickle
+        raise CheckpointUnreadable(str(e).rstrip(".")) from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         found = ck.get("format") if isinstance(ck, dict) else type(ck).__name__
-        raise RunRefused(
-            f"{path} is not a checkpoint of this trainer (format {found!r}, "
-            f"expected {FORMAT}); move it away or use another run directory"
+        raise CheckpointUnreadable(
+            f"{path} is not a checkpoint of this trainer (format {found!r}, expected {FORMAT})"
+        )
+    if "digest" in ck and content_digest(ck) != ck["digest"]:
+        raise CheckpointUnreadable(
+            f"{path} does not match the sha256 recorded when it was written (a changed "
+            "byte: disk or copy damage)"
         )
     return ck
 

@@ -27,6 +27,7 @@ NON_TRAINING_KEYS = (
     "log_every",
     "checkpoint_every",
     "resume",
+    "overwrite",
     "allow_changes",
     "compile",
     "deterministic",

@@ -196,6 +196,9 @@ class RunConfig:
     log_every: int = 10
     checkpoint_every: int = 100  # steps; also after every evaluation
     resume: bool = True
+    # resume=false or a relaunch that cannot resume (no or unreadable checkpoint) refuses to
+    # train over a run directory that holds a run, unless this says so (docs/trust.md)
+    overwrite: bool = False
     # training-config keys a relaunch may change on resume, e.g. [optim.lr] after a
     # non-finite stop; any other change to a training key is refused (runner/checkpoint.py)
     allow_changes: list[str] = field(default_factory=list)

@@ -4,10 +4,13 @@
     <run dir>/.run/hydra/        the .hydra/ files of the launch that owns the directory
     <run dir>/summary.json       status: running | finished | interrupted | failed
 
-Hydra writes ``.hydra/config.yaml`` for every launch before any of our code runs, so a launch
-that is then refused (directory locked, config differs from the checkpoint's) would leave a
-finished run described by a config it never ran. ``RunDir.refuse`` puts the owner's copy
-back. The lock is advisory ``flock``: the kernel releases it when its holder dies (SIGKILL,
+The project's Hydra config sets ``hydra.output_subdir: null``, so Hydra writes no ``.hydra/``:
+the runner writes this launch's files (from memory, :meth:`RunDir.accept`) once the launch owns
+the directory, so a refused launch (directory locked, config differs from the checkpoint's)
+changes nothing. When Hydra does write them (``hydra.output_subdir=.hydra`` on the command
+line), ``RunDir.refuse`` puts the owner's copy back.
+
+The lock is advisory ``flock``: the kernel releases it when its holder dies (SIGKILL,
 node failure), so a preempted run never blocks its own requeue.
 """
 
@@ -17,6 +20,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 
 from shared.io import (
     atomic_open,
@@ -68,10 +72,16 @@ class RunDir:
             self._lock_file = None
 
     # --------------------------------------------------------- ownership of .hydra
-    def accept(self) -> list[str]:
-        """This launch owns the directory: keep a copy of its .hydra files, and delete the
-        temporaries that killed writers left behind. Returns the deleted temporaries."""
-        if os.path.isdir(self.hydra):
+    def accept(self, files: dict[str, str] | None = None) -> list[str]:
+        """This launch owns the directory: write its .hydra files (``files``: name → text, as
+        Hydra would write them) and keep a copy, and delete the temporaries that killed writers
+        left behind. Returns the deleted temporaries. Without ``files`` (a run started outside
+        Hydra), whatever .hydra holds is kept as the owner's copy."""
+        if files:  # from this process's memory: never another launch's files
+            for folder in (self.hydra, self.hydra_copy):
+                for name, text in files.items():
+                    atomic_write_text(os.path.join(folder, name), text)
+        elif os.path.isdir(self.hydra):
             tmp = self.hydra_copy + ".new"
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(self.hydra, tmp)
@@ -90,11 +100,54 @@ class RunDir:
 
     # --------------------------------------------------------------- summary.json
     def read_summary(self) -> dict | None:
+        """summary.json, or None when it is absent or unreadable."""
         try:
             with open(self.summary_path) as f:
-                return json.load(f)
-        except (FileNotFoundError, json.JSONDecodeError):
+                summary = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return None
+        return summary if isinstance(summary, dict) else None
+
+    def set_aside_unreadable_summary(self) -> str | None:
+        """An unreadable summary.json (cut, or not JSON) is moved to
+        ``summary.json.unreadable-<time>`` rather than replaced, so the launch history it held
+        is not lost; returns where it went (None: nothing to move)."""
+        if not os.path.isfile(self.summary_path) or self.read_summary() is not None:
+            return None
+        kept = f"{self.summary_path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(self.summary_path, kept)
+        return kept
+
+    def holds(self) -> str | None:
+        """What this directory holds from earlier launches, in words (None: nothing)."""
+        rows = 0
+        if os.path.isfile(self.metrics):
+            with open(self.metrics, "rb") as f:
+                rows = max(0, sum(1 for _ in f) - 1)
+        summary = self.read_summary()
+        has_checkpoint = os.path.isfile(self.checkpoint)
+        if not (rows or has_checkpoint or summary or os.path.isfile(self.summary_path)):
+            return None
+        summary = summary or {}
+        status = summary.get("status", "unknown-status")
+        step, total = summary.get("step"), summary.get("total_steps")
+        at = f", step {step} of {total}" if step is not None and total else ""
+        return (
+            f"a {status} {summary.get('method') or ''} run".replace("  ", " ")
+            + f" ({rows} evaluation row{'s' if rows != 1 else ''}{at}"
+            + f"{'' if has_checkpoint else ', no checkpoint'})"
+        )
+
+    def discard_results(self) -> list[str]:
+        """Remove the metrics and checkpoint of an earlier run (a launch that starts from step 0
+        here replaces them; left in place, a stop before the first checkpoint would leave them
+        to be resumed or read as this run's). Returns what was removed."""
+        removed = []
+        for path in (self.metrics, self.checkpoint):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+                removed.append(path)
+        return removed
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2, default=str))

@@ -44,6 +44,7 @@ from .checks import flat_keys
 from .errors import NonFiniteLossError, RunInterrupted
 from .evaluation import write_csv
 from .labels import method_label
+from .metrics_file import csv_text
 from .tracking import Tracker
 
 
@@ -529,6 +530,7 @@ class Loop:
                 parts.total_steps,
                 self.config,
                 parts.identity,
+                metrics_csv=csv_text(self.rows),
             )
         self.dist.barrier()
         self.save_seconds = time.time() - t0

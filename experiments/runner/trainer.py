@@ -23,6 +23,8 @@ loop), ``evaluation`` (sampling protocol and metrics).
 from __future__ import annotations
 
 import copy
+import csv
+import io
 import os
 import shutil
 import sys
@@ -34,6 +36,7 @@ import torch.distributed as dist
 
 from shared import precision
 from shared.hardware import processor_name
+from shared.io import os_error_line
 from shared.optim import build_adamw
 
 from . import checkpoint
@@ -47,8 +50,9 @@ from .build import (
 )
 from .checks import check_inputs, flat_keys, ignored_options, validate
 from .errors import NonFiniteLossError, RunError, RunInterrupted, RunRefused
-from .evaluation import METRIC_COLUMNS, Evaluator, read_csv
+from .evaluation import METRIC_COLUMNS, Evaluator, read_csv, write_csv
 from .labels import method_label
+from .metrics_file import MetricsFileError, csv_text, missing_steps, verify_rows
 from .rundir import RunDir
 from .tracking import Tracker, open_tracker
 from .train_loop import (
@@ -260,6 +264,48 @@ def describe(cfg, parts: Parts, ranks: Dist) -> dict:
     }
 
 
+def refuse_to_train_over(cfg, rundir: RunDir) -> str | None:
+    """Why this launch may not start from step 0 in a directory that holds a run (rank 0,
+    under the lock), or None. ``resume=false`` never trains over a run, and a finished run
+    whose checkpoint is gone is not retrained, unless ``overwrite=true`` says so."""
+    held = rundir.holds()
+    if held is None or cfg.overwrite:
+        return None
+    if not cfg.resume:
+        return (
+            f"{rundir.path} holds {held}: resume=false would train over it; launch into "
+            "another folder, or add overwrite=true to discard it"
+        )
+    finished = (rundir.read_summary() or {}).get("status") == "finished"
+    if finished and not os.path.isfile(rundir.checkpoint):
+        return (
+            f"{rundir.checkpoint} is missing, but {rundir.path} holds {held}: restore the "
+            "checkpoint to keep it, or add overwrite=true to retrain it from step 0"
+        )
+    return None
+
+
+def load_checkpoint(cfg, rundir: RunDir) -> dict | None:
+    """The checkpoint to resume, checked (digest, format); an unreadable one refuses the
+    launch, leaving the run's status as it was, unless ``overwrite=true`` (then: None)."""
+    try:
+        return checkpoint.load(rundir.checkpoint)
+    except checkpoint.CheckpointUnreadable as e:
+        if cfg.overwrite:
+            print(f"warning: {e}; overwrite=true: training from step 0", file=sys.stderr)
+            return None
+        finished = (rundir.read_summary() or {}).get("status") == "finished"
+        kept = (
+            "the run stays finished (its metrics.csv is intact; nothing is left to train); "
+            if finished
+            else ""
+        )
+        raise RunRefused(
+            f"{e}; {kept}restore it from a copy to resume, or add overwrite=true to retrain "
+            "from step 0"
+        ) from None
+
+
 def open_run_dir(cfg, rundir: RunDir, ranks: Dist) -> tuple[dict | None, dict]:
     """One writer per directory; a checkpoint there is resumed only under the same training
     config. Returns (checkpoint or None, the accepted config changes)."""
@@ -267,26 +313,100 @@ def open_run_dir(cfg, rundir: RunDir, ranks: Dist) -> tuple[dict | None, dict]:
     if ranks.main:
         try:
             rundir.lock()
-        except (RunRefused, OSError) as e:  # every rank must hear of it (see Dist.decide)
-            refused = str(e) if isinstance(e, RunRefused) else f"cannot open {rundir.path}: {e}"
+            refused = refuse_to_train_over(cfg, rundir)
+        except RunRefused as e:  # every rank must hear of it (see Dist.decide)
+            refused = str(e)
+        except OSError as e:
+            refused = f"cannot open the run folder: {os_error_line(e)}"
     # rank 0 locks and looks; every rank follows its answers (see Dist.decide)
     refused, resume = ranks.decide((refused, cfg.resume and os.path.isfile(rundir.checkpoint)))
     if refused is not None:
         raise RunRefused(refused)
     if not resume:
         return None, {}
-    saved = checkpoint.load(rundir.checkpoint)
+    saved = load_checkpoint(cfg, rundir)
+    if saved is None:
+        return None, {}
     changed = checkpoint.check_resume(rundir.checkpoint, saved, cfg)
     # rank 0 reads metrics.csv and decides (every rank must refuse, or none; see Dist.decide)
     relabel = None
     if ranks.main:
         step = saved["progress"]["step"]
-        evaluated = any(row_anchor(r) <= step for r in read_csv(rundir.metrics))
+        recorded = saved.get("metrics_csv")
+        rows = csv.DictReader(io.StringIO(recorded)) if recorded else read_csv(rundir.metrics)
+        evaluated = any(_anchor_or_none(r) is not None and row_anchor(r) <= step for r in rows)
         relabel = checkpoint.check_relabel(rundir.checkpoint, saved, cfg, evaluated)
     relabel = ranks.decide(relabel)
     if relabel is not None:
         raise RunRefused(relabel)
     return saved, changed
+
+
+def _anchor_or_none(row: dict) -> int | None:
+    """A row's anchor, or None for a row too damaged to have one (resumed_rows reports it)."""
+    try:
+        return row_anchor(row)
+    except (TypeError, ValueError):
+        return None
+
+
+def passed_evaluations(parts: Parts, step: int) -> list[int]:
+    """The evaluation steps whose rows a checkpoint at ``step`` has written: main-line
+    evaluations up to ``step`` and the decay branches that fork at or before it."""
+    ends = [e for fork, es in parts.branches.items() if fork <= step for e in es]
+    return sorted({*(e for e in parts.evals if e <= step), *ends})
+
+
+def resumed_rows(saved: dict | None, parts: Parts, rundir: RunDir, main: bool) -> list[dict]:
+    """The metrics rows a resumed run keeps: those its checkpoint has passed, verified.
+
+    A checkpoint keeps the text of metrics.csv up to its step; where the file differs (a lost
+    or cut row, a damaged byte) it is rewritten from the checkpoint, the old file kept beside
+    it. An older checkpoint without that copy: the file's rows are checked for form and for
+    every evaluation the checkpoint has passed, and a damaged file refuses the launch."""
+    if saved is None:
+        return []
+    step = saved["progress"]["step"]
+    recorded = saved.get("metrics_csv")
+    if recorded is None:  # a checkpoint from before checkpoints kept their rows
+        fix = (
+            "this checkpoint predates the copy of its rows that would rewrite it: restore the "
+            "file from a copy, or add overwrite=true to retrain the run"
+        )
+        try:
+            rows = [r for r in verify_rows(rundir.metrics, fix) if row_anchor(r) <= step]
+        except MetricsFileError as e:
+            raise RunRefused(str(e)) from None
+        lost = missing_steps(rows, passed_evaluations(parts, step))
+        if lost:
+            raise RunRefused(
+                f"{rundir.metrics} has no row for the evaluation at steps "
+                f"{', '.join(map(str, lost))}, which {rundir.checkpoint} (step {step}) has "
+                f"passed; {fix}"
+            )
+        return rows
+    rows = list(csv.DictReader(io.StringIO(recorded)))
+    try:
+        on_disk = [r for r in verify_rows(rundir.metrics, "") if row_anchor(r) <= step]
+        problem = None if csv_text(on_disk) == recorded else "its rows differ from the copy"
+        lost = missing_steps(on_disk, [r["step"] for r in rows])
+        if lost:
+            problem = f"it lacks the rows of steps {', '.join(map(str, lost))}"
+    except MetricsFileError as e:
+        problem = str(e).split(": ", 1)[-1].rstrip("; ")
+    if problem and main:
+        kept = None
+        if os.path.isfile(rundir.metrics):
+            kept = f"{rundir.metrics}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.replace(rundir.metrics, kept)
+        write_csv(rundir.metrics, rows)
+        print(
+            f"warning: {rundir.metrics}: {problem}; rewrote its {len(rows)} rows from "
+            f"{rundir.checkpoint} (step {step})"
+            + (f", the old file is kept as {kept}" if kept else ""),
+            file=sys.stderr,
+        )
+    return rows
 
 
 def restore(cfg, parts: Parts, saved: dict | None, rundir: RunDir) -> checkpoint.Progress:
@@ -304,38 +424,72 @@ def restore(cfg, parts: Parts, saved: dict | None, rundir: RunDir) -> checkpoint
     return checkpoint.Progress(**saved["progress"])
 
 
-def start_launch(rundir: RunDir, info: dict, step: int, changed: dict) -> None:
-    """The launch owns the directory now: record it (and what it cleaned up) in summary.json."""
-    removed = rundir.accept()
+def start_launch(
+    rundir: RunDir, info: dict, step: int, changed: dict, files: dict | None = None
+) -> None:
+    """The launch owns the directory now: write its .hydra files, and record it (and what it
+    cleaned up) in summary.json. A launch from step 0 removes an earlier run's metrics and
+    checkpoint (it may start here only when there was none, or under overwrite=true)."""
+    removed = rundir.accept(files)
+    if step == 0:
+        removed += rundir.discard_results()
     launch = {
         "start_step": step,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         "changed": changed,
         "removed_temporaries": removed,
     }
+    kept = rundir.set_aside_unreadable_summary()
+    if kept:
+        print(
+            f"warning: {rundir.summary_path} could not be read; it is kept as {kept} and a new "
+            "one is started (its launch history is in the kept file)",
+            file=sys.stderr,
+        )
+        launch["unreadable_summary_kept_as"] = kept
     info["launches"] = (rundir.read_summary() or {}).get("launches", []) + [launch]
     rundir.write_summary({**info, "status": "running", "step": step})
 
 
+def error_line(e: BaseException) -> str:
+    """How a stop reads in summary.json and on the console: one line."""
+    if isinstance(e, OSError):
+        return f"OSError: {os_error_line(e)}"
+    return f"{type(e).__name__}: {e}"
+
+
 def record_stop(rundir: RunDir, e: BaseException, info: dict, step: int | None) -> None:
-    """summary.json after a stop: 'interrupted' (signal) or 'failed', with the reason."""
+    """summary.json after a stop: 'interrupted' (signal) or 'failed', with the reason. A
+    summary that cannot be written (the disk that stopped the run is full) is reported, not
+    raised over the error that stopped it."""
     stopped = isinstance(e, RunInterrupted | KeyboardInterrupt)
     summary = {
         **(rundir.read_summary() or {}),
         **info,
         "status": "interrupted" if stopped else "failed",
-        "error": f"{type(e).__name__}: {e}",
+        "error": error_line(e),
     }
     if step is not None:
         summary["step"] = step
-    rundir.write_summary(summary)
+    try:
+        rundir.write_summary(summary)
+    except OSError as write_error:
+        print(
+            f"warning: the stop could not be recorded in summary.json: "
+            f"{os_error_line(write_error)}",
+            file=sys.stderr,
+        )
 
 
-def run(cfg, run_dir: str, on_evaluation=(), checked: bool = False) -> dict:
+def run(
+    cfg, run_dir: str, on_evaluation=(), checked: bool = False, launch_files: dict | None = None
+) -> dict:
     """Train and evaluate one run into ``run_dir``; returns its summary. ``on_evaluation``:
     callables ``(run_dir, metrics row) → message or None`` run on rank 0 after each evaluation
     (the runner itself never imports the analysis layer; experiments/run.py wires it).
-    ``checked``: the caller has already run ``validate`` and ``check_inputs`` on ``cfg``."""
+    ``checked``: the caller has already run ``validate`` and ``check_inputs`` on ``cfg``.
+    ``launch_files``: the .hydra files of this launch (name → text), written once it owns
+    the directory."""
     # checks: every config value, then the input files (seconds, before any model work)
     if not checked:
         validate(cfg)
@@ -353,11 +507,11 @@ def run(cfg, run_dir: str, on_evaluation=(), checked: bool = False) -> dict:
             # build, restore
             parts = build(cfg, ranks, device, rundir)
             progress = restore(cfg, parts, saved, rundir)
+            rows = resumed_rows(saved, parts, rundir, ranks.main)
             del saved
             info = describe(cfg, parts, ranks)
-            rows = [r for r in read_csv(rundir.metrics) if row_anchor(r) <= progress.step]
             if ranks.main:
-                start_launch(rundir, info, progress.step, changed)
+                start_launch(rundir, info, progress.step, changed, launch_files)
                 if progress.step:
                     print(f"resuming {run_dir} at step {progress.step}/{parts.total_steps}")
             # trackers (logger=tensorboard / wandb), on the main rank, with the run's identity

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from experiments.runner.errors import RunError
 from shared.io import atomic_write_text, remove_stale_temporaries
 from shared.latents import IndexShards, ShardError, shard_paths
 from shared.safe_load import FileLoadError, UnsafeFileError
@@ -39,9 +40,11 @@ def test_trainer_loaders_refuse_code(run_in_process, env, tmp_path, monkeypatch,
 
     run_dir = tmp_path / "run"
     ckpt = payload.write(run_dir / "checkpoints" / "last.pt")
-    with pytest.raises(UnsafeFileError, match=f"checkpoint {ckpt}"):
+    # refused with the loader's reason and the way out, the run's files untouched
+    refused = f"refusing to load checkpoint {ckpt}: it asks to unpickle .*could run code.*"
+    with pytest.raises(RunError, match=refused + "overwrite=true"):
         run_in_process(env, ["method=cfm"], run_dir, monkeypatch)
-    with pytest.raises(UnsafeFileError, match=f"checkpoint {ckpt}"):
+    with pytest.raises(RunError, match=refused + "restore it from a copy"):
         load_trained(str(run_dir))
     assert not payload.ran()
     # the metric classifier's weights
