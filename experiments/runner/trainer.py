@@ -380,9 +380,9 @@ def resumed_rows(saved: dict | None, parts: Parts, rundir: RunDir, main: bool) -
         lost = missing_steps(rows, passed_evaluations(parts, step))
         if lost:
             raise RunRefused(
-                f"{rundir.metrics} has no row for the evaluation at steps "
-                f"{', '.join(map(str, lost))}, which {rundir.checkpoint} (step {step}) has "
-                f"passed; {fix}"
+                f"{rundir.metrics} has no row for the evaluation at step"
+                f"{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))}, which "
+                f"{rundir.checkpoint} (step {step}) has passed; {fix}"
             )
         return rows
     rows = list(csv.DictReader(io.StringIO(recorded)))
@@ -391,7 +391,9 @@ def resumed_rows(saved: dict | None, parts: Parts, rundir: RunDir, main: bool) -
         problem = None if csv_text(on_disk) == recorded else "its rows differ from the copy"
         lost = missing_steps(on_disk, [r["step"] for r in rows])
         if lost:
-            problem = f"it lacks the rows of steps {', '.join(map(str, lost))}"
+            problem = f"it has no row for step{'s' if len(lost) > 1 else ''} " + ", ".join(
+                map(str, lost)
+            )
     except MetricsFileError as e:
         problem = str(e).split(": ", 1)[-1].rstrip("; ")
     if problem and main:
