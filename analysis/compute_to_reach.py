@@ -9,7 +9,8 @@ Per run, the FLOPs at which its FD curve first reaches level L: interpolated bet
 evaluations that bracket L, linearly in (log FLOPs, log FD), which is exact for a power law
 FD = a·F^(−b). A run whose first evaluation is already at or below L, or that never reaches
 L, has no value there (its value would be a bound, not a crossing), and a method with such a
-run gets no ratio at that level.
+run gets no ratio at that level. Only finished runs count: an unfinished run has not had its
+chance to reach a level, and each one left out is named on stderr.
 
 Per (level, method): the geometric mean over seeds of the FLOPs to reach L. The speed-up
 against the reference method is exp(mean log F_ref − mean log F_m): above 1, the method
@@ -42,8 +43,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.sweeps import add_sweep_arguments, open_sweeps, save_figure
+from analysis.sweeps import add_sweep_arguments, left_out_unfinished, open_sweeps, save_figure
 from shared.io import atomic_write_text
+from shared.refusal import refuse
 
 
 def flops_to_reach(flops: np.ndarray, fd: np.ndarray, level: float) -> float:
@@ -211,7 +213,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     sweeps = open_sweeps(args)
     metric, out_dir = sweeps.metric, sweeps.out_dir
-    runs = curves(sweeps.metrics, metric)
+    # an unfinished run's curve stops early: "never reaches the level" would be a guess
+    metrics, _ = left_out_unfinished(sweeps.metrics, sweeps.runs, "the compute-to-reach table")
+    if metrics.empty:
+        refuse(f"no finished runs with evaluations in {' + '.join(sweeps.dirs)}")
+    runs = curves(metrics, metric)
     try:
         levels = [float(v) for v in args.levels.split(",")] if args.levels else None
     except ValueError:

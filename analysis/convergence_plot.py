@@ -7,7 +7,8 @@
 One line per method: the mean over seeds with a 95% bootstrap confidence band (seaborn).
 Writes convergence.{png,pdf}, convergence_metrics.{png,pdf} (KID, precision, recall),
 convergence_data.csv (the plotted rows) and summary tables; prints "compute to reach FD X"
-and the final metrics per method. Failed or unfinished runs are drawn and named as such.
+and the final metrics per method. Failed or unfinished runs are drawn and named as such,
+and left out of the final table (named on stderr).
 Horizontal lines: the FD of held-out real images and of the tokenizer's reconstructions of
 them, at the same number of samples (the floor, and this tokenizer's ceiling for a perfect
 generator). Runs measured with different tokenizers, metric networks or reference sets are
@@ -32,6 +33,7 @@ from analysis.sweeps import (
     IDENTITY,
     add_sweep_arguments,
     headline_metric,
+    left_out_unfinished,
     load_sweep,
     open_sweeps,
     save_figure,
@@ -187,7 +189,7 @@ def refresh(sweep_dir: str) -> str | None:
     calls this after each evaluation with ``live_figure=true``). Never raises: a plotting
     problem must not stop a training run."""
     try:
-        metrics, runs = load_sweep(sweep_dir)
+        metrics, runs = load_sweep(sweep_dir, quiet=True)  # a training log is no place for notes
         if metrics.empty:
             return None
         metric = headline_metric(metrics)
@@ -227,10 +229,11 @@ def main(argv=None) -> None:
             index=False
         )
     )
-    bad = runs[runs["status"] != "finished"]
-    for _, r in bad.iterrows():
-        err = f" ({r['error']})" if isinstance(r["error"], str) else ""
-        print(f"  note: {r['run']} is {r['status']}{err}; drawn up to its last evaluation")
+    # unfinished runs are drawn up to their last evaluation, and named as left out of the
+    # final table (runs without rows were named by load_sweep)
+    finished, _ = left_out_unfinished(
+        metrics, runs, "the final table (drawn up to its last evaluation)"
+    )
     if metrics.empty:
         print("no evaluations yet: nothing to plot")
         return
@@ -263,8 +266,7 @@ def main(argv=None) -> None:
     names = " + ".join(os.path.basename(os.path.normpath(d)) for d in sweeps.dirs)
     title = f"{names}: {metric} vs compute (mean over seeds, 95% CI; seeds per method {seeds})"
     paths = plot(metrics, runs, metric, out_dir, title)
-    finished = runs.loc[runs["status"] == "finished", "run"]
-    final = final_table(metrics[metrics["run"].isin(finished)], cols)  # only complete runs
+    final = final_table(finished[finished[metric].notna()], cols)  # only complete runs
     final.to_csv(os.path.join(out_dir, "final_metrics.csv"))
     table = final.to_string(float_format="%.4g")
     print(f"\nfinal metrics of finished runs (mean and std over seeds):\n{table}")

@@ -30,7 +30,7 @@ import os
 import pandas as pd
 
 from analysis.sampling_sweep import current_rows, run_key, save_rows
-from analysis.sweeps import check_runs, load_sweep, read_table
+from analysis.sweeps import check_runs, read_sweep, read_table
 from experiments.runner.labels import method_label
 from shared.io import atomic_write_text, file_sha256
 
@@ -77,7 +77,7 @@ def summarise(scores: pd.DataFrame, spread: pd.DataFrame | None) -> pd.DataFrame
 
 def final_rows(sweeps: list[str]) -> pd.DataFrame:
     """Every run's last evaluation in these sweeps (only finished budgets)."""
-    metrics, _ = load_sweep(sweeps)
+    metrics, _ = read_sweep(sweeps)
     metrics = metrics[metrics["budget_fraction"] >= 1.0]
     return metrics.sort_values("step").groupby("run").tail(1)
 

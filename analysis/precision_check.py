@@ -27,7 +27,7 @@ import time
 import pandas as pd
 import torch
 
-from analysis.sweeps import headline_metric, load_sweep
+from analysis.sweeps import headline_metric, read_sweep
 from shared.io import atomic_write_text
 
 
@@ -35,7 +35,7 @@ def rows_of(source: str) -> pd.DataFrame:
     """Evaluation rows of a sweep folder or of a convergence_data.csv."""
     if source.endswith(".csv"):
         return pd.read_csv(source)
-    metrics, _ = load_sweep(source)
+    metrics, _ = read_sweep(source)
     return metrics
 
 

@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.sweeps import add_sweep_arguments, open_sweeps, save_figure
+from analysis.sweeps import add_sweep_arguments, left_out_unfinished, open_sweeps, save_figure
 
 # two-sided 97.5% quantiles of Student's t, df = 1..30 (beyond: the normal 1.96)
 T975 = [
@@ -254,11 +254,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     sweeps = open_sweeps(args, args.metric, need_rows=False)
     metrics, runs, out_dir = sweeps.metrics, sweeps.runs, sweeps.out_dir
-    for _, r in runs[runs["status"] != "finished"].iterrows():
-        print(f"  left out: {r['run']} ({r['method']} seed {r['seed']}) is {r['status']}")
-    runs = runs[runs["status"] == "finished"]
-    if not metrics.empty:
-        metrics = metrics[metrics["run"].isin(runs["run"])]
+    metrics, runs = left_out_unfinished(metrics, runs, "the ranking")
     if metrics.empty:
         raise SystemExit(f"no finished runs with evaluations in {' + '.join(sweeps.dirs)}")
     if not args.by_flops:

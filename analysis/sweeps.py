@@ -3,6 +3,11 @@
 A sweep directory holds one sub-directory per run, each with ``metrics.csv`` (one row per
 evaluation) and ``summary.json`` (status: running | finished | failed | interrupted).
 Nothing else is needed.
+
+Every run's metrics.csv is checked as it is read (``experiments/runner/metrics_file.py``):
+each row whole, no step twice, and the rows against the evaluations its summary.json plans
+(a finished run has all of them). A file that fails is refused, naming it and its repair; a
+run left out of what a command draws or tabulates is named on stderr, with why.
 """
 
 from __future__ import annotations
@@ -10,10 +15,14 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 
 import pandas as pd
+
+from experiments.runner.metrics_file import MetricsFileError, verify_against_summary, verify_rows
+from shared.refusal import refuse
 
 SWEEPS_ROOT = "outputs/sweeps"
 # hex digests in CSVs: read as text, or pandas parses one like "8e12…" (or all digits) as a
@@ -66,7 +75,7 @@ def open_sweeps(args, metric: str | None = None, need_rows: bool = True) -> Swee
     """The start of every sweep-reading command, from ``add_sweep_arguments``' ``args``.
     Exits with a message naming the sweep when ``need_rows`` and no run has an evaluation."""
     dirs = args.sweeps or [latest_sweep()]
-    metrics, runs = load_sweep(dirs)
+    metrics, runs = read_sweep(dirs)
     if metrics.empty and need_rows:
         raise SystemExit(f"no evaluation rows yet in {' + '.join(dirs)}: nothing to analyse")
     if not metrics.empty:
@@ -76,35 +85,64 @@ def open_sweeps(args, metric: str | None = None, need_rows: bool = True) -> Swee
     return Sweeps(dirs, metrics, runs, out_dir, metric)
 
 
-def load_sweep(sweep_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_sweep(sweep_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``load_sweep`` for a command: a metrics.csv that fails its check ends the command with
+    its one line (exit status 2)."""
+    try:
+        return load_sweep(sweep_dir)
+    except MetricsFileError as e:
+        refuse(str(e))
+
+
+def load_sweep(sweep_dir, quiet: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(metrics: one row per evaluation of every run, runs: one row per run directory).
 
     ``sweep_dir`` may be a list of sweep folders (e.g. the main sweep and a sampler variant's
-    sweep); their runs are then named ``<sweep>/<run>``, and must be comparable."""
+    sweep); their runs are then named ``<sweep>/<run>``, and must be comparable. Each run's
+    metrics.csv is verified (:func:`verified_rows`; a damaged one raises MetricsFileError);
+    a run that adds no rows is named on stderr, one line each, unless ``quiet``."""
     dirs = [sweep_dir] if isinstance(sweep_dir, str) else list(sweep_dir)
     runs, frames = [], []
     for run_dir in sorted(r for d in dirs for r in glob.glob(os.path.join(d, "*"))):
+        name = run_name(run_dir, len(dirs))
         summary_path = os.path.join(run_dir, "summary.json")
         if not os.path.isfile(summary_path):
+            if not quiet and os.path.isfile(os.path.join(run_dir, "metrics.csv")):
+                print(
+                    f"left out: {name} has metrics.csv but no summary.json, so its rows cannot "
+                    "be checked against its plan; restore summary.json from a copy, or relaunch "
+                    f"the run's own command into its folder ({relaunch_command(run_dir)})",
+                    file=sys.stderr,
+                )
             continue
-        try:
-            with open(summary_path) as f:
-                summary = json.load(f)
-        except json.JSONDecodeError:
-            summary = {"status": "unreadable"}
+        summary, unreadable = read_summary(summary_path)
         metrics_path = os.path.join(run_dir, "metrics.csv")
         n_rows = 0
-        if os.path.isfile(metrics_path):
+        if unreadable:
+            if not quiet:
+                print(
+                    f"left out: {name}: {summary_path} is unreadable ({unreadable}), so its "
+                    "rows cannot be checked against its plan; restore it from a copy, or "
+                    f"relaunch the run's own command into its folder ({relaunch_command(run_dir)})",
+                    file=sys.stderr,
+                )
+        elif verified_rows(run_dir, summary):
             df = read_table(metrics_path)
-            if len(df):
-                fill_legacy_precisions(df, summary)
-                df["run"] = run_name(run_dir, len(dirs))
-                frames.append(df)
-                n_rows = len(df)
+            fill_legacy_precisions(df, summary)
+            df["run"] = name
+            frames.append(df)
+            n_rows = len(df)
+        elif not quiet:
+            err = f" ({summary['error']})" if isinstance(summary.get("error"), str) else ""
+            print(
+                f"left out: {name} ({summary.get('method')} seed {summary.get('seed')}) is "
+                f"{summary.get('status', 'unknown')}{err}, with no evaluation rows",
+                file=sys.stderr,
+            )
         identity, config = recorded_training(run_dir, summary)
         runs.append(
             {
-                "run": run_name(run_dir, len(dirs)),
+                "run": name,
                 "path": run_dir,
                 "method": summary.get("method"),
                 "train_identity": identity,
@@ -128,6 +166,75 @@ def load_sweep(sweep_dir) -> tuple[pd.DataFrame, pd.DataFrame]:
     runs = pd.DataFrame(runs)
     check_distinct(runs)
     return name_series(metrics, runs), runs
+
+
+def read_summary(path: str) -> tuple[dict, str | None]:
+    """(summary.json's contents, None), or ({'status': 'unreadable'}, why) when it is not a
+    JSON object."""
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return {"status": "unreadable"}, f"{type(e).__name__}: {e}"
+    if not isinstance(summary, dict):
+        return {"status": "unreadable"}, f"a JSON {type(summary).__name__}, not an object"
+    return summary, None
+
+
+def relaunch_command(run_dir: str) -> str:
+    """The command that relaunches a run into its folder, from the overrides it was launched
+    with (``.hydra/overrides.yaml``); where they are unreadable, where they would be."""
+    overrides = os.path.join(run_dir, ".hydra", "overrides.yaml")
+    job = f"<the overrides in {overrides}>"
+    try:
+        import yaml
+
+        with open(overrides) as f:
+            given = [str(o) for o in yaml.safe_load(f) or []]
+        job = " ".join(shlex.quote(o) for o in given if not o.startswith("hydra."))
+    except (OSError, ValueError, TypeError, ImportError):
+        pass
+    return f"python experiments/run.py {job} hydra.run.dir={shlex.quote(run_dir)}"
+
+
+def metrics_repair(run_dir: str) -> str:
+    """What repairs a run's metrics.csv: the run's own command relaunched into its folder
+    (the runner rewrites the file from the rows its checkpoint keeps), or a copy."""
+    return (
+        f"relaunch the run's own command into its folder ({relaunch_command(run_dir)}), which "
+        "rewrites metrics.csv from the run's checkpoint, or restore the file from a copy"
+    )
+
+
+def verified_rows(run_dir: str, summary: dict) -> list[dict]:
+    """The rows of ``run_dir``'s metrics.csv (none if absent) once each is whole, no step is
+    there twice, and they are the evaluations ``summary`` plans (all of them when finished);
+    else MetricsFileError, one line naming the file and :func:`metrics_repair`."""
+    path = os.path.join(run_dir, "metrics.csv")
+    repair = metrics_repair(run_dir)
+    rows = verify_rows(path, repair)
+    verify_against_summary(path, rows, summary, repair)
+    return rows
+
+
+def left_out_unfinished(
+    metrics: pd.DataFrame, runs: pd.DataFrame, what: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows, runs) of the finished runs alone. Each other run that has rows is named on
+    stderr, one line each, with its status and error; ``what`` says what it is left out of
+    (a run without rows was named by :func:`load_sweep` already)."""
+    finished = runs[runs["status"] == "finished"]
+    drawn = set(metrics["run"]) if not metrics.empty else set()
+    for _, r in runs[(runs["status"] != "finished") & runs["run"].isin(drawn)].iterrows():
+        err = f" ({r['error']})" if isinstance(r["error"], str) else ""
+        print(
+            f"left out of {what}: {r['run']} ({r['method']} seed {_value(r['seed'])}) is "
+            f"{r['status']}{err}",
+            file=sys.stderr,
+        )
+    if not metrics.empty:
+        metrics = metrics[metrics["run"].isin(finished["run"])]
+    return metrics, finished
 
 
 def recorded_training(run_dir: str, summary: dict) -> tuple[str | None, dict | None]:
@@ -253,10 +360,12 @@ IDENTITY = (
 def recorded_train_precision(summary: dict) -> str:
     """A run's training precision from its summary.json; runs from before it was recorded get
     what the default setting meant then (shared/precision.py: bf16 on CUDA, fp32 on CPU)."""
+    if summary.get("train_precision"):  # recorded: no torch import (shared/precision.py's)
+        return summary["train_precision"]
     from shared.precision import legacy_train_precision
 
     device = "cuda" if "cuda" in str(summary.get("device", "")) else "cpu"
-    return summary.get("train_precision") or legacy_train_precision("auto", device)
+    return legacy_train_precision("auto", device)
 
 
 def fill_legacy_precisions(df: pd.DataFrame, summary: dict) -> None:

@@ -40,8 +40,10 @@ def write_sweep(root):
                 for s in steps
             ]
             if method == "purr" and seed == 1:
-                rows[1]["fd_fashion"] = np.nan  # a missing metric value
-            pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False)
+                # a metric value that came out non-finite: the trainer writes it as "nan" (a
+                # row with no FD at all is a damaged row, refused on read)
+                rows[1]["fd_fashion"] = np.nan
+            pd.DataFrame(rows).to_csv(run / "metrics.csv", index=False, na_rep="nan")
             summary = {"method": method, "seed": seed, "status": status, "total_steps": 100}
             if status == "failed":
                 summary["error"] = "NonFiniteLossError: non-finite loss"
@@ -60,8 +62,8 @@ def test_convergence_plot_on_partial_sweep(tmp_path, capsys):
     metrics, runs = load_sweep(str(sweep))
     assert len(runs) == 7 and set(runs["status"]) == {"finished", "failed", "running"}
     convergence_plot.main([str(sweep), "--targets", "50,20"])
-    out = capsys.readouterr().out
-    assert "is failed" in out and "NonFiniteLossError" in out and "is running" in out
+    err = capsys.readouterr().err  # every run left out of the final table, named on stderr
+    assert "is failed" in err and "NonFiniteLossError" in err and "is running" in err
     analysis = sweep / "analysis"
     for f in (
         "convergence.png",
@@ -236,7 +238,7 @@ def test_runs_measured_differently_are_never_compared(tmp_path):
         df = pd.read_csv(run / "metrics.csv")
         df["tokenizer_sha256"], df["reference_sha256"] = "tok-a", "ref-a"
         df["metric_net_sha256"] = "net-b" if i == 4 else "net-a"  # one run: another network
-        df.to_csv(run / "metrics.csv", index=False)
+        df.to_csv(run / "metrics.csv", index=False, na_rep="nan")
     with pytest.raises(NotComparableError, match=r"net-b[^\n]*: 4_purr_seed0"):
         load_sweep(str(sweep))
     df = pd.read_csv(sweep / "4_purr_seed0" / "metrics.csv").assign(metric_net_sha256="net-a")
@@ -392,7 +394,7 @@ def test_convergence_data_names_what_made_each_row_and_gaps_are_said(tmp_path, c
                 metric_net_sha256="abc",
                 extractor="fashion",
             )
-            df.to_csv(run / "metrics.csv", index=False)
+            df.to_csv(run / "metrics.csv", index=False, na_rep="nan")
     convergence_plot.main([str(sweep), "--out", str(tmp_path / "out")])
     data = pd.read_csv(tmp_path / "out" / "convergence_data.csv")
     for col in ("train_precision", "eval_precision", "num_samples", "metric_net_sha256"):
