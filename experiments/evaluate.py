@@ -27,6 +27,11 @@ and ``notes`` says so. ``--extractors fashion`` skips the Inception (≈ 3 image
 protocol card, and the evaluator's identity: each network's sha256, the reference (what it
 is, its sha256, n) and the samples (file sha256, n). A reference of another resolution or
 channel count is refused, naming both.
+
+Nothing is scored on trust: the metric networks pass their sha256 checks, a reference's given
+statistics (and every cached feature or statistic) must be finite, --out must be writable
+before any image is scored, and results.json is strict JSON (a non-finite metric is an
+error naming it, not a ``NaN`` in the file). Each refusal is one line, exit status 2.
 """
 
 from __future__ import annotations
@@ -34,13 +39,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
+import tempfile
+import zipfile
 
 import numpy as np
 import torch
 
-from shared.io import atomic_write_text, file_sha256
+from shared.io import atomic_write_text, file_sha256, os_error_line
 from shared.metrics.fidelity import PRC_K
+from shared.refusal import cannot, refuse
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 NAMED = {"fashion:train": "train", "fashion:test": "test"}
@@ -85,7 +94,7 @@ def load_samples(path: str) -> tuple[torch.Tensor, dict | None]:
                 raise EvalError(f"{path} has no arr_0 (keys {z.files}): not an ADM sample file")
             images = adm_images(z["arr_0"], path)
             card = json.loads(str(z["card"])) if "card" in z.files else None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
         if isinstance(e, EvalError):
             raise
         raise EvalError(f"{path} is not a readable .npz ({e})") from None
@@ -164,13 +173,23 @@ def load_reference(spec: str, n: int | None):
             },
         )
     if os.path.isfile(spec) and spec.endswith(".npz"):
-        with np.load(spec, allow_pickle=False) as z:
-            if "arr_0" not in z.files:
-                raise EvalError(f"the reference {spec} has no arr_0 (keys {z.files})")
-            images = adm_images(z["arr_0"], spec)
-            stats = None
-            if "mu" in z.files and "sigma" in z.files:
-                stats = {"mu": z["mu"].astype(np.float64), "sigma": z["sigma"].astype(np.float64)}
+        try:
+            with np.load(spec, allow_pickle=False) as z:
+                if "arr_0" not in z.files:
+                    raise EvalError(f"the reference {spec} has no arr_0 (keys {z.files})")
+                images = adm_images(z["arr_0"], spec)
+                stats = None
+                if "mu" in z.files and "sigma" in z.files:
+                    stats = {
+                        "mu": z["mu"].astype(np.float64),
+                        "sigma": z["sigma"].astype(np.float64),
+                    }
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            if isinstance(e, EvalError):
+                raise
+            raise EvalError(f"the reference {spec} is not a readable .npz ({e})") from None
+        if stats is not None:
+            check_statistics(stats, spec)
         total = len(images)
         if n is not None:
             images = images[:n]
@@ -189,6 +208,26 @@ def load_reference(spec: str, n: int | None):
     )
 
 
+def check_statistics(stats: dict, spec: str) -> None:
+    """A reference batch's given FID statistics: mu (D,) and sigma (D, D), every value finite
+    (one nan makes the FID nan)."""
+    mu, sigma = stats["mu"], stats["sigma"]
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise EvalError(
+            f"the reference {spec}: mu {mu.shape} and sigma {sigma.shape} are not a mean and "
+            "its covariance; use the reference batch as published, or one without mu and sigma"
+        )
+    for name, value in stats.items():
+        bad = int(np.size(value) - np.isfinite(value).sum())
+        if bad:
+            raise EvalError(
+                f"the reference {spec}: its {name} holds {bad} non-finite value(s) (nan or "
+                f"inf), so every FID against it would be nan; download the reference batch "
+                "again, or rebuild it as an .npz of its images (arr_0) alone, whose "
+                "statistics this command computes"
+            )
+
+
 def features(extractor, images: torch.Tensor, batch: int, progress: bool) -> dict:
     from shared.metrics import extract_features
 
@@ -202,7 +241,7 @@ def file_reference(extractor, images: torch.Tensor, ref_id: dict, batch: int, pr
     (the file's sha256, or the images' for a folder), n and the network's sha256: a second
     evaluation against the same reference extracts nothing and recomputes nothing."""
     from shared.io import atomic_torch_save
-    from shared.metrics.fidelity import reference_statistics
+    from shared.metrics.fidelity import all_finite, reference_statistics
     from shared.paths import cache_root, config_hash
     from shared.safe_load import FileLoadError, load_torch_file
 
@@ -219,6 +258,9 @@ def file_reference(extractor, images: torch.Tensor, ref_id: dict, batch: int, pr
             if blob["key"] == key and len(blob["features"]["feat"]) == len(images):
                 feats = blob["features"]
         except (FileLoadError, KeyError, TypeError):
+            feats = None
+        if feats is not None and not all_finite(feats):
+            print(f"reference features {path} are not finite; rebuilding them")
             feats = None
     if feats is None:
         feats = features(extractor, images, batch, progress)
@@ -237,6 +279,65 @@ def fid_from_stats(gen_feat: torch.Tensor, stats: dict) -> float:
             f"{np.shape(g['mu'])}: they come from another network"
         )
     return frechet_distance(g, stats)
+
+
+def feature_network(kind: str, device: str, inception_weights: str):
+    """The ``kind`` feature network, its files checked (the shipped fd_fashion network against
+    shared/artifacts/manifest.json, the offline Inception against its checksum); a file that
+    fails is an EvalError naming it and the fix."""
+    from shared.artifacts import ArtifactError
+    from shared.metrics import build_extractor
+    from shared.safe_load import FileLoadError
+
+    try:
+        return build_extractor(kind, device, inception_weights=inception_weights)
+    except (ArtifactError, FileLoadError) as e:
+        raise EvalError(str(e)) from None
+    except ValueError as e:  # the converted Inception weights fail their checksum
+        raise EvalError(f"the {kind} network: {e}") from None
+    except OSError as e:
+        if e.errno is None:  # raised with a message of ours, which names the fix
+            raise EvalError(str(e)) from None
+        raise EvalError(
+            f"the {kind} network: {cannot('read', e.filename or kind, e)}; restore it "
+            "(`git checkout -- shared/artifacts`, or `make setup` for the Inception)"
+        ) from None
+
+
+def non_finite(value, name: str = "") -> list[str]:
+    """The keys (dotted) of every float in ``value`` that is nan or ±inf."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [f"{name}={value}"]
+    if isinstance(value, dict):
+        return [b for k, v in value.items() for b in non_finite(v, f"{name}.{k}".lstrip("."))]
+    if isinstance(value, list | tuple):
+        return [b for i, v in enumerate(value) for b in non_finite(v, f"{name}[{i}]")]
+    return []
+
+
+def results_text(out: dict) -> str:
+    """results.json's text: strict JSON, so a non-finite metric is an EvalError naming it
+    (``json.dumps`` would write ``NaN``, which no JSON reader accepts)."""
+    bad = non_finite(out)
+    if bad:
+        raise EvalError(
+            f"non-finite result{'s' if len(bad) > 1 else ''} {', '.join(bad)}: the features or "
+            "statistics they come from are not finite; nothing written (check the sample "
+            "file and the reference)"
+        )
+    return json.dumps(out, indent=1, allow_nan=False) + "\n"
+
+
+def check_writable(out: str) -> None:
+    """Refuse an --out that cannot be written, before any image is scored: its folder is made
+    and a file created (and removed) there."""
+    folder = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise EvalError(f"cannot write {os_error_line(e, out)}") from None
 
 
 PLAIN = {  # torch-fidelity keys of this project → results.json keys
@@ -267,7 +368,7 @@ def evaluate(
     progress: bool = False,
     inception_weights: str = "auto",
 ) -> dict:
-    from shared.metrics import build_extractor, metrics_from_features, reference_features
+    from shared.metrics import metrics_from_features, reference_features
     from shared.metrics.fidelity import kid_size
 
     images, card = load_samples(samples_path)
@@ -293,7 +394,7 @@ def evaluate(
     nets: dict = {}
     kid_sizes: dict = {}
     for kind in extractors:
-        fe = build_extractor(kind, device, inception_weights=inception_weights)
+        fe = feature_network(kind, device, inception_weights)
         nets[kind] = fe.sha256
         if kind == "inception" and inception_weights == "auto":
             from shared.metrics import inception_weights_path
@@ -418,6 +519,7 @@ def main(argv=None) -> dict:
         ap.error(f"--reference-n must be ≥ {MIN_IMAGES}, got {args.reference_n}: {MIN_IMAGES_WHY}")
     try:
         check_out(args.out, args.samples)
+        check_writable(args.out)
         out = evaluate(
             args.samples,
             args.reference,
@@ -428,9 +530,13 @@ def main(argv=None) -> dict:
             args.progress,
             args.inception_weights,
         )
+        text = results_text(out)
     except (EvalError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
-    atomic_write_text(args.out, json.dumps(out, indent=1) + "\n")
+        refuse(str(e))
+    try:
+        atomic_write_text(args.out, text)
+    except OSError as e:
+        refuse(f"cannot write {os_error_line(e, args.out)} (nothing was written)")
     shown = {k: out[k] for k in out if isinstance(out[k], float)}
     print(" ".join(f"{k}={v:.4g}" for k, v in shown.items()) + f"  → {args.out}")
     return out

@@ -24,7 +24,9 @@ PR_SET_PDEATHSIG), so no run is left orphaned holding its lock. ``--gpus 0,1`` d
 jobs round-robin over devices (CUDA_VISIBLE_DEVICES). On a CPU each job gets cores ÷
 ``--parallel`` threads (OMP_NUM_THREADS, printed at the start) unless OMP_NUM_THREADS is
 set. Exit status 0 only if every job finished; the table of jobs, exit codes, status and
-wall time is printed in every case.
+wall time is printed in every case (a job that run.py refused, e.g. a run another process is
+already writing, shows "refused", not that run's status). Exit status 2: the pack refused to
+start (a malformed override, an invalid job), with every reason on stderr.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ import subprocess
 import sys
 import time
 
+from shared.refusal import refuse
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PR_SET_PDEATHSIG = 1
 
@@ -52,8 +56,9 @@ def parse(overrides: list[str]) -> list[list[str]]:
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
-    except OverrideParseException as e:
-        raise SystemExit(f"error: {e}") from None
+    except OverrideParseException as e:  # Hydra's message spans two lines: one here
+        why = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        refuse(f"override {getattr(e, 'override', '?')!r} is malformed: {why}")
     axes = []
     for o in parsed:
         key = o.get_key_element()
@@ -144,8 +149,17 @@ def status_of(run_dir: str) -> str:
     try:
         with open(os.path.join(run_dir, "summary.json")) as f:
             return json.load(f).get("status", "unknown")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return "no summary"
+
+
+def job_status(code: int | None, run_dir: str) -> str:
+    """A job's status: its run's, from summary.json, except for a job that run.py refused
+    (exit 2) without marking the run failed. A refused launch changes nothing in the folder,
+    so its summary.json is another launch's: the same run launched twice, the second refused
+    by the run directory's lock, read "finished" once the first had finished."""
+    status = status_of(run_dir)
+    return "refused" if code == 2 and status != "failed" else status
 
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -195,7 +209,7 @@ def table(done: dict, planned: dict) -> int:
     for num in sorted(planned):
         run_dir = planned[num]
         code, wall = done.get(num, (None, 0.0))
-        status = status_of(run_dir)
+        status = job_status(code, run_dir)
         failed += code != 0 or status != "finished"
         shown = "-" if code is None else str(code)
         print(f"{os.path.basename(run_dir):32s} {shown:>5s} {status:>12s} {wall:8.0f}")
@@ -280,7 +294,7 @@ def main(argv=None) -> int:
                 del running[num]
                 print(
                     f"  ended #{num} {os.path.basename(run_dir)}: exit {proc.returncode}, "
-                    f"{status_of(run_dir)}, {done[num][1]:.0f} s",
+                    f"{job_status(proc.returncode, run_dir)}, {done[num][1]:.0f} s",
                     flush=True,
                 )
     failed = table(done, planned)

@@ -21,8 +21,11 @@ refused, naming them) and the final file is assembled from the shards in order, 
 zip timestamps, so the same command gives the same bytes. Under torchrun rank r starts with
 shards r, r + world, … and then takes any shard no rank has claimed (an exclusive file create),
 so a relaunch's owed shards spread over every rank; rank 0 assembles the file (the ranks share
-a file system). Ranks wait for each other by polling that folder, never in a collective, so
-no wait runs into NCCL's timeout however long a shard or the assembly takes.
+a file system). One command writes a sample file at a time: rank 0 holds a ``flock`` on
+``.FILE.npz.lock`` (it dies with its holder), so a second command on the same --out is refused
+at once, naming the first's host and pid, as is an --out whose folder cannot be written.
+Ranks wait for each other by polling the shard folder, never in a collective, so no wait runs into
+NCCL's timeout however long a shard or the assembly takes.
 
 On SLURM: ``--launcher slurm --partition P --gpus-per-node G [--nodes N --timeout-min T]``
 submits the same command as a submitit job (one task per GPU, the ranks as under torchrun);
@@ -46,7 +49,8 @@ import uuid
 import torch
 
 from experiments import sample_files as files
-from shared.io import file_sha256
+from shared.io import file_sha256, os_error_line, release_flock
+from shared.refusal import cannot, refuse
 
 
 def parse_args(argv=None):
@@ -171,17 +175,35 @@ def main(argv=None) -> dict | None:
     ranks = setup_distributed(kind)
     device = torch.device(f"cuda:{ranks.local_rank}" if kind == "cuda" else "cpu")
 
+    # 0. The output: rank 0 holds its lock until the end (one command writes a sample file),
+    # and its folder takes files; both refused before any checkpoint is read.
+    out = os.path.abspath(args.out)
+    lock, why = files.lock_output(out, args.png_dir) if ranks.main else (None, None)
+    why = ranks.decide(why)
+    if why:
+        ranks.close(True)
+        refuse(why)
+    try:
+        return sample_into(args, ranks, device, out)
+    except OSError as e:  # the output's folder filled up or was taken away mid-way
+        refuse(f"cannot write {os_error_line(e, e.filename or out)} (the finished shards are kept)")
+    finally:
+        if lock is not None:
+            release_flock(lock)
+
+
+def sample_into(args, ranks, device, out: str) -> dict | None:
+    """Phases 1–4 of ``main``, into ``out``, whose lock rank 0 holds."""
     # 1. Load: the checkpoint every rank samples, and the card that names what made the images.
     tok, method, model, card = load(args, ranks, device)
 
     # 2. Plan: rank 0 compares the file and its shards with the card, every rank follows.
-    out = os.path.abspath(args.out)
     parts = out + ".parts"
     state, why = ranks.decide(files.start(out, parts, card) if ranks.main else None)
     if state != "sample":
         ranks.close(True)
         if state == "refuse":
-            raise SystemExit(f"error: {why}")
+            refuse(why)
         if ranks.main:
             print(f"{out} is complete (same settings); nothing to do")
         return None
@@ -243,13 +265,15 @@ def load(args, ranks, device):
                 "that no job is writing"
             )
     except (ValueError, FileNotFoundError, RunError) as e:
-        raise SystemExit(f"error: {e}") from None
+        refuse(str(e))
+    except OSError as e:  # unreadable (permissions, a failing disk): named, not a traceback
+        refuse(cannot("read", e.filename or args.run, e))
     # every rank must sample the same weights (a checkpoint rewritten between the ranks' loads,
     # or ranks that see different file systems, would mix two models in one file)
     digests = ranks.gather(card["checkpoint_sha256"])
     if len(set(digests)) > 1:
-        raise SystemExit(
-            f"error: the ranks loaded different checkpoints ({ck_path}: sha256 "
+        refuse(
+            f"the ranks loaded different checkpoints ({ck_path}: sha256 "
             f"{', '.join(d[:12] for d in digests)} on ranks 0…{ranks.world - 1}); "
             "sample a checkpoint that no job is writing"
         )

@@ -5,6 +5,7 @@ npz writer that assembles it.
     FILE.json         the same card
     FILE.npz.parts/   shard k holds images [k·S, (k+1)·S), written atomically; claim-k files
                       say which launch took it
+    .FILE.npz.lock    held (flock) by the one command writing FILE; names it
 
 Image i's noise and label come from (seed, i) alone, so a shard is the same whoever samples it
 and the file assembled from the shards in order, with fixed zip timestamps, is the same bytes.
@@ -18,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 import time
 import zipfile
 
@@ -25,7 +27,14 @@ import numpy as np
 import torch
 
 from shared.hardware import processor_name
-from shared.io import atomic_open, atomic_write_text, file_sha256
+from shared.io import (
+    atomic_open,
+    atomic_write_text,
+    file_sha256,
+    os_error_line,
+    release_flock,
+    take_flock,
+)
 
 CARD_VERSION = 1
 
@@ -183,6 +192,46 @@ def build_card(args, cfg, tok, method, model, ck, ck_path, device_type, world=1)
             ),
         },
     }
+
+
+def lock_path(out: str) -> str:
+    """The lock of sample file ``out``: ``.NAME.lock`` beside it. The file stays when the
+    command ends (as a run directory's ``.lock`` does); only the flock on it counts."""
+    return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.lock")
+
+
+def lock_output(out: str, png_dir: str | None = None):
+    """(lock, None) once this process is the one writer of ``out`` and its shard folder (the
+    kernel drops the flock when the process dies; ``shared.io.release_flock`` drops it
+    sooner), or (None, why): another command holds it, named by host and pid, or the folder
+    (or ``png_dir``) cannot be written. A second command on the same --out would sample the
+    same shards and, when the first assembled the file and removed its shard folder, die."""
+
+    def unsupported(e):  # e.g. Lustre mounted without flock: warn, do not fail
+        print(
+            f"warning: cannot lock {lock_path(out)} ({e}); this file system does not support "
+            "flock, so a second sampling command on this --out would not be stopped"
+        )
+
+    try:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        lock, holder = take_flock(lock_path(out), unsupported)
+    except OSError as e:
+        return None, f"cannot write {os_error_line(e, out)}"
+    if lock is None:
+        return None, (
+            f"{out} is being written by another sampling command ({holder}); wait for it to "
+            "end (or stop it), or choose another --out"
+        )
+    if png_dir:
+        try:
+            os.makedirs(png_dir, exist_ok=True)
+            with tempfile.TemporaryFile(dir=png_dir):
+                pass
+        except OSError as e:
+            release_flock(lock)
+            return None, f"cannot write {os_error_line(e, png_dir)}"
+    return lock, None
 
 
 def shard_ranges(n: int, size: int) -> list[tuple[int, int]]:

@@ -92,12 +92,19 @@ def shipped(name: str) -> str:
                 f"shipped artifact file {path} is missing; restore it with "
                 "`git checkout -- shared/artifacts`"
             )
-        actual = sha256_file(path)
+        try:
+            actual = sha256_file(path)
+        except OSError as e:
+            raise ArtifactError(
+                f"shipped artifact file {path} cannot be read ({e.strerror or e}); restore it "
+                "with `git checkout -- shared/artifacts` (or clone the repository again)"
+            ) from None
         if actual != expected:
             raise ArtifactError(
-                f"shipped artifact file {path} fails its sha256 check (expected "
-                f"{expected[:12]}…, found {actual[:12]}…); restore it with `git checkout -- "
-                "shared/artifacts` (or `git lfs pull` if your clone stores it as a pointer)"
+                f"shipped artifact file {path} fails its sha256 check against {MANIFEST.name} "
+                f"(expected {expected[:12]}…, found {actual[:12]}…); restore it with `git "
+                "checkout -- shared/artifacts` (or `git lfs pull` if your clone stores it as a "
+                "pointer)"
             )
     return str(folder)
 

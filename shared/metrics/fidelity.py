@@ -192,6 +192,8 @@ def reference_features(
                 and (n is None or all(len(v) == n for v in feats.values()))
             )
             why = "stale (another key or checksum)"
+            if ok and not all_finite(feats):  # its digest was taken of the nan
+                ok, why = False, "non-finite features"
         except (FileLoadError, KeyError, TypeError) as e:  # unreadable, truncated or unsafe
             ok, why = False, str(e)
         if ok:
@@ -240,6 +242,15 @@ def kid_size(n_gen: int, n_ref: int, asked: int | None = None) -> int:
     return asked or min(n_gen, n_ref, 1000)
 
 
+def all_finite(values: dict) -> bool:
+    """Every tensor or array among ``values`` finite (None: nothing to check). A cached
+    statistic that is not, made by a bug or a damaged write, would make every metric nan."""
+    for v in values.values():
+        if v is not None and not bool(np.isfinite(np.asarray(v)).all()):
+            return False
+    return True
+
+
 def reference_statistics(ref: dict, progress: bool = False) -> dict:
     """What every evaluation needs of a reference set's features and nothing else does: FD's
     {mu, sigma} and the manifold radii of precision (k = PRC_K). Computed once per feature set
@@ -248,17 +259,20 @@ def reference_statistics(ref: dict, progress: bool = False) -> dict:
     digest = _digest({"feat": ref["feat"]})
     path = cache_root() / "metrics" / "ref_stats" / f"{digest[:32]}-k{PRC_K}.pt"
     if path.is_file():
+        why = "stale (another digest or k)"
         try:
             blob = load_torch_file(path, "reference statistics")
-            if blob["features_sha256"] == digest and blob["k"] == PRC_K:
+            if not all_finite({k: blob[k] for k in ("mu", "sigma", "radii")}):
+                why = "non-finite statistics"
+            elif blob["features_sha256"] == digest and blob["k"] == PRC_K:
                 return {
                     "mu": blob["mu"].numpy(),
                     "sigma": blob["sigma"].numpy(),
                     "radii": blob["radii"],
                 }
-        except (FileLoadError, KeyError, TypeError, AttributeError):
-            pass
-        print(f"reference statistics {path} are stale or corrupt; rebuilding them")
+        except (FileLoadError, KeyError, TypeError, AttributeError) as e:
+            why = str(e)
+        print(f"reference statistics {path} are stale or corrupt; rebuilding them ({why})")
     r = ref["feat"].double()
     fd = stats.fd_statistics(r)
     if progress:
