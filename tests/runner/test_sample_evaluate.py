@@ -280,7 +280,8 @@ def test_unfinished_runs_and_folders_without_a_run_are_refused(env, runs, tmp_pa
     part = tmp_path / "part"
     shutil.copytree(runs["cfm"], part)
     ck = checkpoint.load(part / "checkpoints" / "last.pt")
-    torch.save({**ck, "total_steps": 100}, part / "checkpoints" / "last.pt")  # step 8 of 100
+    # step 8 of 100, sealed anew (a checkpoint records the sha256 of its contents)
+    torch.save(checkpoint.seal({**ck, "total_steps": 100}), part / "checkpoints" / "last.pt")
     with pytest.raises(SystemExit, match="unfinished .*step 8 of 100"):
         sample(env, part, tmp_path / "u.npz", "--num-samples", 2, monkeypatch=monkeypatch)
     card = sample(

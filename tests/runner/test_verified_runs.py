@@ -1,4 +1,4 @@
-"""A run never trusts a damaged file and never loses a finished run (issue 53).
+"""A run never trusts a damaged file and never loses a finished run.
 
 Each test damages one file of a finished tiny run, as a disk, a copy or a user would, and
 checks that the relaunch (or a sampler's load) either repairs it exactly or refuses in one
