@@ -6,10 +6,11 @@ Torch-free: the analysis layer refuses through it too.
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 from typing import NoReturn
+
+from shared.io import os_error_line
 
 
 class Refused(SystemExit):
@@ -35,7 +36,6 @@ def refuse(message: str) -> NoReturn:
 
 
 def cannot(verb: str, path: str | os.PathLike, e: OSError) -> str:
-    """``cannot write /x/y: Permission denied (EACCES)``: the path and what the errno means."""
-    name = errno.errorcode.get(e.errno, "") if e.errno else ""
-    meaning = e.strerror or str(e)
-    return f"cannot {verb} {os.fspath(path)}: {meaning}{f' ({name})' if name else ''}"
+    """``cannot write /x/y: Permission denied (EACCES); <fix>``: the path, what the errno
+    means and what to do (``shared.io.os_error_line``)."""
+    return f"cannot {verb} {os_error_line(e, os.fspath(path))}"
