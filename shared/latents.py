@@ -445,3 +445,28 @@ class IndexShards(torch.utils.data.Dataset):
         idx = np.concatenate([np.asarray(a) for a in self.indices]).astype(np.int64)
         lbl = np.concatenate([np.asarray(a) for a in self.labels]).astype(np.int64)
         return torch.from_numpy(idx), torch.from_numpy(lbl)
+
+
+class ShardSubset:
+    """The first ``round(fraction · N)`` rows of a fixed permutation of ``shards`` (seeded by
+    ``seed`` alone, so every run and objective given the same fraction trains on the same
+    images): for repeated-data studies, a smaller training set seen more times at the same
+    compute. Exposes what the training loop uses: ``len``, ``gather`` and ``manifest``."""
+
+    def __init__(self, shards: IndexShards, fraction: float, seed: int = 0):
+        if not 0 < fraction <= 1:
+            raise ValueError(f"a data fraction must be in (0, 1], got {fraction}")
+        self.shards = shards
+        self.fraction = fraction
+        n = max(1, round(fraction * len(shards)))
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EB5E7]))
+        self.rows = np.sort(rng.permutation(len(shards))[:n])
+        self.manifest = shards.manifest
+        self.grid = shards.grid
+        self.num_codes = shards.num_codes
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def gather(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.shards.gather(self.rows[np.asarray(rows, dtype=np.int64)])

@@ -55,8 +55,13 @@ def is_training_key(key: str) -> bool:
 
 
 def training_config(config: dict) -> dict:
-    """The training keys of a flat config, the seed left out."""
-    return {k: v for k, v in config.items() if is_training_key(k) and k != "seed"}
+    """The training keys of a flat config, the seed left out (and ``SILENT_AT`` keys at their
+    old behaviour)."""
+    return {
+        k: v
+        for k, v in config.items()
+        if is_training_key(k) and k != "seed" and not (k in SILENT_AT and v == SILENT_AT[k])
+    }
 
 
 def training_identity(config: dict) -> str:
@@ -156,7 +161,13 @@ ADDED_KEYS = {
     "method.weighting": "none",  # dfm: MDLM weighting
     "method.latent_scale": "none",  # cfm, cfm-endpoint, purr
     "optim.schedule": "constant",
+    "data.fraction": 1.0,  # the whole training split
 }
+
+# Training keys added after runs were committed, left out of a run's training config (and so
+# of its identity) at the value that reproduces what those runs trained: a new run at that
+# value is the same series as an old run that lacks the key, not another one named by it.
+SILENT_AT = {k: ADDED_KEYS[k] for k in ("data.fraction",)}
 
 
 def changes(saved: dict, current: dict) -> dict[str, tuple]:

@@ -80,6 +80,7 @@ RANGES = {
     "backbone.class_dropout": (0, 1, True, False),
     "tokenizer.image_size": (1, None, True, False),
     "data.num_classes": (1, None, True, False),
+    "data.fraction": (0, 1, False, True),
     "budget.train_flops": (0, None, False, False),
     "budget.images": (1, None, True, False),
     "budget.batch_size": (1, None, True, False),

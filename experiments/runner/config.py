@@ -103,6 +103,9 @@ class DataConfig:
     num_classes: int = 10
     latents_dir: str | None = None  # None: under the cache, keyed by tokenizer and dataset
     extract_if_missing: bool = True
+    # the share of the training split a run trains on (a fixed subset, the same for every run:
+    # shared/latents.py ShardSubset): below 1, the same compute repeats fewer images more often
+    fraction: float = 1.0
 
 
 # ------------------------------------------------------------------------------ budget

@@ -37,6 +37,7 @@ import torch.distributed as dist
 from shared import precision
 from shared.hardware import processor_name
 from shared.io import os_error_line
+from shared.latents import ShardSubset
 from shared.optim import build_adamw
 
 from . import checkpoint
@@ -175,6 +176,14 @@ def build(cfg, ranks: Dist, device: torch.device, rundir: RunDir) -> Parts:
         )
     evals, branches = decay_plan(evals, total, schedule_of(cfg.optim)[1])
     shards = prepare_latents(cfg, tok, ranks)
+    fraction = cfg.data.get("fraction", 1.0)
+    if fraction < 1:  # repeated data: a fixed subset (1.0 keeps the full split's exact stream)
+        shards = ShardSubset(shards, fraction)
+        if len(shards) < cfg.budget.batch_size:
+            raise RunError(
+                f"data.fraction={fraction} leaves {len(shards)} images, fewer than one batch "
+                f"({cfg.budget.batch_size}); raise the fraction"
+            )
     o = cfg.optim
     # resolved once (rank 0's hardware): ranks of one run never train in different precisions
     train_precision = ranks.decide(precision.resolve(o.precision, device.type))
