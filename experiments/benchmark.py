@@ -26,10 +26,10 @@ compiled.
 
 ``--heads chunked,full`` times the categorical methods (purr, dfm) both ways side by side:
 ``chunked`` computes loss, posterior mean and draws from the head's hidden states
-(``methods/head.py``), ``full`` materialises the (B, K, H, W) logits (the reference path, and
-the code before the chunked head). Memory per variant: on CUDA the peak allocated during its
-timed steps; on CPU the largest single tensor one step creates (the logit map, on the full
-path at large K), measured once outside the timing.
+(``methods/head.py``), ``full`` materialises the (B, K, H, W) logits (the reference path).
+Memory per variant: on CUDA the peak allocated during its timed steps; on CPU the largest
+single tensor one step creates (the logit map, on the full path at large K), measured once
+outside the timing.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def build(preset, name, codebook, grid, num_classes, device, compiled, fused, he
 def random_batch_step(
     method, model, net, opt, ema, batch, k, grid, num_classes, device, use_bf16, gen
 ):
-    """The trainer's own step (``experiments/train_loop.train_step``) on random codes/labels."""
+    """The trainer's own step (``experiments/runner/train_loop.train_step``) on random
+    codes/labels."""
     c = torch.randint(0, k, (batch, *grid), device=device, generator=gen)
     y = torch.randint(0, num_classes, (batch,), device=device, generator=gen)
     train_step(

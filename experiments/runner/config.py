@@ -83,7 +83,7 @@ class DFMMetricConfig(CategoricalHeadConfig):
 # --------------------------------------------------------------------------- backbone
 @dataclass
 class BackboneConfig:
-    preset: str = "DiT-Mini/1"
+    preset: str = "DiT-Nano/1"  # the default protocol's (config.yaml selects it as a group too)
     class_dropout: float = 0.1
     pos_embed: str = "sincos"
 

@@ -347,79 +347,79 @@ def DiT_Nano_2(**kw):
 
 
 def DiT_Micro_1(**kw):
-    return _dit("Micro", 1, **kw)  # noqa: E704
+    return _dit("Micro", 1, **kw)
 
 
 def DiT_Micro_2(**kw):
-    return _dit("Micro", 2, **kw)  # noqa: E704
+    return _dit("Micro", 2, **kw)
 
 
 def DiT_Mini_1(**kw):
-    return _dit("Mini", 1, **kw)  # noqa: E704
+    return _dit("Mini", 1, **kw)
 
 
 def DiT_Mini_2(**kw):
-    return _dit("Mini", 2, **kw)  # noqa: E704
+    return _dit("Mini", 2, **kw)
 
 
 def DiT_Ti_1(**kw):
-    return _dit("Ti", 1, **kw)  # noqa: E704
+    return _dit("Ti", 1, **kw)
 
 
 def DiT_Ti_2(**kw):
-    return _dit("Ti", 2, **kw)  # noqa: E704
+    return _dit("Ti", 2, **kw)
 
 
 def DiT_Ti_4(**kw):
-    return _dit("Ti", 4, **kw)  # noqa: E704
+    return _dit("Ti", 4, **kw)
 
 
 def DiT_S_1(**kw):
-    return _dit("S", 1, **kw)  # noqa: E704
+    return _dit("S", 1, **kw)
 
 
 def DiT_S_2(**kw):
-    return _dit("S", 2, **kw)  # noqa: E704
+    return _dit("S", 2, **kw)
 
 
 def DiT_S_4(**kw):
-    return _dit("S", 4, **kw)  # noqa: E704
+    return _dit("S", 4, **kw)
 
 
 def DiT_B_1(**kw):
-    return _dit("B", 1, **kw)  # noqa: E704
+    return _dit("B", 1, **kw)
 
 
 def DiT_B_2(**kw):
-    return _dit("B", 2, **kw)  # noqa: E704
+    return _dit("B", 2, **kw)
 
 
 def DiT_B_4(**kw):
-    return _dit("B", 4, **kw)  # noqa: E704
+    return _dit("B", 4, **kw)
 
 
 def DiT_L_1(**kw):
-    return _dit("L", 1, **kw)  # noqa: E704
+    return _dit("L", 1, **kw)
 
 
 def DiT_L_2(**kw):
-    return _dit("L", 2, **kw)  # noqa: E704
+    return _dit("L", 2, **kw)
 
 
 def DiT_L_4(**kw):
-    return _dit("L", 4, **kw)  # noqa: E704
+    return _dit("L", 4, **kw)
 
 
 def DiT_XL_1(**kw):
-    return _dit("XL", 1, **kw)  # noqa: E704
+    return _dit("XL", 1, **kw)
 
 
 def DiT_XL_2(**kw):
-    return _dit("XL", 2, **kw)  # noqa: E704
+    return _dit("XL", 2, **kw)
 
 
 def DiT_XL_4(**kw):
-    return _dit("XL", 4, **kw)  # noqa: E704
+    return _dit("XL", 4, **kw)
 
 
 DiT_models = {
