@@ -249,7 +249,12 @@ def recorded_training(run_dir: str, summary: dict) -> tuple[str | None, dict | N
 
     try:
         config = checkpoint.load(ck)["config"]
-    except Exception:  # noqa: BLE001 (an unreadable checkpoint: identity unknown, not fatal)
+    except Exception as e:  # noqa: BLE001 (an unreadable checkpoint: identity unknown, not fatal)
+        print(
+            f"note: {run_dir}: its training identity is unknown (no summary record, and "
+            f"{str(e).splitlines()[0]})",
+            file=sys.stderr,
+        )
         return None, None
     return checkpoint.training_identity(config), checkpoint.training_config(config)
 

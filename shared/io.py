@@ -68,7 +68,7 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
             torch.save(obj, f)
     except RuntimeError as e:
         cause = e.__cause__ or e.__context__
-        if not isinstance(cause, OSError):
+        if not isinstance(cause, OSError) or cause.errno is None:
             raise
         raise OSError(cause.errno, cause.strerror, os.fspath(path)) from None
 

@@ -114,8 +114,10 @@ def save(
     total_steps: int,
     config: dict,
     identity: dict,
-    metrics_csv: str = "",
+    metrics_csv: str | None = None,
 ) -> None:
+    """``metrics_csv``: the text of metrics.csv up to this step (None: not kept, as in a
+    checkpoint from before the key; an empty run keeps its header)."""
     ck = {
         "format": FORMAT,
         "model": model.state_dict(),
@@ -125,8 +127,9 @@ def save(
         "total_steps": total_steps,
         "config": config,
         "identity": identity,
-        "metrics_csv": metrics_csv,
     }
+    if metrics_csv is not None:
+        ck["metrics_csv"] = metrics_csv
     atomic_torch_save(seal(ck), path)
 
 
@@ -137,6 +140,8 @@ class CheckpointUnreadable(RunRefused):
 def load(path: str, map_location="cpu") -> dict:
     """A checkpoint written by :func:`save`, its digest (when it has one) checked; refuses
     anything else with one line naming the file (:class:`CheckpointUnreadable`)."""
+    with open(path, "rb"):  # an OSError (permission, I/O) is itself, not a damaged file
+        pass
     try:
         ck = load_torch_file(path, "checkpoint", map_location=map_location)
     except FileLoadError as e:  # truncated, not a torch file, or a refused pickle

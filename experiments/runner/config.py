@@ -199,8 +199,8 @@ class RunConfig:
     log_every: int = 10
     checkpoint_every: int = 100  # steps; also after every evaluation
     resume: bool = True
-    # resume=false or a relaunch that cannot resume (no or unreadable checkpoint) refuses to
-    # train over a run directory that holds a run, unless this says so (docs/trust.md)
+    # resume=false into a folder that holds a run, an unreadable checkpoint, or a finished
+    # run whose checkpoint is gone: refused unless this says to train over it (docs/trust.md)
     overwrite: bool = False
     # training-config keys a relaunch may change on resume, e.g. [optim.lr] after a
     # non-finite stop; any other change to a training key is refused (runner/checkpoint.py)

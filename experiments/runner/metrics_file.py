@@ -67,10 +67,18 @@ METRIC_COLUMNS = [
 # filled in every row this project has ever written (older files lack later columns)
 INTEGER_COLUMNS = ("seed", "step", "total_steps", "images_seen", "train_flops", "num_samples")
 FD_COLUMNS = ("fd_fashion", "fid_inception")
+# keys that move a run's evaluation steps: a relaunch that changed one (allowed for the eval
+# keys, under allow_changes for the rest) leaves rows of two plans, which no check can match
+PLAN_KEYS = ("budget.", "eval.points", "eval.spacing", "optim.schedule", "optim.decay_fraction")
 
 
 class MetricsFileError(RunError):
-    """A metrics.csv that cannot be trusted; the message names the file and the repair."""
+    """A metrics.csv that cannot be trusted; the message names the file and the repair,
+    ``problem`` says what is wrong alone."""
+
+    def __init__(self, path: str, problem: str, repair: str):
+        super().__init__(f"{path}: {problem}" + (f"; {repair}" if repair else ""))
+        self.problem = problem
 
 
 def write_csv(path: str, rows: list[dict]) -> None:
@@ -130,17 +138,17 @@ def verify_rows(path: str, repair: str) -> list[dict]:
             rows = list(reader)
             header = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise MetricsFileError(f"{path}: cannot be read ({e}); {repair}") from None
+        raise MetricsFileError(path, f"it cannot be read ({e})", repair) from None
     missing = [c for c in ("step", "method") if c not in header]
     if missing:
-        raise MetricsFileError(f"{path}: the header lacks {missing[0]!r}; {repair}")
+        raise MetricsFileError(path, f"the header lacks {missing[0]!r}", repair)
     seen = set()
     for line, row in enumerate(rows, start=2):
         problem = row_problem(row)
         if problem is None and row["step"] in seen:
             problem = f"step {row['step']} appears twice"
         if problem:
-            raise MetricsFileError(f"{path}: line {line} is damaged: {problem}; {repair}")
+            raise MetricsFileError(path, f"line {line} is damaged: {problem}", repair)
         seen.add(row["step"])
     return rows
 
@@ -156,20 +164,21 @@ def verify_against_summary(path: str, rows: list[dict], summary: dict, repair: s
     that is not one of them. Refuses with one line naming the file and ``repair``."""
     planned = summary.get("eval_steps")
     changed = [k for launch in summary.get("launches") or () for k in launch.get("changed") or ()]
-    if not planned or any(k.startswith("budget.") for k in changed):
-        return  # a budget changed on a relaunch (allow_changes): rows of two plans
+    if not planned or any(k.startswith(PLAN_KEYS) for k in changed):
+        return  # the plan changed on a relaunch: its rows follow two plans
     extra = sorted({int(float(r["step"])) for r in rows} - {int(s) for s in planned})
     if extra:
         raise MetricsFileError(
-            f"{path}: rows at steps {extra} that summary.json's evaluation plan does not have; "
-            f"{repair}"
+            path, f"rows at steps {extra} that summary.json's evaluation plan does not have", repair
         )
     if summary.get("status") == "finished":
         lost = missing_steps(rows, planned)
         if lost:
             raise MetricsFileError(
-                f"{path}: the run is finished but has no row for the evaluation at step"
-                f"{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))}; {repair}"
+                path,
+                f"the run is finished but has no row for the evaluation at step"
+                f"{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))}",
+                repair,
             )
 
 

@@ -42,6 +42,7 @@ class RunDir:
         self.hydra = os.path.join(path, ".hydra")
         self.hydra_copy = os.path.join(path, ".run", "hydra")
         self._lock_file = None
+        self._wrote_hydra = False
 
     # ------------------------------------------------------------------ lock
     def lock(self) -> None:
@@ -72,15 +73,20 @@ class RunDir:
             self._lock_file = None
 
     # --------------------------------------------------------- ownership of .hydra
+    def write_launch_files(self, files: dict[str, str] | None) -> None:
+        """This launch's .hydra files (name → text, as Hydra writes them), from this process's
+        memory, once it holds the lock and its checks passed: never another launch's files."""
+        for name, text in (files or {}).items():
+            atomic_write_text(os.path.join(self.hydra, name), text)
+            self._wrote_hydra = True
+
     def accept(self, files: dict[str, str] | None = None) -> list[str]:
-        """This launch owns the directory: write its .hydra files (``files``: name → text, as
-        Hydra would write them) and keep a copy, and delete the temporaries that killed writers
-        left behind. Returns the deleted temporaries. Without ``files`` (a run started outside
-        Hydra), whatever .hydra holds is kept as the owner's copy."""
-        if files:  # from this process's memory: never another launch's files
-            for folder in (self.hydra, self.hydra_copy):
-                for name, text in files.items():
-                    atomic_write_text(os.path.join(folder, name), text)
+        """This launch owns the directory: keep its .hydra files (``files``, or for a run
+        started outside Hydra whatever .hydra holds) as the owner's copy, and delete the
+        temporaries that killed writers left behind. Returns the deleted temporaries."""
+        if files:
+            for name, text in files.items():
+                atomic_write_text(os.path.join(self.hydra_copy, name), text)
         elif os.path.isdir(self.hydra):
             tmp = self.hydra_copy + ".new"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -90,13 +96,19 @@ class RunDir:
         return remove_stale_temporaries(self.path)
 
     def refuse(self) -> None:
-        """Undo what Hydra wrote for a refused launch: restore the owner's .hydra files."""
+        """Undo this launch's .hydra files when it is refused after taking the lock: put the
+        owner's copy back, or remove them where the folder had no owner yet. A launch that
+        never held the lock wrote nothing (Hydra's own .hydra is off) and touches nothing."""
+        if not self.locked:
+            return
         if os.path.isdir(self.hydra_copy):
             for name in os.listdir(self.hydra_copy):
                 with open(os.path.join(self.hydra_copy, name), "rb") as f:
                     data = f.read()
                 with contextlib.suppress(OSError), atomic_open(os.path.join(self.hydra, name)) as f:
                     f.write(data)
+        elif self._wrote_hydra:
+            shutil.rmtree(self.hydra, ignore_errors=True)
 
     # --------------------------------------------------------------- summary.json
     def read_summary(self) -> dict | None:
@@ -108,46 +120,75 @@ class RunDir:
             return None
         return summary if isinstance(summary, dict) else None
 
+    def set_aside(self, path: str, tag: str) -> str | None:
+        """Move ``path`` to a free ``<path>.<tag>-<time>[-n]`` beside it; returns where (None:
+        there was no file)."""
+        if not os.path.isfile(path):
+            return None
+        stem = f"{path}.{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+        kept, n = stem, 0
+        while os.path.exists(kept):
+            n += 1
+            kept = f"{stem}-{n}"
+        os.replace(path, kept)
+        return kept
+
     def set_aside_unreadable_summary(self) -> str | None:
         """An unreadable summary.json (cut, or not JSON) is moved to
         ``summary.json.unreadable-<time>`` rather than replaced, so the launch history it held
         is not lost; returns where it went (None: nothing to move)."""
         if not os.path.isfile(self.summary_path) or self.read_summary() is not None:
             return None
-        kept = f"{self.summary_path}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
-        os.replace(self.summary_path, kept)
-        return kept
+        return self.set_aside(self.summary_path, "unreadable")
+
+    def metric_rows(self) -> int:
+        """The number of lines after the header of metrics.csv (0: none, or no file)."""
+        if not os.path.isfile(self.metrics):
+            return 0
+        with open(self.metrics, "rb") as f:
+            return max(0, sum(1 for _ in f) - 1)
 
     def holds(self) -> str | None:
         """What this directory holds from earlier launches, in words (None: nothing)."""
-        rows = 0
-        if os.path.isfile(self.metrics):
-            with open(self.metrics, "rb") as f:
-                rows = max(0, sum(1 for _ in f) - 1)
+        rows = self.metric_rows()
         summary = self.read_summary()
         has_checkpoint = os.path.isfile(self.checkpoint)
-        if not (rows or has_checkpoint or summary or os.path.isfile(self.summary_path)):
+        if not (rows or has_checkpoint or os.path.isfile(self.summary_path)):
             return None
-        summary = summary or {}
-        status = summary.get("status", "unknown-status")
-        step, total = summary.get("step"), summary.get("total_steps")
-        at = f", step {step} of {total}" if step is not None and total else ""
-        return (
-            f"a {status} {summary.get('method') or ''} run".replace("  ", " ")
-            + f" ({rows} evaluation row{'s' if rows != 1 else ''}{at}"
-            + f"{'' if has_checkpoint else ', no checkpoint'})"
-        )
+        if summary is None and os.path.isfile(self.summary_path):
+            what = "a run whose summary.json cannot be read"
+        else:
+            summary = summary or {}
+            status = summary.get("status", "unrecorded")
+            what = " ".join(x for x in (status, summary.get("method"), "run") if x)
+            what = f"{'an' if what[0] in 'aeiou' else 'a'} {what}"
+            step, total = summary.get("step"), summary.get("total_steps")
+            if step is not None and total:
+                what += f" (step {step} of {total}"
+            else:
+                what += " ("
+        count = f"{rows} evaluation row{'s' if rows != 1 else ''}"
+        if what.endswith("("):
+            what += count
+        elif "(" in what:
+            what += f", {count}"
+        else:
+            what += f" ({count}"
+        return what + ("" if has_checkpoint else ", no checkpoint") + ")"
 
     def discard_results(self) -> list[str]:
-        """Remove the metrics and checkpoint of an earlier run (a launch that starts from step 0
-        here replaces them; left in place, a stop before the first checkpoint would leave them
-        to be resumed or read as this run's). Returns what was removed."""
-        removed = []
-        for path in (self.metrics, self.checkpoint):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-                removed.append(path)
-        return removed
+        """Before a launch from step 0: set an earlier run's metrics.csv aside
+        (``metrics.csv.replaced-<time>``) and remove its checkpoint, so a stop before the
+        first checkpoint cannot leave them to be resumed or read as this run's. Returns what
+        was moved or removed."""
+        done = []
+        kept = self.set_aside(self.metrics, "replaced")
+        if kept:
+            done.append(kept)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.checkpoint)
+            done.append(self.checkpoint)
+        return done
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_text(self.summary_path, json.dumps(summary, indent=2, default=str))

@@ -275,8 +275,9 @@ def describe(cfg, parts: Parts, ranks: Dist) -> dict:
 
 def refuse_to_train_over(cfg, rundir: RunDir) -> str | None:
     """Why this launch may not start from step 0 in a directory that holds a run (rank 0,
-    under the lock), or None. ``resume=false`` never trains over a run, and a finished run
-    whose checkpoint is gone is not retrained, unless ``overwrite=true`` says so."""
+    under the lock), or None. ``resume=false`` never trains over a run, and a run whose
+    checkpoint is gone is not retrained while its summary says finished (or cannot be read)
+    and it has evaluation rows, unless ``overwrite=true`` says so."""
     held = rundir.holds()
     if held is None or cfg.overwrite:
         return None
@@ -285,8 +286,11 @@ def refuse_to_train_over(cfg, rundir: RunDir) -> str | None:
             f"{rundir.path} holds {held}: resume=false would train over it; launch into "
             "another folder, or add overwrite=true to discard it"
         )
-    finished = (rundir.read_summary() or {}).get("status") == "finished"
-    if finished and not os.path.isfile(rundir.checkpoint):
+    if os.path.isfile(rundir.checkpoint):
+        return None
+    summary = rundir.read_summary()
+    finished = (summary or {}).get("status") == "finished"
+    if finished or (summary is None and rundir.metric_rows()):
         return (
             f"{rundir.checkpoint} is missing, but {rundir.path} holds {held}: restore the "
             "checkpoint to keep it, or add overwrite=true to retrain it from step 0"
@@ -294,30 +298,38 @@ def refuse_to_train_over(cfg, rundir: RunDir) -> str | None:
     return None
 
 
-def load_checkpoint(cfg, rundir: RunDir) -> dict | None:
-    """The checkpoint to resume, checked (digest, format); an unreadable one refuses the
-    launch, leaving the run's status as it was, unless ``overwrite=true`` (then: None)."""
-    try:
-        return checkpoint.load(rundir.checkpoint)
-    except checkpoint.CheckpointUnreadable as e:
-        if cfg.overwrite:
-            print(f"warning: {e}; overwrite=true: training from step 0", file=sys.stderr)
-            return None
-        finished = (rundir.read_summary() or {}).get("status") == "finished"
-        kept = (
-            "the run stays finished (its metrics.csv is intact; nothing is left to train); "
-            if finished
-            else ""
-        )
-        raise RunRefused(
-            f"{e}; {kept}restore it from a copy to resume, or add overwrite=true to retrain "
-            "from step 0"
-        ) from None
+def load_checkpoint(cfg, rundir: RunDir, ranks: Dist) -> dict | None:
+    """The checkpoint to resume, checked (digest, format). Rank 0 decides for every rank: an
+    unreadable checkpoint refuses the launch, leaving the run's status as it was, unless
+    ``overwrite=true`` (then every rank starts from step 0: None)."""
+    saved, problem = None, None
+    if ranks.main:
+        try:
+            saved = checkpoint.load(rundir.checkpoint)
+        except checkpoint.CheckpointUnreadable as e:
+            problem = str(e)
+    problem = ranks.decide(problem)
+    if problem is None:
+        return saved if ranks.main else checkpoint.load(rundir.checkpoint)
+    if cfg.overwrite:
+        if ranks.main:
+            print(f"warning: {problem}; overwrite=true: training from step 0", file=sys.stderr)
+        return None
+    finished = (rundir.read_summary() or {}).get("status") == "finished"
+    kept = "the run stays finished (its metrics.csv is kept); " if finished else ""
+    raise RunRefused(
+        f"{problem}; {kept}restore it from a copy to resume, or add overwrite=true to retrain "
+        "from step 0"
+    )
 
 
-def open_run_dir(cfg, rundir: RunDir, ranks: Dist) -> tuple[dict | None, dict]:
+def open_run_dir(
+    cfg, rundir: RunDir, ranks: Dist, files: dict | None = None
+) -> tuple[dict | None, dict]:
     """One writer per directory; a checkpoint there is resumed only under the same training
-    config. Returns (checkpoint or None, the accepted config changes)."""
+    config. Once the launch is accepted, rank 0 writes its .hydra ``files`` (so a launch that
+    dies while building is still known by its overrides). Returns (checkpoint or None, the
+    accepted config changes)."""
     refused = None
     if ranks.main:
         try:
@@ -331,23 +343,26 @@ def open_run_dir(cfg, rundir: RunDir, ranks: Dist) -> tuple[dict | None, dict]:
     refused, resume = ranks.decide((refused, cfg.resume and os.path.isfile(rundir.checkpoint)))
     if refused is not None:
         raise RunRefused(refused)
-    if not resume:
-        return None, {}
-    saved = load_checkpoint(cfg, rundir)
-    if saved is None:
-        return None, {}
-    changed = checkpoint.check_resume(rundir.checkpoint, saved, cfg)
-    # rank 0 reads metrics.csv and decides (every rank must refuse, or none; see Dist.decide)
-    relabel = None
+    saved, changed = (load_checkpoint(cfg, rundir, ranks) if resume else None), {}
+    if saved is not None:
+        changed = checkpoint.check_resume(rundir.checkpoint, saved, cfg)
+        # rank 0 reads the rows and decides (every rank must refuse, or none; see Dist.decide)
+        relabel = None
+        if ranks.main:
+            step = saved["progress"]["step"]
+            recorded = saved.get("metrics_csv")
+            rows = (
+                csv.DictReader(io.StringIO(recorded))
+                if recorded is not None
+                else read_csv(rundir.metrics)
+            )
+            evaluated = any(_anchor_or_none(r) is not None and row_anchor(r) <= step for r in rows)
+            relabel = checkpoint.check_relabel(rundir.checkpoint, saved, cfg, evaluated)
+        relabel = ranks.decide(relabel)
+        if relabel is not None:
+            raise RunRefused(relabel)
     if ranks.main:
-        step = saved["progress"]["step"]
-        recorded = saved.get("metrics_csv")
-        rows = csv.DictReader(io.StringIO(recorded)) if recorded else read_csv(rundir.metrics)
-        evaluated = any(_anchor_or_none(r) is not None and row_anchor(r) <= step for r in rows)
-        relabel = checkpoint.check_relabel(rundir.checkpoint, saved, cfg, evaluated)
-    relabel = ranks.decide(relabel)
-    if relabel is not None:
-        raise RunRefused(relabel)
+        rundir.write_launch_files(files)
     return saved, changed
 
 
@@ -359,42 +374,54 @@ def _anchor_or_none(row: dict) -> int | None:
         return None
 
 
-def passed_evaluations(parts: Parts, step: int) -> list[int]:
-    """The evaluation steps whose rows a checkpoint at ``step`` has written: main-line
-    evaluations up to ``step`` and the decay branches that fork at or before it."""
-    ends = [e for fork, es in parts.branches.items() if fork <= step for e in es]
-    return sorted({*(e for e in parts.evals if e <= step), *ends})
-
-
-def resumed_rows(saved: dict | None, parts: Parts, rundir: RunDir, main: bool) -> list[dict]:
+def resumed_rows(saved: dict | None, rundir: RunDir, ranks: Dist) -> list[dict]:
     """The metrics rows a resumed run keeps: those its checkpoint has passed, verified.
 
     A checkpoint keeps the text of metrics.csv up to its step; where the file differs (a lost
-    or cut row, a damaged byte) it is rewritten from the checkpoint, the old file kept beside
-    it. An older checkpoint without that copy: the file's rows are checked for form and for
-    every evaluation the checkpoint has passed, and a damaged file refuses the launch."""
+    or cut row, a damaged byte) rank 0 rewrites it from the checkpoint, the old file kept
+    beside it. An older checkpoint without that copy: rank 0 checks the file's rows for form,
+    and a finished run for its final row, and refuses a damaged file for every rank."""
     if saved is None:
         return []
     step = saved["progress"]["step"]
     recorded = saved.get("metrics_csv")
     if recorded is None:  # a checkpoint from before checkpoints kept their rows
-        fix = (
-            "this checkpoint predates the copy of its rows that would rewrite it: restore the "
-            "file from a copy, or add overwrite=true to retrain the run"
-        )
-        try:
-            rows = [r for r in verify_rows(rundir.metrics, fix) if row_anchor(r) <= step]
-        except MetricsFileError as e:
-            raise RunRefused(str(e)) from None
-        lost = missing_steps(rows, passed_evaluations(parts, step))
-        if lost:
-            raise RunRefused(
-                f"{rundir.metrics} has no row for the evaluation at step"
-                f"{'s' if len(lost) > 1 else ''} {', '.join(map(str, lost))}, which "
-                f"{rundir.checkpoint} (step {step}) has passed; {fix}"
-            )
-        return rows
+        problem = None
+        if ranks.main:
+            problem = legacy_rows_problem(saved, rundir)
+        problem = ranks.decide(problem)
+        if problem is not None:
+            raise RunRefused(problem)
+        return [r for r in read_csv(rundir.metrics) if row_anchor(r) <= step]
     rows = list(csv.DictReader(io.StringIO(recorded)))
+    if ranks.main:
+        repair_metrics(rundir, rows, recorded, step)
+    return rows
+
+
+def legacy_rows_problem(saved: dict, rundir: RunDir) -> str | None:
+    """For a checkpoint without a copy of its rows: a damaged row, or a finished checkpoint
+    whose final row is missing, as one line (None: the file is usable)."""
+    step, total = saved["progress"]["step"], saved.get("total_steps")
+    fix = (
+        "this checkpoint predates the copy of its rows that would rewrite it: restore the "
+        "file from a copy, or relaunch with resume=false overwrite=true to retrain the run"
+    )
+    try:
+        rows = [r for r in verify_rows(rundir.metrics, fix) if row_anchor(r) <= step]
+    except MetricsFileError as e:
+        return str(e)
+    # whatever the plan, a run evaluates at its last step: a finished checkpoint has that row
+    if total is not None and step >= total and missing_steps(rows, [step]):
+        return (
+            f"{rundir.metrics} has no row for the final evaluation at step {step}, which "
+            f"{rundir.checkpoint} has passed; {fix}"
+        )
+    return None
+
+
+def repair_metrics(rundir: RunDir, rows: list[dict], recorded: str, step: int) -> None:
+    """Rewrite metrics.csv from the checkpoint's copy where the two differ (rank 0)."""
     try:
         on_disk = [r for r in verify_rows(rundir.metrics, "") if row_anchor(r) <= step]
         problem = None if csv_text(on_disk) == recorded else "its rows differ from the copy"
@@ -404,20 +431,17 @@ def resumed_rows(saved: dict | None, parts: Parts, rundir: RunDir, main: bool) -
                 map(str, lost)
             )
     except MetricsFileError as e:
-        problem = str(e).split(": ", 1)[-1].rstrip("; ")
-    if problem and main:
-        kept = None
-        if os.path.isfile(rundir.metrics):
-            kept = f"{rundir.metrics}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
-            os.replace(rundir.metrics, kept)
-        write_csv(rundir.metrics, rows)
-        print(
-            f"warning: {rundir.metrics}: {problem}; rewrote its {len(rows)} rows from "
-            f"{rundir.checkpoint} (step {step})"
-            + (f", the old file is kept as {kept}" if kept else ""),
-            file=sys.stderr,
-        )
-    return rows
+        problem = e.problem
+    if problem is None:
+        return
+    kept = rundir.set_aside(rundir.metrics, "damaged")
+    write_csv(rundir.metrics, rows)
+    print(
+        f"warning: {rundir.metrics}: {problem}; rewrote its {len(rows)} rows from "
+        f"{rundir.checkpoint} (step {step})"
+        + (f", the old file is kept as {kept}" if kept else ""),
+        file=sys.stderr,
+    )
 
 
 def restore(cfg, parts: Parts, saved: dict | None, rundir: RunDir) -> checkpoint.Progress:
@@ -438,18 +462,19 @@ def restore(cfg, parts: Parts, saved: dict | None, rundir: RunDir) -> checkpoint
 def start_launch(
     rundir: RunDir, info: dict, step: int, changed: dict, files: dict | None = None
 ) -> None:
-    """The launch owns the directory now: write its .hydra files, and record it (and what it
-    cleaned up) in summary.json. A launch from step 0 removes an earlier run's metrics and
-    checkpoint (it may start here only when there was none, or under overwrite=true)."""
+    """The launch owns the directory now: keep its .hydra files as the owner's, and record it
+    (and what it cleaned up) in summary.json. A launch from step 0 sets an earlier run's
+    metrics.csv aside and removes its checkpoint (it may start here only when there was no
+    run, or its rows are retrained identically, or under overwrite=true)."""
     removed = rundir.accept(files)
-    if step == 0:
-        removed += rundir.discard_results()
     launch = {
         "start_step": step,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         "changed": changed,
         "removed_temporaries": removed,
     }
+    if step == 0:
+        launch["replaced"] = rundir.discard_results()
     kept = rundir.set_aside_unreadable_summary()
     if kept:
         print(
@@ -471,15 +496,20 @@ def error_line(e: BaseException) -> str:
 
 def record_stop(rundir: RunDir, e: BaseException, info: dict, step: int | None) -> None:
     """summary.json after a stop: 'interrupted' (signal) or 'failed', with the reason. A
-    summary that cannot be written (the disk that stopped the run is full) is reported, not
-    raised over the error that stopped it."""
+    launch that stopped before it started (``info`` empty: while building) never demotes a
+    finished run: its error is recorded beside the status. A summary that cannot be written
+    (the disk that stopped the run is full) is reported, not raised over the error."""
     stopped = isinstance(e, RunInterrupted | KeyboardInterrupt)
-    summary = {
-        **(rundir.read_summary() or {}),
-        **info,
-        "status": "interrupted" if stopped else "failed",
-        "error": error_line(e),
-    }
+    previous = rundir.read_summary() or {}
+    if not info and previous.get("status") == "finished":
+        summary = {**previous, "relaunch_error": error_line(e)}
+    else:
+        summary = {
+            **previous,
+            **info,
+            "status": "interrupted" if stopped else "failed",
+            "error": error_line(e),
+        }
     if step is not None:
         summary["step"] = step
     try:
@@ -513,12 +543,12 @@ def run(
     info, progress = {}, None
     try:
         # run directory: lock; a relaunch resumes only an identical training config
-        saved, changed = open_run_dir(cfg, rundir, ranks)
+        saved, changed = open_run_dir(cfg, rundir, ranks, launch_files)
         with StopSignals() as stop:
             # build, restore
             parts = build(cfg, ranks, device, rundir)
             progress = restore(cfg, parts, saved, rundir)
-            rows = resumed_rows(saved, parts, rundir, ranks.main)
+            rows = resumed_rows(saved, rundir, ranks)
             del saved
             info = describe(cfg, parts, ranks)
             if ranks.main:
@@ -569,7 +599,7 @@ def run(
         return summary
     except BaseException as e:
         if ranks.main and not info:
-            rundir.refuse()  # a launch that never started leaves the owner's files as they were
+            rundir.refuse()  # a launch that never started leaves the owner's .hydra as it was
         if ranks.main and rundir.locked and not isinstance(e, RunRefused):
             record_stop(rundir, e, info, progress.step if info else None)
         if isinstance(e, RunInterrupted):  # an agreed stop: every rank is at the same point

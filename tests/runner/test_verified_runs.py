@@ -102,7 +102,7 @@ def test_a_checkpoint_from_before_the_rows_copy_refuses_a_damaged_file(
     metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:2]))
     before = files(copy)
     with pytest.raises(
-        RunRefused, match=r"metrics.csv has no row for the evaluation at step 8, which"
+        RunRefused, match=r"metrics.csv has no row for the final evaluation at step 8, which"
     ):
         relaunch(run_in_process, env, copy, monkeypatch)
     assert files(copy) == before
@@ -115,7 +115,8 @@ def test_resume_false_never_trains_over_a_run_unless_asked(copy, run_in_process,
     # main: `method=purr resume=false` turned a finished cfm folder into a purr run
     before = files(copy)
     for method in ("cfm", "purr"):
-        with pytest.raises(RunRefused, match=r"holds a finished cfm run \(2 evaluation rows, st"):
+        held = r"holds a finished cfm run \(step 8 of 8, 2 evaluation rows\)"
+        with pytest.raises(RunRefused, match=held):
             run_in_process(env, [f"method={method}", "resume=false"], copy, monkeypatch)
         assert files(copy) == before
     run_in_process(env, ["method=purr", "resume=false", "overwrite=true"], copy, monkeypatch)
@@ -123,6 +124,21 @@ def test_resume_false_never_trains_over_a_run_unless_asked(copy, run_in_process,
     assert {r.split(",")[0] for r in (copy / "metrics.csv").read_text().splitlines()[1:]} == {
         "purr"
     }
+
+
+def test_a_failed_relaunch_does_not_demote_a_finished_run(copy, run_in_process, env, monkeypatch):
+    # main: a relaunch that failed while building (here: its shards are gone and may not be
+    # extracted) marked the finished run `failed`, and the analysis dropped it
+    from experiments.runner import trainer
+
+    def broken(*a, **k):
+        raise trainer.RunError("the index shards are missing")
+
+    monkeypatch.setattr(trainer, "prepare_latents", broken)
+    with pytest.raises(trainer.RunError, match="shards are missing"):
+        relaunch(run_in_process, env, copy, monkeypatch)
+    after = summary(copy)
+    assert after["status"] == "finished" and "shards are missing" in after["relaunch_error"]
 
 
 def test_a_finished_run_without_its_checkpoint_is_not_retrained(
