@@ -8,7 +8,8 @@ by ``analysis/compute_frontier.py``) is fitted with
 
     FD(C) = E + A · (C / C0)^(−α)        (C0 = 1e13 FLOPs, so A is the excess at 1e13)
 
-by least squares in FD, with E in [floor, min FD) when ``--floor`` (the tokenizer's
+by least squares in log FD (relative errors, so the early, large-FD points do not dominate),
+with E in [floor, min FD) when ``--floor`` (the tokenizer's
 reconstruction FD: no generator seen through the tokenizer scores below it) and E ≥ 0
 otherwise. The largest budget is left out of the fit, and the law's prediction there is
 compared with the measurement (``heldout_error``, relative). Intervals are a parametric
@@ -18,7 +19,9 @@ For each pair of objectives, the compute at which their fitted laws first cross 
 ``--cross-range`` (default: the smallest budget measured to 100× the largest), with its
 interval and the share of bootstrap draws that cross there at all.
 
-Writes ``scaling_fit.csv`` (one row per objective) and ``scaling_crossings.csv``.
+Writes ``scaling_fit.csv`` (one row per objective), ``scaling_crossings.csv`` and
+``scaling_fit.{png,pdf}``: each envelope's points, the held-out one hollow, and its fitted
+law with the bootstrap's 95% band, drawn to 4× the largest budget.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ def law(c, e, a, alpha):
 
 
 def fit_law(c, fd, floor: float | None = None) -> tuple[float, float, float]:
-    """(E, A, α) of ``law`` fitted to points (c, fd) by least squares; E bounded below by
-    ``floor`` (or 0) and above by just under the smallest FD."""
+    """(E, A, α) of ``law`` fitted to points (c, fd) by least squares in log FD; E bounded
+    below by ``floor`` (or 0) and above by just under the smallest FD."""
     c, fd = np.asarray(c, dtype=float), np.asarray(fd, dtype=float)
     if len(c) < 3:
         raise ValueError(f"a 3-parameter law needs at least 3 points, got {len(c)}")
@@ -57,16 +60,16 @@ def fit_law(c, fd, floor: float | None = None) -> tuple[float, float, float]:
         a0 = float(np.exp(np.mean(np.log(excess) + slope * np.log(c / C0))))
         try:
             p, _ = curve_fit(
-                law,
+                lambda x, e, a, alpha: np.log(law(x, e, a, alpha)),
                 c,
-                fd,
+                np.log(fd),
                 p0=[e0, a0, max(slope, 1e-3)],
                 bounds=([low, 0.0, 0.0], [high, np.inf, 5.0]),
                 maxfev=20000,
             )
         except RuntimeError:  # no convergence from this start
             continue
-        sse = float(np.sum((law(c, *p) - fd) ** 2))
+        sse = float(np.sum((np.log(law(c, *p)) - np.log(fd)) ** 2))
         if best is None or sse < best[0]:
             best = (sse, p)
     if best is None:
@@ -105,6 +108,42 @@ def band(values) -> tuple[float, float]:
     return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
 
 
+def plot(envelope: pd.DataFrame, fits: pd.DataFrame, draws_of: dict, out_dir: str) -> list:
+    """The envelopes, the held-out points and the fitted laws with their bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analysis.sweeps import save_figure
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    lo, hi = envelope["budget"].min(), 4 * envelope["budget"].max()
+    grid = np.geomspace(lo, hi, 200)
+    for i, fit in enumerate(fits.itertuples()):
+        color = f"C{i}"
+        pts = envelope[envelope["method"] == fit.method].sort_values("budget")
+        ax.plot(pts["budget"][:-1], pts["fd"][:-1], "o", color=color, label=fit.method)
+        ax.plot(pts["budget"][-1:], pts["fd"][-1:], "o", mfc="none", color=color, ms=9)
+        ax.plot(grid, law(grid, fit.E, fit.A_at_1e13, fit.alpha), "-", color=color, lw=1.2)
+        boot = draws_of[fit.method]
+        if len(boot):
+            curves = law(grid[None, :], boot[:, :1], boot[:, 1:2], boot[:, 2:3])
+            low, high = np.percentile(curves, [2.5, 97.5], axis=0)
+            ax.fill_between(grid, low, high, color=color, alpha=0.12, lw=0)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training FLOPs (budget)")
+    ax.set_ylabel("FD of the best size at that budget (lower envelope)")
+    ax.set_title(
+        "FD(C) = E + A·C^(−α) per objective, fitted without the largest budget (hollow)",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return save_figure(fig, out_dir, "scaling_fit")
+
+
 def fit_all(
     envelope: pd.DataFrame,
     floor: float | None,
@@ -112,9 +151,9 @@ def fit_all(
     draws: int = 300,
     seed: int = 0,
     cross_range: tuple[float, float] | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """``envelope``: columns method, budget, fd (one row per method and budget). Returns (the
-    per-objective fits, the pairwise crossings)."""
+    per-objective fits, the pairwise crossings, each objective's bootstrap refits)."""
     if cross_range is None:
         cross_range = (float(envelope["budget"].min()), 100 * float(envelope["budget"].max()))
     rows, draws_of, params = [], {}, {}
@@ -166,7 +205,7 @@ def fit_all(
                 "range": f"{cross_range[0]:.3g}–{cross_range[1]:.3g}",
             }
         )
-    return pd.DataFrame(rows), pd.DataFrame(crossings)
+    return pd.DataFrame(rows), pd.DataFrame(crossings), draws_of
 
 
 def envelope_of(frontier_csv: str) -> pd.DataFrame:
@@ -191,8 +230,9 @@ def main(argv=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     ap.add_argument("--cross-range", type=float, nargs=2, default=None, help="FLOPs, low high")
     ap.add_argument("--out", default=None, help="folder (default: the CSV's)")
     args = ap.parse_args(argv)
-    fits, crossings = fit_all(
-        envelope_of(args.frontier_csv),
+    envelope = envelope_of(args.frontier_csv)
+    fits, crossings, draws = fit_all(
+        envelope,
         args.floor,
         args.noise,
         args.draws,
@@ -202,6 +242,7 @@ def main(argv=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     os.makedirs(out, exist_ok=True)
     atomic_write_text(os.path.join(out, "scaling_fit.csv"), fits.to_csv(index=False))
     atomic_write_text(os.path.join(out, "scaling_crossings.csv"), crossings.to_csv(index=False))
+    plot(envelope, fits, draws, out)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(fits[["method", "E", "E_lo", "E_hi", "alpha", "heldout_fd", "heldout_predicted",
                     "heldout_error"]].round(3).to_string(index=False))  # fmt: skip

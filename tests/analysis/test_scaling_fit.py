@@ -31,7 +31,7 @@ def test_noisy_fit_has_intervals_that_cover_the_truth_and_a_small_heldout_error(
         for m, p in truth.items()
         for c in BUDGETS
     ]
-    fits, crossings = fit_all(pd.DataFrame(rows), floor=0.0, noise=0.5, draws=80)
+    fits, crossings, _ = fit_all(pd.DataFrame(rows), floor=0.0, noise=0.5, draws=80)
     for _, r in fits.iterrows():
         e, _, alpha = truth[r["method"]]
         assert r["points_fitted"] == 7 and r["heldout_budget"] == BUDGETS[-1]
