@@ -2,6 +2,7 @@
 
     python experiments/build_artifacts.py            # rebuild into the cache, compare
     python experiments/build_artifacts.py --install  # maintainers: ship the rebuilt ones
+    python experiments/build_artifacts.py --only fashion-vq-k4096 --install   # one of them
 
 The shipped Fashion-MNIST tokenizer and ``fd_fashion`` network live in ``shared/artifacts/``
 with their sha256 checksums and the numbers they reproduce (``manifest.json``); runs never
@@ -15,6 +16,7 @@ measured with the old ones stops being comparable, so do it deliberately and say
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -31,20 +33,22 @@ from shared.metrics.fashion_cnn import (
     train_classifier,
 )
 from shared.tokenizers.fashion import (
+    RECIPES,
     FashionVQ,
-    FashionVQConfig,
     evaluate_reconstruction,
     tokenizer_dir,
     train_fashion_vq,
 )
 
+DEFAULT = (artifacts.TOKENIZER, artifacts.METRIC_NET)  # what every run measures with
 # what each artifact ships (paths relative to its folder); identities cover the weights only
+TOKENIZER_FILES = [
+    "model/config.json",
+    "model/diffusion_pytorch_model.safetensors",
+    "tokenizer.json",
+]
 FILES = {
-    artifacts.TOKENIZER: [
-        "model/config.json",
-        "model/diffusion_pytorch_model.safetensors",
-        "tokenizer.json",
-    ],
+    **dict.fromkeys(artifacts.TOKENIZERS, TOKENIZER_FILES),
     artifacts.METRIC_NET: ["model.safetensors", "meta.json"],
 }
 
@@ -55,32 +59,43 @@ def tokenizer_numbers(tok, data_root=None) -> dict:
     return evaluate_reconstruction(tok, test)
 
 
-def build(force: bool, data_root=None) -> dict[str, str]:
-    tok_cfg, net_cfg = FashionVQConfig(data_root=data_root), FashionCNNConfig()
-    tok_dir, net_dir = tokenizer_dir(tok_cfg), classifier_dir(net_cfg)
-    if force or not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
-        print(f"==> training the Fashion-MNIST tokenizer into {tok_dir} (≈4 min on 2 cores)")
-        train_fashion_vq(tok_cfg, tok_dir)
-    if force or not os.path.isfile(os.path.join(net_dir, "model.safetensors")):
-        print(f"==> training the fd_fashion network into {net_dir} (≈1 min on 2 cores)")
-        train_classifier(net_cfg, data_root, out=net_dir)
-    return {artifacts.TOKENIZER: tok_dir, artifacts.METRIC_NET: net_dir}
+def build(force: bool, data_root=None, names=DEFAULT) -> dict[str, str]:
+    """Train (or find cached) each artifact of ``names`` from its seeded recipe; returns
+    {name: folder}."""
+    built = {}
+    for name in names:
+        if name in artifacts.TOKENIZERS:
+            cfg = dataclasses.replace(RECIPES[name], data_root=data_root)
+            folder = tokenizer_dir(cfg)
+            if force or not os.path.isfile(os.path.join(folder, "tokenizer.json")):
+                print(f"==> training tokenizer {name} into {folder} (≈4 min on 2 cores)")
+                train_fashion_vq(cfg, folder)
+        else:
+            net_cfg = FashionCNNConfig()
+            folder = classifier_dir(net_cfg)
+            if force or not os.path.isfile(os.path.join(folder, "model.safetensors")):
+                print(f"==> training the fd_fashion network into {folder} (≈1 min on 2 cores)")
+                train_classifier(net_cfg, data_root, out=folder)
+        built[name] = folder
+    return built
 
 
 def describe(built: dict[str, str], data_root=None) -> dict:
     t0 = time.time()
-    tok = FashionVQ.load(built[artifacts.TOKENIZER])
-    net = load_classifier(built[artifacts.METRIC_NET])
-    out = {
-        artifacts.TOKENIZER: {
-            "digest": tok.weights_sha256,
-            "recorded": tokenizer_numbers(tok, data_root),
-        },
-        artifacts.METRIC_NET: {
-            "digest": net.sha256,
-            "recorded": {"test_accuracy": test_accuracy(net, data_root)},
-        },
-    }
+    out = {}
+    for name, folder in built.items():
+        if name in artifacts.TOKENIZERS:
+            tok = FashionVQ.load(folder)
+            out[name] = {
+                "digest": tok.weights_sha256,
+                "recorded": tokenizer_numbers(tok, data_root),
+            }
+        else:
+            net = load_classifier(folder)
+            out[name] = {
+                "digest": net.sha256,
+                "recorded": {"test_accuracy": test_accuracy(net, data_root)},
+            }
     print(f"(evaluated in {time.time() - t0:.1f} s)")
     return out
 
@@ -117,8 +132,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--force", action="store_true", help="retrain even when cached")
     ap.add_argument("--install", action="store_true", help="replace the shipped artifacts")
     ap.add_argument("--data-root", default=None, help="Fashion-MNIST folder (default: Debian's)")
+    ap.add_argument(
+        "--only",
+        nargs="+",
+        default=list(DEFAULT),
+        choices=[*artifacts.TOKENIZERS, artifacts.METRIC_NET],
+        help="the artifacts to build (default: the tokenizer and network every run uses)",
+    )
     args = ap.parse_args(argv)
-    built = build(args.force, args.data_root)
+    built = build(args.force, args.data_root, args.only)
     described = describe(built, args.data_root)
     for name, d in described.items():
         try:

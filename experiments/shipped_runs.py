@@ -95,10 +95,12 @@ def unpack(name: str, out_root: str = OUT) -> str:
     folder = artifacts.shipped(f"{RUNS}/{name}")  # sha256 of every file, or ArtifactError
     with open(os.path.join(folder, "run.json")) as f:
         record = json.load(f)
-    if record["config"].get("tokenizer.path") is None:  # trained on the shipped tokenizer
+    tokenizer = artifacts.shipped_tokenizer_name(record["config"].get("tokenizer.path"))
+    if tokenizer:  # trained on a shipped tokenizer: it must be the one shipped now
         from shared.tokenizers import shipped_fashion_tokenizer
 
-        now, then = shipped_fashion_tokenizer().tokenizer_id, record["identity"]["tokenizer"]
+        now = shipped_fashion_tokenizer(tokenizer).tokenizer_id
+        then = record["identity"]["tokenizer"]
         if now != then:
             raise artifacts.ArtifactError(
                 f"shipped run {name} was trained on tokenizer {then}, the shipped tokenizer is "

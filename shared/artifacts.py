@@ -27,6 +27,26 @@ ARTIFACTS_DIR = Path(__file__).resolve().parent / "artifacts"
 MANIFEST = ARTIFACTS_DIR / "manifest.json"
 TOKENIZER = "fashion-vq"
 METRIC_NET = "fashion-cnn"
+# the shipped Fashion tokenizers: the default (K = 256) and the codebook-size axis (K = 4096,
+# the same grid and code dimension); a run picks one with tokenizer.path=shipped:<name>
+TOKENIZERS = ("fashion-vq", "fashion-vq-k4096")
+SHIPPED = "shipped:"
+
+
+def shipped_tokenizer_name(path: str | None) -> str | None:
+    """The shipped tokenizer a ``tokenizer.path`` names (unset: the default), or None for a
+    folder of the user's."""
+    if not path:
+        return TOKENIZER
+    if str(path).startswith(SHIPPED):
+        name = str(path)[len(SHIPPED) :]
+        if name not in TOKENIZERS:
+            raise ArtifactError(
+                f"tokenizer.path={path}: no shipped tokenizer {name!r}; the shipped ones are "
+                + ", ".join(SHIPPED + t for t in TOKENIZERS)
+            )
+        return name
+    return None
 
 
 class ArtifactError(RuntimeError):
@@ -118,11 +138,14 @@ def recorded(name: str) -> dict:
     return manifest()[name]["recorded"]
 
 
-def not_comparable_warning(what: str, found: str, name: str) -> str | None:
-    """A loud line when ``found`` (a digest) is not the shipped artifact ``name``; else None."""
-    expected = shipped_digest(name)
-    if found == expected:
+def not_comparable_warning(what: str, found: str, name: str | tuple) -> str | None:
+    """A loud line when ``found`` (a digest) is not the shipped artifact ``name`` (or one of
+    the names given); else None."""
+    names = (name,) if isinstance(name, str) else tuple(name)
+    digests = [manifest()[n]["digest"] for n in names if n in manifest()]
+    if found in digests:
         return None
+    expected = shipped_digest(names[0])
     return (
         f"WARNING: the {what} of this run ({found[:12]}) is not the shipped one "
         f"({expected[:12]}); its fd_fashion numbers are NOT comparable with numbers "

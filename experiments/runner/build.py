@@ -138,13 +138,14 @@ def load_tokenizer(cfg):
     """The configured tokenizer; ``tokenizer.path`` unset = the shipped Fashion-MNIST one. A
     file that does not load as the backend, or loads with another downsampling factor (a
     3-level VQModel is f4, not f8), is a RunError naming both (before any data or model)."""
+    from shared.artifacts import ArtifactError
     from shared.safe_load import FileLoadError
     from shared.tokenizers import load_tokenizer
 
     t = cfg.tokenizer
     try:
         tok = load_tokenizer(t.backend, t.path, t.image_size)
-    except (FileLoadError, FileNotFoundError) as e:
+    except (FileLoadError, FileNotFoundError, ArtifactError) as e:
         raise RunError(str(e)) from None
     except Exception as e:  # noqa: BLE001 (a wrong layout fails in many ways: say which file)
         raise RunError(

@@ -362,10 +362,11 @@ def check_inputs(cfg) -> None:
             "model.safetensors); unset it for the shipped one"
         )
     if cfg.tokenizer.backend == "fashion-vq":
-        from shared.artifacts import METRIC_NET, TOKENIZER, ArtifactError, shipped
+        from shared.artifacts import METRIC_NET, ArtifactError, shipped, shipped_tokenizer_name
 
         try:  # the shipped artifacts this run would use: present and unchanged
-            path = cfg.tokenizer.path or shipped(TOKENIZER)
+            name = shipped_tokenizer_name(cfg.tokenizer.path)
+            path = shipped(name) if name else cfg.tokenizer.path
             if cfg.eval.extractor == "fashion" and not cfg.eval.metric_net:
                 shipped(METRIC_NET)
         except ArtifactError as e:

@@ -267,6 +267,8 @@ def register() -> None:
         },
         "tokenizer": {
             "fashion": TokenizerConfig(),
+            # the codebook-size axis: the shipped K = 4096 tokenizer, same grid and code size
+            "fashion_k4096": TokenizerConfig(path="shipped:fashion-vq-k4096"),
             "sd_vq_f8": TokenizerConfig("sd-vq-f8", "vq-f8/model.ckpt", 256),
             "llamagen": TokenizerConfig("llamagen-vq-ds8", "vq_ds8_c2i.pt", 256),
         },

@@ -72,11 +72,11 @@ class Evaluator:
 
     def comparability_warnings(self) -> list[str]:
         """Loud lines when a Fashion run measures with rebuilt (not shipped) artifacts."""
-        from shared.artifacts import METRIC_NET, TOKENIZER, not_comparable_warning
+        from shared.artifacts import METRIC_NET, TOKENIZERS, not_comparable_warning
 
         if self.cfg.data.dataset != "fashion":
             return []
-        found = [not_comparable_warning("tokenizer", self.tok.weights_sha256 or "", TOKENIZER)]
+        found = [not_comparable_warning("tokenizer", self.tok.weights_sha256 or "", TOKENIZERS)]
         if self.cfg.eval.extractor == "fashion":
             found.append(
                 not_comparable_warning("fd_fashion network", self.extractor.sha256, METRIC_NET)

@@ -11,7 +11,10 @@ BACKENDS = {"fashion-vq": FashionVQ, "sd-vq-f8": SDVQF8, "llamagen-vq-ds8": Llam
 def load_tokenizer(backend: str, path: str | None = None, image_size: int | None = None):
     """Load a tokenizer by backend name; without a path the Fashion one is the shipped one."""
     if backend == "fashion-vq":
-        return FashionVQ.load(path) if path else shipped_fashion_tokenizer()
+        from ..artifacts import shipped_tokenizer_name
+
+        name = shipped_tokenizer_name(path)  # unset or shipped:<name>
+        return shipped_fashion_tokenizer(name) if name else FashionVQ.load(path)
     if backend not in BACKENDS:
         raise ValueError(f"unknown tokenizer backend {backend!r}; choose one of {list(BACKENDS)}")
     return BACKENDS[backend].load(path, image_size or 256)

@@ -194,8 +194,16 @@ def train_fashion_vq(cfg: FashionVQConfig, out_dir: str | None = None, progress=
     return out_dir
 
 
-def shipped_fashion_tokenizer() -> FashionVQ:
-    """The shipped Fashion-MNIST tokenizer (checksums verified; never retrained)."""
-    from ..artifacts import TOKENIZER, shipped
+# the recipe of each shipped tokenizer (experiments/build_artifacts.py --tokenizer NAME)
+RECIPES = {
+    "fashion-vq": FashionVQConfig(),
+    "fashion-vq-k4096": FashionVQConfig(num_codes=4096),
+}
 
-    return FashionVQ.load(shipped(TOKENIZER))
+
+def shipped_fashion_tokenizer(name: str = "fashion-vq") -> FashionVQ:
+    """A shipped Fashion-MNIST tokenizer (checksums verified; never retrained): the default,
+    or another of ``shared.artifacts.TOKENIZERS``."""
+    from ..artifacts import shipped
+
+    return FashionVQ.load(shipped(name))

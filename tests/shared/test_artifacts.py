@@ -35,6 +35,30 @@ def test_shipped_artifacts_match_their_checksums_and_identities():
     assert "NOT comparable" in artifacts.not_comparable_warning("tokenizer", "0" * 64, TOKENIZER)
 
 
+def test_the_codebook_axis_tokenizer_is_shipped_and_chosen_by_name(compose):
+    """K = 4096 on the default's grid and code size, loaded by ``tokenizer.path=shipped:…``
+    (the ``tokenizer=fashion_k4096`` group), checked like the default and comparable."""
+    from experiments.runner.build import load_tokenizer as run_tokenizer
+    from experiments.runner.checks import check_inputs
+    from shared.tokenizers import load_tokenizer
+
+    name = "fashion-vq-k4096"
+    m = artifacts.manifest()
+    assert sorted(m[name]["files"]) == sorted(artifacts.weight_files(artifacts.shipped(name)))
+    tok = load_tokenizer("fashion-vq", f"shipped:{name}")
+    assert (tok.num_codes, tok.code_dim, tok.grid) == (4096, 4, (8, 8))
+    assert tok.weights_sha256 == m[name]["digest"] != m[TOKENIZER]["digest"]
+    assert (
+        artifacts.not_comparable_warning("tokenizer", tok.weights_sha256, artifacts.TOKENIZERS)
+        is None
+    )
+    cfg = compose(["tokenizer=fashion_k4096"])
+    check_inputs(cfg)
+    assert run_tokenizer(cfg).weights_sha256 == tok.weights_sha256
+    with pytest.raises(ArtifactError, match="no shipped tokenizer 'k9'; the shipped ones are"):
+        load_tokenizer("fashion-vq", "shipped:k9")
+
+
 def test_a_changed_or_missing_artifact_file_is_named(tmp_path, monkeypatch):
     copy = tmp_path / "artifacts"
     shutil.copytree(artifacts.ARTIFACTS_DIR, copy)
@@ -60,12 +84,13 @@ def test_shipped_artifacts_reproduce_their_recorded_numbers():
     from shared.metrics.fashion_cnn import test_accuracy
     from shared.tokenizers import shipped_fashion_tokenizer
 
-    rec = artifacts.recorded(TOKENIZER)
-    got = tokenizer_numbers(shipped_fashion_tokenizer())
-    assert got["n_images"] == rec["n_images"] == 10000
-    assert abs(got["psnr_db"] - rec["psnr_db"]) <= 0.002
-    assert got["codebook_usage"] == rec["codebook_usage"]
-    assert abs(got["perplexity"] - rec["perplexity"]) <= 0.02
+    for name in artifacts.TOKENIZERS:
+        rec = artifacts.recorded(name)
+        got = tokenizer_numbers(shipped_fashion_tokenizer(name))
+        assert got["n_images"] == rec["n_images"] == 10000
+        assert abs(got["psnr_db"] - rec["psnr_db"]) <= 0.002
+        assert got["codebook_usage"] == rec["codebook_usage"]
+        assert abs(got["perplexity"] - rec["perplexity"]) <= 0.02
     acc = test_accuracy(load_classifier())
     assert abs(acc - artifacts.recorded(METRIC_NET)["test_accuracy"]) <= 1e-4
 
