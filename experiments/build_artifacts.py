@@ -120,7 +120,8 @@ def install(built: dict[str, str], described: dict) -> None:
             **described[name],
             "files": files,
             "bytes": size,
-            "built_by": "python experiments/build_artifacts.py --install",
+            "built_by": "python experiments/build_artifacts.py --install"
+            + ("" if name in DEFAULT else f" --only {name}"),
             "built_on": time.strftime("%Y-%m-%d"),
         }
     atomic_write_text(artifacts.MANIFEST, json.dumps(entries, indent=2) + "\n")
