@@ -15,9 +15,10 @@ otherwise. The largest budget is left out of the fit, and the law's prediction t
 compared with the measurement (``heldout_error``, relative). Intervals are a parametric
 bootstrap: every point redrawn with the evaluation's measured noise (``--noise``, FD standard
 deviation; 2.1–2.8 at 1000 samples, docs/converged.md) and refitted, 95% percentile bands.
-For each pair of objectives, the compute at which their fitted laws first cross inside
-``--cross-range`` (default: the smallest budget measured to 100× the largest), with its
-interval and the share of bootstrap draws that cross there at all.
+For each pair of objectives, every compute at which their fitted laws cross inside
+``--cross-range`` (default: the smallest budget measured to 100× the largest); the last one,
+which decides the order at large compute, with its bootstrap interval and the share of draws
+that cross at all; and which objective the laws put lower at the end of the range.
 
 Writes ``scaling_fit.csv`` (one row per objective), ``scaling_crossings.csv`` and
 ``scaling_fit.{png,pdf}``: each envelope's points, the held-out one hollow, and its fitted
@@ -78,17 +79,22 @@ def fit_law(c, fd, floor: float | None = None) -> tuple[float, float, float]:
     return float(e), float(a), float(alpha)
 
 
-def crossing(p1, p2, lo: float, hi: float) -> float | None:
-    """The compute in [lo, hi] where two fitted laws cross (the first, scanning up), or None."""
+def crossings(p1, p2, lo: float, hi: float) -> list[float]:
+    """Every compute in [lo, hi] where two fitted laws cross, in increasing order."""
     grid = np.geomspace(lo, hi, 400)
     diff = law(grid, *p1) - law(grid, *p2)
     sign = np.sign(diff)
-    change = np.nonzero(sign[:-1] * sign[1:] < 0)[0]
-    if not len(change):
-        return None
-    i = change[0]
-    f = lambda logc: float(law(np.exp(logc), *p1) - law(np.exp(logc), *p2))  # noqa: E731
-    return float(np.exp(brentq(f, np.log(grid[i]), np.log(grid[i + 1]))))
+    out = []
+    for i in np.nonzero(sign[:-1] * sign[1:] < 0)[0]:
+        f = lambda logc: float(law(np.exp(logc), *p1) - law(np.exp(logc), *p2))  # noqa: E731
+        out.append(float(np.exp(brentq(f, np.log(grid[i]), np.log(grid[i + 1])))))
+    return out
+
+
+def crossing(p1, p2, lo: float, hi: float) -> float | None:
+    """The first compute in [lo, hi] where two fitted laws cross, or None."""
+    found = crossings(p1, p2, lo, hi)
+    return found[0] if found else None
 
 
 def bootstrap(c, fd, floor, noise: float, draws: int, seed: int) -> np.ndarray:
@@ -188,24 +194,29 @@ def fit_all(
                 "bootstrap_draws": len(boot),
             }
         )
-    crossings = []
+    pairs = []
     for m1, m2 in itertools.combinations(sorted(params), 2):
-        at = crossing(params[m1], params[m2], *cross_range)
+        found = crossings(params[m1], params[m2], *cross_range)
         n = min(len(draws_of[m1]), len(draws_of[m2]))
-        boot = [crossing(draws_of[m1][i], draws_of[m2][i], *cross_range) for i in range(n)]
-        hits = [b for b in boot if b is not None]
-        crossings.append(
+        last = [crossings(draws_of[m1][i], draws_of[m2][i], *cross_range) for i in range(n)]
+        last = [c[-1] for c in last if c]
+        top = cross_range[1]
+        lead = m1 if law(top, *params[m1]) < law(top, *params[m2]) else m2
+        pairs.append(
             {
                 "a": m1,
                 "b": m2,
-                "cross_flops": at,
-                "cross_lo": band(hits)[0] if hits else None,
-                "cross_hi": band(hits)[1] if hits else None,
-                "share_of_draws_crossing": len(hits) / n if n else None,
+                "crossings": ";".join(f"{c:.3g}" for c in found),
+                # the last crossing decides the order at large compute
+                "last_cross_flops": found[-1] if found else None,
+                "last_cross_lo": band(last)[0] if last else None,
+                "last_cross_hi": band(last)[1] if last else None,
+                "share_of_draws_crossing": len(last) / n if n else None,
+                "lower_at_range_end": lead,
                 "range": f"{cross_range[0]:.3g}–{cross_range[1]:.3g}",
             }
         )
-    return pd.DataFrame(rows), pd.DataFrame(crossings), draws_of
+    return pd.DataFrame(rows), pd.DataFrame(pairs), draws_of
 
 
 def envelope_of(frontier_csv: str) -> pd.DataFrame:

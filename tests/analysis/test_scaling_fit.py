@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.scaling_fit import crossing, fit_all, fit_law, law
+from analysis.scaling_fit import crossing, crossings, fit_all, fit_law, law
 
 BUDGETS = 1.25e12 * 2.0 ** np.arange(8)
 
@@ -44,12 +44,19 @@ def test_noisy_fit_has_intervals_that_cover_the_truth_and_a_small_heldout_error(
     assert diff[0] > 0 > diff[-1] and np.count_nonzero(np.diff(np.sign(diff))) == 1
     true_cross = 1e13 * x[np.argmax(diff < 0)]
     (row,) = crossings.itertuples()
-    assert row.cross_flops == pytest.approx(true_cross, rel=0.5)
-    assert row.cross_lo <= true_cross <= row.cross_hi
+    assert row.last_cross_flops == pytest.approx(true_cross, rel=0.5)
+    assert row.last_cross_lo <= true_cross <= row.last_cross_hi
+    assert row.lower_at_range_end == "a"  # E 50 < 70
     assert crossing((50.0, 80.0, 0.5), (70.0, 20.0, 0.9), 1e12, 1e16) == pytest.approx(
         true_cross, rel=1e-3
     )
 
 
-def test_parallel_curves_never_cross():
+def test_parallel_curves_never_cross_and_two_crossings_are_both_found():
     assert crossing((50.0, 80.0, 0.5), (60.0, 80.0, 0.5), 1e12, 1e16) is None
+    # 50 + 80 x^-0.5 and 70 + 40 x^-0.9 (x = C/1e13) cross twice: near x = 0.25 and x = 10
+    both = crossings((50.0, 80.0, 0.5), (70.0, 40.0, 0.9), 1e11, 1e16)
+    assert len(both) == 2 and both[0] < 1e13 < both[1]
+    for c in both:
+        x = c / 1e13
+        assert 50 + 80 * x**-0.5 == pytest.approx(70 + 40 * x**-0.9, rel=1e-6)
