@@ -41,7 +41,7 @@ def main(argv=None) -> dict:
     cfg, tok, method, model = load_trained(args.run)
     if cfg.method.name != "dfm" or cfg.method.get("weighting") != "mdlm":
         raise SystemExit(f"{args.run} is not a dfm-mdlm run (method {cfg.method.name})")
-    from experiments.extract_latents import data_source, shard_folder
+    from shared.data.sources import data_source, shard_folder
 
     if cfg.data.dataset != "fashion":
         raise SystemExit("this measurement reads the Fashion-MNIST training shards")

@@ -34,7 +34,7 @@ class SampleOutput:
     trace: list | None = None
 
 
-def keep(records: list, trace, record: dict) -> None:
+def record_trace(records: list, trace, record: dict) -> None:
     """One trace record: appended to ``records`` (``trace=True``), or handed to ``trace``
     when it is a callable, which keeps what it needs (analysis/entropy_maps.py keeps
     entropies and argmaxes, not every (B, K, H, W) posterior)."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 
 from . import noise
-from .base import Method, SampleOutput, check_steps, inverse_cdf, keep
+from .base import Method, SampleOutput, check_steps, inverse_cdf, record_trace
 from .catalog import DISTANCES, SOLVERS, beta_overflow
 from .head import DEFAULT_CHUNK, CategoricalHead
 
@@ -200,8 +200,8 @@ class MetricDFM(CategoricalHead, Method):
             x1, _, post, mult = self.draw(model, z, tt, y, temperature, cfg_scale, generator, trace)
             nfe, rows = nfe + 1, rows + mult
             if trace:
-                keep(records, trace, {"t": t, "state": z.clone(), "posterior": post})
+                record_trace(records, trace, {"t": t, "state": z.clone(), "posterior": post})
             z = x1 if i == steps - 1 else self.jump(z, x1, t, h, generator)
         if trace:
-            keep(records, trace, {"t": 1.0, "state": z.clone(), "posterior": None})
+            record_trace(records, trace, {"t": 1.0, "state": z.clone(), "posterior": None})
         return SampleOutput(z, nfe, rows, records)

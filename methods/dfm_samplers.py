@@ -17,8 +17,7 @@ import math
 import torch
 
 from . import noise
-from .base import SampleOutput
-from .base import keep as keep_record
+from .base import SampleOutput, record_trace
 from .catalog import MASKGIT_SCHEDULES
 
 
@@ -66,7 +65,7 @@ def euler(
         rows += multiplier
         if trace:
             post = dfm.carry_over(post, x) if carry_over else post
-            keep_record(records, trace, {"t": t, "state": x.clone(), "posterior": post})
+            record_trace(records, trace, {"t": t, "state": x.clone(), "posterior": post})
         kappa_t = dfm.kappa(t)
         kappa_next = dfm.kappa(t_next)
         jump_p = 1.0 if i == steps - 1 else (kappa_next - kappa_t) / (1.0 - kappa_t)
@@ -78,7 +77,7 @@ def euler(
             jump &= x == dfm.mask_id
         x = torch.where(jump, proposal, x)
     if trace:
-        keep_record(records, trace, {"t": 1.0, "state": x.clone(), "posterior": None})
+        record_trace(records, trace, {"t": 1.0, "state": x.clone(), "posterior": None})
     return SampleOutput(x, nfe, rows, records)
 
 
@@ -92,8 +91,8 @@ def maskgit_masked(
     if step == steps - 1:
         return 0
     gamma = MASKGIT_SCHEDULES[schedule]
-    keep = math.floor(num_positions * gamma((step + 1) / steps))
-    return max(steps - 1 - step, min(keep, masked_now - 1))
+    masked = math.floor(num_positions * gamma((step + 1) / steps))
+    return max(steps - 1 - step, min(masked, masked_now - 1))
 
 
 @torch.no_grad()
@@ -128,18 +127,18 @@ def maskgit(
         nfe += 1
         rows += multiplier
         if trace:
-            keep_record(records, trace, {"t": float(t[0]), "state": x.clone(), "posterior": post})
-        keep = maskgit_masked(n, i, steps, masked_now, dfm.maskgit_schedule)
+            record_trace(records, trace, {"t": float(t[0]), "state": x.clone(), "posterior": post})
+        remasked = maskgit_masked(n, i, steps, masked_now, dfm.maskgit_schedule)
         u = noise.rand(x.shape, device, generator).clamp_(1e-20, 1.0)
         gumbel_scale = dfm.choice_temperature * (1.0 - (i + 1) / steps)
         confidence = score.float() - gumbel_scale * torch.log(-torch.log(u))
         confidence = torch.where(masked, confidence, torch.full_like(confidence, math.inf))
         confidence = confidence.view(num_samples, n)
         x = torch.where(masked, codes, x).view(num_samples, n)
-        if keep > 0:
-            remask = confidence.topk(keep, dim=1, largest=False).indices
+        if remasked > 0:
+            remask = confidence.topk(remasked, dim=1, largest=False).indices
             x.scatter_(1, remask, dfm.mask_id)
         x = x.view(num_samples, *grid)
     if trace:
-        keep_record(records, trace, {"t": 1.0, "state": x.clone(), "posterior": None})
+        record_trace(records, trace, {"t": 1.0, "state": x.clone(), "posterior": None})
     return SampleOutput(x, nfe, rows, records)

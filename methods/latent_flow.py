@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from . import noise
-from .base import Method, SampleOutput, check_steps, keep, nearest_code
+from .base import Method, SampleOutput, check_steps, nearest_code, record_trace
 from .catalog import ADAPTIVE_SOLVERS, LATENT_SCALES
 from .catalog import LATENT_SOLVERS as SOLVERS
 
@@ -119,7 +119,7 @@ class LatentFlowMethod(Method):
             t, h = ts[i], ts[i + 1] - ts[i]
             v, post = v_at(z, t)
             if trace:
-                keep(records, trace, {"t": t, "state": z.clone(), "posterior": post})
+                record_trace(records, trace, {"t": t, "state": z.clone(), "posterior": post})
             if solver == "euler" or (solver == "heun" and i == steps - 1):
                 z = z + h * v
             elif solver == "heun":
@@ -130,7 +130,7 @@ class LatentFlowMethod(Method):
                 z = z + h * v2
         indices = nearest_code(z, self.codebook, self.snap_chunk)
         if trace:
-            keep(records, trace, {"t": 1.0, "state": z.clone(), "posterior": None})
+            record_trace(records, trace, {"t": 1.0, "state": z.clone(), "posterior": None})
         return SampleOutput(indices, nfe, rows, records)
 
     @staticmethod

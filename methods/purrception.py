@@ -19,12 +19,13 @@ from .head import DEFAULT_CHUNK, CategoricalHead
 from .latent_flow import LatentFlowMethod
 
 
-def velocity_from_posterior(posterior, codebook, z_t, t_col):
-    """v = (π·E − z_t)/(1 − t): posterior (B,K,H,W), codebook (K,d), z_t (B,d,H,W)."""
+def velocity_from_posterior(posterior, codebook, z_t, one_minus_t):
+    """v = (π·E − z_t)/(1 − t): posterior (B,K,H,W), codebook (K,d), z_t (B,d,H,W), and
+    ``one_minus_t`` = 1 − t broadcastable to z_t (guarded away from 0 by the caller)."""
     b, k, h, w = posterior.shape  # μ = Eᵀπ per image: one (d×K)·(K×HW) product, no permutes
     mu = torch.matmul(codebook.t().to(posterior.dtype), posterior.reshape(b, k, h * w))
     mu = mu.view(b, -1, h, w)
-    return (mu - z_t) / t_col
+    return (mu - z_t) / one_minus_t
 
 
 class Purrception(CategoricalHead, LatentFlowMethod):

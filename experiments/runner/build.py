@@ -165,13 +165,13 @@ def load_tokenizer(cfg):
 
 def shard_location(cfg, tok) -> tuple[str, dict, str]:
     """(dataset id, data identity, shard folder) of the run's training split."""
-    from experiments.extract_latents import data_source, shard_folder
+    from shared.data.sources import data_source, shard_folder
 
     ds_id, identity, _ = data_source(cfg.data.dataset, cfg.data.root, "train", tok.image_size)
     return ds_id, identity, shard_folder(cfg.data.latents_dir, tok.tokenizer_id, ds_id)
 
 
-def prepare_latents(cfg, tok, dd: Dist):
+def prepare_latents(cfg, tok, ranks: Dist):
     """Index shards of the training split (extracted once, shared by every run of the same
     data), verified: the data's identity (``shared/data/identity.py``), checksums, the grid,
     and index/label ranges, naming the shard on failure."""
@@ -181,13 +181,13 @@ def prepare_latents(cfg, tok, dd: Dist):
     # rank 0 reads the data's identity (one pass over the folder's listing) and looks for the
     # shards; every rank follows: all of them reach the barrier below, or none does
     found = None
-    if dd.main:
+    if ranks.main:
         try:
             ds_id, identity, folder = shard_location(cfg, tok)
             found = (ds_id, identity, folder, os.path.isfile(os.path.join(folder, "manifest.json")))
         except (ImageFolderError, OSError) as e:
             found = f"data.root={cfg.data.root}: {e}"
-    found = dd.decide(found)
+    found = ranks.decide(found)
     if isinstance(found, str):
         raise RunError(found)
     ds_id, identity, folder, present = found
@@ -198,7 +198,7 @@ def prepare_latents(cfg, tok, dd: Dist):
                 "or set data.extract_if_missing=true"
             )
         try:
-            extract_once(cfg, tok, dd, folder, ds_id, identity)
+            extract_once(cfg, tok, ranks, folder, ds_id, identity)
         except (ShardError, ImageFolderError) as e:  # e.g. an image that cannot be decoded
             raise RunError(f"extracting {cfg.data.root} into {folder}: {e}") from None
     try:
@@ -206,7 +206,7 @@ def prepare_latents(cfg, tok, dd: Dist):
             folder,
             verify=True,
             num_classes=cfg.data.num_classes,
-            progress=cfg.progress and dd.main,
+            progress=cfg.progress and ranks.main,
             identity=identity,
         )
     except ShardError as e:
@@ -224,28 +224,28 @@ def prepare_latents(cfg, tok, dd: Dist):
     return shards
 
 
-def extract_once(cfg, tok, dd: Dist, folder: str, ds_id: str, identity: dict) -> None:
+def extract_once(cfg, tok, ranks: Dist, folder: str, ds_id: str, identity: dict) -> None:
     """Extract the shards once, whoever asks, not once per job of a sweep.
 
     The first job takes ``<folder>.lock`` and extracts, its shards dealt over all of its
     ranks; any other job waiting for the same data polls for the manifest instead of
     extracting again. Every wait is a file poll, never a collective: an extraction takes
     hours at ImageNet scale, far past NCCL's collective timeout."""
-    from experiments.extract_latents import open_dataset
+    from shared.data.sources import open_dataset
     from shared.latents import ExtractionLock, extract, wait_for_manifest
 
     lock = ExtractionLock(folder)
-    mine = lock.acquire() if dd.main else None
-    got, holder = dd.decide((mine is True, None if mine is True else mine))
-    say = print if dd.main else None
+    mine = lock.acquire() if ranks.main else None
+    got, holder = ranks.decide((mine is True, None if mine is True else mine))
+    say = print if ranks.main else None
     if not got:
         if say:
             print(f"{folder} is being extracted by {holder}; waiting for it")
         wait_for_manifest(folder, lock, holder, say=say)
         return
     try:
-        if dd.main:
-            print(f"extracting latents into {folder} over {dd.world} rank(s)")
+        if ranks.main:
+            print(f"extracting latents into {folder} over {ranks.world} rank(s)")
         # the identity came from rank 0 (computed once); here only the images are opened
         dataset = open_dataset(cfg.data.dataset, cfg.data.root, "train", tok.image_size)
         extract(
@@ -253,9 +253,9 @@ def extract_once(cfg, tok, dd: Dist, folder: str, ds_id: str, identity: dict) ->
             tok,
             folder,
             ds_id,
-            rank=dd.rank,
-            world_size=dd.world,
-            progress=cfg.progress and dd.main,
+            rank=ranks.rank,
+            world_size=ranks.world,
+            progress=cfg.progress and ranks.main,
             identity=identity,
         )
         wait_for_manifest(folder, say=say)  # the other ranks' shards (the last one writes it)

@@ -209,7 +209,7 @@ class Loop:
         progress: checkpoint.Progress,
         rows: list,
         rundir,
-        dist,
+        ranks,
         stop: StopSignals,
         checkpoint_step: int | None,
         on_evaluation=(),
@@ -220,7 +220,7 @@ class Loop:
         self.progress = progress
         self.rows = rows
         self.rundir = rundir
-        self.dist = dist
+        self.ranks = ranks  # the process group (build.Dist)
         self.stop = stop
         self.checkpoint_step = checkpoint_step  # step of the last finite checkpoint on disk
         self.on_evaluation = on_evaluation  # callables (run_dir, row) → message or None
@@ -290,8 +290,8 @@ class Loop:
                 len(parts.shards),
                 seed=cfg.seed,
                 start=progress.step * batch,
-                rank=self.dist.rank,
-                world_size=self.dist.world,
+                rank=self.ranks.rank,
+                world_size=self.ranks.world,
             )
         )
         gen = torch.Generator(parts.device)
@@ -301,7 +301,7 @@ class Loop:
             unit="step",
             dynamic_ncols=True,
             desc=f"{method_label(cfg)} s{cfg.seed}",
-            disable=not (self.dist.main and cfg.progress),
+            disable=not (self.ranks.main and cfg.progress),
         )
         t_seg = time.time()
         try:
@@ -327,14 +327,14 @@ class Loop:
                 # Report: the mean loss since the last line, throughput, ETA.
                 if step % cfg.log_every == 0 or is_eval or is_ckpt:
                     self.sync_losses(step)
-                    if self.dist.main and cfg.progress:
+                    if self.ranks.main and cfg.progress:
                         rate = bar.format_dict.get("rate") or 0.0  # steps/s (tqdm's smoothed)
                         bar.set_postfix(
                             loss=f"{progress.mean_loss():.4f}",
                             img_s=f"{batch * rate:.0f}",
                             refresh=False,
                         )
-                    if self.dist.main and step % cfg.log_every == 0:
+                    if self.ranks.main and step % cfg.log_every == 0:
                         values = self.log_values(step)
                         self.report(self.log_line(step, values), bar, echo=not cfg.progress)
                         self.tracker.log(step, values)
@@ -363,12 +363,12 @@ class Loop:
     def batch(self, step: int, stream, gen: torch.Generator):
         """The local batch of optimiser step ``step`` (the stream's next rows, on the device),
         with ``gen`` seeded for that step: both are functions of the step alone."""
-        local_batch = self.cfg.budget.batch_size // self.dist.world
+        local_batch = self.cfg.budget.batch_size // self.ranks.world
         rows = np.fromiter((next(stream) for _ in range(local_batch)), np.int64, local_batch)
         codes, labels = self.parts.shards.gather(rows)
         codes = codes.to(self.parts.device, non_blocking=True)
         labels = labels.to(self.parts.device, non_blocking=True)
-        gen.manual_seed(step_seed(self.cfg.seed, self.dist.rank, step))
+        gen.manual_seed(step_seed(self.cfg.seed, self.ranks.rank, step))
         return codes, labels
 
     @property
@@ -414,13 +414,13 @@ class Loop:
                     len(parts.shards),
                     seed=cfg.seed,
                     start=start * batch,
-                    rank=self.dist.rank,
-                    world_size=self.dist.world,
+                    rank=self.ranks.rank,
+                    world_size=self.ranks.world,
                 )
             )
             t0, losses = time.time(), torch.zeros((), device=parts.device, dtype=torch.float64)
             stopped = False
-            if self.dist.main:
+            if self.ranks.main:
                 self.report(
                     f"decay branch: steps {start} → {end} (learning rate to zero at "
                     f"{end}, then back to step {start})",
@@ -438,9 +438,9 @@ class Loop:
                     stopped = True
                     break
             if not stopped:
-                if self.dist.world > 1:
+                if self.ranks.world > 1:
                     dist.all_reduce(losses)
-                    losses /= self.dist.world
+                    losses /= self.ranks.world
                 loss = losses.item() / (end - start)
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(
@@ -461,9 +461,9 @@ class Loop:
         same steps, so a non-finite loss on any rank stops all of them together)."""
         if self.pending_n == 0:
             return
-        if self.dist.world > 1:
+        if self.ranks.world > 1:
             dist.all_reduce(self.pending)
-            self.pending /= self.dist.world
+            self.pending /= self.ranks.world
         total = self.pending.item()
         if not math.isfinite(total):
             raise NonFiniteLossError(
@@ -482,7 +482,7 @@ class Loop:
         """Score the EMA weights at ``step``. A decay branch passes its own training wall time
         and mean loss, and the main-line step it forked from (the row's ``decay_from``)."""
         parts, progress = self.parts, self.progress
-        if self.dist.main:
+        if self.ranks.main:
             row = parts.evaluator(
                 parts.ema,
                 step,
@@ -509,7 +509,7 @@ class Loop:
         if branch_from is None:
             progress.loss_sum = 0.0
             progress.loss_count = 0
-        self.dist.barrier()
+        self.ranks.barrier()
 
     def save(self) -> None:
         """Checkpoint the current step, unless its weights are non-finite (then stop)."""
@@ -520,7 +520,7 @@ class Loop:
                 + self.resume_hint()
             )
         t0 = time.time()
-        if self.dist.main:
+        if self.ranks.main:
             checkpoint.save(
                 self.rundir.checkpoint,
                 parts.model,
@@ -532,7 +532,7 @@ class Loop:
                 parts.identity,
                 metrics_csv=csv_text(self.rows),
             )
-        self.dist.barrier()
+        self.ranks.barrier()
         self.save_seconds = time.time() - t0
         self.checkpoint_step = step
 
@@ -552,7 +552,7 @@ class Loop:
     def stop_requested(self, step: int, sync: bool = False) -> bool:
         """Whether to stop now. Ranks agree (an all-reduce) at steps that are multiples of
         log_every, or wherever every rank passes ``sync`` (a decay branch's own points)."""
-        if self.dist.world == 1:
+        if self.ranks.world == 1:
             return self.stop.signum is not None
         if not sync and step % self.cfg.log_every:  # ranks agree at sync points only
             return False
@@ -565,7 +565,7 @@ class Loop:
         """Checkpoint when cheap (not already saved, last save under 10 s), then stop."""
         saved = self.checkpoint_step == step
         # the last save's duration differs per rank (each timed its own wait): rank 0 decides
-        cheap = self.dist.decide(self.save_seconds is None or self.save_seconds < 10)
+        cheap = self.ranks.decide(self.save_seconds is None or self.save_seconds < 10)
         if not saved and cheap:
             self.sync_losses(step)
             self.save()
