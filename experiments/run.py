@@ -99,5 +99,37 @@ def main(cfg) -> float | None:
     return final.get("fd_fashion") or final.get("fid_inception")
 
 
+def output_folder_problem(argv: list[str]) -> str | None:
+    """Why the run (or sweep) folder a launch names cannot be written, or None. Hydra creates
+    that folder before any code here runs and reports a failure as a traceback, so the launch
+    checks it first: the nearest existing folder on its path must be a writable folder."""
+    import errno
+    import os
+
+    from shared.io import os_error_line
+
+    named = [
+        a.partition("=")[2] for a in argv if a.startswith(("hydra.run.dir=", "hydra.sweep.dir="))
+    ]
+    for path in [p for p in named if p] or ["outputs"]:
+        probe = os.path.abspath(path)
+        while not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        code = None
+        if not os.path.isdir(probe):
+            code = errno.ENOTDIR
+        elif os.statvfs(probe).f_flag & os.ST_RDONLY:
+            code = errno.EROFS
+        elif not os.access(probe, os.W_OK | os.X_OK):
+            code = errno.EACCES
+        if code is not None:
+            return os_error_line(OSError(code, os.strerror(code), probe))
+    return None
+
+
 if __name__ == "__main__":
+    problem = output_folder_problem(sys.argv[1:])
+    if problem:
+        print(f"error: cannot create the run folder: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     main()

@@ -275,3 +275,16 @@ def test_a_full_disk_is_one_line_and_loses_nothing(env, finished, tmp_path):
     p = run_py(env, d, "method=cfm")
     assert p.returncode == 0, p.stderr
     assert summary(d)["status"] == "finished"
+
+
+@pytest.mark.process
+def test_a_run_folder_that_cannot_be_created_is_one_line(env, tmp_path):
+    # main: Hydra's NotADirectoryError traceback, before any of the project's code ran
+    (tmp_path / "file").write_text("")
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):
+        p = run_py(env, tmp_path / "unused", "method=cfm", f"{key}={tmp_path}/file/run")
+        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+        assert p.stderr.strip().splitlines()[-1] == (
+            f"error: cannot create the run folder: {tmp_path}/file: Not a directory (ENOTDIR); "
+            "a part of the path is a file, not a folder: choose another path"
+        )
