@@ -47,7 +47,7 @@ import zipfile
 import numpy as np
 import torch
 
-from shared.io import atomic_write_text, file_sha256, os_error_line
+from shared.io import atomic_write_text, file_sha256
 from shared.metrics.fidelity import PRC_K
 from shared.refusal import cannot, refuse
 
@@ -337,7 +337,7 @@ def check_writable(out: str) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise EvalError(f"cannot write {os_error_line(e, out)}") from None
+        raise EvalError(cannot("write", out, e)) from None
 
 
 PLAIN = {  # torch-fidelity keys of this project → results.json keys
@@ -536,7 +536,7 @@ def main(argv=None) -> dict:
     try:
         atomic_write_text(args.out, text)
     except OSError as e:
-        refuse(f"cannot write {os_error_line(e, args.out)} (nothing was written)")
+        refuse(cannot("write", args.out, e) + " (nothing was written)")
     shown = {k: out[k] for k in out if isinstance(out[k], float)}
     print(" ".join(f"{k}={v:.4g}" for k, v in shown.items()) + f"  → {args.out}")
     return out

@@ -49,7 +49,7 @@ import uuid
 import torch
 
 from experiments import sample_files as files
-from shared.io import file_sha256, os_error_line, release_flock
+from shared.io import file_sha256, release_flock
 from shared.refusal import cannot, refuse
 
 
@@ -186,7 +186,7 @@ def main(argv=None) -> dict | None:
     try:
         return sample_into(args, ranks, device, out)
     except OSError as e:  # the output's folder filled up or was taken away mid-way
-        refuse(f"cannot write {os_error_line(e, e.filename or out)} (the finished shards are kept)")
+        refuse(cannot("write", e.filename or out, e) + " (the finished shards are kept)")
     finally:
         if lock is not None:
             release_flock(lock)

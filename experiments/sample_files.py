@@ -31,10 +31,10 @@ from shared.io import (
     atomic_open,
     atomic_write_text,
     file_sha256,
-    os_error_line,
     release_flock,
     take_flock,
 )
+from shared.refusal import cannot
 
 CARD_VERSION = 1
 
@@ -217,7 +217,7 @@ def lock_output(out: str, png_dir: str | None = None):
         os.makedirs(os.path.dirname(out), exist_ok=True)
         lock, holder = take_flock(lock_path(out), unsupported)
     except OSError as e:
-        return None, f"cannot write {os_error_line(e, out)}"
+        return None, cannot("write", out, e)
     if lock is None:
         return None, (
             f"{out} is being written by another sampling command ({holder}); wait for it to "
@@ -230,7 +230,7 @@ def lock_output(out: str, png_dir: str | None = None):
                 pass
         except OSError as e:
             release_flock(lock)
-            return None, f"cannot write {os_error_line(e, png_dir)}"
+            return None, cannot("write", png_dir, e)
     return lock, None
 
 

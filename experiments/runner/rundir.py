@@ -151,30 +151,25 @@ class RunDir:
     def holds(self) -> str | None:
         """What this directory holds from earlier launches, in words (None: nothing)."""
         rows = self.metric_rows()
-        summary = self.read_summary()
         has_checkpoint = os.path.isfile(self.checkpoint)
         if not (rows or has_checkpoint or os.path.isfile(self.summary_path)):
             return None
+        summary = self.read_summary()
+        details = []
         if summary is None and os.path.isfile(self.summary_path):
             what = "a run whose summary.json cannot be read"
         else:
             summary = summary or {}
             status = summary.get("status", "unrecorded")
-            what = " ".join(x for x in (status, summary.get("method"), "run") if x)
-            what = f"{'an' if what[0] in 'aeiou' else 'a'} {what}"
+            words = " ".join(x for x in (status, summary.get("method"), "run") if x)
+            what = f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
             step, total = summary.get("step"), summary.get("total_steps")
             if step is not None and total:
-                what += f" (step {step} of {total}"
-            else:
-                what += " ("
-        count = f"{rows} evaluation row{'s' if rows != 1 else ''}"
-        if what.endswith("("):
-            what += count
-        elif "(" in what:
-            what += f", {count}"
-        else:
-            what += f" ({count}"
-        return what + ("" if has_checkpoint else ", no checkpoint") + ")"
+                details.append(f"step {step} of {total}")
+        details.append(f"{rows} evaluation row{'s' if rows != 1 else ''}")
+        if not has_checkpoint:
+            details.append("no checkpoint")
+        return f"{what} ({', '.join(details)})"
 
     def discard_results(self) -> list[str]:
         """Before a launch from step 0: set an earlier run's metrics.csv aside
