@@ -8,16 +8,9 @@ as an uninterrupted one, whatever else the process built (or drew random numbers
     lr(s)               = optim.lr · min(1, (s+1)/warmup) · decay(s)
     data rows of step s = positions s·B … (s+1)·B−1 of the seeded stream (InfiniteSampler)
 
-``optim.schedule=wsd`` (warmup-stable-decay: MiniCPM, Hu et al. 2024, arXiv 2404.06395;
-Hägele et al. 2024, arXiv 2405.18392) decays the learning rate linearly to zero over the last
-``optim.decay_fraction`` of the budget. Every earlier evaluation point e gets its own decay
-branch: at step d(e) = e − round(fraction·e) the loop sets the run's state aside, trains on to
-e with the learning rate decaying to zero at e, evaluates, and restores the state. Since data,
-noise and learning rate are functions of the step, that branch is exactly the end of a run
-whose budget is e, so one run gives an annealed FD at every budget for about 1.2× its compute
-(log spacing, fraction 0.2: the branches add 0.2·(e₁ + … + e_{K−1}) ≈ 0.2 of the budget).
-A stop inside a branch restores the state and stops at d(e); the relaunch runs the branch
-again, identically.
+``Loop.run`` reads as its phases, once per step: train → report → decay branches, evaluate,
+save → stop if asked. The learning-rate schedule and the decay branches of
+``optim.schedule=wsd`` live in ``experiments/runner/wsd.py``.
 """
 
 from __future__ import annotations
@@ -46,6 +39,12 @@ from .evaluation import write_csv
 from .labels import method_label
 from .metrics_file import csv_text
 from .tracking import Tracker
+from .wsd import Schedule, run_branches
+from .wsd import decay_start as decay_start
+from .wsd import lr_at as lr_at
+from .wsd import row_anchor as row_anchor
+from .wsd import schedule_label as schedule_label
+from .wsd import schedule_of as schedule_of
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -54,46 +53,47 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def decay_start(end: int, fraction: float) -> int:
-    """The first step of the decay phase of a run whose budget is ``end`` steps."""
-    return end - max(1, round(fraction * end)) if fraction > 0 else end
+@dataclass
+class Trained:
+    """What one optimiser step updates: the method (its loss), the model, the model as the
+    forward pass runs it (DDP / torch.compile), the optimiser and the EMA copy."""
+
+    method: object
+    model: torch.nn.Module
+    net: torch.nn.Module
+    opt: object  # shared.optim.FusedAdamW or a torch.optim.Optimizer (optim.fused=false)
+    ema: torch.nn.Module
 
 
-def lr_at(
-    step: int, lr: float, warmup_steps: int, end: int | None = None, decay_fraction: float = 0.0
-) -> float:
-    """Linear warm-up over ``warmup_steps`` optimiser steps, then constant (0-based step);
-    with ``end`` and a ``decay_fraction``, times (end − step)/(end − d) on the decay phase
-    d = decay_start(end) ≤ step < end: linear to zero at ``end`` (its last step: lr/(end − d))."""
-    scale = min(1.0, (step + 1) / max(1, warmup_steps))
-    if end is not None and decay_fraction > 0:
-        start = decay_start(end, decay_fraction)
-        if step >= start:
-            scale *= (end - step) / (end - start)
-    return lr * scale
+@dataclass(frozen=True)
+class StepSettings:
+    """The settings of one optimiser step: learning rate, gradient-norm clip, EMA decay and
+    whether the forward pass runs in bf16 autocast."""
+
+    lr: float
+    grad_clip: float
+    ema_decay: float
+    use_bf16: bool
 
 
-def schedule_of(optim) -> tuple[str, float]:
-    """(schedule, decay fraction) of an optim config; configs from before the key: constant."""
-    schedule = optim.get("schedule", "constant")
-    return schedule, (float(optim.get("decay_fraction", 0.2)) if schedule == "wsd" else 0.0)
-
-
-def row_anchor(row: dict) -> int:
-    """The main-line step at which a metrics row was written: a decay branch's row (its step
-    before the run's last) at the branch's fork, any other row at its own step. A resumed run
-    keeps the rows whose anchor it has reached."""
-    step, fork = int(row["step"]), row.get("decay_from")
-    total = row.get("total_steps")
-    if fork not in (None, "") and total not in (None, "") and step < int(total):
-        return int(fork)
-    return step
-
-
-def schedule_label(optim) -> str:
-    """``constant`` or ``wsd0.2``: the learning-rate schedule a metrics row was trained with."""
-    schedule, fraction = schedule_of(optim)
-    return f"wsd{fraction:g}" if schedule == "wsd" else schedule
+def optimizer_step(
+    trained: Trained, c: torch.Tensor, y: torch.Tensor, gen: torch.Generator, settings: StepSettings
+) -> torch.Tensor:
+    """One optimiser step (the trainer's and the benchmark's): class dropout and the method's
+    loss drawn from ``gen``, AdamW at ``settings.lr`` with clipping, then the EMA. Returns the
+    loss (detached, on device: no host sync)."""
+    model, opt = trained.model, trained.opt
+    model.train()
+    y = model.drop_labels(y, gen)
+    with torch.autocast(c.device.type, dtype=torch.bfloat16, enabled=settings.use_bf16):
+        out = trained.method.loss(trained.net, c, y, generator=gen)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    for group in opt.param_groups:
+        group["lr"] = settings.lr
+    clip_and_step(model, opt, settings.grad_clip)
+    ema_update(trained.ema, model, settings.ema_decay)
+    return out.loss.detach().float()
 
 
 def train_step(
@@ -111,31 +111,10 @@ def train_step(
     ema_decay: float,
     use_bf16: bool,
 ) -> torch.Tensor:
-    """One optimiser step (the trainer's and the benchmark's): class dropout and the method's
-    loss drawn from ``gen``, AdamW at ``lr`` with clipping, then the EMA. Returns the loss
-    (detached, on device: no host sync)."""
-    model.train()
-    y = model.drop_labels(y, gen)
-    with torch.autocast(c.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-        out = method.loss(net, c, y, generator=gen)
-    opt.zero_grad(set_to_none=True)
-    out.loss.backward()
-    for group in opt.param_groups:
-        group["lr"] = lr
-    clip_and_step(model, opt, grad_clip)
-    ema_update(ema, model, ema_decay)
-    return out.loss.detach().float()
-
-
-def clone(state):
-    """A copy of a (nested) state dict whose tensors share no memory with the original."""
-    if isinstance(state, torch.Tensor):
-        return state.detach().clone()
-    if isinstance(state, dict):
-        return {k: clone(v) for k, v in state.items()}
-    if isinstance(state, list | tuple):
-        return type(state)(clone(v) for v in state)
-    return state
+    """``optimizer_step`` with its parts and settings as loose arguments, the way
+    ``experiments/benchmark.py`` calls it."""
+    trained = Trained(method, model, net, opt, ema)
+    return optimizer_step(trained, c, y, gen, StepSettings(lr, grad_clip, ema_decay, use_bf16))
 
 
 class StopSignals:
@@ -164,16 +143,19 @@ class StopSignals:
             signal.signal(s, h)
         return False
 
+    def agree(self, device: torch.device) -> bool:
+        """Whether any rank was signalled (an all-reduce: every rank calls it at the same
+        point); each rank then holds the signal."""
+        flag = torch.tensor(float(self.signum or 0), device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self.signum = int(flag.item()) or None
+        return self.signum is not None
+
 
 @dataclass
-class Parts:
+class Parts(Trained):
     """What the loop works on, built by ``experiments/runner/trainer.py``."""
 
-    method: object
-    model: torch.nn.Module
-    net: torch.nn.Module  # model, wrapped by DDP / torch.compile
-    ema: torch.nn.Module
-    opt: object  # shared.optim.FusedAdamW or a torch.optim.Optimizer (optim.fused=false)
     shards: object
     evaluator: object  # None on ranks > 0
     device: torch.device
@@ -187,325 +169,298 @@ class Parts:
 
 
 @dataclass
-class LogInterval:
-    """The log line's interval, from ``step``: its synced loss sum and count, and its training
-    seconds (``train_s`` before the last resume of training at ``resumed``; evaluations and
-    checkpoints in between do not count)."""
+class TrainState:
+    """Where training stands, updated in place (the trainer reads both after the loop): the
+    counters a checkpoint holds, and the metrics rows so far."""
 
-    step: int
-    loss_sum: float = 0.0
-    loss_count: int = 0
-    resumed: float = field(default_factory=time.time)
-    train_s: float = 0.0
+    progress: checkpoint.Progress
+    rows: list
+
+
+@dataclass
+class RunContext:
+    """Where the loop runs and reports: the run folder (run.log, metrics.csv, checkpoint), the
+    process group (build.Dist), the stop flag, the trackers (TensorBoard / W&B on the main
+    rank), and callables (run_dir, row) → message or None called after each evaluation."""
+
+    rundir: object
+    ranks: object
+    stop: StopSignals
+    tracker: Tracker = field(default_factory=Tracker)
+    on_evaluation: tuple = ()
+
+
+class Losses:
+    """The loss of the steps since it was last read. Summed on the device in float64 without a
+    host sync: exact for float32 losses, so a mean does not depend on where syncs fell (a
+    resumed run syncs at other steps). ``sync`` brings the sum to the host, averaged over
+    ranks (every rank syncs at the same steps); ``mean`` hands back the mean of what was
+    synced since the last mean."""
+
+    def __init__(self, device: torch.device, ranks):
+        self.device, self.ranks = device, ranks
+        self.sum, self.count = 0.0, 0  # synced, since the last mean
+        self._clear()
+
+    def _clear(self) -> None:
+        self.pending = torch.zeros((), device=self.device, dtype=torch.float64)
+        self.pending_n = 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.pending = self.pending + loss.double()
+        self.pending_n += 1
+
+    def sync(self) -> tuple[float, int]:
+        """(sum, count) of the losses since the last sync; (0.0, 0) without any."""
+        if self.pending_n == 0:
+            return 0.0, 0
+        if self.ranks.world > 1:
+            dist.all_reduce(self.pending)
+            self.pending /= self.ranks.world
+        total, n = self.pending.item(), self.pending_n
+        self.sum += total
+        self.count += n
+        self._clear()
+        return total, n
+
+    def mean(self) -> float:
+        """The mean of the synced losses since the last call (nan without any)."""
+        mean = self.sum / self.count if self.count else float("nan")
+        self.sum, self.count = 0.0, 0
+        return mean
+
+
+class StepData:
+    """What optimiser step s draws, a function of s alone: its rows of the seeded data stream
+    (this rank's share of the global batch, on the device) and its generator's seed."""
+
+    def __init__(self, shards, seed: int, batch_size: int, ranks, device: torch.device):
+        self.shards, self.seed, self.batch_size = shards, seed, batch_size
+        self.ranks, self.device = ranks, device
+
+    def stream(self, step: int):
+        """This rank's rows of the stream, from optimiser step ``step`` on."""
+        ranks, start = self.ranks, step * self.batch_size
+        sampler = InfiniteSampler(len(self.shards), self.seed, start, ranks.rank, ranks.world)
+        return iter(sampler)
+
+    def batch(self, step: int, stream, gen: torch.Generator):
+        """The local batch of step ``step`` (the stream's next rows), with ``gen`` seeded."""
+        local_batch = self.batch_size // self.ranks.world
+        rows = np.fromiter((next(stream) for _ in range(local_batch)), np.int64, local_batch)
+        codes, labels = self.shards.gather(rows)
+        codes = codes.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        gen.manual_seed(step_seed(self.seed, self.ranks.rank, step))
+        return codes, labels
+
+
+class Clock:
+    """Training seconds, with evaluations, decay branches and checkpoints left out: added to
+    the run's ``wall_s`` at each pause, and counted since the last log line for its
+    throughput."""
+
+    def __init__(self, progress: checkpoint.Progress, step: int):
+        self.progress = progress
+        self.lap_s, self.lap_step = 0.0, step
+        self.resume()
+
+    def resume(self) -> None:
+        self.since = self.lap_since = time.time()
+
+    def pause(self) -> None:
+        now = time.time()
+        self.progress.wall_s += now - self.since
+        self.lap_s += now - self.lap_since
+
+    def lap(self, step: int) -> float:
+        """Steps per second of training since the last lap; starts the next."""
+        seconds = self.lap_s + (time.time() - self.lap_since)
+        rate = (step - self.lap_step) / seconds if seconds > 0 else 0.0
+        self.lap_s, self.lap_step, self.lap_since = 0.0, step, time.time()
+        return rate
+
+
+def step_bar(cfg, total: int, step: int, main: bool):
+    """The progress bar over the run's steps (on the main rank, under ``progress=true``)."""
+    return progress_bar(
+        total=total,
+        initial=step,
+        unit="step",
+        dynamic_ncols=True,
+        desc=f"{method_label(cfg)} s{cfg.seed}",
+        disable=not (main and cfg.progress),
+    )
+
+
+def log_line(step: int, total: int, batch_size: int, values: dict, rate: float) -> str:
+    """step, images, FLOPs, loss, lr, throughput and ETA (at ``rate`` steps/s), as one line."""
+    eta = datetime.timedelta(seconds=round((total - step) / rate)) if rate else "?"
+    return (
+        f"step {step}/{total} ({100 * step / total:.0f}%) | images "
+        f"{step * batch_size:,} | train FLOPs {values['train/flops']:.3g} | "
+        f"loss {values['train/loss']:.4f} | lr {values['train/lr']:.3g} "
+        f"| {values['train/images_per_s']:.1f} img/s | ETA {eta}"
+    )
+
+
+def resume_hint(checkpoint_path: str, checkpoint_step: int | None, lr: float) -> str:
+    """The way back from non-finite numbers: the last finite checkpoint and a lower lr."""
+    if checkpoint_step is None:
+        return (
+            "No checkpoint was written before that; relaunch with a lower optim.lr (or "
+            "check the data)."
+        )
+    return (
+        f"The last finite checkpoint is {checkpoint_path} (step "
+        f"{checkpoint_step}). To resume from it with a lower learning rate, relaunch "
+        f"into the same directory with optim.lr=<lower> 'allow_changes=[optim.lr]' "
+        f"(now optim.lr={lr})."
+    )
 
 
 class Loop:
-    """Runs ``parts`` from ``progress.step`` to ``total_steps``; see the module docstring."""
+    """Runs ``parts`` from ``state.progress.step`` to ``total_steps``; see the module docstring."""
 
-    def __init__(
-        self,
-        cfg,
-        parts: Parts,
-        progress: checkpoint.Progress,
-        rows: list,
-        rundir,
-        ranks,
-        stop: StopSignals,
-        checkpoint_step: int | None,
-        on_evaluation=(),
-        tracker: Tracker | None = None,
-    ):
-        self.cfg = cfg
-        self.parts = parts
-        self.progress = progress
-        self.rows = rows
-        self.rundir = rundir
-        self.ranks = ranks  # the process group (build.Dist)
-        self.stop = stop
-        self.checkpoint_step = checkpoint_step  # step of the last finite checkpoint on disk
-        self.on_evaluation = on_evaluation  # callables (run_dir, row) → message or None
-        self.tracker = tracker or Tracker()  # TensorBoard / W&B on the main rank (logger=…)
-        self.steps_per_s = 0.0
+    def __init__(self, cfg, parts: Parts, state: TrainState, context: RunContext):
+        self.cfg, self.parts = cfg, parts
+        self.progress, self.rows = state.progress, state.rows
+        self.rundir, self.ranks, self.stop = context.rundir, context.ranks, context.stop
+        self.tracker, self.on_evaluation = context.tracker, context.on_evaluation
+        self.schedule = Schedule(cfg.optim, parts.total_steps, parts.branches)
+        batch = cfg.budget.batch_size
+        self.data = StepData(parts.shards, cfg.seed, batch, self.ranks, parts.device)
+        self.losses = self.new_losses()  # the log line's
+        self.checkpoint_step = self.progress.step or None  # the last finite checkpoint on disk
         self.save_seconds: float | None = None
         self.config = flat_keys(cfg)
-        # loss sum since the last sync, in float64: exact for float32 losses, so the logged mean
-        # does not depend on where syncs fell (a resumed run syncs at other steps)
-        self.pending = torch.zeros((), device=parts.device, dtype=torch.float64)
-        self.pending_n = 0
-        self.synced_step = progress.step
-        # the log line's interval: a cluster job without progress bars still prints (and
-        # writes run.log) every log_every steps, long before its first evaluation
-        self.interval = LogInterval(progress.step)
-        self.schedule = schedule_of(cfg.optim)[1]  # decay fraction (0: constant after warm-up)
-        self.schedule_label = schedule_label(cfg.optim)
-
-    def lr(self, step: int, end: int) -> float:
-        """The learning rate of ``step`` on the way to ``end`` (the budget or a branch's end)."""
-        optim = self.cfg.optim
-        return lr_at(step, optim.lr, optim.warmup_steps, end, self.schedule)
-
-    def report(self, line: str, bar, echo: bool = True) -> None:
-        """One status line: to run.log in the run folder (every line), and to the console
-        above the progress bar when ``echo``."""
-        if echo:
-            bar.write(line)
-        with open(os.path.join(self.rundir.path, "run.log"), "a") as f:
-            f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {line}\n")
-
-    def log_values(self, step: int) -> dict:
-        """The log line's numbers since the last line: mean loss, learning rate, training
-        throughput (training time only; evaluations come on top), FLOPs so far."""
-        cfg, parts = self.cfg, self.parts
-        interval = self.interval
-        train_s = interval.train_s + (time.time() - interval.resumed)
-        rate = (step - interval.step) / train_s if train_s > 0 else 0.0  # steps/s
-        values = {
-            "train/loss": interval.loss_sum / interval.loss_count
-            if interval.loss_count
-            else float("nan"),
-            "train/lr": self.lr(step - 1, parts.total_steps),
-            "train/images_per_s": cfg.budget.batch_size * rate,
-            "train/flops": float(step * parts.flops_per_step),
-        }
-        self.interval = LogInterval(step)
-        self.steps_per_s = rate
-        return values
-
-    def log_line(self, step: int, values: dict) -> str:
-        """step, images, FLOPs, loss, lr, throughput and ETA, as one line."""
-        total, rate = self.parts.total_steps, self.steps_per_s
-        eta = datetime.timedelta(seconds=round((total - step) / rate)) if rate else "?"
-        return (
-            f"step {step}/{total} ({100 * step / total:.0f}%) | images "
-            f"{step * self.cfg.budget.batch_size:,} | train FLOPs {values['train/flops']:.3g} | "
-            f"loss {values['train/loss']:.4f} | lr {values['train/lr']:.3g} "
-            f"| {values['train/images_per_s']:.1f} img/s | ETA {eta}"
-        )
 
     def run(self) -> None:
         cfg, parts, progress = self.cfg, self.parts, self.progress
-        batch = cfg.budget.batch_size
-        stream = iter(
-            InfiniteSampler(
-                len(parts.shards),
-                seed=cfg.seed,
-                start=progress.step * batch,
-                rank=self.ranks.rank,
-                world_size=self.ranks.world,
-            )
-        )
-        gen = torch.Generator(parts.device)
-        bar = progress_bar(
-            total=parts.total_steps,
-            initial=progress.step,
-            unit="step",
-            dynamic_ncols=True,
-            desc=f"{method_label(cfg)} s{cfg.seed}",
-            disable=not (self.ranks.main and cfg.progress),
-        )
-        t_seg = time.time()
+        stream, gen = self.data.stream(progress.step), torch.Generator(parts.device)
+        self.bar = step_bar(cfg, parts.total_steps, progress.step, self.ranks.main)
+        self.clock = Clock(progress, progress.step)
         try:
-            # Resumed where a stop cut a decay branch short: finish its branches first.
-            if self.pending_branches(progress.step):
-                self.decay_branches(progress.step, gen, bar)
+            # Resumed at a fork whose decay branches a stop cut short: run them first.
+            if self.schedule.pending(progress.step, self.rows):
+                run_branches(self, progress.step, gen)
                 self.save()
-                t_seg = self.interval.resumed = time.time()
+                self.clock.resume()
             while progress.step < parts.total_steps:
                 # Train one step: its batch, then method.loss, backward, AdamW and EMA.
-                codes, labels = self.batch(progress.step, stream, gen)
-                settings = self.step_settings(progress.step, parts.total_steps)
-                loss = train_step(*self.trained, codes, labels, gen, **settings)
-                self.pending = self.pending + loss.double()
-                self.pending_n += 1
+                self.losses.add(self.train_at(progress.step, parts.total_steps, stream, gen))
                 progress.step += 1
-                bar.update()
+                self.bar.update()
                 step = progress.step
-                is_branch = step in parts.branches and bool(self.pending_branches(step))
+                forks = bool(self.schedule.pending(step, self.rows))
                 is_eval = step in parts.evals
-                is_ckpt = step % cfg.checkpoint_every == 0 or is_branch
+                is_ckpt = step % cfg.checkpoint_every == 0 or forks
 
                 # Report: the mean loss since the last line, throughput, ETA.
                 if step % cfg.log_every == 0 or is_eval or is_ckpt:
                     self.sync_losses(step)
-                    if self.ranks.main and cfg.progress:
-                        rate = bar.format_dict.get("rate") or 0.0  # steps/s (tqdm's smoothed)
-                        bar.set_postfix(
-                            loss=f"{progress.mean_loss():.4f}",
-                            img_s=f"{batch * rate:.0f}",
-                            refresh=False,
-                        )
+                    self.show_progress()
                     if self.ranks.main and step % cfg.log_every == 0:
-                        values = self.log_values(step)
-                        self.report(self.log_line(step, values), bar, echo=not cfg.progress)
-                        self.tracker.log(step, values)
+                        self.log(step)
 
                 # Decay branches, evaluate, save: time that is not training.
                 if is_eval or is_ckpt:
-                    now = time.time()
-                    progress.wall_s += now - t_seg
-                    self.interval.train_s += (
-                        now - self.interval.resumed
-                    )  # the rate: training time only
-                    if is_branch:
-                        self.decay_branches(step, gen, bar)
+                    self.clock.pause()
+                    if forks:
+                        run_branches(self, step, gen)
                     if is_eval:
-                        self.evaluate(step, bar)
+                        self.evaluate(step)
                     self.save()
-                    t_seg = self.interval.resumed = time.time()
+                    self.clock.resume()
 
                 # Stop on a signal (preemption, Ctrl-C): checkpoint if cheap, then exit.
                 if self.stop_requested(step):
-                    progress.wall_s += time.time() - t_seg
+                    self.clock.pause()
                     self.stop_now(step)
         finally:
-            bar.close()
+            self.bar.close()
 
-    def batch(self, step: int, stream, gen: torch.Generator):
-        """The local batch of optimiser step ``step`` (the stream's next rows, on the device),
-        with ``gen`` seeded for that step: both are functions of the step alone."""
-        local_batch = self.cfg.budget.batch_size // self.ranks.world
-        rows = np.fromiter((next(stream) for _ in range(local_batch)), np.int64, local_batch)
-        codes, labels = self.parts.shards.gather(rows)
-        codes = codes.to(self.parts.device, non_blocking=True)
-        labels = labels.to(self.parts.device, non_blocking=True)
-        gen.manual_seed(step_seed(self.cfg.seed, self.ranks.rank, step))
-        return codes, labels
-
-    @property
-    def trained(self) -> tuple:
-        """train_step's first arguments: the method, the model, its (DDP) net, AdamW, EMA."""
-        parts = self.parts
-        return parts.method, parts.model, parts.net, parts.opt, parts.ema
-
-    def step_settings(self, step: int, end: int) -> dict:
-        """train_step's settings at ``step`` of a run (or decay branch) that ends at ``end``."""
-        optim = self.cfg.optim
-        return {
-            "lr": self.lr(step, end),
-            "grad_clip": optim.grad_clip,
-            "ema_decay": ema_decay(step, optim.ema_decay, optim.ema_warmup),
-            "use_bf16": self.parts.use_bf16,
-        }
-
+    # ---------------------------------------------------------------- the step
     def train_at(self, step: int, end: int, stream, gen: torch.Generator) -> torch.Tensor:
-        """Optimiser step ``step`` of a decay branch that ends at ``end``."""
-        codes, labels = self.batch(step, stream, gen)
-        return train_step(*self.trained, codes, labels, gen, **self.step_settings(step, end))
+        """Optimiser step ``step`` of the main run (``end``: the budget) or of a decay branch
+        that ends at ``end``."""
+        codes, labels = self.data.batch(step, stream, gen)
+        optim = self.cfg.optim
+        lr, ema = self.schedule.lr(step, end), ema_decay(step, optim.ema_decay, optim.ema_warmup)
+        settings = StepSettings(lr, optim.grad_clip, ema, self.parts.use_bf16)
+        return optimizer_step(self.parts, codes, labels, gen, settings)
 
-    # ------------------------------------------------------------ decay branches (wsd)
-    def pending_branches(self, step: int) -> list[int]:
-        """The evaluation steps whose decay branch forks at ``step`` and has no row yet."""
-        done = {int(r["step"]) for r in self.rows}
-        return [end for end in self.parts.branches.get(step, ()) if end not in done]
+    # ---------------------------------------------------------------- losses and reports
+    def new_losses(self) -> Losses:
+        return Losses(self.parts.device, self.ranks)
 
-    def decay_branches(self, start: int, gen: torch.Generator, bar) -> None:
-        """Every pending branch that forks at ``start``: set the state aside, train to the
-        branch's end with the learning rate decaying to zero there, evaluate, restore."""
-        cfg, parts, batch = self.cfg, self.parts, self.cfg.budget.batch_size
-        self.sync_losses(start)
-        saved = {
-            "model": clone(parts.model.state_dict()),
-            "ema": clone(parts.ema.state_dict()),
-            "opt": clone(parts.opt.state_dict()),
-        }
-        for end in self.pending_branches(start):
-            stream = iter(
-                InfiniteSampler(
-                    len(parts.shards),
-                    seed=cfg.seed,
-                    start=start * batch,
-                    rank=self.ranks.rank,
-                    world_size=self.ranks.world,
-                )
-            )
-            t0, losses = time.time(), torch.zeros((), device=parts.device, dtype=torch.float64)
-            stopped = False
-            if self.ranks.main:
-                self.report(
-                    f"decay branch: steps {start} → {end} (learning rate to zero at "
-                    f"{end}, then back to step {start})",
-                    bar,
-                )
-            for step in range(start, end):
-                losses += self.train_at(step, end, stream, gen).double()
-                # ranks agree every log_every branch steps (not at steps that are multiples of
-                # log_every: the fork need not be one); never on the last step, whose branch is done
-                if (
-                    step + 1 < end
-                    and (step + 1 - start) % cfg.log_every == 0
-                    and self.stop_requested(step + 1, sync=True)
-                ):
-                    stopped = True
-                    break
-            if not stopped:
-                if self.ranks.world > 1:
-                    dist.all_reduce(losses)
-                    losses /= self.ranks.world
-                loss = losses.item() / (end - start)
-                if not math.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"non-finite loss in the decay branch from step {start} to {end}. "
-                        + self.resume_hint()
-                    )
-                wall = self.progress.wall_s + time.time() - t0
-                self.evaluate(end, bar, wall_s=wall, loss=loss, branch_from=start)
-            parts.model.load_state_dict(saved["model"])
-            parts.ema.load_state_dict(saved["ema"])
-            parts.opt.load_state_dict(clone(saved["opt"]))
-            if stopped:
-                self.stop_now(start)
+    def non_finite(self, what: str) -> NonFiniteLossError:
+        """The stop for non-finite numbers, with the way back (a lower learning rate)."""
+        hint = resume_hint(self.rundir.checkpoint, self.checkpoint_step, self.cfg.optim.lr)
+        return NonFiniteLossError(f"{what}. {hint}")
 
-    # ---------------------------------------------------------------- pieces
     def sync_losses(self, step: int) -> None:
-        """The losses since the last sync, summed over ranks (every rank reaches this at the
-        same steps, so a non-finite loss on any rank stops all of them together)."""
-        if self.pending_n == 0:
-            return
-        if self.ranks.world > 1:
-            dist.all_reduce(self.pending)
-            self.pending /= self.ranks.world
-        total = self.pending.item()
-        if not math.isfinite(total):
-            raise NonFiniteLossError(
-                f"non-finite loss between steps {self.synced_step + 1} and {step}. "
-                + self.resume_hint()
-            )
-        self.progress.loss_sum += total
-        self.progress.loss_count += self.pending_n
-        self.interval.loss_sum += total
-        self.interval.loss_count += self.pending_n
-        self.pending = torch.zeros((), device=self.parts.device, dtype=torch.float64)
-        self.pending_n = 0
-        self.synced_step = step
+        """The losses since the last sync (every rank reaches this at the same steps, so a
+        non-finite loss on any rank stops all of them together), into the counters since the
+        last evaluation."""
+        total, n = self.losses.sync()
+        if n:
+            if not math.isfinite(total):
+                raise self.non_finite(f"non-finite loss between steps {step - n + 1} and {step}")
+            self.progress.loss_sum += total
+            self.progress.loss_count += n
 
-    def evaluate(self, step: int, bar, wall_s=None, loss=None, branch_from=None) -> None:
+    def show_progress(self) -> None:
+        """The progress bar's loss (since the last evaluation) and images/s."""
+        if self.ranks.main and self.cfg.progress:
+            rate = self.bar.format_dict.get("rate") or 0.0  # steps/s (tqdm's smoothed)
+            images = self.cfg.budget.batch_size * rate
+            loss = self.progress.mean_loss()
+            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images:.0f}", refresh=False)
+
+    def log(self, step: int) -> None:
+        """The log line (a cluster job without progress bars still prints it, and writes
+        run.log, every log_every steps): the mean loss since the last line, learning rate,
+        training throughput (training time only; evaluations come on top), FLOPs so far."""
+        cfg, total = self.cfg, self.parts.total_steps
+        rate = self.clock.lap(step)  # steps/s
+        values = {
+            "train/loss": self.losses.mean(),
+            "train/lr": self.schedule.lr(step - 1, total),
+            "train/images_per_s": cfg.budget.batch_size * rate,
+            "train/flops": float(step * self.parts.flops_per_step),
+        }
+        line = log_line(step, total, cfg.budget.batch_size, values, rate)
+        self.report(line, echo=not cfg.progress)
+        self.tracker.log(step, values)
+
+    def report(self, line: str, echo: bool = True) -> None:
+        """One status line: to run.log in the run folder (every line), and to the console
+        above the progress bar when ``echo``."""
+        if echo:
+            self.bar.write(line)
+        with open(os.path.join(self.rundir.path, "run.log"), "a") as f:
+            f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {line}\n")
+
+    # ---------------------------------------------------------------- evaluate, save, stop
+    def evaluate(self, step: int, wall_s=None, loss=None, branch_from=None) -> None:
         """Score the EMA weights at ``step``. A decay branch passes its own training wall time
         and mean loss, and the main-line step it forked from (the row's ``decay_from``)."""
         parts, progress = self.parts, self.progress
         if self.ranks.main:
-            row = parts.evaluator(
-                parts.ema,
-                step,
-                parts.total_steps,
-                self.cfg.budget.batch_size,
-                parts.flops_per_step,
-                progress.wall_s if wall_s is None else wall_s,
-                progress.mean_loss() if loss is None else loss,
-            )
-            # the step where this row's learning-rate decay began: its branch's fork, or the
-            # main line's own decay phase (blank: constant after warm-up)
-            fork = branch_from
-            if fork is None and self.schedule:
-                fork = decay_start(parts.total_steps, self.schedule)
-            row["lr_schedule"], row["decay_from"] = self.schedule_label, fork
+            wall_s = progress.wall_s if wall_s is None else wall_s
+            loss = progress.mean_loss() if loss is None else loss
+            batch, flops = self.cfg.budget.batch_size, parts.flops_per_step
+            row = parts.evaluator(parts.ema, step, parts.total_steps, batch, flops, wall_s, loss)
+            row["lr_schedule"], row["decay_from"] = self.schedule.row_labels(branch_from)
             self.rows.append(row)
             write_csv(self.rundir.metrics, self.rows)
-            self.report(parts.evaluator.describe(row), bar)
+            self.report(parts.evaluator.describe(row))
             self.tracker.log_row(row)
             for hook in self.on_evaluation:  # e.g. the sweep's live figure (experiments/run.py)
                 message = hook(self.rundir.path, row)
                 if message:
-                    self.report(message, bar)
+                    self.report(message)
         if branch_from is None:
             progress.loss_sum = 0.0
             progress.loss_count = 0
@@ -515,9 +470,8 @@ class Loop:
         """Checkpoint the current step, unless its weights are non-finite (then stop)."""
         parts, step = self.parts, self.progress.step
         if not checkpoint.all_finite(parts.model, parts.ema):
-            raise NonFiniteLossError(
-                f"the weights became non-finite by step {step}; they were not saved. "
-                + self.resume_hint()
+            raise self.non_finite(
+                f"the weights became non-finite by step {step}; they were not saved"
             )
         t0 = time.time()
         if self.ranks.main:
@@ -536,19 +490,6 @@ class Loop:
         self.save_seconds = time.time() - t0
         self.checkpoint_step = step
 
-    def resume_hint(self) -> str:
-        if self.checkpoint_step is None:
-            return (
-                "No checkpoint was written before that; relaunch with a lower optim.lr (or "
-                "check the data)."
-            )
-        return (
-            f"The last finite checkpoint is {self.rundir.checkpoint} (step "
-            f"{self.checkpoint_step}). To resume from it with a lower learning rate, relaunch "
-            f"into the same directory with optim.lr=<lower> 'allow_changes=[optim.lr]' "
-            f"(now optim.lr={self.cfg.optim.lr})."
-        )
-
     def stop_requested(self, step: int, sync: bool = False) -> bool:
         """Whether to stop now. Ranks agree (an all-reduce) at steps that are multiples of
         log_every, or wherever every rank passes ``sync`` (a decay branch's own points)."""
@@ -556,10 +497,7 @@ class Loop:
             return self.stop.signum is not None
         if not sync and step % self.cfg.log_every:  # ranks agree at sync points only
             return False
-        flag = torch.tensor(float(self.stop.signum or 0), device=self.parts.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        self.stop.signum = int(flag.item()) or None
-        return self.stop.signum is not None
+        return self.stop.agree(self.parts.device)
 
     def stop_now(self, step: int) -> None:
         """Checkpoint when cheap (not already saved, last save under 10 s), then stop."""

@@ -59,7 +59,9 @@ from .tracking import Tracker, open_tracker
 from .train_loop import (
     Loop,
     Parts,
+    RunContext,
     StopSignals,
+    TrainState,
     decay_start,
     row_anchor,
     schedule_label,
@@ -563,19 +565,8 @@ def run(
                 name = f"{method_label(cfg)}-seed{cfg.seed}"
                 tracker = open_tracker(cfg.logger, run_dir, config, name, cfg.wandb_project)
             # train
-            last_ckpt = progress.step or None
-            loop = Loop(
-                cfg,
-                parts,
-                progress,
-                rows,
-                rundir,
-                ranks,
-                stop,
-                last_ckpt,
-                on_evaluation,
-                tracker=tracker,
-            )
+            state = TrainState(progress, rows)
+            loop = Loop(cfg, parts, state, RunContext(rundir, ranks, stop, tracker, on_evaluation))
             try:
                 loop.run()
             finally:
