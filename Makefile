@@ -16,6 +16,9 @@ export VQBENCH_CACHE ?= $(CURDIR)/cache
 # so these runs are the converged runs' first 1/16 (same steps, same evaluation points).
 # `make demo DEMO_ARGS=` runs the protocol itself (about 1.1 hours) into fashion-default.
 DEMO_ARGS ?= budget.train_flops=5e12 eval.points=3
+# the objectives whose records say in_demo (methods/records/; standard library only, so this
+# runs before the venv exists)
+DEMO_METHODS := $(shell python3 -c 'from methods.records import records; print(",".join(n for n, r in records().items() if r.in_demo))')
 DEMO := outputs/sweeps/fashion-$(if $(strip $(DEMO_ARGS)),demo,default)
 # the converged answer without training: the shipped seed-0 weights at 8e13 FLOPs
 SHIPPED := outputs/shipped
@@ -76,10 +79,10 @@ assets: setup data
 # A fixed sweep folder: a second `make demo` resumes or reuses the finished runs. Its
 # convergence figure is redrawn after every evaluation (live_figure=true).
 demo:
-	@python3 experiments/demo_plan.py $(DEMO) $(DEMO_ARGS)
+	@python3 experiments/demo_plan.py $(DEMO) method=$(DEMO_METHODS) $(DEMO_ARGS)
 	@$(MAKE) --no-print-directory assets
-	@echo "==> main job on the default: the Fashion-MNIST sweep of cfm, dfm, purr $(if $(strip $(DEMO_ARGS)),at demo scale ($(DEMO_ARGS)),)"
-	$(PY) experiments/run.py -m method=cfm,dfm,purr $(DEMO_ARGS) hydra.sweep.dir=$(DEMO) live_figure=true
+	@echo "==> main job on the default: the Fashion-MNIST sweep of $(DEMO_METHODS) $(if $(strip $(DEMO_ARGS)),at demo scale ($(DEMO_ARGS)),)"
+	$(PY) experiments/run.py -m method=$(DEMO_METHODS) $(DEMO_ARGS) hydra.sweep.dir=$(DEMO) live_figure=true
 	@echo "==> figures of that sweep (written to its analysis/ folder)"
 	$(PY) analysis/convergence_plot.py $(DEMO)
 	$(PY) analysis/sample_grids.py $(DEMO)

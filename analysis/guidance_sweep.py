@@ -121,9 +121,9 @@ def main(argv=None) -> pd.DataFrame:
                 "guide with; sweep --scales 1 only, or train with "
                 "backbone.class_dropout > 0"
             )
-        import methods
+        from methods.records import record
 
-        solvers = methods.METHODS[cfg.method.name].solvers
+        solvers = record(cfg.method.name).solvers
         solver = args.solver if args.solver in solvers else None
         return [{"cfg_scale": s, "solver": solver} for s in scales]
 

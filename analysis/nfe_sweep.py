@@ -30,21 +30,23 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+from omegaconf import OmegaConf
 
 from analysis.sampling_sweep import add_run_args, check_one_measurement, curve_groups, sweep_cli
 from analysis.sweeps import save_figure
+from methods.records import record
 
-CONTINUOUS = ("cfm", "cfm-endpoint", "purr")
 STYLE = {"euler": "-", "heun": "--", "midpoint": ":", "dopri5": "-.", "maskgit": (0, (5, 1, 1, 1))}
 MARKER = {"euler": "o", "heun": "s", "midpoint": "^", "dopri5": "D", "maskgit": "v"}
 
 
-def solvers_of(name: str, source: str | None) -> list[str]:
-    if name in CONTINUOUS:
-        return ["euler", "heun", "midpoint", "dopri5"]
-    if name == "dfm" and (source or "mask") == "mask":
-        return ["euler", "maskgit"]
-    return ["euler"]
+def solvers_of(name: str, options: dict | None = None) -> list[str]:
+    """The samplers the sweep compares for a method with these options (its record's, less
+    the official code's redraw variant of Euler, which sampling_sweep's own rows cover)."""
+    rec = record(name)
+    values = {**rec.defaults(), **(options or {})}
+    fixed = [s for s in rec.solvers if s != "euler-redraw" and not rec.solver_rules(s, values)]
+    return fixed + list(rec.adaptive_solvers)
 
 
 def steps_for(solver: str, nfe: int) -> int:
@@ -56,9 +58,9 @@ def steps_for(solver: str, nfe: int) -> int:
     return max(1, nfe)
 
 
-def points(name, source, nfes, tolerances, only=None, positions=None) -> list[dict]:
+def points(name, options, nfes, tolerances, only=None, positions=None) -> list[dict]:
     out = []
-    for solver in solvers_of(name, source):
+    for solver in solvers_of(name, options):
         if only and solver not in only:
             continue
         if solver == "dopri5":
@@ -140,8 +142,8 @@ def main(argv=None) -> pd.DataFrame:
 
     def points_for(cfg, tok):
         positions = tok.grid[0] * tok.grid[1]
-        source = cfg.method.get("source")
-        return points(cfg.method.name, source, nfes, tols, only, positions)
+        options = OmegaConf.to_container(cfg.method, resolve=True)
+        return points(cfg.method.name, options, nfes, tols, only, positions)
 
     return sweep_cli(args, "nfe_sweep", points_for, plot)
 

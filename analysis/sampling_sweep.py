@@ -128,7 +128,7 @@ def sweep_run(
     evaluator = None
     for full in todo:
         setting = {**base, **{k: v for k, v in full.items() if v is not None}}
-        adaptive = setting["solver"] in getattr(method, "adaptive_solvers", ())
+        adaptive = setting["solver"] in method.adaptive_solvers
         if setting["solver"] in method.solvers:
             method.check_sampling(setting["solver"], setting["steps"], tok.grid)
         elif not adaptive:

@@ -34,14 +34,14 @@ from analysis.sweeps import (
 from experiments.runner.build import load_trained
 from experiments.runner.evaluation import Evaluator
 from experiments.runner.labels import method_label
-from methods.catalog import CATEGORICAL
+from methods.records import categorical
 from shared.images import pick_by_class, save_grid
 
 
 def default_runs(sweep: str) -> list[str]:
-    """The seed-0 (else lowest-seed) finished purr, dfm and dfm-metric runs of a sweep, by the
-    label in their summary.json (so a dfm-mdlm run is not taken for dfm); the runs left out
-    are listed."""
+    """The seed-0 (else lowest-seed) finished run of each categorical objective (dfm,
+    dfm-metric, purr: the records' order) in a sweep, by the label in its summary.json (so a
+    dfm-mdlm run is not taken for dfm); the runs left out are listed."""
     found = {}
     for run in glob.glob(os.path.join(sweep, "*_seed*")):
         try:
@@ -51,14 +51,14 @@ def default_runs(sweep: str) -> list[str]:
             continue
         label = summary.get("method")
         trained = os.path.isfile(os.path.join(run, "checkpoints", "last.pt"))
-        if label in CATEGORICAL and not (trained and summary.get("status") == "finished"):
+        if label in categorical() and not (trained and summary.get("status") == "finished"):
             print(f"  left out: {run} ({label}) is {summary.get('status')}, not finished")
-        elif label in CATEGORICAL:
+        elif label in categorical():
             key = (summary.get("seed", 0), run)
             found[label] = min(found.get(label, key), key)
     if not found:
-        raise FileNotFoundError(f"no finished {'/'.join(CATEGORICAL)} run in {sweep}")
-    return [found[m][1] for m in CATEGORICAL if m in found]
+        raise FileNotFoundError(f"no finished {'/'.join(categorical())} run in {sweep}")
+    return [found[m][1] for m in categorical() if m in found]
 
 
 def sweep_run(run_dir, taus, out_dir, num_samples=None, device="cpu", stem=None) -> pd.DataFrame:

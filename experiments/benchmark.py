@@ -45,14 +45,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import methods
-from experiments.runner.train_loop import train_step
-from methods.head import DEFAULT_CHUNK
+from experiments.runner.train_loop import StepSettings, Trained, optimizer_step
+from methods.records import records
 from shared.backbone import build_dit
 from shared.io import atomic_write_text
 from shared.optim import build_adamw
 from shared.precision import autocast, resolve
-
-METHODS = {"cfm": {}, "purr": {}, "dfm": {"source": "mask"}, "dfm-metric": {}}
 
 
 def sync(device):
@@ -97,9 +95,7 @@ class TimedModel:
 
 
 def build(preset, name, codebook, grid, num_classes, device, compiled, fused, head="chunked"):
-    kw = dict(METHODS[name])
-    if methods.METHODS[name].categorical_posterior:
-        kw.update(head=head, head_chunk=DEFAULT_CHUNK)
+    kw = {"head": head} if records()[name].categorical else {}
     method = methods.build(name, codebook=codebook, **kw).to(device)
     model = build_dit(preset, input_size=grid, num_classes=num_classes, **method.model_kwargs())
     model = model.to(device)
@@ -112,24 +108,12 @@ def build(preset, name, codebook, grid, num_classes, device, compiled, fused, he
 def random_batch_step(
     method, model, net, opt, ema, batch, k, grid, num_classes, device, use_bf16, gen
 ):
-    """The trainer's own step (``experiments/runner/train_loop.train_step``) on random
+    """The trainer's own step (``experiments/runner/train_loop.optimizer_step``) on random
     codes/labels."""
     c = torch.randint(0, k, (batch, *grid), device=device, generator=gen)
     y = torch.randint(0, num_classes, (batch,), device=device, generator=gen)
-    train_step(
-        method,
-        model,
-        net,
-        opt,
-        ema,
-        c,
-        y,
-        gen,
-        lr=1e-4,
-        grad_clip=1.0,
-        ema_decay=0.9999,
-        use_bf16=use_bf16,
-    )
+    trained = Trained(method, model, net, opt, ema)
+    optimizer_step(trained, c, y, gen, StepSettings(1e-4, 1.0, 0.9999, use_bf16))
 
 
 VARIANTS = {"eager": (False, True), "unfused": (False, False), "compiled": (True, True)}
@@ -152,7 +136,7 @@ class LargestTensor(TorchDispatchMode):
 
 def head_of(name: str, heads: list[str]) -> list[str]:
     """The head variants a method is timed with (CFM has no categorical head)."""
-    return heads if methods.METHODS[name].categorical_posterior else ["-"]
+    return heads if records()[name].categorical else ["-"]
 
 
 def main(argv=None) -> list[dict]:
@@ -204,6 +188,10 @@ def main(argv=None) -> list[dict]:
     n_gemm = args.gemm_size or (8192 if device.type == "cuda" else 2048)
     grid, num_classes = (args.grid, args.grid), 10
     names = args.methods.split(",")
+    if not set(names) <= set(records()):
+        ap.error(
+            f"--methods takes registered objectives ({', '.join(records())}), got {args.methods!r}"
+        )
     heads = args.heads.split(",")
     if not set(heads) <= {"chunked", "full"}:
         ap.error(f"--heads takes chunked and/or full, got {args.heads!r}")

@@ -21,7 +21,8 @@ SWEEP=$OUT/sweep
 PY=${PYTHON:-python3}
 PARALLEL=${PARALLEL:-3}
 SEEDS=${SEEDS:-0,1,2}
-METHODS=${METHODS:-cfm,dfm,dfm-metric,purr}
+# every registered objective and variant (methods/records/), unless METHODS names some
+METHODS=${METHODS:-$($PY -c 'from methods.records import variants; print(",".join(variants()))')}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" >/dev/null; then

@@ -1,19 +1,14 @@
-"""The objectives behind one interface: ``methods.build(name, codebook=E, **cfg)``.
+"""The objectives behind one interface: ``methods.build(name, codebook=E, **options)``.
 
-cfm           continuous flow matching, velocity MSE
-cfm-endpoint  continuous flow matching, endpoint MSE
-dfm           discrete flow matching, mixture path (source: mask | uniform; MDLM weighting,
-              MaskGIT sampler)
-dfm-metric    discrete flow matching, metric-induced path over codebook distances
-purr          Purrception: categorical posterior over the codebook, CE loss
+Every objective has a record (``methods/records/``): its name, options, samplers and label
+rule, the one place they are written. ``methods.records.records()`` lists them;
+``python -c "import methods; print(methods.summary())"`` prints one line each.
 """
 
 from __future__ import annotations
 
-from .catalog import SOLVERS
-
-# the classes load on first use (PEP 562), so that ``methods.catalog`` (names, samplers,
-# limits: what the start-up checks read) never imports torch
+# the classes load on first use (PEP 562), so that the records (names, options, samplers,
+# limits: what the start-up checks read) never import torch
 _EXPORTS = {
     "LossOutput": "base",
     "Method": "base",
@@ -21,41 +16,55 @@ _EXPORTS = {
     "TimeSampler": "base",
     "guided_forward": "base",
     "nearest_code": "base",
-    "CFM": "cfm",
-    "CFMEndpoint": "cfm",
-    "DFM": "dfm",
-    "MetricDFM": "dfm_metric",
-    "Purrception": "purrception",
     "velocity_from_posterior": "purrception",
 }
-_CLASSES = {
-    "cfm": "CFM",
-    "cfm-endpoint": "CFMEndpoint",
-    "dfm": "DFM",
-    "dfm-metric": "MetricDFM",
-    "purr": "Purrception",
-}
+
+
+def implementation(name: str):
+    """The class of the objective ``name`` (imports its module, and torch)."""
+    import importlib
+
+    from .records import record
+
+    module, cls = record(name).implementation.split(":")
+    return getattr(importlib.import_module(f".{module}", __name__), cls)
 
 
 def __getattr__(name: str):
     import importlib
 
     if name == "METHODS":
-        return {key: __getattr__(cls) for key, cls in _CLASSES.items()}
+        from .records import records
+
+        return {key: implementation(key) for key in records()}
     if name in _EXPORTS:
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def build(name: str, codebook, **cfg):
-    """A method by name: ``build("purr", codebook=E, **options)``."""
-    methods = __getattr__("METHODS")
-    if name not in methods:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(methods)}")
-    try:
-        return methods[name](codebook, **cfg)
-    except TypeError as e:
-        raise TypeError(f"bad option for method {name!r}: {e}") from e
+def build(name: str, codebook, **options):
+    """A method by name: ``build("purr", codebook=E, z_loss_weight=0)``; the options are its
+    record's options dataclass's fields (an unknown one is a TypeError naming it)."""
+    import dataclasses
+
+    from .records import record
+
+    rec = record(name)
+    known = set(rec.option_names())
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(
+            f"bad option for method {name!r}: {', '.join(unknown)} (its options: "
+            f"{', '.join(sorted(known))})"
+        )
+    values = dataclasses.replace(rec.options(), **options)
+    return implementation(name)(codebook, values)
 
 
-__all__ = ["METHODS", "SOLVERS", "build", *_EXPORTS]
+def summary() -> str:
+    from .records import records
+
+    return "\n".join(f"{name:14s}{r.summary}" for name, r in records().items())
+
+
+__all__ = ["METHODS", "build", "implementation", "summary", *_EXPORTS]

@@ -6,6 +6,7 @@ Time runs from t=0 (noise) to t=1 (data). A model is any callable ``model(x, t, 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from shared.backbone.dit import NULL_LABEL
 from shared.codebook import lookup, nearest_code  # noqa: F401  (re-exported)
 
-from .catalog import MIN_TEMPERATURE, TIME_SAMPLINGS
+from .options import MIN_TEMPERATURE, TIME_SAMPLINGS
+from .records import categorical as categorical_methods
 
 
 @dataclass
@@ -64,8 +66,8 @@ class TimeSampler:
 
     def __init__(
         self,
-        kind: str = "uniform",
-        t_min: float = 1e-3,
+        kind: str,
+        t_min: float,
         mean: float = 0.0,
         std=1.0,
         t_max: float = 1.0,
@@ -197,26 +199,52 @@ def check_steps(steps: int) -> None:
 
 
 class Method(nn.Module):
-    """Base: holds the codebook E (K, d) as a buffer; subclasses implement the objective."""
+    """Base: holds the codebook E (K, d) as a buffer; subclasses implement the objective.
+
+    A method is built from its options dataclass (its record's ``options``; None: the
+    defaults), which its record checks here with the words the start-up checks use. Its
+    name, samplers and whether its posterior is categorical are read from the record."""
 
     name: str = ""
     input_kind: str = ""  # "latent" | "tokens"
-    categorical_posterior: bool = False
-    solvers: tuple[str, ...] = ()  # the ``solver`` values ``sample`` accepts
 
-    def __init__(
-        self,
-        codebook: torch.Tensor,
-        time_sampling: str = "uniform",
-        t_min=1e-3,
-        t_mean: float = 0.0,
-        t_std: float = 1.0,
-    ):
+    def __init__(self, codebook: torch.Tensor, options=None):
         super().__init__()
+        from .records import record
+
+        self.record = record(self.name)
+        options = self.record.options() if options is None else options
+        if not isinstance(options, self.record.options):
+            raise TypeError(
+                f"{self.name} takes {self.record.options.__name__}, got {type(options).__name__}"
+            )
+        self.record.check(dataclasses.asdict(options))
         if codebook.ndim != 2:
             raise ValueError(f"codebook must be (K, d), got shape {tuple(codebook.shape)}")
+        self.options = options
+        codebook = self.prepare_codebook(codebook)
         self.register_buffer("codebook", codebook.detach().float().clone(), persistent=False)
-        self.time_sampler = TimeSampler(time_sampling, t_min, t_mean, t_std)
+        self.time_sampler = TimeSampler(
+            options.time_sampling, options.t_min, options.t_mean, options.t_std
+        )
+
+    def prepare_codebook(self, codebook: torch.Tensor) -> torch.Tensor:
+        """The codebook the method works on, from the tokenizer's (the options are set)."""
+        return codebook
+
+    @property
+    def solvers(self) -> tuple[str, ...]:
+        """The ``solver`` values ``sample`` accepts (fixed grid; latent methods add dopri5)."""
+        return self.record.solvers
+
+    @property
+    def adaptive_solvers(self) -> tuple[str, ...]:
+        """Adaptive solvers ``sample`` also runs (analysis only, not an ``eval.solver``)."""
+        return self.record.adaptive_solvers
+
+    @property
+    def categorical_posterior(self) -> bool:
+        return self.record.categorical
 
     @property
     def num_codes(self) -> int:
@@ -240,12 +268,27 @@ class Method(nn.Module):
             raise ValueError(
                 f"{self.name} samples with {' or '.join(self.solvers)}; got solver={solver!r}"
             )
+        why = self.record.solver_rules(solver, dataclasses.asdict(self.options))
+        if why:
+            raise ValueError(f"solver={solver!r} is not allowed with these options; expected {why}")
+
+    def path_loglik(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """log p_t(x_t | c = k) at every position for every code k → (B, K, H, W) float64, up
+        to a constant per sample: the path's conditional likelihood. With it the exact
+        posterior of any known data distribution follows by Bayes, which is how the contract
+        tests build every method's oracle (tests/helpers/toy.py)."""
+        raise NotImplementedError(f"{self.name} does not give its path's likelihood")
+
+    def ideal_output(self, posterior: torch.Tensor, x_t, t: torch.Tensor) -> torch.Tensor:
+        """What a perfectly trained network outputs at (x_t, t), given the exact posterior
+        over codes (B, K, H, W) at each position (float64 in, float64 out)."""
+        raise NotImplementedError(f"{self.name} does not say what its ideal network outputs")
 
     def check_temperature(self, temperature: float) -> None:
         if not self.categorical_posterior and temperature != 1.0:
             raise ValueError(
                 f"{self.name} has no categorical posterior, so temperature={temperature} would "
-                "be ignored; temperature applies to 'purr' and 'dfm' only"
+                "be ignored; temperature applies to " + ", ".join(categorical_methods()) + " only"
             )
 
     def model_kwargs(self) -> dict:

@@ -30,6 +30,11 @@ class CFM(LatentFlowMethod):
         v, mult = guided_forward(model, z, t, y, cfg_scale)
         return v.float(), None, mult
 
+    def ideal_output(self, posterior, z_t, t):
+        """The marginal velocity E[z1 − z0 | z_t] = (E[z1 | z_t] − z_t)/(1 − t)."""
+        one_minus_t = (1 - t.double()).view(-1, 1, 1, 1)
+        return (self.posterior_mean(posterior) - z_t.double()) / one_minus_t
+
 
 class CFMEndpoint(LatentFlowMethod):
     name = "cfm-endpoint"
@@ -46,3 +51,7 @@ class CFMEndpoint(LatentFlowMethod):
     def velocity(self, model, z, t, y, temperature=1.0, cfg_scale=1.0, need_posterior=False):
         mu, mult = guided_forward(model, z, t, y, cfg_scale)
         return (mu.float() - z) / self.one_minus_t(t), None, mult
+
+    def ideal_output(self, posterior, z_t, t):
+        """The endpoint E[z1 | z_t]."""
+        return self.posterior_mean(posterior)

@@ -17,62 +17,31 @@ import torch
 
 from . import dfm_samplers, noise
 from .base import LossOutput, Method, SampleOutput, TimeSampler, categorical, guided_forward
-from .catalog import SOLVERS, check_dfm_options
-from .head import DEFAULT_CHUNK, CategoricalHead
+from .head import CategoricalHead
 
 
 class DFM(CategoricalHead, Method):
     name = "dfm"
-    # discrete Euler jumps (carry-over for the masked source); the official code's Euler that
-    # redraws decoded tokens (masked source); MaskGIT (masked source)
-    solvers = SOLVERS["dfm"]
     input_kind = "tokens"
-    categorical_posterior = True
 
-    def __init__(
-        self,
-        codebook,
-        source: str = "mask",
-        z_loss_weight: float = 1e-5,
-        kappa_power: float = 1.0,
-        weighting: str = "none",
-        maskgit_schedule="cosine",
-        maskgit_choice_temperature: float = 4.5,
-        maskgit_confidence_temperature=1.0,
-        mdlm_eps: float = 1e-3,
-        mdlm_stratified: bool = True,
-        head: str = "chunked",
-        head_chunk: int = DEFAULT_CHUNK,
-        **kw,
-    ):
-        super().__init__(codebook, **kw)
-        self.init_head(head, head_chunk)
-        check_dfm_options(
-            source=source,
-            weighting=weighting,
-            kappa_power=kappa_power,
-            time_sampling=self.time_sampler.kind,
-            t_min=self.time_sampler.t_min,
-            mdlm_eps=mdlm_eps,
-            maskgit_schedule=maskgit_schedule,
-            maskgit_choice_temperature=maskgit_choice_temperature,
-            maskgit_confidence_temperature=maskgit_confidence_temperature,
-        )
-        self.source = source
-        self.weighting = weighting
-        self.kappa_power = kappa_power
-        self.z_loss_weight = z_loss_weight
-        self.maskgit_schedule = maskgit_schedule
-        self.choice_temperature = maskgit_choice_temperature
-        self.confidence_temperature = maskgit_confidence_temperature
-        self.mdlm_eps = mdlm_eps
-        self.mdlm_stratified = mdlm_stratified
+    def __init__(self, codebook, options=None):
+        super().__init__(codebook, options)
+        o = self.options
+        self.init_head(o)
+        self.source = o.source
+        self.weighting = o.weighting
+        self.kappa_power = o.kappa_power
+        self.maskgit_schedule = o.maskgit_schedule
+        self.choice_temperature = o.maskgit_choice_temperature
+        self.confidence_temperature = o.maskgit_confidence_temperature
+        self.mdlm_eps = o.mdlm_eps
+        self.mdlm_stratified = o.mdlm_stratified
         self._mdlm_norm = None
-        if weighting == "mdlm":
+        if o.weighting == "mdlm":
             # MDLM's time range (its sampling_eps = 1e-3, in its reversed time) and its
             # antithetic_sampling (one t per 1/B of the range): w(t) ≤ w(1 − ε), never infinite
             self.time_sampler = TimeSampler(
-                "uniform", self.time_sampler.t_min, t_max=1.0 - mdlm_eps, stratified=mdlm_stratified
+                "uniform", o.t_min, t_max=1.0 - o.mdlm_eps, stratified=o.mdlm_stratified
             )
             # E_t[κ̇] under that sampler: the MDLM weight's divisor, computed once
             self._mdlm_norm = self.time_sampler.expectation(self.kappa_dot)
@@ -111,6 +80,18 @@ class DFM(CategoricalHead, Method):
         """
         t = t.double()
         return (self.kappa_dot(t) / (1 - self.kappa(t)) / self._mdlm_norm).float()
+
+    def path_loglik(self, x_t, t):
+        """log p_t(x | c) = log(κ·1[x = c] + (1 − κ)·source(x)) per position and code c."""
+        k = self.kappa(t.double()).view(-1, 1, 1, 1)
+        point = torch.nn.functional.one_hot(x_t.clamp_max(self.num_codes - 1), self.num_codes)
+        point = point.permute(0, 3, 1, 2).double()
+        if self.source == "mask":
+            masked = (x_t == self.mask_id)[:, None].double()
+            point, source = point * (1 - masked), masked
+        else:
+            source = torch.full_like(point, 1.0 / self.num_codes)
+        return (k * point + (1 - k) * source).clamp_min(1e-300).log()
 
     def source_tokens(self, shape, device, generator=None) -> torch.Tensor:
         if self.source == "mask":
@@ -152,11 +133,6 @@ class DFM(CategoricalHead, Method):
     def check_sampling(self, solver: str, steps: int, grid) -> None:
         """Refuse a sampler setting that cannot work, before any training."""
         super().check_sampling(solver, steps, grid)
-        if solver in ("maskgit", "euler-redraw") and self.source != "mask":
-            raise ValueError(
-                f"solver={solver!r} needs dfm source='mask' (method.source=mask); the uniform "
-                "source samples with solver='euler'"
-            )
         positions = grid[0] * grid[1]
         if solver == "maskgit" and steps > positions:
             raise ValueError(

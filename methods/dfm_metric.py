@@ -30,45 +30,22 @@ from __future__ import annotations
 import torch
 
 from . import noise
-from .base import Method, SampleOutput, check_steps, inverse_cdf, record_trace
-from .catalog import DISTANCES, SOLVERS, beta_overflow
-from .head import DEFAULT_CHUNK, CategoricalHead
+from .base import Method, SampleOutput, inverse_cdf, record_trace
+from .head import CategoricalHead
 
 TABLE_MAX_CODES = 4096
 
 
 class MetricDFM(CategoricalHead, Method):
     name = "dfm-metric"
-    solvers = SOLVERS["dfm-metric"]
     input_kind = "tokens"
-    categorical_posterior = True
 
-    def __init__(
-        self,
-        codebook,
-        beta_scale: float = 10.0,
-        beta_power: float = 1.0,
-        distance: str = "l2",
-        z_loss_weight: float = 1e-5,
-        head: str = "chunked",
-        head_chunk: int = DEFAULT_CHUNK,
-        **kw,
-    ):
-        super().__init__(codebook, **kw)
-        self.init_head(head, head_chunk)
-        if distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-        if not beta_scale > 0:
-            raise ValueError(f"beta_scale must be > 0, got {beta_scale}")
-        if not beta_power >= 1:
-            raise ValueError(f"beta_power must be ≥ 1 (β̇_0 is infinite below 1), got {beta_power}")
-        overflow = beta_overflow(beta_scale, beta_power)
-        if overflow:
-            raise ValueError(overflow)
-        self.beta_scale = beta_scale
-        self.beta_power = beta_power
-        self.distance = distance
-        self.z_loss_weight = z_loss_weight
+    def __init__(self, codebook, options=None):
+        super().__init__(codebook, options)
+        self.init_head(self.options)
+        self.beta_scale = self.options.beta_scale
+        self.beta_power = self.options.beta_power
+        self.distance = self.options.distance
         self.register_buffer("norms", self.codebook.pow(2).sum(1), persistent=False)
         k = self.num_codes
         if k <= TABLE_MAX_CODES:  # the whole table once; its mean is the normaliser
@@ -119,6 +96,14 @@ class MetricDFM(CategoricalHead, Method):
         """log p_t(· | x1) for codes x1 (N,) at times t (N,) → (N, K)."""
         beta = self.beta(t.to(self.codebook.dtype)).view(-1, 1)
         return torch.log_softmax(-beta * self.distances(x1), dim=-1)
+
+    def path_loglik(self, x_t, t):
+        """log p_t(x | c) = log softmax_x(−β_t·d(x, c)) per position and code c."""
+        b, k = x_t.shape[0], self.num_codes
+        codes = torch.arange(k, device=x_t.device).repeat(b)
+        logp = self.path_logprobs(codes, t.reshape(-1).repeat_interleave(k)).double()
+        index = x_t.reshape(b, 1, -1).expand(b, k, -1)  # (B, c, H·W): log p_t(x_t | c)
+        return logp.view(b, k, k).gather(2, index).view(b, k, *x_t.shape[1:])
 
     def rates(self, z: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Conditional rates u_t(x, z | x1) → (N, K) for states z, targets x1, times t (N,).
@@ -187,9 +172,7 @@ class MetricDFM(CategoricalHead, Method):
         generator=None,
         trace=False,
     ) -> SampleOutput:
-        check_steps(steps)
-        if solver != "euler":
-            raise ValueError(f"dfm-metric samples with Euler jumps only; got solver={solver!r}")
+        self.check_sampling(solver, steps, grid)
         dev = self.codebook.device
         z = noise.randint(self.num_codes, (num_samples, *grid), dev, generator)
         ts = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()

@@ -18,7 +18,7 @@ import torch
 
 from . import noise
 from .base import SampleOutput, record_trace
-from .catalog import MASKGIT_SCHEDULES
+from .records.dfm import MASKGIT_SCHEDULES
 
 
 @torch.no_grad()
@@ -82,7 +82,7 @@ def euler(
 
 
 def maskgit_masked(
-    num_positions: int, step: int, steps: int, masked_now: int, schedule: str = "cosine"
+    num_positions: int, step: int, steps: int, masked_now: int, schedule: str
 ) -> int:
     """How many positions stay masked after ``step`` (0-based) of ``steps``: ⌊N·γ(r)⌋, but at
     least one fewer than now (every call unmasks a token) and at least one for each step still

@@ -43,9 +43,7 @@ from .base import (
     guided_forward,
     inverse_cdf,
 )
-from .catalog import HEADS
-
-DEFAULT_CHUNK = 1 << 24  # logits alive at once: 64 MiB of float32
+from .options import DEFAULT_CHUNK
 
 
 def linear_head(model):
@@ -276,17 +274,15 @@ class CategoricalHead:
     ``trace=True``) need the full posterior and take the full path.
     """
 
-    head: str = "chunked"
-    head_chunk: int = DEFAULT_CHUNK
-    z_loss_weight: float = 0.0
+    def init_head(self, options) -> None:
+        """The head's options (``methods.options.CategoricalOptions``, checked by the record)."""
+        self.head = options.head
+        self.head_chunk = options.head_chunk
+        self.z_loss_weight = options.z_loss_weight
 
-    def init_head(self, head: str, head_chunk: int) -> None:
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        if not isinstance(head_chunk, int) or head_chunk < 1:
-            raise ValueError(f"head_chunk must be a positive number of logits, got {head_chunk!r}")
-        self.head = head
-        self.head_chunk = head_chunk
+    def ideal_output(self, posterior, x_t, t):
+        """Logits whose softmax is the exact posterior (log π, floored at 1e-30)."""
+        return posterior.clamp_min(1e-30).log()
 
     def head_for(self, model) -> LinearHead | None:
         return None if self.head == "full" else LinearHead.of(model, self.head_chunk)

@@ -32,8 +32,6 @@ import torch
 
 from . import noise
 from .base import Method, SampleOutput, check_steps, nearest_code, record_trace
-from .catalog import ADAPTIVE_SOLVERS, LATENT_SCALES
-from .catalog import LATENT_SOLVERS as SOLVERS
 
 ADAPTIVE_TAIL = 1e-3  # dopri5 stops at t = 1 − this; a last Euler step (one NFE) reaches t = 1
 
@@ -46,15 +44,14 @@ def standardise(codebook: torch.Tensor) -> torch.Tensor:
 
 class LatentFlowMethod(Method):
     input_kind = "latent"
-    solvers = SOLVERS
-    adaptive_solvers = ADAPTIVE_SOLVERS
     snap_chunk = 1 << 24  # distances alive at once when snapping to the nearest code
 
-    def __init__(self, codebook, latent_scale: str = "none", **kw):
-        if latent_scale not in LATENT_SCALES:
-            raise ValueError(f"latent_scale must be one of {LATENT_SCALES}, got {latent_scale!r}")
-        super().__init__(standardise(codebook) if latent_scale == "unit" else codebook, **kw)
-        self.latent_scale = latent_scale
+    def prepare_codebook(self, codebook):
+        return standardise(codebook) if self.options.latent_scale == "unit" else codebook
+
+    @property
+    def latent_scale(self) -> str:
+        return self.options.latent_scale
 
     @staticmethod
     def interpolate(z0: torch.Tensor, z1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -68,6 +65,17 @@ class LatentFlowMethod(Method):
 
     def posterior(self, model, x_t, t, y=None, temperature: float = 1.0):
         return None
+
+    def path_loglik(self, z_t, t):
+        """log N(z_t; t·e_k, (1 − t)² I) per position and code k, less its constant."""
+        e = self.codebook.double()
+        tt = t.double().view(-1, 1, 1, 1, 1)
+        diff = z_t.double()[:, None] - tt * e[None, :, :, None, None]  # (B, K, d, H, W)
+        return -diff.pow(2).sum(2) / (2 * (1 - tt[:, :, 0]) ** 2)
+
+    def posterior_mean(self, posterior):
+        """Σ_k π_k e_k per position: (B, K, H, W) → (B, d, H, W), in the posterior's dtype."""
+        return torch.einsum("bkhw,kd->bdhw", posterior, self.codebook.to(posterior.dtype))
 
     def noisy_latents(self, indices, generator=None):
         """(z_t, z0, z1, t) for a training batch of indices."""
@@ -93,8 +101,8 @@ class LatentFlowMethod(Method):
     ) -> SampleOutput:
         check_steps(steps)
         self.check_temperature(temperature)
-        if solver not in SOLVERS + ADAPTIVE_SOLVERS:
-            known = SOLVERS + ADAPTIVE_SOLVERS
+        if solver not in self.solvers + self.adaptive_solvers:
+            known = self.solvers + self.adaptive_solvers
             raise ValueError(f"unknown solver {solver!r}; choose one of {known}")
         dev = self.codebook.device
         shape = (num_samples, self.code_dim, *grid)
@@ -109,9 +117,11 @@ class LatentFlowMethod(Method):
             nfe, rows = nfe + 1, rows + mult
             return v, post
 
-        if solver in ADAPTIVE_SOLVERS:
+        if solver in self.adaptive_solvers:
             if trace:
-                raise ValueError(f"trace=True needs a fixed-grid solver ({SOLVERS}), not {solver}")
+                raise ValueError(
+                    f"trace=True needs a fixed-grid solver ({self.solvers}), not {solver}"
+                )
             z = self.integrate_adaptive(lambda t, z: v_at(z, t)[0], z, solver, tolerance)
             indices = nearest_code(z, self.codebook, self.snap_chunk)
             return SampleOutput(indices, nfe, rows, None)

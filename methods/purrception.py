@@ -2,7 +2,7 @@
 (arXiv 2510.01478).
 
 The model predicts logits ℓ_θ(z_t, t) ∈ R^{K} per latent position.
-    training:  L = CE(ℓ_θ, c) + λ · mean(logsumexp_k ℓ_θ)²          (z-loss, λ = 1e-5)
+    training:  L = CE(ℓ_θ, c) + λ · mean(logsumexp_k ℓ_θ)²          (z-loss; λ: z_loss_weight)
     sampling:  π = softmax(ℓ/τ),  μ_t = Σ_k π_k e_k = π·E,  v = (μ_t − z_t)/(1 − t)
 τ trades fidelity (τ<1) for diversity (τ>1); τ=0 uses the argmax code. CFG acts on ℓ
 before τ. With a DiT, loss and μ_t come from the head's hidden states a chunk at a time,
@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .base import LossOutput, categorical, guided_forward
-from .head import DEFAULT_CHUNK, CategoricalHead
+from .head import CategoricalHead
 from .latent_flow import LatentFlowMethod
 
 
@@ -30,19 +30,10 @@ def velocity_from_posterior(posterior, codebook, z_t, one_minus_t):
 
 class Purrception(CategoricalHead, LatentFlowMethod):
     name = "purr"
-    categorical_posterior = True
 
-    def __init__(
-        self,
-        codebook,
-        z_loss_weight: float = 1e-5,
-        head: str = "chunked",
-        head_chunk: int = DEFAULT_CHUNK,
-        **kw,
-    ):
-        super().__init__(codebook, **kw)
-        self.z_loss_weight = z_loss_weight
-        self.init_head(head, head_chunk)
+    def __init__(self, codebook, options=None):
+        super().__init__(codebook, options)
+        self.init_head(self.options)
 
     @property
     def out_channels(self) -> int:

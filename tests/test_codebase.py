@@ -213,15 +213,13 @@ def test_the_readme_is_short_and_every_docs_page_is_linked_and_exists():
 
 
 def test_the_checks_choices_are_the_components_own():
-    """The torch-free lists the start-up checks read (methods/catalog.py, shared/choices.py)
+    """The torch-free lists the start-up checks read (the method records, shared/choices.py)
     are the ones the components dispatch on."""
     import methods
     from experiments.runner.checks import ENUMS
-    from methods.catalog import SOLVERS
+    from methods.records import solvers
     from shared.choices import TOKENIZER_BACKENDS
     from shared.tokenizers import BACKENDS
 
     assert tuple(BACKENDS) == TOKENIZER_BACKENDS == ENUMS["tokenizer.backend"]
-    assert set(methods.METHODS) == set(SOLVERS)
-    for name in ("dfm", "dfm-metric"):
-        assert methods.METHODS[name].solvers == SOLVERS[name]
+    assert set(methods.METHODS) == set(solvers())

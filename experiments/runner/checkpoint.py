@@ -30,10 +30,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from methods.options import meta, options_of
+from methods.records import records
 from shared.io import atomic_torch_save
 from shared.safe_load import FileLoadError, load_torch_file
 
-from .checks import NON_TRAINING_KEYS, flat_keys
+from .checks import NON_TRAINING_KEYS, SAMPLER_KEYS, flat_keys
 from .errors import RunRefused
 
 FORMAT = 2
@@ -163,10 +165,15 @@ def load(path: str, map_location="cpu") -> dict:
 # checkpoint written before them trained with: a relaunch of such a checkpoint that leaves
 # them at this value changes nothing, so it is accepted (and recorded) without allow_changes.
 ADDED_KEYS = {
-    "method.weighting": "none",  # dfm: MDLM weighting
-    "method.latent_scale": "none",  # cfm, cfm-endpoint, purr
     "optim.schedule": "constant",
     "data.fraction": 1.0,  # the whole training split
+    # the method options whose record marks them ``added`` (methods/options.py), at their default
+    **{
+        f"method.{f.name}": f.default
+        for rec in records().values()
+        for f in options_of(rec.options)
+        if meta(f, "added")
+    },
 }
 
 # Training keys added after runs were committed, left out of a run's training config (and so
@@ -186,9 +193,13 @@ def changes(saved: dict, current: dict) -> dict[str, tuple]:
 # range and stratification matter only to weighting=mdlm, whose checkpoints without them
 # are refused, naming the keys)
 INERT_UNLESS = {
-    "method.mdlm_eps": ("method.weighting", "mdlm"),
-    "method.mdlm_stratified": ("method.weighting", "mdlm"),
     "optim.decay_fraction": ("optim.schedule", "wsd"),
+    **{
+        f"method.{f.name}": (f"method.{meta(f, 'inert_unless')[0]}", meta(f, "inert_unless")[1])
+        for rec in records().values()
+        for f in options_of(rec.options)
+        if meta(f, "inert_unless")
+    },
 }
 
 
@@ -244,9 +255,7 @@ MEASUREMENT_KEYS = (
     "eval.reference_n",
     "eval.seed",
     "eval.precision",
-    "method.maskgit_schedule",
-    "method.maskgit_choice_temperature",
-    "method.maskgit_confidence_temperature",
+    *SAMPLER_KEYS,
 )
 SAMPLE_ELSEWHERE = (
     "To sample or score it with other settings use analysis/nfe_sweep.py, "

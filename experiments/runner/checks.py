@@ -8,12 +8,12 @@ typo never costs a minute of training before the first evaluation finds it.
 
 from __future__ import annotations
 
-import math
 import os
 
 from omegaconf import OmegaConf
 
-from methods.catalog import DISTANCES, HEADS, LATENT_SCALES, TIME_SAMPLINGS
+from methods.options import MIN_TEMPERATURE, Range, meta, options_of
+from methods.records import categorical, records
 from shared.choices import DATASETS, LR_SCHEDULES, POS_EMBEDS, PRECISIONS, TOKENIZER_BACKENDS
 
 from .errors import RunError
@@ -39,24 +39,31 @@ NON_TRAINING_KEYS = (
     "live_figure_hook",
     "logger",
     "wandb_project",
-    "method.head",  # the same loss and posterior, computed chunk-wise or in full (rounding)
-    "method.head_chunk",
     # the setting may change; the precision it resolves to may not (checked as identity)
     "optim.precision",
-    # MaskGIT's sampler settings (read only under eval.solver=maskgit, never in training)
-    "method.maskgit_schedule",
-    "method.maskgit_choice_temperature",
-    "method.maskgit_confidence_temperature",
 )
-MASKGIT_KEYS = NON_TRAINING_KEYS[-3:]
 
-# the dfm's own options (source, weighting, maskgit_*, kappa_power, mdlm_eps) are checked by
-# methods.catalog.dfm_option_errors, which DFM.__init__ reports from too
+
+def _method_keys(role: str) -> tuple[str, ...]:
+    """``method.<option>`` of every record's options with this role (methods/options.py)."""
+    keys = {
+        f"method.{f.name}": None
+        for rec in records().values()
+        for f in options_of(rec.options)
+        if meta(f, "role") == role
+    }
+    return tuple(keys)
+
+
+# options that change how a quantity is computed (the head's chunking), and sampler options
+# (MaskGIT's, read only under their eval.solver, never in training): a relaunch may change them
+COMPUTE_KEYS = _method_keys("compute")
+SAMPLER_KEYS = _method_keys("sampler")
+NON_TRAINING_KEYS += COMPUTE_KEYS + SAMPLER_KEYS
+
+# a method's own options are checked by its record (methods/records/), with the words its
+# constructor raises
 ENUMS = {
-    "method.time_sampling": TIME_SAMPLINGS,
-    "method.head": HEADS,
-    "method.distance": DISTANCES,
-    "method.latent_scale": LATENT_SCALES,
     "backbone.pos_embed": POS_EMBEDS,
     "tokenizer.backend": TOKENIZER_BACKENDS,
     "data.dataset": DATASETS,
@@ -70,13 +77,7 @@ ENUMS = {
     "logger": LOGGERS,
 }
 # key → (low, high, low inclusive, high inclusive); None = unbounded
-RANGES = {
-    "method.t_min": (0, 1, True, False),
-    "method.t_std": (0, None, False, False),
-    "method.z_loss_weight": (0, None, True, False),
-    "method.head_chunk": (1, None, True, False),
-    "method.beta_scale": (0, None, False, False),
-    "method.beta_power": (1, None, True, False),
+_BOUNDS = {
     "backbone.class_dropout": (0, 1, True, False),
     "tokenizer.image_size": (1, None, True, False),
     "data.num_classes": (1, None, True, False),
@@ -104,13 +105,12 @@ RANGES = {
     "log_every": (1, None, True, False),
     "checkpoint_every": (1, None, True, False),
 }
+RANGES = {key: Range(*bounds) for key, bounds in _BOUNDS.items()}
 
 
 def _float32_errors(get, bad) -> None:
     """Options that pass their ranges but overflow float32 (the dtype every sampler and loss
     computes in) where the method uses them; the limits live with the methods."""
-    from methods.catalog import MIN_TEMPERATURE, beta_overflow
-
     v = get("eval.temperature")
     if isinstance(v, int | float) and 0 < v < MIN_TEMPERATURE:
         bad(
@@ -122,59 +122,28 @@ def _float32_errors(get, bad) -> None:
         v = get(key)
         if isinstance(v, float) and not v.is_integer():
             bad(key, "an integer (a generator seed)")
-    if get("method.name") == "dfm-metric":
-        c, a = get("method.beta_scale"), get("method.beta_power")
-        if _in_range(c, 0, None, False, False) and _in_range(a, 1, None, True, False):
-            overflow = beta_overflow(c, a)
-            if overflow:
-                bad("method.beta_power" if a > 1 else "method.beta_scale", overflow)
-
-
-def _describe(lo, hi, lo_in, hi_in) -> str:
-    if hi is None:
-        return f"{'≥' if lo_in else '>'} {lo}"
-    return f"in {'[' if lo_in else '('}{lo}, {hi}{']' if hi_in else ')'}"
-
-
-def _in_range(v, lo, hi, lo_in, hi_in) -> bool:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        return False
-    ok_lo = v >= lo if lo_in else v > lo
-    ok_hi = hi is None or (v <= hi if hi_in else v < hi)
-    return ok_lo and ok_hi
 
 
 def _method_errors(get, bad) -> None:
-    """The method exists, and the sampler options suit it (solver, temperature)."""
-    from methods.catalog import CATEGORICAL, SOLVERS, dfm_option_errors
-
+    """The method exists, its options are allowed (its record's choices, ranges and rules),
+    and the sampler suits it (solver, temperature)."""
     name = get("method.name")
-    if name not in SOLVERS:
-        bad("method.name", "one of " + ", ".join(SOLVERS))
+    found = records()
+    if name not in found:
+        bad("method.name", "one of " + ", ".join(found))
         return
-    if get("eval.solver") not in SOLVERS[name]:
-        bad("eval.solver", f"one of {', '.join(SOLVERS[name])} (the samplers of {name})")
-    elif get("eval.solver") in ("maskgit", "euler-redraw") and get("method.source") != "mask":
-        bad(
-            "eval.solver",
-            "euler: maskgit and euler-redraw unmask tokens and need method.source=mask",
-        )
-    if name == "dfm":
-        options = (
-            "source",
-            "weighting",
-            "kappa_power",
-            "time_sampling",
-            "t_min",
-            "mdlm_eps",
-            "maskgit_schedule",
-            "maskgit_choice_temperature",
-            "maskgit_confidence_temperature",
-        )
-        given = {k: get(f"method.{k}") for k in options if get(f"method.{k}") is not None}
-        for option, expected in dfm_option_errors(**given):
-            bad(f"method.{option}", expected)
-    if name not in CATEGORICAL and get("eval.temperature") != 1.0:
+    rec = found[name]
+    given = {k: get(f"method.{k}") for k in rec.option_names() if get(f"method.{k}") is not None}
+    for option, expected in rec.errors(given):
+        bad(f"method.{option}", expected)
+    solver = get("eval.solver")
+    if solver not in rec.solvers:
+        bad("eval.solver", f"one of {', '.join(rec.solvers)} (the samplers of {name})")
+    else:
+        why = rec.solver_rules(solver, {**rec.defaults(), **given})
+        if why:
+            bad("eval.solver", why)
+    if name not in categorical() and get("eval.temperature") != 1.0:
         bad("eval.temperature", f"1.0: {name} has no categorical posterior to temper")
 
 
@@ -193,12 +162,12 @@ def validation_errors(cfg) -> list[str]:
     for key, choices in ENUMS.items():
         if get(key) is not None and get(key) not in choices:
             bad(key, "one of " + ", ".join(choices))
-    for key, (lo, hi, lo_in, hi_in) in RANGES.items():
+    for key, within in RANGES.items():
         v = get(key)
-        if v is not None and not _in_range(v, lo, hi, lo_in, hi_in):
-            bad(key, f"a number {_describe(lo, hi, lo_in, hi_in)}")
+        if v is not None and not within.holds(v):
+            bad(key, str(within))
     for i, beta in enumerate(get("optim.betas") or ()):
-        if not _in_range(beta, 0, 1, True, False):
+        if not Range(0, 1).holds(beta):
             errors.append(f"optim.betas[{i}]={beta!r} is not allowed; expected a number in [0, 1)")
     if (get("budget.train_flops") is None) == (get("budget.images") is None):
         errors.append(
@@ -237,18 +206,18 @@ def validation_errors(cfg) -> list[str]:
 
 
 def ignored_options(cfg) -> list[str]:
-    """Warnings for options set away from their defaults that the chosen sampler never reads."""
-    from .config import DFMConfig
-
-    if OmegaConf.select(cfg, "eval.solver", default=None) == "maskgit":
-        return []
+    """Warnings for sampler options set away from their defaults that the chosen sampler
+    never reads."""
+    rec = records().get(OmegaConf.select(cfg, "method.name", default=None))
+    solver = OmegaConf.select(cfg, "eval.solver", default=None)
     out = []
-    for key in MASKGIT_KEYS:
-        v = OmegaConf.select(cfg, key, default=None)
-        if v is not None and v != getattr(DFMConfig, key.split(".", 1)[1]):
+    for f in options_of(rec.options) if rec else ():
+        v = OmegaConf.select(cfg, f"method.{f.name}", default=None)
+        reader = meta(f, "solver")
+        if reader and reader != solver and v is not None and v != f.default:
             out.append(
-                f"{key}={v} is ignored: it is read only with eval.solver=maskgit "
-                f"(here eval.solver={cfg.eval.solver})"
+                f"method.{f.name}={v} is ignored: it is read only with eval.solver={reader} "
+                f"(here eval.solver={solver})"
             )
     return out
 

@@ -11,73 +11,25 @@ from dataclasses import dataclass, field
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from methods.options import MethodOptions
+from methods.records import records
+
 from .labels import method_label
 
-
 # ----------------------------------------------------------------------------- method
-@dataclass
-class MethodConfig:
-    name: str = MISSING
-    time_sampling: str = "uniform"  # uniform on [t_min, 1) | logit_normal
-    t_min: float = 1e-3
-    t_mean: float = 0.0
-    t_std: float = 1.0
+# Each method's options dataclass is its record's (methods/records/): the one place its
+# options, defaults and allowed values are written. The group's options are every record and
+# every variant it names (method=dfm-uniform is dfm with source=uniform).
+MethodConfig = MethodOptions
 
 
-@dataclass
-class LatentConfig(MethodConfig):
-    latent_scale: str = "none"  # none | unit: the flow on the standardised codebook
-
-
-@dataclass
-class CFMConfig(LatentConfig):
-    name: str = "cfm"
-
-
-@dataclass
-class CFMEndpointConfig(LatentConfig):
-    name: str = "cfm-endpoint"
-
-
-@dataclass
-class CategoricalHeadConfig(MethodConfig):
-    # chunked: loss and posterior from the head's hidden states, never the (B,K,H,W) logits;
-    # full: the reference path that materialises them (methods/head.py)
-    head: str = "chunked"
-    head_chunk: int = 1 << 24  # logits alive at once
-
-
-@dataclass
-class PurrConfig(CategoricalHeadConfig):
-    name: str = "purr"
-    z_loss_weight: float = 1e-5
-    latent_scale: str = "none"  # none | unit: the flow on the standardised codebook
-
-
-@dataclass
-class DFMConfig(CategoricalHeadConfig):
-    name: str = "dfm"
-    source: str = "mask"  # mask | uniform
-    z_loss_weight: float = 1e-5
-    kappa_power: float = 1.0
-    weighting: str = "none"  # none | mdlm (the masked-diffusion ELBO weight; masked source)
-    # eval.solver=maskgit (masked source): unmasking schedule and confidence randomness
-    maskgit_schedule: str = "cosine"  # cosine | linear | square | sqrt
-    maskgit_choice_temperature: float = 4.5  # Gumbel noise on confidence × (1 − r)
-    maskgit_confidence_temperature: float = 1.0  # confidence = log softmax(ℓ/this)[drawn code]
-    # weighting=mdlm: t uniform on [t_min, 1 − mdlm_eps] (w ≤ 1/ε), stratified over the batch
-    # (MDLM's sampling_eps and antithetic sampling; methods/dfm.py)
-    mdlm_eps: float = 1e-3
-    mdlm_stratified: bool = True
-
-
-@dataclass
-class DFMMetricConfig(CategoricalHeadConfig):
-    name: str = "dfm-metric"
-    beta_scale: float = 10.0  # β_t = beta_scale · (t/(1−t))^beta_power
-    beta_power: float = 1.0
-    distance: str = "l2"  # l2 | sqeuclidean, between codebook vectors (mean-normalised)
-    z_loss_weight: float = 1e-5
+def method_nodes() -> dict:
+    """{group option name: node}: each objective, and each of its variants by its label."""
+    nodes = {}
+    for rec in records().values():
+        for label, overrides in rec.variant_names().items():
+            nodes[label] = rec.options(**overrides) if overrides else rec.options
+    return nodes
 
 
 # --------------------------------------------------------------------------- backbone
@@ -252,15 +204,7 @@ def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     options = {
-        "method": {
-            "cfm": CFMConfig,
-            "cfm-endpoint": CFMEndpointConfig,
-            "purr": PurrConfig,
-            "dfm": DFMConfig,
-            "dfm-uniform": DFMConfig(source="uniform"),
-            "dfm-mdlm": DFMConfig(weighting="mdlm"),
-            "dfm-metric": DFMMetricConfig,
-        },
+        "method": method_nodes(),
         "backbone": {
             name.lower().replace("-", "_").replace("/", "_"): BackboneConfig(preset=name)
             for name in PRESETS

@@ -6,21 +6,18 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
+from methods.records import records
+
 
 def method_label(cfg, sampler: bool = True) -> str:
     """The name results are grouped under: the method plus the variant options that make it
-    a different baseline (``dfm-uniform``, ``dfm-mdlm``, ``dfm-maskgit``, …). With
-    ``sampler=False``, the trained model's name alone (the sampler goes in its own column)."""
-    parts = [cfg.method.name]
-    if OmegaConf.select(cfg, "method.source", default=None) == "uniform":
-        parts.append("uniform")
-    if OmegaConf.select(cfg, "method.weighting", default=None) == "mdlm":
-        parts.append("mdlm")
-    if OmegaConf.select(cfg, "method.latent_scale", default=None) == "unit":
-        parts.append("unit")
+    a different baseline (``dfm-uniform``, ``dfm-mdlm``, ``dfm-maskgit``, …; each record's
+    label rule). With ``sampler=False``, the trained model's name alone (the sampler goes in
+    its own column)."""
+    name = cfg.method.name
+    rec = records().get(name)
+    if rec is None:  # an unregistered name: the checks refuse it; the label is the name
+        return name
+    values = OmegaConf.to_container(cfg.method, resolve=True)
     solver = OmegaConf.select(cfg, "eval.solver", default=None) if sampler else None
-    if solver == "maskgit":
-        parts.append("maskgit")
-    elif solver == "euler-redraw":  # the official code's masked Euler (redraws decoded tokens)
-        parts.append("redraw")
-    return "-".join(parts)
+    return rec.label(values, solver)

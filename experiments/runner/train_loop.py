@@ -96,27 +96,6 @@ def optimizer_step(
     return out.loss.detach().float()
 
 
-def train_step(
-    method,
-    model,
-    net,
-    opt,
-    ema,
-    c,
-    y,
-    gen,
-    *,
-    lr: float,
-    grad_clip: float,
-    ema_decay: float,
-    use_bf16: bool,
-) -> torch.Tensor:
-    """``optimizer_step`` with its parts and settings as loose arguments, the way
-    ``experiments/benchmark.py`` calls it."""
-    trained = Trained(method, model, net, opt, ema)
-    return optimizer_step(trained, c, y, gen, StepSettings(lr, grad_clip, ema_decay, use_bf16))
-
-
 class StopSignals:
     """SIGTERM (SLURM's warning before a kill) and SIGINT set a flag that the loop reads at a
     step boundary; a second SIGINT interrupts at once. Handlers are restored on exit."""

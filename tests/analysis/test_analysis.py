@@ -122,9 +122,9 @@ def test_temperature_sweep_and_entropy_maps_on_trained_runs(
             compose(env["overrides"] + [f"method={m}"]),
             sweep / f"{i}_{m}_seed0" / ".hydra" / "config.yaml",
         )
-    assert temperature_sweep.default_runs(str(sweep)) == [
-        str(sweep / "0_purr_seed0"),
+    assert temperature_sweep.default_runs(str(sweep)) == [  # in the records' order
         str(sweep / "1_dfm_seed0"),
+        str(sweep / "0_purr_seed0"),
     ]
     out = tmp_path / "out"
     temperature_sweep.main(
@@ -330,7 +330,7 @@ def test_default_categorical_runs_are_chosen_by_label_and_seed(tmp_path):
             json.dumps({"method": label, "seed": seed, "status": "finished"})
         )
     got = [os.path.basename(r) for r in default_runs(str(tmp_path))]
-    assert got == ["10_purr_seed0", "12_dfm_seed0", "3_dfm-metric_seed2"]
+    assert got == ["12_dfm_seed0", "3_dfm-metric_seed2", "10_purr_seed0"]  # records' order
 
 
 def test_ranking_vs_budget_finds_the_crossing_and_both_views(tmp_path, capsys):

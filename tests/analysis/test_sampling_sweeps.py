@@ -59,7 +59,7 @@ def test_dopri5_reproduces_the_toy_distribution_and_a_wrong_model_fails(name):
 def test_nfe_sweep_points_per_method():
     from analysis.nfe_sweep import points
 
-    cfm = points("purr", None, [2, 5, 100], [1e-2], positions=64)
+    cfm = points("purr", {}, [2, 5, 100], [1e-2], positions=64)
     assert [(p["solver"], p.get("steps"), p.get("tolerance")) for p in cfm] == [
         ("euler", 2, None),
         ("euler", 5, None),
@@ -72,14 +72,14 @@ def test_nfe_sweep_points_per_method():
         ("midpoint", 50, None),
         ("dopri5", None, 1e-2),
     ]
-    dfm = points("dfm", "mask", [2, 100], [1e-2], positions=64)
+    dfm = points("dfm", {"source": "mask"}, [2, 100], [1e-2], positions=64)
     assert [(p["solver"], p["steps"]) for p in dfm] == [
         ("euler", 2),
         ("euler", 100),
         ("maskgit", 2),  # MaskGIT: at most one step per position
     ]
-    assert [p["solver"] for p in points("dfm", "uniform", [2], [])] == ["euler"]
-    assert [p["solver"] for p in points("dfm-metric", None, [2], [])] == ["euler"]
+    assert [p["solver"] for p in points("dfm", {"source": "uniform"}, [2], [])] == ["euler"]
+    assert [p["solver"] for p in points("dfm-metric", {}, [2], [])] == ["euler"]
 
 
 @pytest.fixture(scope="module")

@@ -108,6 +108,29 @@ class Oracle:
         return ((mu - x.double()) / (1 - t.double()).view(-1, 1, 1, 1)).float()  # cfm
 
 
+class MethodOracle:
+    """model(x, t, y) returning what a perfectly trained network of ``method`` returns on the
+    toy distribution, built from the method's own path likelihood (``path_loglik``) and
+    ideal output (``ideal_output``): the oracle of every registered method, so a new method
+    is tested because it is registered. :class:`Oracle` above is the independent check of
+    these two hooks for the methods it knows (tests/methods/test_methods.py)."""
+
+    def __init__(self, method, probs=PROBS):
+        self.method = method
+        self.probs = probs
+        self.calls = 0
+
+    def posterior(self, x, t) -> torch.Tensor:
+        lik = self.method.path_loglik(x, t)  # (B, K, H, W)
+        index = CONFIGS[None].expand(x.shape[0], *CONFIGS.shape).to(lik.device)
+        per_config = lik.gather(1, index).flatten(2).sum(-1)  # (B, M)
+        return marginal(torch.softmax(self.probs.log()[None] + per_config, dim=1))
+
+    def __call__(self, x, t, y=None):
+        self.calls += 1
+        return self.method.ideal_output(self.posterior(x, t), x, t).float()
+
+
 def total_variation(indices: torch.Tensor, probs=PROBS) -> float:
     """TV between the empirical distribution of sampled grids and ``probs`` (off-support
     samples count fully against)."""

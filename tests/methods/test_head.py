@@ -174,7 +174,7 @@ def test_linear_head_is_found_through_wrappers_and_not_invented():
     assert linear_head(Wrapper(model)) is model
     assert linear_head(lambda x, t, y: x) is None
     assert chunked.head_for(Wrapper(model)) is not None
-    with pytest.raises(ValueError, match="head must be one of"):
+    with pytest.raises(ValueError, match="head=.fused. is not allowed; expected one of chunked"):
         methods.build("purr", codebook=torch.randn(4, 2), head="fused")
 
 

@@ -168,7 +168,7 @@ def test_maskgit_refuses_more_steps_than_positions_and_keeps_the_default_schedul
         new = dfm_samplers.maskgit_masked(64, i, 20, masked, m.maskgit_schedule)
         assert new == old
         masked = new
-    with pytest.raises(ValueError, match="source='mask'"):
+    with pytest.raises(ValueError, match="need method.source=mask"):
         methods.build("dfm", codebook=E, source="uniform").sample(
             RandomLogits(), 2, GRID, 2, solver="euler-redraw"
         )
@@ -297,13 +297,12 @@ def test_float32_limits_hold_where_validation_puts_them():
     is a finite point mass on the data code; past it, it was NaN. τ at the smallest allowed
     value still draws the argmax; below it the method refuses."""
     from methods.base import MIN_TEMPERATURE, categorical
-    from methods.catalog import MAX_BETA, MAX_RATIO, beta_overflow
-    from methods.dfm_metric import MetricDFM
+    from methods.records.dfm_metric import MAX_BETA, MAX_RATIO, beta_overflow
 
     codebook = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
     power = 4.7  # beta_scale=10: the limit is 4.71
     assert beta_overflow(10.0, power) is None and beta_overflow(10.0, 4.72) is not None
-    m = MetricDFM(codebook, beta_scale=10.0, beta_power=power)
+    m = methods.build("dfm-metric", codebook=codebook, beta_scale=10.0, beta_power=power)
     assert m.beta(torch.tensor(below(1.0))) <= MAX_BETA
     assert float(m.beta(torch.tensor(below(1.0)))) == pytest.approx(10 * MAX_RATIO**power, 1e-3)
     codes = torch.arange(16)
@@ -311,9 +310,9 @@ def test_float32_limits_hold_where_validation_puts_them():
     assert torch.isfinite(logp.exp()).all()
     assert torch.equal(logp.argmax(1), codes)  # the data code, not code K − 1
     with pytest.raises(ValueError, match="beta_power ≤ 4.71"):
-        MetricDFM(codebook, beta_scale=10.0, beta_power=20.0)
+        methods.build("dfm-metric", codebook=codebook, beta_scale=10.0, beta_power=20.0)
     # what validation used to let through: NaN at the top time
-    loose = MetricDFM(codebook, beta_scale=10.0, beta_power=1.0)
+    loose = methods.build("dfm-metric", codebook=codebook, beta_scale=10.0, beta_power=1.0)
     loose.beta_power = 20.0
     assert torch.isnan(loose.path_logprobs(codes, torch.full((16,), below(1.0)))).any()
     logits = torch.randn(2, 16, 3, 3, generator=torch.Generator().manual_seed(1)) * 30

@@ -1,29 +1,34 @@
-"""Closed-form and oracle tests every method passes (one parametrised module)."""
+"""Closed-form and oracle tests every method passes (one parametrised module).
+
+The variants under test are every objective and variant the records register
+(``methods/records/``), and each one's oracle is built from its own path likelihood and
+ideal output (``helpers.toy.MethodOracle``): a newly registered method runs through every
+test here without being listed. ``test_the_generic_oracle_is_the_independent_one`` checks
+those hooks against the independently written oracle for the methods it knows.
+"""
 
 import pytest
 import torch
-from helpers.toy import CODEBOOK, GRID, PROBS, WRONG_PROBS, K, Oracle, total_variation
+from helpers.toy import (
+    CODEBOOK,
+    GRID,
+    PROBS,
+    WRONG_PROBS,
+    K,
+    MethodOracle,
+    Oracle,
+    total_variation,
+)
 
 import methods
 from methods.base import NULL_LABEL, categorical, guided_forward, nearest_code
 from methods.purrception import velocity_from_posterior
+from methods.records import records, variants
 from shared.backbone import DiT
 
 E = CODEBOOK.float()
-# (registry name, options, oracle kind) — every sampler configuration under test
-VARIANTS = {
-    "cfm": ("cfm", {}),
-    "cfm-endpoint": ("cfm-endpoint", {}),
-    "purr": ("purr", {}),
-    "dfm-mask": ("dfm", {"source": "mask"}),
-    "dfm-uniform": ("dfm", {"source": "uniform"}),
-    "dfm-mdlm": ("dfm", {"source": "mask", "weighting": "mdlm"}),
-    "dfm-metric": ("dfm-metric", {}),
-}
-LATENT_SOLVERS = [("euler", 50), ("heun", 25), ("midpoint", 25)]
-CASES = [(v, s, n) for v in VARIANTS if not v.startswith("dfm") for s, n in LATENT_SOLVERS]
-CASES += [(v, "euler", 50) for v in VARIANTS if v.startswith("dfm")]
-N_SAMPLES, TV_TOL = 4000, 0.04  # sampling error alone gives TV ≈ 0.01 at N=4000
+VARIANTS = variants()  # {label: (method name, options)}
+FIXED_GRID_STEPS = {"euler": 50, "heun": 25, "midpoint": 25, "euler-redraw": 50, "maskgit": 4}
 
 
 def build(variant):
@@ -32,9 +37,25 @@ def build(variant):
 
 
 def oracle(variant, probs=PROBS):
+    return MethodOracle(build(variant), probs)
+
+
+def exact_solvers(variant) -> list[str]:
+    """The samplers that reproduce the data from an exact model: every fixed-grid solver the
+    options allow, less the two that are exact only in the limit (the redraw variant of
+    Euler and MaskGIT, tested on their own in test_dfm_variants.py)."""
     name, kw = VARIANTS[variant]
-    method = build(variant) if name == "dfm-metric" else None
-    return Oracle(name, kw.get("source", "mask"), probs, method=method)
+    rec = records()[name]
+    values = {**rec.defaults(), **kw}
+    return [
+        s
+        for s in rec.solvers
+        if s not in ("euler-redraw", "maskgit") and not rec.solver_rules(s, values)
+    ]
+
+
+CASES = [(v, s, FIXED_GRID_STEPS[s]) for v in VARIANTS for s in exact_solvers(v)]
+N_SAMPLES, TV_TOL = 4000, 0.04  # sampling error alone gives TV ≈ 0.01 at N=4000
 
 
 @pytest.mark.parametrize("variant,solver,steps", CASES)
@@ -50,17 +71,50 @@ def test_oracle_reproduces_distribution_and_wrong_model_fails(variant, solver, s
         assert (tv < TV_TOL) == should_pass, f"{variant}/{solver}: TV {tv:.3f} vs tol {TV_TOL}"
 
 
+def test_every_registered_method_has_an_oracle_and_it_is_exact():
+    """Every record's method gives its path likelihood and ideal output (the generic oracle
+    fails without them); for the methods the independent oracle knows, both agree."""
+    for variant, (name, kw) in VARIANTS.items():
+        m = build(variant)
+        x = (
+            torch.randint(0, K, (3, *GRID))
+            if m.input_kind == "tokens"
+            else torch.randn(3, 2, *GRID)
+        )
+        t = torch.tensor([0.1, 0.5, 0.9])
+        out = MethodOracle(m)(x, t)
+        assert out.shape == (3, m.out_channels, *GRID) and torch.isfinite(out).all(), variant
+        if name in ("cfm", "cfm-endpoint", "purr", "dfm", "dfm-metric"):
+            independent = Oracle(name, kw.get("source", "mask"), method=m)(x, t)
+            torch.testing.assert_close(out, independent, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if build(v).input_kind == "tokens"])
+def test_corruption_draws_what_the_path_likelihood_says(variant):
+    """The training corruption x_t ~ p_t(· | c) and the likelihood the oracle (and any
+    posterior) is built from are the same path: empirical frequencies against exp(path_loglik)."""
+    m = build(variant)
+    n, t = 40000, torch.tensor([0.3, 0.7])
+    codes = torch.tensor([[[1, 5]]]).expand(n, 1, 2)  # one position holds 1, the other 5
+    for ti in t:
+        x = m.corrupt(codes, ti.expand(n), torch.Generator().manual_seed(0))
+        for pos, c in ((0, 1), (1, 5)):
+            seen = torch.bincount(x[:, 0, pos], minlength=m.vocab_size).double() / n
+            states = torch.arange(m.vocab_size).view(-1, 1, 1)
+            lik = m.path_loglik(states, ti.expand(m.vocab_size))[:, c, 0, 0].exp()
+            torch.testing.assert_close(seen, lik / lik.sum(), atol=0.01, rtol=0)
+
+
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_interface(variant):
     m = build(variant)
-    assert m.input_kind == ("tokens" if variant.startswith("dfm") else "latent")
-    assert m.out_channels == (2 if variant.startswith("cfm") else K)
-    assert m.vocab_size == {
-        "dfm-mask": K + 1,
-        "dfm-mdlm": K + 1,
-        "dfm-uniform": K,
-        "dfm-metric": K,
-    }.get(variant)
+    name, kw = VARIANTS[variant]
+    assert m.input_kind in ("tokens", "latent")
+    assert m.out_channels == (K if m.categorical_posterior else 2)
+    if m.input_kind == "latent":
+        assert m.vocab_size is None
+    else:  # the codes, and at most one more token: the mask of an absorbing source
+        assert K <= m.vocab_size <= K + 1
     x = torch.randint(0, K, (3, *GRID)) if m.input_kind == "tokens" else torch.randn(3, 2, *GRID)
     post = m.posterior(oracle(variant), x, torch.full((3,), 0.5))
     if m.categorical_posterior:
@@ -191,7 +245,7 @@ def test_cfg_is_noop_for_label_blind_model(variant):
 @pytest.mark.parametrize("steps", [1, 2, 7])
 def test_nfe_and_time_grid(variant, steps):
     m = build(variant)
-    solvers = ["euler"] if variant.startswith("dfm") else ["euler", "heun", "midpoint"]
+    solvers = exact_solvers(variant)
     expected = {"euler": steps, "heun": 2 * steps - 1, "midpoint": 2 * steps}
     for solver in solvers:
         seen_t = []
@@ -226,7 +280,7 @@ def test_trace_holds_states_and_posteriors(variant):
         assert torch.equal(last, out.indices)
     else:
         assert torch.equal(nearest_code(last, E), out.indices)
-    if variant == "dfm-mask":
+    if variant == "dfm":
         assert (out.trace[0]["state"] == K).all()  # starts fully masked
 
 
@@ -262,7 +316,7 @@ def test_time_sampler_ranges():
     ln = methods.TimeSampler("logit_normal", t_min=1e-3, mean=0.0, std=1.0)(20000, "cpu", g)
     assert ln.min() >= 1e-3 and ln.max() < 1.0 and abs(ln.median().item() - 0.5) < 0.02
     with pytest.raises(ValueError, match="logit_normal"):
-        methods.TimeSampler("cosine")
+        methods.TimeSampler("cosine", 0.0)
 
 
 def test_build_errors():
@@ -401,12 +455,12 @@ def test_standardised_latents_keep_codes_and_reproduce_the_toy():
         methods.build("cfm", codebook=E, latent_scale="global")
 
 
-def test_the_torch_free_catalog_is_what_the_classes_say():
-    """methods/catalog.py (read by the start-up checks without torch) against the classes."""
-    import methods
-    from methods import catalog
+def test_every_record_names_its_class_and_the_class_its_record():
+    """The records (read by the start-up checks without torch) against the classes."""
+    from methods.records import records
 
-    assert list(catalog.SOLVERS) == list(methods.METHODS)
-    for name, cls in methods.METHODS.items():
-        assert cls.name == name and tuple(cls.solvers) == catalog.SOLVERS[name]
-        assert cls.categorical_posterior == (name in catalog.CATEGORICAL)
+    for name, rec in records().items():
+        m = methods.build(name, codebook=E)
+        assert type(m).name == name and m.record is rec
+        assert m.solvers == rec.solvers and m.categorical_posterior == rec.categorical
+        assert isinstance(m.options, rec.options) and m.options.name == name
