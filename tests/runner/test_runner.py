@@ -222,6 +222,25 @@ def test_more_evaluations_than_steps_and_unknown_keys_are_refused(
         run_in_process(env, ["method=cfm", "+eval.unknown=1"], run_dir, monkeypatch)
 
 
+def test_every_registered_variant_composes_validates_and_is_labelled_by_its_name(compose, env):
+    """A method registered in methods/records/ is a Hydra option (method=<label>), passes the
+    start-up checks at its defaults with every sampler it allows, and its rows are grouped
+    under its own name: none of it listed anywhere but in its record."""
+    from experiments.runner.checks import validation_errors
+    from experiments.runner.labels import method_label
+    from methods.records import records, variants
+
+    for label, (name, kw) in variants().items():
+        rec = records()[name]
+        for solver in rec.solvers:
+            cfg = compose(env["overrides"] + [f"method={label}", f"eval.solver={solver}"])
+            why = rec.solver_rules(solver, {**rec.defaults(), **kw})
+            errors = validation_errors(cfg)
+            assert (errors == []) == (why is None), (label, solver, errors)
+            assert method_label(cfg, sampler=False) == label
+            assert method_label(cfg).startswith(label)
+
+
 def test_redraw_sampler_is_labelled_apart(compose, env):
     from experiments.runner.labels import method_label
 

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 from helpers.proc import kill_tree, run_tree
-from helpers.toy import CODEBOOK, GRID, Oracle
+from helpers.toy import CODEBOOK, GRID, MethodOracle
 
 import methods
 from methods.noise import PerSample
+from methods.records import records, variants
 from shared.paths import REPO_ROOT
 
 SAMPLE = [sys.executable, str(REPO_ROOT / "experiments" / "sample.py")]
@@ -302,16 +303,24 @@ def test_unfinished_runs_and_folders_without_a_run_are_refused(env, runs, tmp_pa
         )
 
 
-@pytest.mark.parametrize("variant", ["cfm", "purr", "dfm", "dfm-uniform", "dfm-metric", "maskgit"])
-def test_per_sample_noise_does_not_depend_on_the_batch(variant):
+def per_sample_cases() -> list[tuple[str, str]]:
+    """Every registered objective and variant (methods/records/) with every sampler its
+    options allow (MaskGIT with 4 steps on the 2×2 toy grid)."""
+    out = []
+    for label, (name, kw) in variants().items():
+        rec = records()[name]
+        values = {**rec.defaults(), **kw}
+        out += [(label, s) for s in rec.solvers if not rec.solver_rules(s, values)]
+    return out
+
+
+@pytest.mark.parametrize(("variant", "solver"), per_sample_cases())
+def test_per_sample_noise_does_not_depend_on_the_batch(variant, solver):
     """With one generator per sample, sample i is the same drawn alone, in any batch, at any
     position: the property that makes sharded, multi-rank and resumed sample files equal."""
-    e = CODEBOOK.float()
-    kw = {"dfm-uniform": {"source": "uniform"}}.get(variant, {})
-    name = {"dfm-uniform": "dfm", "maskgit": "dfm"}.get(variant, variant)
-    m = methods.build(name, codebook=e, **kw)
-    solver = "maskgit" if variant == "maskgit" else "euler"
-    model = Oracle(name, kw.get("source", "mask"), method=m if name == "dfm-metric" else None)
+    name, kw = variants()[variant]
+    m = methods.build(name, codebook=CODEBOOK.float(), **kw)
+    model = MethodOracle(m)
 
     def draw(idx):
         return m.sample(
