@@ -30,8 +30,9 @@ from __future__ import annotations
 import torch
 
 from . import noise
-from .base import Method, SampleOutput, inverse_cdf, record_trace
+from .base import Method, SampleOutput, inverse_cdf
 from .head import CategoricalHead
+from .sampling import fixed_grid
 
 TABLE_MAX_CODES = 4096
 
@@ -174,17 +175,16 @@ class MetricDFM(CategoricalHead, Method):
     ) -> SampleOutput:
         self.check_sampling(solver, steps, grid)
         dev = self.codebook.device
-        z = noise.randint(self.num_codes, (num_samples, *grid), dev, generator)
-        ts = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
-        nfe, rows, records = 0, 0, [] if trace else None
-        for i in range(steps):
-            t, h = ts[i], ts[i + 1] - ts[i]
+
+        def step(i, t, t_next, z, calls):
             tt = torch.full((num_samples,), t, device=dev, dtype=torch.float32)
             x1, _, post, mult = self.draw(model, z, tt, y, temperature, cfg_scale, generator, trace)
-            nfe, rows = nfe + 1, rows + mult
-            if trace:
-                record_trace(records, trace, {"t": t, "state": z.clone(), "posterior": post})
-            z = x1 if i == steps - 1 else self.jump(z, x1, t, h, generator)
-        if trace:
-            record_trace(records, trace, {"t": 1.0, "state": z.clone(), "posterior": None})
-        return SampleOutput(z, nfe, rows, records)
+            calls.add(mult)
+            return (
+                (x1 if i == steps - 1 else self.jump(z, x1, t, t_next - t, generator)),
+                post,
+                None,
+            )
+
+        z = noise.randint(self.num_codes, (num_samples, *grid), dev, generator)
+        return fixed_grid(z, steps, step, trace)

@@ -17,8 +17,9 @@ import math
 import torch
 
 from . import noise
-from .base import SampleOutput, record_trace
+from .base import SampleOutput
 from .records.dfm import MASKGIT_SCHEDULES
+from .sampling import fixed_grid
 
 
 @torch.no_grad()
@@ -49,23 +50,15 @@ def euler(
       too; its results rows are labelled ``…-redraw``.
     """
     device = dfm.codebook.device
-    x = dfm.source_tokens((num_samples, *grid), device, generator)
-    times = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
-    nfe = 0
-    rows = 0
-    records = [] if trace else None
-    for i in range(steps):
-        t = times[i]
-        t_next = times[i + 1]
+
+    def step(i, t, t_next, x, calls):
         t_batch = torch.full((num_samples,), t, device=device, dtype=torch.float32)
         proposal, _, post, multiplier = dfm.draw(
             model, x, t_batch, y, temperature, cfg_scale, generator, trace
         )
-        nfe += 1
-        rows += multiplier
-        if trace:
-            post = dfm.carry_over(post, x) if carry_over else post
-            record_trace(records, trace, {"t": t, "state": x.clone(), "posterior": post})
+        calls.add(multiplier)
+        if trace and carry_over:
+            post = dfm.carry_over(post, x)
         kappa_t = dfm.kappa(t)
         kappa_next = dfm.kappa(t_next)
         jump_p = 1.0 if i == steps - 1 else (kappa_next - kappa_t) / (1.0 - kappa_t)
@@ -75,10 +68,11 @@ def euler(
             jump = noise.rand(x.shape, device, generator) < jump_p
         if carry_over:  # decoded positions keep their token (their posterior is a point mass)
             jump &= x == dfm.mask_id
-        x = torch.where(jump, proposal, x)
-    if trace:
-        record_trace(records, trace, {"t": 1.0, "state": x.clone(), "posterior": None})
-    return SampleOutput(x, nfe, rows, records)
+        return torch.where(jump, proposal, x), post, None
+
+    return fixed_grid(
+        dfm.source_tokens((num_samples, *grid), device, generator), steps, step, trace
+    )
 
 
 def maskgit_masked(
@@ -104,11 +98,8 @@ def maskgit(
     expected unmasked."""
     device = dfm.codebook.device
     n = grid[0] * grid[1]
-    x = dfm.source_tokens((num_samples, *grid), device, generator)
-    nfe = 0
-    rows = 0
-    records = [] if trace else None
-    for i in range(steps):
+
+    def step(i, t_grid, t_next, x, calls):
         masked = x == dfm.mask_id
         masked_now = int(masked[0].sum())  # the same for every sample: one schedule
         fraction = torch.full((num_samples,), 1.0 - masked_now / n, device=device)
@@ -124,10 +115,7 @@ def maskgit(
             trace,
             score_temperature=dfm.confidence_temperature,
         )
-        nfe += 1
-        rows += multiplier
-        if trace:
-            record_trace(records, trace, {"t": float(t[0]), "state": x.clone(), "posterior": post})
+        calls.add(multiplier)
         remasked = maskgit_masked(n, i, steps, masked_now, dfm.maskgit_schedule)
         u = noise.rand(x.shape, device, generator).clamp_(1e-20, 1.0)
         gumbel_scale = dfm.choice_temperature * (1.0 - (i + 1) / steps)
@@ -138,7 +126,8 @@ def maskgit(
         if remasked > 0:
             remask = confidence.topk(remasked, dim=1, largest=False).indices
             x.scatter_(1, remask, dfm.mask_id)
-        x = x.view(num_samples, *grid)
-    if trace:
-        record_trace(records, trace, {"t": 1.0, "state": x.clone(), "posterior": None})
-    return SampleOutput(x, nfe, rows, records)
+        return x.view(num_samples, *grid), post, float(t[0])
+
+    return fixed_grid(
+        dfm.source_tokens((num_samples, *grid), device, generator), steps, step, trace
+    )

@@ -34,8 +34,9 @@ from __future__ import annotations
 import torch
 
 from . import noise
-from .base import Method, SampleOutput, record_trace
+from .base import Method, SampleOutput
 from .head import CategoricalHead
+from .sampling import fixed_grid
 
 
 class GIDD(CategoricalHead, Method):
@@ -131,16 +132,12 @@ class GIDD(CategoricalHead, Method):
     ) -> SampleOutput:
         self.check_sampling(solver, steps, grid)
         dev = self.codebook.device
-        z = torch.full((num_samples, *grid), self.mask_id, dtype=torch.long, device=dev)
-        ts = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
-        nfe, rows, records = 0, 0, [] if trace else None
-        for i in range(steps):
-            tt = torch.full((num_samples,), ts[i], device=dev, dtype=torch.float32)
+
+        def step(i, t, t_next, z, calls):
+            tt = torch.full((num_samples,), t, device=dev, dtype=torch.float32)
             c, _, post, mult = self.draw(model, z, tt, y, temperature, cfg_scale, generator, trace)
-            nfe, rows = nfe + 1, rows + mult
-            if trace:
-                record_trace(records, trace, {"t": ts[i], "state": z.clone(), "posterior": post})
-            z = c if i == steps - 1 else self.step(z, c, ts[i], ts[i + 1], generator)
-        if trace:
-            record_trace(records, trace, {"t": 1.0, "state": z.clone(), "posterior": None})
-        return SampleOutput(z, nfe, rows, records)
+            calls.add(mult)
+            return (c if i == steps - 1 else self.step(z, c, t, t_next, generator)), post, None
+
+        z = torch.full((num_samples, *grid), self.mask_id, dtype=torch.long, device=dev)
+        return fixed_grid(z, steps, step, trace)

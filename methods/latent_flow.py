@@ -31,7 +31,8 @@ from __future__ import annotations
 import torch
 
 from . import noise
-from .base import Method, SampleOutput, check_steps, nearest_code, record_trace
+from .base import Method, SampleOutput, check_steps, nearest_code
+from .sampling import Calls, fixed_grid
 
 ADAPTIVE_TAIL = 1e-3  # dopri5 stops at t = 1 − this; a last Euler step (one NFE) reaches t = 1
 
@@ -107,15 +108,16 @@ class LatentFlowMethod(Method):
         dev = self.codebook.device
         shape = (num_samples, self.code_dim, *grid)
         z = noise.randn(shape, dev, generator, dtype=self.codebook.dtype)
-        ts = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
-        nfe, rows, records = 0, 0, [] if trace else None
+        calls = Calls()
 
         def v_at(z, t):
-            nonlocal nfe, rows
             tt = torch.full((num_samples,), t, device=dev, dtype=torch.float32)
             v, post, mult = self.velocity(model, z, tt, y, temperature, cfg_scale, trace)
-            nfe, rows = nfe + 1, rows + mult
+            calls.add(mult)
             return v, post
+
+        def snap(z):
+            return nearest_code(z, self.codebook, self.snap_chunk)
 
         if solver in self.adaptive_solvers:
             if trace:
@@ -123,25 +125,20 @@ class LatentFlowMethod(Method):
                     f"trace=True needs a fixed-grid solver ({self.solvers}), not {solver}"
                 )
             z = self.integrate_adaptive(lambda t, z: v_at(z, t)[0], z, solver, tolerance)
-            indices = nearest_code(z, self.codebook, self.snap_chunk)
-            return SampleOutput(indices, nfe, rows, None)
-        for i in range(steps):
-            t, h = ts[i], ts[i + 1] - ts[i]
+            return SampleOutput(snap(z), calls.nfe, calls.rows, None)
+
+        def step(i, t, t_next, z, calls):
+            h = t_next - t
             v, post = v_at(z, t)
-            if trace:
-                record_trace(records, trace, {"t": t, "state": z.clone(), "posterior": post})
             if solver == "euler" or (solver == "heun" and i == steps - 1):
-                z = z + h * v
-            elif solver == "heun":
-                v2, _ = v_at(z + h * v, ts[i + 1])
-                z = z + 0.5 * h * (v + v2)
-            else:  # midpoint
-                v2, _ = v_at(z + 0.5 * h * v, t + 0.5 * h)
-                z = z + h * v2
-        indices = nearest_code(z, self.codebook, self.snap_chunk)
-        if trace:
-            record_trace(records, trace, {"t": 1.0, "state": z.clone(), "posterior": None})
-        return SampleOutput(indices, nfe, rows, records)
+                return z + h * v, post, None
+            if solver == "heun":
+                v2, _ = v_at(z + h * v, t_next)
+                return z + 0.5 * h * (v + v2), post, None
+            v2, _ = v_at(z + 0.5 * h * v, t + 0.5 * h)  # midpoint
+            return z + h * v2, post, None
+
+        return fixed_grid(z, steps, step, trace, finish=snap, calls=calls)
 
     @staticmethod
     def integrate_adaptive(v, z, solver: str, tolerance: float) -> torch.Tensor:
