@@ -129,6 +129,7 @@ def trained_precision(ck: dict) -> str:
 
 
 def build_card(args, cfg, tok, method, model, ck, ck_path, device_type, world=1) -> dict:
+    from experiments.runner.build import solver_options
     from experiments.runner.labels import method_label
     from shared import precision
 
@@ -166,6 +167,8 @@ def build_card(args, cfg, tok, method, model, ck, ck_path, device_type, world=1)
         "num_classes": int(cfg.data.num_classes),
         "weights": args.weights,
         "solver": solver,
+        # the sampler's own options (MaskGIT's), only for a sampler that has any
+        **({"solver_options": opts} if (opts := solver_options(cfg, solver)) else {}),
         "steps": int(steps),
         "temperature": float(temperature),
         "cfg_scale": float(cfg_scale),
@@ -255,6 +258,7 @@ def shard_done(path: str, lo: int, hi: int) -> bool:
 
 @torch.no_grad()
 def sample_shard(method, model, tok, card, lo, hi, batch_size, device) -> dict:
+    from experiments.runner.build import solver_kwargs
     from methods.noise import PerSample
     from shared import precision
 
@@ -274,6 +278,9 @@ def sample_shard(method, model, tok, card, lo, hi, batch_size, device) -> dict:
                 temperature=card["temperature"],
                 cfg_scale=card["cfg_scale"],
                 generator=gen,
+                **solver_kwargs(
+                    card["method_name"], card["solver"], card.get("solver_options", {})
+                ),
             )
         images.append(to_adm(tok.decode(out.indices)))
         labels.append(y.cpu().numpy())

@@ -13,11 +13,15 @@ The samplers (discrete Euler with carry-over or redraw, MaskGIT) are in ``dfm_sa
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from . import dfm_samplers, noise
 from .base import LossOutput, Method, SampleOutput, TimeSampler, categorical, guided_forward
 from .head import CategoricalHead
+from .options import problems, value_errors
+from .records.dfm import MaskGITOptions
 
 
 class DFM(CategoricalHead, Method):
@@ -31,9 +35,6 @@ class DFM(CategoricalHead, Method):
         self.source = o.source
         self.weighting = o.weighting
         self.kappa_power = o.kappa_power
-        self.maskgit_schedule = o.maskgit_schedule
-        self.choice_temperature = o.maskgit_choice_temperature
-        self.confidence_temperature = o.maskgit_confidence_temperature
         self.mdlm_eps = o.mdlm_eps
         self.mdlm_stratified = o.mdlm_stratified
         self._mdlm_norm = None
@@ -154,9 +155,20 @@ class DFM(CategoricalHead, Method):
         cfg_scale=1.0,
         generator=None,
         trace=False,
+        solver_options=None,
     ) -> SampleOutput:
+        """``solver_options``: MaskGIT's (``MaskGITOptions``; None: its defaults), the
+        config's ``eval.maskgit``; no other solver takes any."""
         self.check_sampling(solver, steps, grid)
         args = (self, model, num_samples, grid, steps, y, temperature, cfg_scale, generator, trace)
         if solver == "maskgit":
-            return dfm_samplers.maskgit(*args)
+            options = solver_options or MaskGITOptions()
+            errors = value_errors(MaskGITOptions, dataclasses.asdict(options))
+            if errors:
+                raise problems("maskgit", errors, dataclasses.asdict(options))
+            return dfm_samplers.maskgit(*args, options)
+        if solver_options is not None:
+            raise ValueError(
+                f"solver={solver!r} takes no solver_options (MaskGIT's are for maskgit)"
+            )
         return dfm_samplers.euler(*args, carry_over=self.source == "mask" and solver == "euler")

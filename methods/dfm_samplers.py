@@ -91,7 +91,7 @@ def maskgit_masked(
 
 @torch.no_grad()
 def maskgit(
-    dfm, model, num_samples, grid, steps, y, temperature, cfg_scale, generator, trace
+    dfm, model, num_samples, grid, steps, y, temperature, cfg_scale, generator, trace, options
 ) -> SampleOutput:
     """MaskGIT from all masked, one model call per step. The model sees the time
     t = κ⁻¹(fraction unmasked), the time of the mixture path at which that fraction is
@@ -113,12 +113,12 @@ def maskgit(
             cfg_scale,
             generator,
             trace,
-            score_temperature=dfm.confidence_temperature,
+            score_temperature=options.confidence_temperature,
         )
         calls.add(multiplier)
-        remasked = maskgit_masked(n, i, steps, masked_now, dfm.maskgit_schedule)
+        remasked = maskgit_masked(n, i, steps, masked_now, options.schedule)
         u = noise.rand(x.shape, device, generator).clamp_(1e-20, 1.0)
-        gumbel_scale = dfm.choice_temperature * (1.0 - (i + 1) / steps)
+        gumbel_scale = options.choice_temperature * (1.0 - (i + 1) / steps)
         confidence = score.float() - gumbel_scale * torch.log(-torch.log(u))
         confidence = torch.where(masked, confidence, torch.full_like(confidence, math.inf))
         confidence = confidence.view(num_samples, n)

@@ -9,9 +9,6 @@ and, where it matters to the runner, what kind of option it is:
 
 - ``role="compute"``: changes how a quantity is computed, not what is trained (the head's
   chunking); a relaunch may change it.
-- ``role="sampler", solver=…``: read only by that sampler (MaskGIT's schedule), never in
-  training; a relaunch may change it, but not once a run has evaluation rows measured with
-  it.
 - ``label={value: part}``: the value makes another baseline, named ``<method>-<part>``
   (``source="uniform"`` → ``dfm-uniform``).
 - ``added=True``: added after checkpoints were first written; a checkpoint without it
@@ -80,13 +77,10 @@ def option(
     label: dict | None = None,
     added: bool = False,
     inert_unless: tuple[str, object] | None = None,
-    solver: str | None = None,
 ):
     """A method option: a dataclass field carrying what it may hold and what it is."""
-    if role not in ("training", "compute", "sampler"):
-        raise ValueError(f"role must be training, compute or sampler, got {role!r}")
-    if (role == "sampler") != (solver is not None):
-        raise ValueError("a sampler option names the solver that reads it (and only it does)")
+    if role not in ("training", "compute"):
+        raise ValueError(f"role must be training or compute, got {role!r}")
     meta = {
         "choices": choices,
         "within": within,
@@ -94,7 +88,6 @@ def option(
         "label": label or {},
         "added": added,
         "inert_unless": inert_unless,
-        "solver": solver,
     }
     return field(default=default, metadata=meta)
 
@@ -106,6 +99,28 @@ def options_of(config) -> list[dataclasses.Field]:
 
 def meta(f: dataclasses.Field, key: str):
     return f.metadata.get(key) if f.metadata else None
+
+
+def problems(prefix: str, errors: list, values: dict) -> ValueError:
+    """One ValueError naming every (option, what it must be), in the checks' words."""
+    return ValueError(
+        f"{prefix}: "
+        + "; ".join(f"{k}={values.get(k)!r} is not allowed; expected {why}" for k, why in errors)
+    )
+
+
+def value_errors(config, values: dict) -> list[tuple[str, str]]:
+    """(option, what it must be) for each value of ``values`` outside its field's choices or
+    range in the options dataclass ``config`` (missing values: the field's default)."""
+    out = []
+    for f in options_of(config):
+        v = values.get(f.name, f.default)
+        choices, within = meta(f, "choices"), meta(f, "within")
+        if choices is not None and v not in choices:
+            out.append((f.name, "one of " + ", ".join(map(str, choices))))
+        elif within is not None and not within.holds(v):
+            out.append((f.name, str(within)))
+    return out
 
 
 # ----------------------------------------------------------------------- shared options
@@ -162,6 +177,9 @@ class Record:
     categorical: bool
     summary: str
     variants: tuple[dict, ...] = ()
+    # eval.solver value → the dataclass of that sampler's own options, set as
+    # eval.<solver>.<option> (MaskGIT's schedule); never read in training
+    solver_options: dict = field(default_factory=dict)
     adaptive_solvers: tuple[str, ...] = ()  # swept by analysis/nfe_sweep.py, not eval.solver
     solver_labels: dict = field(default_factory=dict)  # eval.solver value → label part
     rules: Callable[[dict], list] = _no_rules
@@ -200,15 +218,8 @@ class Record:
         """Every problem with these options, as (option, what it must be): the choices and
         ranges of each option, then the record's cross-option rules. Values of the wrong
         type are reported as out of range; unknown options are the caller's to refuse."""
-        out = []
         full = {**self.defaults(), **values}
-        for f in options_of(self.options):
-            v = full[f.name]
-            choices, within = meta(f, "choices"), meta(f, "within")
-            if choices is not None and v not in choices:
-                out.append((f.name, "one of " + ", ".join(map(str, choices))))
-            elif within is not None and not within.holds(v):
-                out.append((f.name, str(within)))
+        out = value_errors(self.options, full)
         bad = {name for name, _ in out}
         out += [(k, why) for k, why in self.rules(full) if k not in bad]
         return out
@@ -217,13 +228,7 @@ class Record:
         """Raise one ValueError naming every problem ``errors`` finds."""
         errors = self.errors(values)
         if errors:
-            full = {**self.defaults(), **values}
-            raise ValueError(
-                f"{self.name}: "
-                + "; ".join(
-                    f"{k}={full.get(k)!r} is not allowed; expected {why}" for k, why in errors
-                )
-            )
+            raise problems(self.name, errors, {**self.defaults(), **values})
 
 
 def number(v):

@@ -11,6 +11,8 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 import methods
+from methods.options import options_of
+from methods.records import record
 from shared.backbone import build_dit
 
 from . import checkpoint
@@ -261,6 +263,24 @@ def extract_once(cfg, tok, ranks: Dist, folder: str, ds_id: str, identity: dict)
         wait_for_manifest(folder, say=say)  # the other ranks' shards (the last one writes it)
     finally:
         lock.release()
+
+
+def solver_options(cfg, solver: str) -> dict:
+    """The sampler's own options from the config (MaskGIT's: ``eval.maskgit``) as a plain
+    dict, or {} for a sampler without any."""
+    cls = record(cfg.method.name).solver_options.get(solver)
+    if cls is None:
+        return {}
+    return {
+        f.name: OmegaConf.select(cfg, f"eval.{solver}.{f.name}", default=f.default)
+        for f in options_of(cls)
+    }
+
+
+def solver_kwargs(method_name: str, solver: str, values: dict) -> dict:
+    """What ``Method.sample`` takes for those options: ``{"solver_options": …}`` or {}."""
+    cls = record(method_name).solver_options.get(solver)
+    return {"solver_options": cls(**values)} if cls is not None else {}
 
 
 def build_method_and_model(cfg, tok, device):

@@ -35,7 +35,7 @@ from methods.records import records
 from shared.io import atomic_torch_save
 from shared.safe_load import FileLoadError, load_torch_file
 
-from .checks import NON_TRAINING_KEYS, SAMPLER_KEYS, flat_keys
+from .checks import NON_TRAINING_KEYS, flat_keys, solver_option_keys
 from .errors import RunRefused
 
 FORMAT = 2
@@ -139,6 +139,21 @@ class CheckpointUnreadable(RunRefused):
     """A checkpoint that cannot be read or whose contents changed since it was written."""
 
 
+# Keys renamed since checkpoints were first written: old name → new name. MaskGIT's options
+# moved from the method group to eval.maskgit (they never trained anything).
+MOVED_KEYS = {
+    "method.maskgit_schedule": "eval.maskgit.schedule",
+    "method.maskgit_choice_temperature": "eval.maskgit.choice_temperature",
+    "method.maskgit_confidence_temperature": "eval.maskgit.confidence_temperature",
+}
+
+
+def migrate(config: dict) -> dict:
+    """A checkpoint's flat config in today's key names (``MOVED_KEYS``), applied once where
+    a checkpoint is loaded, so that nothing downstream knows an old name."""
+    return {MOVED_KEYS.get(k, k): v for k, v in config.items()}
+
+
 def load(path: str, map_location="cpu") -> dict:
     """A checkpoint written by :func:`save`, its digest (when it has one) checked; refuses
     anything else with one line naming the file (:class:`CheckpointUnreadable`)."""
@@ -158,6 +173,7 @@ def load(path: str, map_location="cpu") -> dict:
             f"{path} does not match the sha256 recorded when it was written (a changed "
             "byte: disk or copy damage)"
         )
+    ck["config"] = migrate(ck["config"])
     return ck
 
 
@@ -255,7 +271,7 @@ MEASUREMENT_KEYS = (
     "eval.reference_n",
     "eval.seed",
     "eval.precision",
-    *SAMPLER_KEYS,
+    *solver_option_keys(),
 )
 SAMPLE_ELSEWHERE = (
     "To sample or score it with other settings use analysis/nfe_sweep.py, "

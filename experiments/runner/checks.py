@@ -12,7 +12,7 @@ import os
 
 from omegaconf import OmegaConf
 
-from methods.options import MIN_TEMPERATURE, Range, meta, options_of
+from methods.options import MIN_TEMPERATURE, Range, meta, options_of, value_errors
 from methods.records import categorical, records
 from shared.choices import DATASETS, LR_SCHEDULES, POS_EMBEDS, PRECISIONS, TOKENIZER_BACKENDS
 
@@ -55,11 +55,21 @@ def _method_keys(role: str) -> tuple[str, ...]:
     return tuple(keys)
 
 
-# options that change how a quantity is computed (the head's chunking), and sampler options
-# (MaskGIT's, read only under their eval.solver, never in training): a relaunch may change them
-COMPUTE_KEYS = _method_keys("compute")
-SAMPLER_KEYS = _method_keys("sampler")
-NON_TRAINING_KEYS += COMPUTE_KEYS + SAMPLER_KEYS
+# options that change how a quantity is computed (the head's chunking): a relaunch may
+# change them
+NON_TRAINING_KEYS += _method_keys("compute")
+
+
+def solver_option_keys() -> dict[str, tuple[str, type]]:
+    """{eval.<solver>.<option>: (solver, options dataclass)}: every sampler's own options
+    (the records' ``solver_options``; MaskGIT's)."""
+    return {
+        f"eval.{solver}.{f.name}": (solver, cls)
+        for rec in records().values()
+        for solver, cls in rec.solver_options.items()
+        for f in options_of(cls)
+    }
+
 
 # a method's own options are checked by its record (methods/records/), with the words its
 # constructor raises
@@ -145,6 +155,12 @@ def _method_errors(get, bad) -> None:
             bad("eval.solver", why)
     if name not in categorical() and get("eval.temperature") != 1.0:
         bad("eval.temperature", f"1.0: {name} has no categorical posterior to temper")
+    for solver, cls in {s: c for r in found.values() for s, c in r.solver_options.items()}.items():
+        given = {f.name: get(f"eval.{solver}.{f.name}") for f in options_of(cls)}
+        for option, expected in value_errors(
+            cls, {k: v for k, v in given.items() if v is not None}
+        ):
+            bad(f"eval.{solver}.{option}", expected)
 
 
 def validation_errors(cfg) -> list[str]:
@@ -208,15 +224,14 @@ def validation_errors(cfg) -> list[str]:
 def ignored_options(cfg) -> list[str]:
     """Warnings for sampler options set away from their defaults that the chosen sampler
     never reads."""
-    rec = records().get(OmegaConf.select(cfg, "method.name", default=None))
     solver = OmegaConf.select(cfg, "eval.solver", default=None)
     out = []
-    for f in options_of(rec.options) if rec else ():
-        v = OmegaConf.select(cfg, f"method.{f.name}", default=None)
-        reader = meta(f, "solver")
-        if reader and reader != solver and v is not None and v != f.default:
+    for key, (reader, cls) in solver_option_keys().items():
+        v = OmegaConf.select(cfg, key, default=None)
+        default = cls.__dataclass_fields__[key.rsplit(".", 1)[1]].default
+        if reader != solver and v is not None and v != default:
             out.append(
-                f"method.{f.name}={v} is ignored: it is read only with eval.solver={reader} "
+                f"{key}={v} is ignored: it is read only with eval.solver={reader} "
                 f"(here eval.solver={solver})"
             )
     return out

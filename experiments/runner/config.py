@@ -13,6 +13,7 @@ from omegaconf import MISSING, OmegaConf
 
 from methods.options import MethodOptions
 from methods.records import records
+from methods.records.dfm import MaskGITOptions
 
 from .labels import method_label
 
@@ -135,6 +136,8 @@ class EvalConfig:
     # of sampling: fp32 (default; docs/performance.md) | bf16 (autocast) | auto (as optim)
     precision: str = "fp32"
     grid_samples: int = 100
+    # eval.solver=maskgit (masked dfm): its unmasking schedule and confidence randomness
+    maskgit: MaskGITOptions = field(default_factory=MaskGITOptions)
 
 
 @dataclass

@@ -19,6 +19,7 @@ from shared.images import pick_by_class, save_grid
 from shared.io import atomic_write_text
 from shared.paths import cache_root, config_hash
 
+from .build import solver_kwargs, solver_options
 from .labels import method_label
 from .metrics_file import METRIC_COLUMNS, read_csv, write_csv
 
@@ -146,6 +147,9 @@ class Evaluator:
                     cfg_scale=e.cfg_scale if cfg_scale is None else cfg_scale,
                     generator=g,
                     trace=trace,
+                    **solver_kwargs(
+                        self.cfg.method.name, e.solver, solver_options(self.cfg, e.solver)
+                    ),
                     **solver_kw,
                 )
             self.batch_nfe.append((len(y), out.nfe, out.nfe_rows))

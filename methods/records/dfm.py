@@ -19,6 +19,26 @@ MASKGIT_SCHEDULES = {
 
 
 @dataclass
+class MaskGITOptions:
+    """eval.maskgit.*: MaskGIT's unmasking schedule and confidence randomness (sampling
+    only; methods/dfm_samplers.py)."""
+
+    schedule: str = option("cosine", choices=tuple(MASKGIT_SCHEDULES))
+    # Gumbel noise on the confidence × (1 − r)
+    choice_temperature: float = option(4.5, within=Range(0, None))
+    # confidence = log softmax(ℓ/this)[drawn code]
+    confidence_temperature: float = option(
+        1.0,
+        within=Range(
+            MIN_TEMPERATURE,
+            None,
+            why="logits/τ overflow float32 below it, and the draws become arbitrary "
+            "instead of the argmax",
+        ),
+    )
+
+
+@dataclass
 class DFMOptions(CategoricalOptions):
     name: str = "dfm"
     # the source of the mixture path: the mask token, or a uniform draw over the codebook
@@ -35,26 +55,6 @@ class DFMOptions(CategoricalOptions):
     )
     # the weight of the cross-entropy: none, or MDLM's ELBO weight κ̇/(1 − κ) (masked source)
     weighting: str = option("none", choices=("none", "mdlm"), label={"mdlm": "mdlm"}, added=True)
-    # eval.solver=maskgit: the unmasking schedule and the confidence randomness
-    maskgit_schedule: str = option(
-        "cosine", choices=tuple(MASKGIT_SCHEDULES), role="sampler", solver="maskgit"
-    )
-    # Gumbel noise on the confidence × (1 − r)
-    maskgit_choice_temperature: float = option(
-        4.5, within=Range(0, None), role="sampler", solver="maskgit"
-    )
-    # confidence = log softmax(ℓ/this)[drawn code]
-    maskgit_confidence_temperature: float = option(
-        1.0,
-        within=Range(
-            MIN_TEMPERATURE,
-            None,
-            why="logits/τ overflow float32 below it, and the draws become arbitrary "
-            "instead of the argmax",
-        ),
-        role="sampler",
-        solver="maskgit",
-    )
     # weighting=mdlm: t uniform on [t_min, 1 − mdlm_eps] (w ≤ 1/ε), stratified over the batch
     # (MDLM's sampling_eps and antithetic sampling; methods/dfm.py)
     mdlm_eps: float = option(1e-3, inert_unless=("weighting", "mdlm"))
@@ -110,6 +110,7 @@ RECORDS = (
         # redraws decoded tokens; MaskGIT (both masked source only)
         solvers=("euler", "euler-redraw", "maskgit"),
         solver_labels={"maskgit": "maskgit", "euler-redraw": "redraw"},
+        solver_options={"maskgit": MaskGITOptions},
         categorical=True,
         summary="discrete flow matching, mixture path (mask or uniform source; MDLM "
         "weighting; MaskGIT sampler)",

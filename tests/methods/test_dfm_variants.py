@@ -17,6 +17,7 @@ from test_head import make
 
 import methods
 from methods.records.dfm import MASKGIT_SCHEDULES as SCHEDULES
+from methods.records.dfm import MaskGITOptions
 
 E = CODEBOOK.float()
 N_SAMPLES, TV_TOL = 4000, 0.04  # as tests/methods/test_methods.py
@@ -214,8 +215,6 @@ BAD_DFM_OPTIONS = [
     {"weighting": "mdlm", "kappa_power": 0.5, "t_min": 0.0},
     {"weighting": "mdlm", "t_min": 0.5, "mdlm_eps": 0.5},
     {"kappa_power": 1e300},
-    {"maskgit_schedule": "exp"},
-    {"maskgit_confidence_temperature": 1e-300},
 ]
 
 
@@ -285,7 +284,7 @@ class FixedLogits:
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
 @pytest.mark.parametrize("steps", [1, 3, 8])
 def test_maskgit_schedule_and_nfe(schedule, steps):
-    m = maskgit(maskgit_schedule=schedule)
+    m = maskgit()
     model = FixedLogits((3, 4))
     out = m.sample(
         model,
@@ -295,6 +294,7 @@ def test_maskgit_schedule_and_nfe(schedule, steps):
         solver="maskgit",
         trace=True,
         generator=torch.Generator().manual_seed(0),
+        solver_options=MaskGITOptions(schedule=schedule),
     )
     assert out.nfe == model.calls == steps and out.nfe_rows == steps
     masked = [int((r["state"][0] == K).sum()) for r in out.trace]  # before each step, then final
@@ -312,11 +312,12 @@ def test_maskgit_random_order_one_token_per_step_is_exact_and_wrong_model_fails(
     """With one position unmasked per step in random order (confidence swamped by choice
     noise), MaskGIT is an exact sequential sampler of the oracle: TV < tol; the wrong oracle
     fails. NFE = steps = model calls."""
-    m = maskgit(maskgit_choice_temperature=1e6)
+    m, random_order = maskgit(), MaskGITOptions(choice_temperature=1e6)
     for probs, should_pass in ((PROBS, True), (WRONG_PROBS, False)):
         model = Oracle("dfm", "mask", probs)
+        g = torch.Generator().manual_seed(0)
         out = m.sample(
-            model, N_SAMPLES, GRID, 4, solver="maskgit", generator=torch.Generator().manual_seed(0)
+            model, N_SAMPLES, GRID, 4, solver="maskgit", generator=g, solver_options=random_order
         )
         assert out.nfe == model.calls == 4
         tv = total_variation(out.indices)
@@ -333,9 +334,10 @@ def test_maskgit_unmasks_the_most_confident_positions_first():
     def model(x, t, y=None):
         return logits.expand(x.shape[0], -1, -1, -1)
 
-    m = maskgit(maskgit_choice_temperature=0.0)
+    m, greedy = maskgit(), MaskGITOptions(choice_temperature=0.0)
+    g = torch.Generator().manual_seed(0)
     out = m.sample(
-        model, 50, GRID, 4, solver="maskgit", trace=True, generator=torch.Generator().manual_seed(0)
+        model, 50, GRID, 4, solver="maskgit", trace=True, generator=g, solver_options=greedy
     )
     after_first = out.trace[1]["state"]
     assert (after_first[:, 0, 0] == 2).all()

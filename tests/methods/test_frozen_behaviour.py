@@ -22,6 +22,7 @@ import pytest
 import torch
 
 import methods
+from methods.records.dfm import MaskGITOptions
 from shared.backbone import DiT
 
 RECORD = os.path.join(os.path.dirname(__file__), "frozen_behaviour.json")
@@ -47,12 +48,16 @@ CASES = {
     ),
     "dfm-maskgit-options": (
         "dfm",
-        {
-            "maskgit_schedule": "linear",
-            "maskgit_choice_temperature": 2.0,
-            "maskgit_confidence_temperature": 0.5,
-        },
-        [("maskgit", 5, 1.0, 1.0)],
+        {},
+        [
+            (
+                "maskgit",
+                5,
+                1.0,
+                1.0,
+                {"schedule": "linear", "choice_temperature": 2.0, "confidence_temperature": 0.5},
+            )
+        ],
     ),
     "dfm-kappa2-full": ("dfm", {"kappa_power": 2.0, "head": "full"}, [("euler", 4, 1.0, 1.0)]),
     "dfm-uniform": ("dfm", {"source": "uniform"}, [("euler", 4, 1.0, 1.0), ("euler", 4, 0.5, 2.0)]),
@@ -101,10 +106,12 @@ def behaviour(name: str, options: dict, samplers: list) -> dict:
         losses.append(out.loss.item())
     net.eval()
     draws = []
-    for solver, steps, temperature, cfg_scale in samplers:
+    for solver, steps, temperature, cfg_scale, *solver_options in samplers:
         g = torch.Generator().manual_seed(2)
         y = torch.arange(6) % CLASSES
         kw = {"temperature": temperature} if temperature != 1.0 else {}
+        if solver_options:  # MaskGIT's own options (eval.maskgit)
+            kw["solver_options"] = MaskGITOptions(**solver_options[0])
         out = method.sample(
             net, 6, (SIDE, SIDE), max(steps, 1), y=y, solver=solver, cfg_scale=cfg_scale,
             generator=g, **kw,

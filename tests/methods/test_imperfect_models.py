@@ -19,6 +19,7 @@ from helpers.toy import CODEBOOK, GRID, PROBS, WRONG_PROBS, K, Oracle, total_var
 import methods
 from methods import dfm_samplers
 from methods.base import below
+from methods.records.dfm import MaskGITOptions
 from shared.backbone import DiT
 
 E = CODEBOOK.float()
@@ -49,24 +50,26 @@ def masked_dfm(**kw):
     return methods.build("dfm", codebook=E, source="mask", **kw)
 
 
-# (solver, steps, method options): Euler at 50 steps; MaskGIT one position per step in random
-# order (confidence swamped by choice noise), an exact sequential sampler of the oracle
+# (solver, steps, method options, sampler options): Euler at 50 steps; MaskGIT one position
+# per step in random order (confidence swamped by choice noise), an exact sequential sampler
+# of the oracle
 MASKED_SAMPLERS = [
-    ("euler", 50, {}),
-    ("euler", 50, {"weighting": "mdlm"}),
-    ("maskgit", 4, {"maskgit_choice_temperature": 1e6}),
+    ("euler", 50, {}, {}),
+    ("euler", 50, {"weighting": "mdlm"}, {}),
+    ("maskgit", 4, {}, {"solver_options": MaskGITOptions(choice_temperature=1e6)}),
 ]
 
 
 @pytest.mark.parametrize("elsewhere", ["uniform", "wrong"])
-@pytest.mark.parametrize(("solver", "steps", "kw"), MASKED_SAMPLERS)
-def test_masked_samplers_are_exact_with_a_model_wrong_where_unmasked(solver, steps, kw, elsewhere):
+@pytest.mark.parametrize(("solver", "steps", "kw", "sampler_kw"), MASKED_SAMPLERS)
+def test_masked_samplers_are_exact_with_a_model_wrong_where_unmasked(
+    solver, steps, kw, sampler_kw, elsewhere
+):
     m = masked_dfm(**kw)
     for probs, should_pass in ((PROBS, True), (WRONG_PROBS, False)):
         model = TrainedWhereMasked(probs, elsewhere)
-        out = m.sample(
-            model, N_SAMPLES, GRID, steps, solver=solver, generator=torch.Generator().manual_seed(0)
-        )
+        g = torch.Generator().manual_seed(0)
+        out = m.sample(model, N_SAMPLES, GRID, steps, solver=solver, generator=g, **sampler_kw)
         assert out.nfe == model.calls == steps
         tv = total_variation(out.indices)
         assert (tv < TV_TOL) == should_pass, f"{solver}/{elsewhere}: TV {tv:.3f}"
@@ -165,7 +168,7 @@ def test_maskgit_refuses_more_steps_than_positions_and_keeps_the_default_schedul
             if i == 19
             else max(0, min(math.floor(64 * math.cos(math.pi / 2 * (i + 1) / 20)), masked - 1))
         )
-        new = dfm_samplers.maskgit_masked(64, i, 20, masked, m.maskgit_schedule)
+        new = dfm_samplers.maskgit_masked(64, i, 20, masked, MaskGITOptions().schedule)
         assert new == old
         masked = new
     with pytest.raises(ValueError, match="need method.source=mask"):

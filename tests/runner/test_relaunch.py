@@ -228,7 +228,7 @@ def test_failure_while_building_is_recorded(run_in_process, env, tmp_path, monke
         ),
         (["method=dfm-uniform", "eval.solver=maskgit"], "maskgit and euler-redraw unmask tokens"),
         (["method=dfm-uniform", "method.weighting=mdlm"], "MDLM weight is for the masked source"),
-        (["method=dfm", "method.maskgit_schedule=exp"], "method.maskgit_schedule='exp'"),
+        (["method=dfm", "eval.maskgit.schedule=exp"], "eval.maskgit.schedule='exp'"),
         (["method=dfm-metric", "method.beta_power=0.5"], "method.beta_power=0.5"),
         (["method=dfm-metric", "method.distance=cosine"], "method.distance='cosine'"),
         (["method=dfm-metric", "eval.solver=maskgit"], "(the samplers of dfm-metric)"),

@@ -135,7 +135,7 @@ BAD_CONFIGS = [
     (["method=dfm-metric", "method.beta_scale=1e308"], "beta_scale ≤ 5.96e+27 at beta_power=1"),
     (["method=dfm-metric", "method.beta_power=20"], "beta_power ≤ 4.71 at beta_scale=10"),
     (["eval.temperature=1e-300"], "0 (the argmax) or a number ≥ 1e-30"),
-    (["method=dfm", "method.maskgit_confidence_temperature=1e-300"], "a number ≥ 1e-30"),
+    (["method=dfm", "eval.maskgit.confidence_temperature=1e-300"], "a number ≥ 1e-30"),
     (["seed=18446744073709551616"], "seed=18446744073709551616 is not allowed"),
     (["eval.seed=-1"], "eval.seed=-1 is not allowed"),
     (["method=dfm", "method.kappa_power=1e300"], "not finite in float32"),
@@ -649,16 +649,24 @@ def test_gpu_sweep_script_runs_its_whole_path_on_cpu(env, tmp_path):
 
 
 def test_maskgit_options_are_sampler_settings_not_training_keys(compose, env):
-    """The maskgit_* options are read only by the MaskGIT sampler: a resume that
-    changes one is accepted (they used to count as training keys), and setting one under
-    another solver warns."""
-    from experiments.runner.checkpoint import changes, is_training_key
+    """MaskGIT's options live in the eval group (eval.maskgit.*), read only by that sampler:
+    a resume that changes one is accepted, setting one under another solver warns, and a
+    checkpoint written when they were method options (method.maskgit_*) resumes unchanged."""
+    from experiments.runner.checkpoint import (
+        MOVED_KEYS,
+        changes,
+        check_relabel,
+        check_resume,
+        is_training_key,
+        migrate,
+    )
     from experiments.runner.checks import flat_keys, ignored_options
 
     base = env["overrides"] + ["method=dfm"]
     saved = flat_keys(compose(base))
-    now = flat_keys(compose(base + ["method.maskgit_schedule=linear"]))
-    assert not is_training_key("method.maskgit_schedule") and is_training_key("method.source")
+    now = flat_keys(compose(base + ["eval.maskgit.schedule=linear"]))
+    assert not is_training_key("eval.maskgit.schedule") and is_training_key("method.source")
+    assert "maskgit_schedule" not in compose(base).method
 
     def training_changes(current):
         return {k for k in changes(saved, current) if is_training_key(k)}
@@ -667,14 +675,24 @@ def test_maskgit_options_are_sampler_settings_not_training_keys(compose, env):
     assert training_changes(flat_keys(compose(base + ["method.kappa_power=2"]))) == {
         "method.kappa_power"
     }
-    assert ignored_options(compose(base + ["method.maskgit_schedule=linear"])) == [
-        "method.maskgit_schedule=linear is ignored: it is read only with eval.solver=maskgit "
+    assert ignored_options(compose(base + ["eval.maskgit.schedule=linear"])) == [
+        "eval.maskgit.schedule=linear is ignored: it is read only with eval.solver=maskgit "
         "(here eval.solver=euler)"
     ]
     assert (
-        ignored_options(compose(base + ["method.maskgit_schedule=linear", "eval.solver=maskgit"]))
+        ignored_options(compose(base + ["eval.maskgit.schedule=linear", "eval.solver=maskgit"]))
         == []
     )
+    # a checkpoint's config from before the move, as such checkpoints hold it
+    old = {({v: k for k, v in MOVED_KEYS.items()}).get(k, k): v for k, v in saved.items()}
+    assert "method.maskgit_schedule" in old and "eval.maskgit.schedule" not in old
+    assert migrate(old) == saved
+    ck = {"config": migrate(old), "progress": {"step": 5}, "total_steps": 10}
+    cfg = compose(base)
+    assert check_resume("last.pt", ck, cfg) == {}
+    assert check_relabel("last.pt", ck, cfg, evaluated=True) is None
+    relabel = check_relabel("last.pt", ck, compose(base + ["eval.maskgit.schedule=linear"]), True)
+    assert "eval.maskgit.schedule" in relabel  # a measurement key, as it was under method.
 
 
 def test_demo_plan_scales_its_estimates_with_the_demo_overrides(capsys, tmp_path):
