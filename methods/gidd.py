@@ -6,8 +6,9 @@ Per position, with data code c among K codes and the mask token m = K:
 
     a_t = t^γ,   m_t = (1 − t)^γ,   u_t = B·(t(1 − t))^(γ/2),   C_t = a_t + m_t + (K − 1)·u_t
     p_t(c | c) = a_t / C_t,   p_t(m | c) = m_t / C_t,   p_t(k | c) = u_t / C_t  for each k ≠ c
-    B = p_u / ((1 − p_u)(K − 1)):  at t = 1/2 a share p_u of the corrupted positions hold a
-        uniform code, 1 − p_u the mask (GIDD's p_u; its B differs by the exact normaliser)
+    B = 1 / (1 + (1 − p_u)/p_u · N/2),  N = K + 1 tokens:  GIDD's B for its p_u, verbatim
+        (their code's log_B); at t = 1/2 a share p_u·(K − 1)/(K + 1) of all positions hold
+        a uniform code, for every γ (p_u = 0: B = 0, no uniform noise)
 
 so the path starts all masked, ends on the data, and passes through uniform noise that peaks
 mid-way. A position holding a code may still be noise, so unlike the masked path no token
@@ -46,9 +47,9 @@ class GIDD(CategoricalHead, Method):
     def __init__(self, codebook, options=None):
         super().__init__(codebook, options)
         self.init_head(self.options)
-        k, p_u = self.num_codes, self.options.p_uniform
+        p_u, tokens = self.options.p_uniform, self.num_codes + 1
         self.gamma = self.options.gamma
-        self.b = p_u / ((1 - p_u) * (k - 1)) if k > 1 else 0.0
+        self.b = 1.0 / (1.0 + (1.0 - p_u) / p_u * tokens / 2) if p_u > 0 else 0.0
 
     @property
     def mask_id(self) -> int:
@@ -83,8 +84,10 @@ class GIDD(CategoricalHead, Method):
         c = indices.long()
         p_c, p_m, _ = (p.to(c.device).view(-1, 1, 1).float() for p in self.probabilities(t))
         u = torch.rand(c.shape, device=c.device, generator=generator)
-        other = torch.randint(0, self.num_codes - 1, c.shape, device=c.device, generator=generator)
-        other = other + (other >= c)  # uniform over the K − 1 codes ≠ c
+        # uniform over the K − 1 codes ≠ c (K = 1 has none, and P_u = 0: never taken)
+        others = max(self.num_codes - 1, 1)
+        other = torch.randint(0, others, c.shape, device=c.device, generator=generator)
+        other = (other + (other >= c)).clamp_max(self.num_codes - 1)
         return torch.where(
             u < p_c, c, torch.where(u < p_c + p_m, torch.full_like(c, self.mask_id), other)
         )
@@ -100,19 +103,24 @@ class GIDD(CategoricalHead, Method):
 
     def step(self, z, c, t: float, t_next: float, generator=None):
         """One step of the conditional process of the drawn codes c from t to t_next."""
-        (pc0, pm0, pu0), (pc1, pm1, pu1) = self.probabilities(t), self.probabilities(t_next)
-        d_u, d_m, d_c = float(pu1 - pu0), float(pm1 - pm0), float(pc1 - pc0)
+        (_, pm0, pu0), (_, pm1, pu1) = self.probabilities(t), self.probabilities(t_next)
+        d_u, d_m = float(pu1 - pu0), float(pm1 - pm0)
         pm0, pu0 = float(pm0), float(pu0)
         r = noise.rand((*z.shape, 2), z.device, generator)
         masked, settled = z == self.mask_id, z == c
-        other = torch.floor(r[..., 1] * (self.num_codes - 1)).long().clamp_max(self.num_codes - 2)
-        other = other + (other >= c)
+        others = max(self.num_codes - 1, 1)
+        other = torch.floor(r[..., 1] * others).long().clamp_max(others - 1)
+        other = (other + (other >= c)).clamp_max(self.num_codes - 1)
+        # the mask's outflow −ΔP_m / P_m (P_m = 0: nothing is masked any more); the data
+        # code's share of it taken as the rest, not as ΔP_c / P_m, which cancels near P_c = 1
+        leave = min(max(-d_m / pm0, 0.0), 1.0) if pm0 > 0 else 0.0
         if d_u >= 0:  # masks feed the rising uniform mass and the data code; codes stay
-            to_c, to_other = d_c / pm0, (self.num_codes - 1) * d_u / pm0
+            to_other = min((self.num_codes - 1) * d_u / pm0, leave) if pm0 > 0 else 0.0
+            to_c = leave - to_other
             unmask = torch.where(r[..., 0] < to_c, c, other)
-            moves = masked & (r[..., 0] < to_c + to_other)
+            moves = masked & (r[..., 0] < leave)
             return torch.where(moves, unmask, z)
-        to_c_masked, to_c_code = -d_m / pm0, -d_u / pu0
+        to_c_masked, to_c_code = leave, min(-d_u / pu0, 1.0)
         p = torch.where(masked, to_c_masked, to_c_code)
         return torch.where(~settled & (r[..., 0] < p), c, z)
 

@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 from functools import cache
 
-from ..options import Record
+from ..options import Record, meta, options_of
 
 
 @cache
@@ -27,7 +27,22 @@ def _registry() -> dict[str, Record]:
                     "module under methods/records)"
                 )
             found[record.name] = record
+    _check_shared_options(found)
     return found
+
+
+def _check_shared_options(found: dict[str, Record]) -> None:
+    """Options of the same name in several records must mean the same thing (default,
+    role, resume rules): the runner's key lists are unions over the records by name."""
+    seen: dict[str, tuple] = {}
+    for rec in found.values():
+        for f in options_of(rec.options):
+            facts = (f.default, meta(f, "role"), meta(f, "added"), meta(f, "inert_unless"))
+            if seen.setdefault(f.name, (rec.name, facts))[1] != facts:
+                raise RuntimeError(
+                    f"option {f.name!r} means one thing in {seen[f.name][0]} and another in "
+                    f"{rec.name} (default, role or resume rule); give one of them another name"
+                )
 
 
 def records() -> dict[str, Record]:

@@ -11,8 +11,8 @@ from ..options import CategoricalOptions, Range, Record, option
 @dataclass
 class GIDDOptions(CategoricalOptions):
     name: str = "gidd"
-    # the share of corrupted positions that hold a uniform code rather than the mask at
-    # t = 1/2 (GIDD's p_u; 0 is a masked path, κ(t) = t^γ/(t^γ + (1 − t)^γ))
+    # GIDD's p_u: at t = 1/2 a share p_u·(K − 1)/(K + 1) of all positions hold a uniform
+    # code (0 is a masked path, κ(t) = t^γ/(t^γ + (1 − t)^γ))
     p_uniform: float = option(0.1, within=Range(0, 1))
     gamma: float = option(1.0, within=Range(0, None, low_closed=False))  # GIDD's γ
 

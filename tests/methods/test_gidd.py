@@ -24,8 +24,9 @@ def test_probabilities_are_a_path_from_the_mask_to_the_data(gamma):
     torch.testing.assert_close(p_c + p_m + (K - 1) * p_u, torch.ones_like(t))
     assert (p_m[0], p_c[0], p_c[-1], p_m[-1]) == (1, 0, 1, 0)
     assert (p_c.diff() > 0).all() and (p_m.diff() < 0).all()  # what the sampler relies on
-    noise = (K - 1) * p_u[50] + p_m[50]
-    assert float((K - 1) * p_u[50] / noise) == pytest.approx(0.3)  # p_uniform's meaning
+    # p_uniform is GIDD's p_u: its B = 1/(1 + (1 − p_u)/p_u · N/2), N = K + 1 tokens
+    assert m.b == pytest.approx(1 / (1 + 0.7 / 0.3 * (K + 1) / 2))
+    assert float((K - 1) * p_u[50]) == pytest.approx(0.3 * (K - 1) / (K + 1))
 
 
 def test_p_uniform_zero_is_the_masked_path():
@@ -54,6 +55,24 @@ def test_a_step_carries_the_path_to_the_next_time(t, t_next):
     want = torch.full((K + 1,), p_u, dtype=torch.float64)
     want[c], want[K] = p_c, p_m
     torch.testing.assert_close(seen, want, atol=4e-3, rtol=0)
+
+
+def test_the_end_of_the_path_is_safe_where_the_mask_underflows():
+    """Near t = 1 with a large γ, P_m underflows to 0 and P_c rounds to 1: a step neither
+    divides by zero nor leaves [0, 1], and every position still ends on a code."""
+    m = gidd(p_uniform=0.0, gamma=120.0)
+    z = torch.tensor([[[K, 2], [5, K]]])
+    c = torch.tensor([[[1, 2], [3, 4]]])
+    out = m.step(z, c, 0.999, 0.9995, torch.Generator().manual_seed(0))
+    assert ((out == z) | (out == c)).all()
+    m = gidd(p_uniform=0.0, gamma=3.0)  # cancellation in ΔP_c / P_m near P_c = 1
+    n = 100_000
+    codes = torch.full((n, 1, 1), 3)
+    z = m.corrupt(codes, torch.full((n,), 0.9), torch.Generator().manual_seed(3))
+    z = m.step(z, codes, 0.9, 0.95, torch.Generator().manual_seed(4))
+    p_c, p_m, _ = (float(p) for p in m.probabilities(0.95))
+    assert abs(float((z == K).double().mean()) - p_m) < 4e-3
+    assert abs(float((z == 3).double().mean()) - p_c) < 4e-3
 
 
 def test_bad_options_are_refused_in_the_checks_words():
