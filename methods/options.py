@@ -3,7 +3,7 @@ option dataclasses every method shares, and the :class:`Record` that names one o
 
 An option is a dataclass field whose metadata says what it may hold::
 
-    z_loss_weight: float = option(1e-5, at_least=0, why="the z-loss weight λ")
+    strength: float = option(0.5, within=Range(0, 1))
 
 and, where it matters to the runner, what kind of option it is:
 
