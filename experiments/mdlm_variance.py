@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
     for name, sampler in samplers.items():
         # the divisor E_t[κ̇] of each sampler, so every estimate has the same target scale
         method.time_sampler = sampler
-        method._mdlm_norm = sampler.expectation(method.kappa_dot)
+        method._mdlm_norm = sampler.expectation(method.path.kappa_dot)
         gen = torch.Generator().manual_seed(args.seed + 1)  # the same corruption draws
         losses, ces = [], []
         for r in rows:

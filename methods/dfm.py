@@ -14,14 +14,17 @@ The samplers (discrete Euler with carry-over or redraw, MaskGIT) are in ``dfm_sa
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 
 import torch
 
-from . import dfm_samplers, noise
+from . import dfm_samplers
 from .base import LossOutput, Method, SampleOutput, TimeSampler, categorical, guided_forward
 from .head import CategoricalHead
 from .options import problems, value_errors
+from .paths import MixturePath
 from .records.dfm import MaskGITOptions
+from .sampling import posterior_draws
 
 
 class DFM(CategoricalHead, Method):
@@ -35,6 +38,7 @@ class DFM(CategoricalHead, Method):
         self.source = o.source
         self.weighting = o.weighting
         self.kappa_power = o.kappa_power
+        self.path = MixturePath(self.num_codes, o.source, o.kappa_power)
         self.mdlm_eps = o.mdlm_eps
         self.mdlm_stratified = o.mdlm_stratified
         self._mdlm_norm = None
@@ -45,29 +49,19 @@ class DFM(CategoricalHead, Method):
                 "uniform", o.t_min, t_max=1.0 - o.mdlm_eps, stratified=o.mdlm_stratified
             )
             # E_t[κ̇] under that sampler: the MDLM weight's divisor, computed once
-            self._mdlm_norm = self.time_sampler.expectation(self.kappa_dot)
+            self._mdlm_norm = self.time_sampler.expectation(self.path.kappa_dot)
 
     @property
     def mask_id(self) -> int | None:
-        return self.num_codes if self.source == "mask" else None
+        return self.path.mask_id
 
     @property
     def vocab_size(self) -> int:
-        return self.num_codes + (1 if self.source == "mask" else 0)
+        return self.path.vocab_size
 
     @property
     def out_channels(self) -> int:
         return self.num_codes
-
-    def kappa(self, t):
-        """Scheduler κ(t) = t^power: probability that a position already holds its data token."""
-        return t**self.kappa_power
-
-    def kappa_dot(self, t):
-        return self.kappa_power * t ** (self.kappa_power - 1)
-
-    def kappa_inverse(self, k):
-        return k ** (1.0 / self.kappa_power)
 
     def mdlm_weight(self, t: torch.Tensor) -> torch.Tensor:
         """w(t) = κ̇/(1 − κ) / E_t[κ̇]: the weight of a masked position at time t (B,).
@@ -80,31 +74,14 @@ class DFM(CategoricalHead, Method):
         density divided out), so the checks refuse ``time_sampling="logit_normal"`` with it.
         """
         t = t.double()
-        return (self.kappa_dot(t) / (1 - self.kappa(t)) / self._mdlm_norm).float()
+        return (self.path.kappa_dot(t) / (1 - self.path.kappa(t)) / self._mdlm_norm).float()
 
     def path_loglik(self, x_t, t):
-        """log p_t(x | c) = log(κ·1[x = c] + (1 − κ)·source(x)) per position and code c."""
-        k = self.kappa(t.double()).view(-1, 1, 1, 1)
-        point = torch.nn.functional.one_hot(x_t.clamp_max(self.num_codes - 1), self.num_codes)
-        point = point.permute(0, 3, 1, 2).double()
-        if self.source == "mask":
-            masked = (x_t == self.mask_id)[:, None].double()
-            point, source = point * (1 - masked), masked
-        else:
-            source = torch.full_like(point, 1.0 / self.num_codes)
-        return (k * point + (1 - k) * source).clamp_min(1e-300).log()
-
-    def source_tokens(self, shape, device, generator=None) -> torch.Tensor:
-        if self.source == "mask":
-            return torch.full(shape, self.num_codes, dtype=torch.long, device=device)
-        return noise.randint(self.num_codes, shape, device, generator)
+        return self.path.path_loglik(x_t, t)
 
     def corrupt(self, indices, t, generator=None) -> torch.Tensor:
         """Draw x_t from the mixture path given data indices (B,H,W) and t (B,)."""
-        c = indices.long()
-        keep_p = self.kappa(t.float()).view(-1, 1, 1)
-        keep = torch.rand(c.shape, device=c.device, generator=generator) < keep_p
-        return torch.where(keep, c, self.source_tokens(c.shape, c.device, generator))
+        return self.path.corrupt(indices, t, generator)
 
     def loss(self, model, indices, y=None, generator=None) -> LossOutput:
         t = self.time_sampler(indices.shape[0], indices.device, generator)
@@ -119,17 +96,7 @@ class DFM(CategoricalHead, Method):
         """p(c | x_t): the network's softmax(ℓ/τ); for the masked source, the exact point mass
         on x_t at every unmasked position (where the path leaves no doubt)."""
         logits, _ = guided_forward(model, x_t, t, y, cfg_scale)
-        return self.carry_over(categorical(logits, temperature), x_t)
-
-    def carry_over(self, post: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Posterior (B,K,H,W) with the point mass δ_{x} at the unmasked positions of x
-        (masked source; the uniform source's posterior is returned as it is)."""
-        if self.source != "mask":
-            return post
-        decoded = x != self.mask_id
-        point = torch.nn.functional.one_hot(x.clamp_max(self.num_codes - 1), self.num_codes)
-        point = point.permute(0, 3, 1, 2).to(post.dtype)
-        return torch.where(decoded[:, None], point, post)
+        return self.path.carry_over(categorical(logits, temperature), x_t)
 
     def check_sampling(self, solver: str, steps: int, grid) -> None:
         """Refuse a sampler setting that cannot work, before any training."""
@@ -161,6 +128,7 @@ class DFM(CategoricalHead, Method):
         config's ``eval.maskgit``; no other solver takes any."""
         self.check_sampling(solver, steps, grid)
         args = (self, model, num_samples, grid, steps, y, temperature, cfg_scale, generator, trace)
+        shape = (num_samples, *grid)
         if solver == "maskgit":
             options = solver_options or MaskGITOptions()
             errors = value_errors(MaskGITOptions, dataclasses.asdict(options))
@@ -171,4 +139,18 @@ class DFM(CategoricalHead, Method):
             raise ValueError(
                 f"solver={solver!r} takes no solver_options (MaskGIT's are for maskgit)"
             )
-        return dfm_samplers.euler(*args, carry_over=self.source == "mask" and solver == "euler")
+        # discrete Euler: carry-over for the masked source; euler-redraw (the official code's
+        # masked Euler, and flow_matching's) lets decoded positions jump too
+        carry = self.source == "mask" and solver == "euler"
+        start = self.path.source_tokens(shape, self.codebook.device, generator)
+        return posterior_draws(
+            self,
+            model,
+            shape,
+            steps,
+            start,
+            partial(self.path.step, carry_over=carry),
+            (y, temperature, cfg_scale, generator),
+            trace,
+            traced=self.path.carry_over if carry else None,
+        )

@@ -32,7 +32,7 @@ import torch
 from . import noise
 from .base import Method, SampleOutput, inverse_cdf
 from .head import CategoricalHead
-from .sampling import fixed_grid
+from .sampling import posterior_draws
 
 TABLE_MAX_CODES = 4096
 
@@ -174,17 +174,12 @@ class MetricDFM(CategoricalHead, Method):
         trace=False,
     ) -> SampleOutput:
         self.check_sampling(solver, steps, grid)
-        dev = self.codebook.device
+        shape = (num_samples, *grid)
+        z = noise.randint(self.num_codes, shape, self.codebook.device, generator)
+        sampling = (y, temperature, cfg_scale, generator)
+        return posterior_draws(self, model, shape, steps, z, self.move, sampling, trace)
 
-        def step(i, t, t_next, z, calls):
-            tt = torch.full((num_samples,), t, device=dev, dtype=torch.float32)
-            x1, _, post, mult = self.draw(model, z, tt, y, temperature, cfg_scale, generator, trace)
-            calls.add(mult)
-            return (
-                (x1 if i == steps - 1 else self.jump(z, x1, t, t_next - t, generator)),
-                post,
-                None,
-            )
-
-        z = noise.randint(self.num_codes, (num_samples, *grid), dev, generator)
-        return fixed_grid(z, steps, step, trace)
+    def move(self, z, x1, t: float, t_next: float, generator=None):
+        """One Euler step of the conditional process of the drawn codes x1; at t = 1 the
+        state is x1 (β_1 = ∞)."""
+        return x1 if t_next >= 1.0 else self.jump(z, x1, t, t_next - t, generator)

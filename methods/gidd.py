@@ -37,7 +37,7 @@ import torch
 from . import noise
 from .base import Method, SampleOutput
 from .head import CategoricalHead
-from .sampling import fixed_grid
+from .sampling import posterior_draws
 
 
 class GIDD(CategoricalHead, Method):
@@ -139,13 +139,11 @@ class GIDD(CategoricalHead, Method):
         trace=False,
     ) -> SampleOutput:
         self.check_sampling(solver, steps, grid)
-        dev = self.codebook.device
+        shape = (num_samples, *grid)
+        z = torch.full(shape, self.mask_id, dtype=torch.long, device=self.codebook.device)
+        sampling = (y, temperature, cfg_scale, generator)
+        return posterior_draws(self, model, shape, steps, z, self.move, sampling, trace)
 
-        def step(i, t, t_next, z, calls):
-            tt = torch.full((num_samples,), t, device=dev, dtype=torch.float32)
-            c, _, post, mult = self.draw(model, z, tt, y, temperature, cfg_scale, generator, trace)
-            calls.add(mult)
-            return (c if i == steps - 1 else self.step(z, c, t, t_next, generator)), post, None
-
-        z = torch.full((num_samples, *grid), self.mask_id, dtype=torch.long, device=dev)
-        return fixed_grid(z, steps, step, trace)
+    def move(self, z, c, t: float, t_next: float, generator=None):
+        """The conditional step of the drawn codes c; at t = 1 the state is c."""
+        return c if t_next >= 1.0 else self.step(z, c, t, t_next, generator)

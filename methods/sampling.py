@@ -57,3 +57,23 @@ def fixed_grid(
     if trace:
         record_trace(records, trace, {"t": 1.0, "state": state.clone(), "posterior": None})
     return SampleOutput(out, calls.nfe, calls.rows, records)
+
+
+def posterior_draws(method, model, shape, steps, start, move, sampling, trace, traced=None):
+    """The discrete samplers that, at every step, draw c ~ p_θ(· | x_t, t) = softmax(ℓ/τ) at
+    every position (CFG on ℓ) and move the state by the path's conditional process of c:
+    ``move(x, c, t, t_next, generator)`` (dfm's Euler, dfm-metric, gidd). ``sampling`` holds
+    (y, temperature, cfg_scale, generator); ``traced(posterior, x)`` the posterior the trace
+    keeps (e.g. made exact where the path leaves no doubt)."""
+    y, temperature, cfg_scale, generator = sampling
+    device = method.codebook.device
+
+    def step(i, t, t_next, x, calls):
+        tt = torch.full((shape[0],), t, device=device, dtype=torch.float32)
+        c, _, post, mult = method.draw(model, x, tt, y, temperature, cfg_scale, generator, trace)
+        calls.add(mult)
+        if trace and traced is not None:
+            post = traced(post, x)
+        return move(x, c, t, t_next, generator), post, None
+
+    return fixed_grid(start, steps, step, trace)

@@ -193,7 +193,7 @@ def test_mdlm_weight_has_unit_mean_closed_form_and_bound(t_min, power, eps, stra
     bound = m.mdlm_weight(torch.tensor([t_max]))
     assert (m.mdlm_weight(t) <= bound * (1 + 1e-6)).all()
     # Monte Carlo: E[w(t)·1_masked] = 1 per position
-    masked = torch.rand(t.shape, generator=g) >= m.kappa(t)
+    masked = torch.rand(t.shape, generator=g) >= m.path.kappa(t)
     w = (m.mdlm_weight(t) * masked).double()
     est, se = w.mean().item(), w.std().item() / math.sqrt(len(w))
     assert abs(est - 1) < max(4 * se, 0.01), (est, se)
