@@ -8,7 +8,8 @@
     MDLM weighting (masked source): w(t) = κ̇/(1 − κ) / E_t[κ̇] on masked positions, 0 elsewhere
     p_θ(c | x_t) = softmax(ℓ/τ); CFG acts on ℓ before τ
 
-The samplers (discrete Euler with carry-over or redraw, MaskGIT) are in ``dfm_samplers.py``.
+The path is ``paths.MixturePath``; discrete Euler (carry-over or redraw) is its step under the
+shared posterior-draw sampler (``sampling.py``), MaskGIT is in ``dfm_samplers.py``.
 """
 
 from __future__ import annotations
