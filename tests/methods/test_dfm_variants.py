@@ -220,7 +220,7 @@ BAD_DFM_OPTIONS = [
 
 @pytest.mark.parametrize("options", BAD_DFM_OPTIONS)
 def test_a_bad_dfm_option_is_refused_in_the_same_words_by_the_method_and_the_checks(options):
-    """One rule, one source (methods.catalog.dfm_option_errors): the line the start-up checks
+    """One rule, one source (the dfm record in methods/records/dfm.py): the line the start-up checks
     print for a config is the one DFM raises for the same options."""
     from omegaconf import OmegaConf
 
