@@ -464,3 +464,38 @@ def test_every_record_names_its_class_and_the_class_its_record():
         assert type(m).name == name and m.record is rec
         assert m.solvers == rec.solvers and m.categorical_posterior == rec.categorical
         assert isinstance(m.options, rec.options) and m.options.name == name
+
+
+def bad_values():
+    """(method, option, a value its record refuses) for every option with allowed values."""
+    from methods.options import meta, options_of
+
+    out = []
+    for name, rec in records().items():
+        for f in options_of(rec.options):
+            choices, within = meta(f, "choices"), meta(f, "within")
+            if choices is not None:
+                out.append((name, f.name, "bogus"))
+            elif within is not None:
+                out.append((name, f.name, float("nan")))
+    return out
+
+
+@pytest.mark.parametrize(("name", "option", "value"), bad_values())
+def test_every_bad_option_is_refused_in_the_same_words_by_the_method_and_the_checks(
+    name, option, value
+):
+    """Each record's choices and ranges are the one rule: the line the start-up checks print
+    for a config is in the error the method raises for the same option."""
+    from omegaconf import OmegaConf
+
+    from experiments.runner.checks import validation_errors
+
+    with pytest.raises(ValueError, match="is not allowed; expected") as raised:
+        methods.build(name, codebook=E, **{option: value})
+    cfg = OmegaConf.create(
+        {"method": {"name": name, option: value}, "eval": {"solver": "euler", "temperature": 1.0}}
+    )
+    lines = [line for line in validation_errors(cfg) if line.startswith(f"method.{option}=")]
+    assert lines, f"the checks let {name}'s {option}={value!r} through"
+    assert lines[0].removeprefix("method.") in str(raised.value)
