@@ -35,8 +35,18 @@ from experiments.runner.checkpoint import training_identity
 from experiments.runner.labels import method_label
 from shared.io import atomic_write_text, file_sha256
 
-# a point's setting: every key a sampler takes from the protocol that a sweep may change
-SETTING = ("solver", "steps", "tolerance", "temperature", "cfg_scale", "num_samples")
+# a point's setting: every key a sampler takes from the protocol that a sweep may change, and
+# the reference it is scored against (the held-out split a sampler is chosen on:
+# analysis/sampler_choice.py)
+SETTING = (
+    "solver",
+    "steps",
+    "tolerance",
+    "temperature",
+    "cfg_scale",
+    "num_samples",
+    "reference_split",
+)
 
 
 def run_key(run_dir: str, csv_path: str) -> str:
@@ -77,7 +87,11 @@ def check_one_measurement(df: pd.DataFrame) -> None:
 
 
 def setting_key(point: dict) -> str:
-    return "|".join(f"{k}={point.get(k)}" for k in SETTING)
+    """A point's key in a sweep CSV; a point on the run's own reference split leaves the split
+    out, so that the keys of rows written before the split was a setting still match."""
+    return "|".join(
+        f"{k}={point.get(k)}" for k in SETTING if k != "reference_split" or point.get(k) is not None
+    )
 
 
 def load_done(csv_path: str) -> pd.DataFrame:
@@ -122,10 +136,12 @@ def sweep_run(
     if not todo:
         print(f"{run_dir}: all {len(points)} points done")
         return rows
-    base = {k: cfg.eval[k] for k in ("solver", "steps", "temperature", "cfg_scale")}
+    base = {
+        k: cfg.eval[k] for k in ("solver", "steps", "temperature", "cfg_scale", "reference_split")
+    }
     base["num_samples"] = cfg.eval.num_samples
     out_dir = os.path.dirname(csv_path)
-    evaluator = None
+    evaluators = {}  # one per reference split: its reference statistics are read once
     for full in todo:
         setting = {**base, **{k: v for k, v in full.items() if v is not None}}
         adaptive = setting["solver"] in method.adaptive_solvers
@@ -138,8 +154,12 @@ def sweep_run(
         cfg.eval.solver = setting["solver"]
         cfg.eval.steps = setting["steps"]
         cfg.eval.num_samples = setting["num_samples"]
-        if evaluator is None:
-            evaluator = Evaluator(cfg, tok, method, torch.device(device), out_dir)
+        cfg.eval.reference_split = setting["reference_split"]
+        if setting["reference_split"] not in evaluators:
+            evaluators[setting["reference_split"]] = Evaluator(
+                cfg, tok, method, torch.device(device), out_dir
+            )
+        evaluator = evaluators[setting["reference_split"]]
         kw = {"tolerance": float(setting["tolerance"])} if adaptive else {}
         if adaptive:  # the grid's steps mean nothing to it: its row says so
             setting["steps"] = None

@@ -238,3 +238,47 @@ def test_digests_read_back_from_csvs_stay_text(tmp_path):
     pd.DataFrame([{"step": 4, **row}]).to_csv(tmp_path / "m.csv", index=False)
     assert read_table(str(tmp_path / "m.csv")).iloc[0].to_dict() == {"step": 4, **row}
     assert load_done(str(tmp_path / "m.csv")).iloc[0][list(row)].to_dict() == row
+
+
+@pytest.fixture(scope="module")
+def held_out(run_in_process, env, tmp_path_factory):
+    """A tiny masked-dfm run whose reference fits the toy test split (16 images)."""
+    run = tmp_path_factory.mktemp("choice") / "sweep" / "dfm_seed0"
+    with pytest.MonkeyPatch.context() as mp:
+        run_in_process(env, ["method=dfm", "eval.points=1", "eval.reference_n=16"], run, mp)
+    return run
+
+
+def test_sampler_choice_searches_on_the_held_out_split_and_reports_on_the_runs_own(
+    env, held_out, tmp_path, monkeypatch
+):
+    """choose: every point scored against the test split, stage by stage, never worse than
+    the default; report: the default there is the run's own last FD (train split), and the
+    chosen setting is sampled beside it. A second choose resamples nothing."""
+    from analysis import sampler_choice
+
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    out = tmp_path / "choice"
+    grid = ["--nfe", "2", "--taus", "0.5", "--scales", "2", "--out", str(out)]
+    choice = sampler_choice.main(["choose", str(held_out), *grid])
+    points = pd.read_csv(out / "sampler_points.csv")
+    assert set(points["reference_split"]) == {"test"}
+    assert points["reference"].str.contains("/test n=16").all()
+    assert set(points["solver"]) == {"euler", "maskgit"}  # stage 1: the masked dfm's solvers
+    assert {0.5, 1.0} <= set(points["temperature"]) and {1.0, 2.0} <= set(points["cfg_scale"])
+    (c,) = choice.to_dict("records")
+    assert c["method"] == "dfm" and c["fd_chosen"] <= c["fd_default"]
+    assert c["fd_chosen"] == pytest.approx(points["fd"].min())
+    again = sampler_choice.main(["choose", str(held_out), *grid])
+    assert len(pd.read_csv(out / "sampler_points.csv")) == len(points)
+    assert again.to_dict("records") == choice.to_dict("records")
+    report = sampler_choice.main(
+        ["report", str(held_out), "--choice", str(out / "sampler_choice.csv"), "--out", str(out)]
+    )
+    (r,) = report.to_dict("records")
+    assert r["fd_default"] == pytest.approx(last_fd(held_out), rel=1e-6)
+    assert (r["solver"], r["temperature"], r["cfg_scale"]) == (
+        c["solver"],
+        c["temperature"],
+        c["cfg_scale"],
+    )
