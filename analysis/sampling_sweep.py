@@ -36,8 +36,9 @@ from experiments.runner.labels import method_label
 from shared.io import atomic_write_text, file_sha256
 
 # a point's setting: every key a sampler takes from the protocol that a sweep may change, and
-# the reference it is scored against (the held-out split a sampler is chosen on:
-# analysis/sampler_choice.py)
+# how it is scored: the reference split (the held-out split a sampler is chosen on:
+# analysis/sampler_choice.py) and the feature extractor (fd_fashion or Inception:
+# analysis/metric_agreement.py)
 SETTING = (
     "solver",
     "steps",
@@ -46,7 +47,11 @@ SETTING = (
     "cfg_scale",
     "num_samples",
     "reference_split",
+    "extractor",
 )
+# settings added after sweep CSVs were written: left out of a point's key when the point keeps
+# the run's own, so that the keys of older rows still match
+LATER = ("reference_split", "extractor")
 
 
 def run_key(run_dir: str, csv_path: str) -> str:
@@ -87,10 +92,9 @@ def check_one_measurement(df: pd.DataFrame) -> None:
 
 
 def setting_key(point: dict) -> str:
-    """A point's key in a sweep CSV; a point on the run's own reference split leaves the split
-    out, so that the keys of rows written before the split was a setting still match."""
+    """A point's key in a sweep CSV (``LATER`` settings only where the point sets them)."""
     return "|".join(
-        f"{k}={point.get(k)}" for k in SETTING if k != "reference_split" or point.get(k) is not None
+        f"{k}={point.get(k)}" for k in SETTING if k not in LATER or point.get(k) is not None
     )
 
 
@@ -136,12 +140,10 @@ def sweep_run(
     if not todo:
         print(f"{run_dir}: all {len(points)} points done")
         return rows
-    base = {
-        k: cfg.eval[k] for k in ("solver", "steps", "temperature", "cfg_scale", "reference_split")
-    }
+    base = {k: cfg.eval[k] for k in ("solver", "steps", "temperature", "cfg_scale", *LATER)}
     base["num_samples"] = cfg.eval.num_samples
     out_dir = os.path.dirname(csv_path)
-    evaluators = {}  # one per reference split: its reference statistics are read once
+    evaluators = {}  # one per (split, extractor): its reference statistics are read once
     for full in todo:
         setting = {**base, **{k: v for k, v in full.items() if v is not None}}
         adaptive = setting["solver"] in method.adaptive_solvers
@@ -155,11 +157,11 @@ def sweep_run(
         cfg.eval.steps = setting["steps"]
         cfg.eval.num_samples = setting["num_samples"]
         cfg.eval.reference_split = setting["reference_split"]
-        if setting["reference_split"] not in evaluators:
-            evaluators[setting["reference_split"]] = Evaluator(
-                cfg, tok, method, torch.device(device), out_dir
-            )
-        evaluator = evaluators[setting["reference_split"]]
+        cfg.eval.extractor = setting["extractor"]
+        scoring = (setting["reference_split"], setting["extractor"])
+        if scoring not in evaluators:
+            evaluators[scoring] = Evaluator(cfg, tok, method, torch.device(device), out_dir)
+        evaluator = evaluators[scoring]
         kw = {"tolerance": float(setting["tolerance"])} if adaptive else {}
         if adaptive:  # the grid's steps mean nothing to it: its row says so
             setting["steps"] = None

@@ -282,3 +282,19 @@ def test_sampler_choice_searches_on_the_held_out_split_and_reports_on_the_runs_o
         c["temperature"],
         c["cfg_scale"],
     )
+
+
+def test_the_extractor_is_a_setting_and_the_runs_own_is_its_fd(
+    env, held_out, tmp_path, monkeypatch
+):
+    """A point that names the run's own extractor reproduces the run's FD under its own key
+    (beside the protocol point's), so a metric cross-check can add Inception beside it."""
+    from analysis.sampling_sweep import setting_key, sweep_run
+
+    monkeypatch.setenv("VQBENCH_CACHE", env["cache"])
+    csv = str(tmp_path / "points.csv")
+    rows = sweep_run(str(held_out), lambda *_: [{"extractor": "fashion"}, {}], csv, [])
+    assert len(rows) == 2 and len({r["setting"] for r in rows}) == 2
+    assert all(r["extractor"] == "fashion" for r in rows)
+    assert rows[0]["fd"] == rows[1]["fd"] == pytest.approx(last_fd(held_out), rel=1e-6)
+    assert "extractor" not in setting_key({"solver": "euler"})  # older rows' keys unchanged
