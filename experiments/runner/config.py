@@ -131,7 +131,9 @@ class EvalConfig:
     metric_net: str | None = None  # a rebuilt fd_fashion network's folder; None = the shipped one
     reference_split: str = "train"
     reference_n: int = 10000
-    seed: int = 1234  # sampling seed, the same for every method and evaluation
+    # sampling seed, the same for every method and evaluation; null: each run's own, drawn
+    # from its training seed (the seed spread then includes the sampling noise)
+    seed: int | None = 1234
     batch_size: int = 250
     # of sampling: fp32 (default; docs/performance.md) | bf16 (autocast) | auto (as optim)
     precision: str = "fp32"

@@ -26,6 +26,17 @@ from .metrics_file import METRIC_COLUMNS, read_csv, write_csv
 __all__ = ["METRIC_COLUMNS", "Evaluator", "read_csv", "write_csv"]
 
 
+def eval_seed(cfg) -> int:
+    """The sampling noise seed of a run's evaluations: ``eval.seed`` (the same noise for every
+    method and step), or with ``eval.seed=null`` one of the run's own, drawn from its training
+    seed, so that the spread over training seeds includes the sampling noise."""
+    if cfg.eval.seed is not None:
+        return int(cfg.eval.seed)
+    from methods.noise import sample_seed
+
+    return sample_seed(int(cfg.seed), 0, stream="eval")
+
+
 class Evaluator:
     """Samples with the EMA model under a fixed protocol and scores them (rank 0).
 
@@ -130,7 +141,7 @@ class Evaluator:
         every batch are kept in ``self.batch_nfe`` (an adaptive solver's differ by batch)."""
         e = self.cfg.eval
         self.batch_nfe = []
-        g = torch.Generator(self.device).manual_seed(e.seed)  # same noise for every method/step
+        g = torch.Generator(self.device).manual_seed(eval_seed(self.cfg))
         labels = torch.arange(e.num_samples, device=self.device) % self.cfg.data.num_classes
         images = []
         for i in range(0, e.num_samples, e.batch_size):

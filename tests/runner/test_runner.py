@@ -722,3 +722,21 @@ def test_the_demo_plan_and_the_default_config_agree_on_the_default_protocol(comp
     cfg = compose(["method=purr"])
     assert (cfg.budget.train_flops, cfg.eval.points) == (plan.DEFAULT_FLOPS, plan.DEFAULT_POINTS)
     assert cfg.backbone.preset == "DiT-Nano/1" and cfg.eval.spacing == "log"
+
+
+def test_eval_seed_null_gives_each_run_its_own_sampling_noise(compose, env):
+    """eval.seed=null: a run's evaluations draw noise from a seed of its own, drawn from its
+    training seed (the spread over seeds then holds the sampling noise); a number is used as
+    it is, the same for every run."""
+    from experiments.runner.checks import validation_errors
+    from experiments.runner.evaluation import eval_seed
+    from methods.noise import sample_seed
+
+    own = [
+        compose(env["overrides"] + ["method=cfm", "eval.seed=null", f"seed={s}"]) for s in (0, 1)
+    ]
+    assert validation_errors(own[0]) == []
+    assert eval_seed(own[0]) != eval_seed(own[1])
+    assert eval_seed(own[1]) == sample_seed(1, 0, stream="eval")
+    fixed = [compose(env["overrides"] + ["method=cfm", f"seed={s}"]) for s in (0, 1)]
+    assert eval_seed(fixed[0]) == eval_seed(fixed[1]) == 1234
