@@ -109,6 +109,7 @@ def seal(ck: dict) -> dict:
 
 def save(
     path: str,
+    *,
     model,
     ema,
     opt,
@@ -118,7 +119,8 @@ def save(
     identity: dict,
     metrics_csv: str | None = None,
 ) -> None:
-    """``metrics_csv``: the text of metrics.csv up to this step (None: not kept, as in a
+    """Write ``path`` holding each part under its name (the module docstring lists them).
+    ``metrics_csv``: the text of metrics.csv up to this step (None: not kept, as in a
     checkpoint from before the key; an empty run keeps its header)."""
     ck = {
         "format": FORMAT,

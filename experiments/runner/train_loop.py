@@ -456,13 +456,13 @@ class Loop:
         if self.ranks.main:
             checkpoint.save(
                 self.rundir.checkpoint,
-                parts.model,
-                parts.ema,
-                parts.opt,
-                self.progress,
-                parts.total_steps,
-                self.config,
-                parts.identity,
+                model=parts.model,
+                ema=parts.ema,
+                opt=parts.opt,
+                progress=self.progress,
+                total_steps=parts.total_steps,
+                config=self.config,
+                identity=parts.identity,
                 metrics_csv=csv_text(self.rows),
             )
         self.ranks.barrier()
