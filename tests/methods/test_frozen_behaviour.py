@@ -15,11 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import sys
 
 import pytest
 import torch
+from helpers.frozen import fingerprint
 
 import methods
 from methods.records.dfm import MaskGITOptions
@@ -69,14 +69,6 @@ CASES = {
         [("euler", 4, 1.0, 1.0)],
     ),
 }
-
-
-def fingerprint() -> dict:
-    return {
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "capability": torch.backends.cpu.get_cpu_capability(),
-    }
 
 
 def behaviour(name: str, options: dict, samplers: list) -> dict:
