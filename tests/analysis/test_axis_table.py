@@ -53,7 +53,7 @@ def test_other_differences_names_every_other_key():
 
 def test_on_the_committed_token_axis(tmp_path, capsys):
     """Those runs differ in size, so a learning-rate table of them is refused (one line, exit
-    2); by size, purr's two sizes at 1.6e14 are read, Mini/2 the better."""
+    2); by size, purr's sizes at 1.6e14 are read, Mini/2 the best."""
     with pytest.raises(SystemExit) as refused:
         axis.main([TOKEN_AXIS, "--key", "optim.lr", "--out", str(tmp_path)])
     assert refused.value.code == 2
@@ -63,7 +63,7 @@ def test_on_the_committed_token_axis(tmp_path, capsys):
     )
     table = pd.read_csv(tmp_path / "axis_backbone_preset.csv")
     purr = table[table["method"] == "purr"].set_index("value")
-    assert set(purr.index) == {"DiT-Mini/2", "DiT-Micro/2"}
+    assert {"DiT-Mini/2", "DiT-Micro/2"} <= set(purr.index)
     assert bool(purr.loc["DiT-Mini/2", "best"]) and purr.loc["DiT-Mini/2", "fd"] == pytest.approx(
         60.21, abs=0.01
     )
