@@ -31,7 +31,7 @@ import sys
 import pandas as pd
 
 from analysis.nfe_sweep import solvers_of, steps_for
-from analysis.sampling_sweep import check_runs, run_key, setting_key, sweep_run
+from analysis.sampling_sweep import check_runs, load_done, run_key, setting_key, sweep_run
 from methods.records import record
 from shared.io import atomic_write_text
 from shared.refusal import refuse
@@ -123,9 +123,7 @@ def choose_one(run: str, csv: str, rows: list, args) -> dict:
 def choose(args) -> pd.DataFrame:
     runs = check_runs(args.runs, args.allow_unfinished)
     csv = os.path.join(args.out, "sampler_points.csv")
-    rows: list[dict] = []
-    if os.path.isfile(csv):
-        rows = pd.read_csv(csv).to_dict("records")
+    rows = load_done(csv).to_dict("records")
     choices = [choose_one(run, csv, rows, args) for run in runs]
     table = pd.DataFrame(choices)
     if table["method"].duplicated().any():
@@ -148,7 +146,7 @@ def report(args) -> pd.DataFrame:
     choice = pd.read_csv(args.choice).set_index("method")
     runs = check_runs(args.runs, args.allow_unfinished)
     csv = os.path.join(args.out, "sampler_points.csv")
-    rows: list[dict] = pd.read_csv(csv).to_dict("records") if os.path.isfile(csv) else []
+    rows = load_done(csv).to_dict("records")
     out = []
     for run in runs:
         cfg, tok, _, _ = load_trained(run, args.device)

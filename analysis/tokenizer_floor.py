@@ -22,37 +22,33 @@ from shared.io import atomic_write_text
 
 
 def floors(tokenizers: list[str], counts: list[int], device: str = "cpu") -> pd.DataFrame:
-    from hydra import compose, initialize_config_dir
-
+    from experiments.pack import compose_all
     from experiments.runner.build import build_method_and_model, load_tokenizer
-    from experiments.runner.config import register
     from experiments.runner.evaluation import Evaluator
-    from shared.paths import REPO_ROOT
 
-    register()
+    pairs = [(name, n) for name in tokenizers for n in counts]
+    jobs = [
+        [f"tokenizer={name}", "method=cfm", f"eval.num_samples={n}", "progress=false"]
+        for name, n in pairs
+    ]
     rows = []
-    conf = str(REPO_ROOT / "experiments" / "conf")
-    with initialize_config_dir(config_dir=conf, version_base=None):
-        for name in tokenizers:
-            for n in counts:
-                overrides = [f"tokenizer={name}", "method=cfm", f"eval.num_samples={n}"]
-                cfg = compose("config", overrides=overrides + ["progress=false"])
-                tok = load_tokenizer(cfg)
-                method, _ = build_method_and_model(cfg, tok, torch.device(device))
-                ev = Evaluator(cfg, tok, method, torch.device(device), None)
-                k, d = tok.codebook.shape
-                rows.append(
-                    {
-                        "tokenizer": name,
-                        "tokenizer_sha256": (tok.weights_sha256 or "")[:12],
-                        "codes": k,
-                        "code_dim": d,
-                        "num_samples": n,
-                        "fd_recon": ev.baselines["fd_recon"],
-                        "fd_real": ev.baselines["fd_real"],
-                    }
-                )
-                print(f"{name} (K={k}) n={n}: fd_recon {rows[-1]['fd_recon']:.2f}", flush=True)
+    for (name, n), cfg in zip(pairs, compose_all(jobs), strict=True):
+        tok = load_tokenizer(cfg)
+        method, _ = build_method_and_model(cfg, tok, torch.device(device))
+        ev = Evaluator(cfg, tok, method, torch.device(device), None)
+        k, d = tok.codebook.shape
+        rows.append(
+            {
+                "tokenizer": name,
+                "tokenizer_sha256": (tok.weights_sha256 or "")[:12],
+                "codes": k,
+                "code_dim": d,
+                "num_samples": n,
+                "fd_recon": ev.baselines["fd_recon"],
+                "fd_real": ev.baselines["fd_real"],
+            }
+        )
+        print(f"{name} (K={k}) n={n}: fd_recon {rows[-1]['fd_recon']:.2f}", flush=True)
     return pd.DataFrame(rows)
 
 

@@ -30,14 +30,14 @@ from __future__ import annotations
 import torch
 
 from . import noise
-from .base import Method, SampleOutput, inverse_cdf
+from .base import Method, inverse_cdf
 from .head import CategoricalHead
-from .sampling import posterior_draws
+from .sampling import DrawAndMove
 
 TABLE_MAX_CODES = 4096
 
 
-class MetricDFM(CategoricalHead, Method):
+class MetricDFM(CategoricalHead, DrawAndMove, Method):
     name = "dfm-metric"
     input_kind = "tokens"
 
@@ -159,25 +159,9 @@ class MetricDFM(CategoricalHead, Method):
             out[sl] = torch.where(go, target, flat_z[sl])
         return out.view(z.shape)
 
-    @torch.no_grad()
-    def sample(
-        self,
-        model,
-        num_samples,
-        grid,
-        steps,
-        y=None,
-        solver="euler",
-        temperature=1.0,
-        cfg_scale=1.0,
-        generator=None,
-        trace=False,
-    ) -> SampleOutput:
-        self.check_sampling(solver, steps, grid)
-        shape = (num_samples, *grid)
-        z = noise.randint(self.num_codes, shape, self.codebook.device, generator)
-        sampling = (y, temperature, cfg_scale, generator)
-        return posterior_draws(self, model, shape, steps, z, self.move, sampling, trace)
+    def start(self, shape, generator=None):
+        """Uniform codes (β_0 = 0)."""
+        return noise.randint(self.num_codes, shape, self.codebook.device, generator)
 
     def move(self, z, x1, t: float, t_next: float, generator=None):
         """One Euler step of the conditional process of the drawn codes x1; at t = 1 the

@@ -35,12 +35,12 @@ from __future__ import annotations
 import torch
 
 from . import noise
-from .base import Method, SampleOutput
+from .base import Method
 from .head import CategoricalHead
-from .sampling import posterior_draws
+from .sampling import DrawAndMove
 
 
-class GIDD(CategoricalHead, Method):
+class GIDD(CategoricalHead, DrawAndMove, Method):
     name = "gidd"
     input_kind = "tokens"
 
@@ -124,25 +124,9 @@ class GIDD(CategoricalHead, Method):
         p = torch.where(masked, to_c_masked, to_c_code)
         return torch.where(~settled & (r[..., 0] < p), c, z)
 
-    @torch.no_grad()
-    def sample(
-        self,
-        model,
-        num_samples,
-        grid,
-        steps,
-        y=None,
-        solver="euler",
-        temperature=1.0,
-        cfg_scale=1.0,
-        generator=None,
-        trace=False,
-    ) -> SampleOutput:
-        self.check_sampling(solver, steps, grid)
-        shape = (num_samples, *grid)
-        z = torch.full(shape, self.mask_id, dtype=torch.long, device=self.codebook.device)
-        sampling = (y, temperature, cfg_scale, generator)
-        return posterior_draws(self, model, shape, steps, z, self.move, sampling, trace)
+    def start(self, shape, generator=None):
+        """All masked."""
+        return torch.full(shape, self.mask_id, dtype=torch.long, device=self.codebook.device)
 
     def move(self, z, c, t: float, t_next: float, generator=None):
         """The conditional step of the drawn codes c; at t = 1 the state is c."""

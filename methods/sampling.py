@@ -59,6 +59,32 @@ def fixed_grid(
     return SampleOutput(out, calls.nfe, calls.rows, records)
 
 
+class DrawAndMove:
+    """``sample`` of a discrete method whose sampler draws c ~ p_θ and moves by its path's
+    conditional process of c (dfm-metric, gidd): the method gives ``start(shape, generator)``,
+    the source state, and ``move(x, c, t, t_next, generator)``."""
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model,
+        num_samples,
+        grid,
+        steps,
+        y=None,
+        solver="euler",
+        temperature=1.0,
+        cfg_scale=1.0,
+        generator=None,
+        trace=False,
+    ) -> SampleOutput:
+        self.check_sampling(solver, steps, grid)
+        shape = (num_samples, *grid)
+        start = self.start(shape, generator)
+        sampling = (y, temperature, cfg_scale, generator)
+        return posterior_draws(self, model, shape, steps, start, self.move, sampling, trace)
+
+
 def posterior_draws(method, model, shape, steps, start, move, sampling, trace, traced=None):
     """The discrete samplers that, at every step, draw c ~ p_θ(· | x_t, t) = softmax(ℓ/τ) at
     every position (CFG on ℓ) and move the state by the path's conditional process of c:
