@@ -52,12 +52,13 @@ def launch_files(cfg) -> dict[str, str]:
     """This launch's .hydra files, as Hydra writes them (config, hydra, overrides). The config
     sets ``hydra.output_subdir: null`` so that Hydra writes none before the run directory's
     lock is taken; the runner writes these once the launch owns the directory, so a refused
-    launch leaves the owner's files as they were (docs/trust.md)."""
+    launch leaves the owner's files as they were (docs/trust.md). The config is written
+    resolved, so that it shows the rate ``${method_lr:}`` gave this run."""
     from omegaconf import OmegaConf
 
     hydra_cfg = HydraConfig.get()
     return {
-        "config.yaml": OmegaConf.to_yaml(cfg),
+        "config.yaml": OmegaConf.to_yaml(cfg, resolve=True),
         "hydra.yaml": OmegaConf.to_yaml({"hydra": hydra_cfg}),
         "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.overrides.task),
     }

@@ -41,6 +41,8 @@ NON_TRAINING_KEYS = (
     "wandb_project",
     # the setting may change; the precision it resolves to may not (checked as identity)
     "optim.precision",
+    # the table of tuned rates: the rate it gives this run is optim.lr, a training key
+    "optim.lr_by_method.",
 )
 
 
@@ -167,6 +169,12 @@ def validation_errors(cfg) -> list[str]:
     """Every problem with ``cfg``, one line each (empty when the config is sound)."""
     from shared.backbone.presets import PRESETS
 
+    try:  # every later check reads resolved values: a rate that cannot be looked up ends here
+        OmegaConf.select(cfg, "optim.lr")
+    except Exception as e:  # omegaconf wraps the resolver's ValueError, in its own words
+        return [
+            str(e).splitlines()[0].removeprefix("ValueError raised while resolving interpolation: ")
+        ]
     errors = []
 
     def get(key):
@@ -194,6 +202,12 @@ def validation_errors(cfg) -> list[str]:
         )
     if get("backbone.preset") not in PRESETS:
         bad("backbone.preset", "one of " + ", ".join(PRESETS))
+    labels = [label for rec in records().values() for label in rec.variant_names()]
+    for label, rate in (get("optim.lr_by_method") or {}).items():
+        if label not in labels:  # a misspelt objective would never get its rate
+            bad(f"optim.lr_by_method.{label}", "an objective's name: one of " + ", ".join(labels))
+        elif not (isinstance(rate, int | float) and rate > 0):
+            bad(f"optim.lr_by_method.{label}", "a learning rate > 0")
 
     _method_errors(get, bad)
     _float32_errors(get, bad)

@@ -95,7 +95,11 @@ IMAGENET_BUDGETS = {
 
 @dataclass
 class OptimConfig:
+    # a number, or ${method_lr:}: the entry of lr_by_method for the run's objective (its
+    # label: dfm-uniform, not dfm), so one launch over several objectives trains each at its
+    # own tuned rate; optim.lr=X on the command line replaces the lookup
     lr: float = 1e-3
+    lr_by_method: dict[str, float] = field(default_factory=dict)
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
@@ -191,11 +195,26 @@ IMAGENET_EVAL = EvalConfig(
 )
 
 
+def method_lr(root) -> float:
+    """``${method_lr:}``: the learning rate ``optim.lr_by_method`` gives the run's objective."""
+    label = method_label(root, sampler=False)
+    table = root.optim.lr_by_method
+    if label not in table:
+        listed = ", ".join(f"{k}={v:g}" for k, v in table.items()) or "nothing"
+        raise ValueError(
+            f"optim.lr is ${{method_lr:}}, but optim.lr_by_method has no rate for {label} (it "
+            f"lists {listed}); set optim.lr=RATE, or +optim.lr_by_method.{label}=RATE"
+        )
+    return float(table[label])
+
+
 def register_resolvers() -> None:
-    """${method_label:} names a run folder as its results are grouped (dfm-mdlm, not dfm)."""
+    """${method_label:} names a run folder as its results are grouped (dfm-mdlm, not dfm);
+    ${method_lr:} gives each objective its tuned learning rate (OptimConfig)."""
     OmegaConf.register_new_resolver(
         "method_label", lambda _root_: method_label(_root_, sampler=False), replace=True
     )
+    OmegaConf.register_new_resolver("method_lr", lambda _root_: method_lr(_root_), replace=True)
 
 
 # at import too: a submitit worker resolves hydra.sweep.subdir before the task runs, having

@@ -131,6 +131,12 @@ BAD_CONFIGS = [
     (["method=dfm-mdlm", "method.time_sampling=logit_normal"], "the ELBO under uniform t"),
     (["method=dfm-uniform", "eval.solver=euler-redraw"], "need method.source=mask"),
     (["method=dfm-mdlm", "method.kappa_power=0.5", "method.t_min=0"], "infinite at t = 0"),
+    # a per-objective rate table that lacks the objective, or names one that does not exist
+    (
+        ["method=dfm-uniform", "optim.lr=${method_lr:}", "+optim.lr_by_method={dfm: 3e-3}"],
+        "optim.lr_by_method has no rate for dfm-uniform (it lists dfm=0.003); set optim.lr=RATE",
+    ),
+    (["+optim.lr_by_method={dfm_uniform: 3e-3}"], "optim.lr_by_method.dfm_uniform=0.003 is not"),
     # values within their ranges that overflow float32 where the method uses them
     (["method=dfm-metric", "method.beta_scale=1e308"], "beta_scale ≤ 5.96e+27 at beta_power=1"),
     (["method=dfm-metric", "method.beta_power=20"], "beta_power ≤ 4.71 at beta_scale=10"),
@@ -239,6 +245,38 @@ def test_every_registered_variant_composes_validates_and_is_labelled_by_its_name
             assert (errors == []) == (why is None), (label, solver, errors)
             assert method_label(cfg, sampler=False) == label
             assert method_label(cfg).startswith(label)
+
+
+def test_each_objective_trains_at_its_own_rate_from_the_table(
+    compose, run_in_process, env, tmp_path, monkeypatch
+):
+    """optim.lr=${method_lr:} gives each objective of one launch its row of
+    optim.lr_by_method; the table is not part of a run's identity (only the rate it gives is),
+    so a run launched through the table resumes under the plain rate, and a changed rate is
+    refused."""
+    from experiments.runner.checkpoint import training_config
+    from experiments.runner.checks import flat_keys, validation_errors
+    from experiments.runner.errors import RunError
+
+    table = ["optim.lr=${method_lr:}", "+optim.lr_by_method={cfm: 3e-3, dfm-uniform: 3e-4}"]
+    for label, rate in (("cfm", 3e-3), ("dfm-uniform", 3e-4)):
+        cfg = compose(env["overrides"] + table + [f"method={label}"])
+        assert validation_errors(cfg) == []
+        assert cfg.optim.lr == rate
+        plain = compose(env["overrides"] + [f"method={label}", f"optim.lr={rate}"])
+        assert training_config(flat_keys(cfg)) == training_config(flat_keys(plain))
+    # a rate on the command line replaces the lookup
+    cfg = compose(env["overrides"] + table + ["method=cfm", "optim.lr=1e-2"])
+    assert cfg.optim.lr == 1e-2
+
+    run_dir = tmp_path / "tabled"
+    overrides = ["method=cfm", "eval.points=1"]
+    summary = run_in_process(env, overrides + table, run_dir, monkeypatch)
+    assert summary["train_config"]["optim.lr"] == 3e-3
+    again = run_in_process(env, overrides + ["optim.lr=3e-3"], run_dir, monkeypatch)
+    assert again["train_config"] == summary["train_config"]
+    with pytest.raises(RunError, match="optim.lr"):
+        run_in_process(env, overrides + ["optim.lr=1e-3"], run_dir, monkeypatch)
 
 
 def test_redraw_sampler_is_labelled_apart(compose, env):

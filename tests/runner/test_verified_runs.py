@@ -238,11 +238,14 @@ def test_a_refused_launch_writes_no_hydra_files(env, tmp_path):
         held.close()
     assert p.returncode == 2 and "is in use by" in p.stderr.strip().splitlines()[-1]
     assert set(os.listdir(d)) <= {".lock", "run.log"} and not (d / "run.log").read_text()
-    # the launch that owns the folder writes its own files
-    p = run_py(env, d, "method=cfm", "budget.images=64", "eval.points=1")
+    # the launch that owns the folder writes its own files, the config resolved (the rate
+    # the per-objective table gave it, not "${method_lr:}")
+    table = ("optim.lr=${method_lr:}", "+optim.lr_by_method={cfm: 3e-3}")
+    p = run_py(env, d, "method=cfm", "budget.images=64", "eval.points=1", *table)
     assert p.returncode == 0, p.stderr
     assert "method=cfm" in (d / ".hydra" / "overrides.yaml").read_text()
-    assert (d / ".hydra" / "config.yaml").read_text().startswith("method:\n  name: cfm\n")
+    config = (d / ".hydra" / "config.yaml").read_text()
+    assert config.startswith("method:\n  name: cfm\n") and "  lr: 0.003\n" in config
     assert (d / ".run" / "hydra" / "overrides.yaml").read_text() == (
         d / ".hydra" / "overrides.yaml"
     ).read_text()
