@@ -268,6 +268,26 @@ def test_default_and_paper_configs_validate(compose):
         assert validation_errors(cfg) == []
 
 
+def test_the_headline_preset_trains_the_committed_headline_runs_again(compose):
+    """preset=fashion_cpu names every training value of the converged headline, so each
+    committed run's training identity is what the preset composes today, whatever the defaults
+    say (they move to the protocol the frontier chooses)."""
+    import json
+
+    from experiments.runner.checkpoint import training_config, training_identity
+    from experiments.runner.checks import flat_keys
+    from shared.paths import REPO_ROOT
+
+    summaries = sorted((REPO_ROOT / "analysis" / "results" / "fashion_cpu").glob("*/summary.json"))
+    assert len(summaries) >= 15
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        cfg = compose([f"method={summary['method']}", "preset=fashion_cpu"])
+        composed = training_config(flat_keys(cfg))
+        assert composed == summary["train_config"], path
+        assert training_identity(flat_keys(cfg)) == summary["train_identity"], path
+
+
 def test_rows_name_what_measured_them_and_the_live_figure(
     run_in_process, env, tmp_path, monkeypatch
 ):
