@@ -11,7 +11,9 @@ can be called tuned).
 or ``tokenizer``. Within an objective the runs must differ in that key alone: a table of runs
 that also differ in size or schedule is refused, naming the keys. ``--budget``: the nominal
 FLOP budget the rows are read at (a run's evaluation at budget × 2^-k under log spacing;
-default: each run's final row). One seed per (objective, value): this is a scan.
+default: each run's final row). Read at one budget, wsd runs whose total budgets differ are
+compared (each row is the end of a run annealed to that budget). One seed per (objective,
+value): this is a scan.
 
 Writes axis_<key>.csv (method, value, FD, FD over the objective's best, best, at_edge) in
 ``--out`` and prints, per objective, the best value and whether it is interior.
@@ -50,9 +52,19 @@ def value_of(run: pd.Series, key: str):
     return config.get(key, config_default(key))
 
 
-def other_differences(configs: list[dict], key: str) -> list[str]:
-    """The training-config keys other than ``key`` on which these runs differ."""
-    keys = sorted(set().union(*configs) - {key})
+# Under wsd, a run's evaluation at a budget e below its own is its decay branch to e, which is
+# the end of a run whose budget is e (experiments/runner/wsd.py): read at one --budget, runs of
+# different total budgets are the same experiment there.
+BUDGET_KEYS = ("budget.train_flops", "budget.images")
+
+
+def other_differences(configs: list[dict], key: str, annealed_at_budget: bool = False) -> list[str]:
+    """The training-config keys other than ``key`` on which these runs differ (the total
+    budget left out when every run is read at one budget it was annealed at)."""
+    ignored = {key}
+    if annealed_at_budget and all(c.get("optim.schedule") == "wsd" for c in configs):
+        ignored |= set(BUDGET_KEYS)
+    keys = sorted(set().union(*configs) - ignored)
     return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
 
 
@@ -130,7 +142,7 @@ def main(argv=None) -> int:
     rows["value"] = [value_of(runs.loc[r], args.key) for r in rows["run"]]
     for label, grp in rows.groupby("label"):
         configs = [runs.loc[r, "train_config"] or {} for r in grp["run"]]
-        differ = other_differences(configs, args.key)
+        differ = other_differences(configs, args.key, annealed_at_budget=args.budget is not None)
         if differ:
             refuse(
                 f"the {label} runs differ in {', '.join(differ)} as well as {args.key}: a "

@@ -51,6 +51,22 @@ def test_other_differences_names_every_other_key():
     assert axis.other_differences(configs[:1] * 2, "optim.lr") == []
 
 
+def test_wsd_runs_of_different_total_budgets_compare_at_one_budget():
+    """Read at one budget, a wsd run's row is the end of a run annealed to it, so the total
+    budget may differ; under a constant rate it may not (the row is mid-run there), and with no
+    --budget the rows are the runs' final ones, at different budgets."""
+    wsd = [
+        {"optim.lr": 1e-3, "budget.train_flops": 1.6e14, "optim.schedule": "wsd"},
+        {"optim.lr": 3e-3, "budget.train_flops": 8e13, "optim.schedule": "wsd"},
+    ]
+    assert axis.other_differences(wsd, "optim.lr", annealed_at_budget=True) == []
+    assert axis.other_differences(wsd, "optim.lr") == ["budget.train_flops"]
+    constant = [{**c, "optim.schedule": "constant"} for c in wsd]
+    assert axis.other_differences(constant, "optim.lr", annealed_at_budget=True) == [
+        "budget.train_flops"
+    ]
+
+
 def test_on_the_committed_token_axis(tmp_path, capsys):
     """Those runs differ in size, so a learning-rate table of them is refused (one line, exit
     2); by size, purr's sizes at 1.6e14 are read, Mini/2 the best."""
