@@ -6,6 +6,8 @@ can be called tuned).
     python analysis/axis_table.py SWEEP [SWEEP ...] --key optim.lr [--budget 8e13]
     python analysis/axis_table.py SWEEP ... --key data.fraction --budget 1.6e14
     python analysis/axis_table.py SWEEP ... --key tokenizer      # the tokenizer's name
+    python analysis/axis_table.py SWEEP ... --key optim.lr --budget 8e13 \
+        --where backbone.preset=DiT-Micro/2                      # one size of a size scan
 
 ``--key`` is a training-config key (``optim.lr``, ``data.fraction``, ``optim.schedule``, …)
 or ``tokenizer``. Within an objective the runs must differ in that key alone: a table of runs
@@ -128,17 +130,41 @@ def verdicts(table: pd.DataFrame, key: str) -> list[str]:
     return lines
 
 
+def matches(value, wanted: str) -> bool:
+    """A recorded config value against ``--where``'s text: numbers by value (1e-3 = 0.001)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return float(wanted) == float(value)
+        except ValueError:
+            return False
+    return str(value) == wanted
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_sweep_arguments(ap)
     ap.add_argument("--key", required=True, help="a training-config key, or 'tokenizer'")
     ap.add_argument("--budget", type=float, default=None, help="nominal FLOPs (default: final)")
+    ap.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="keep only runs whose training config has this value (repeatable)",
+    )
     args = ap.parse_args(argv)
     sweeps = open_sweeps(args)
     rows = at_budget(sweeps.metrics, sweeps.runs, sweeps.metric, args.budget)
-    if rows.empty:
-        refuse(f"no run of {', '.join(sweeps.dirs)} was evaluated at {args.budget:g} FLOPs")
     runs = sweeps.runs.set_index("run")
+    for condition in args.where:
+        key, eq, wanted = condition.partition("=")
+        if not eq or not key:
+            refuse(f"--where {condition!r} is not KEY=VALUE, e.g. backbone.preset=DiT-Micro/2")
+        rows = rows[[matches(value_of(runs.loc[r], key), wanted) for r in rows["run"]]]
+    if rows.empty:
+        where = f" with {' and '.join(args.where)}" if args.where else ""
+        at = "at its final evaluation" if args.budget is None else f"at {args.budget:g} FLOPs"
+        refuse(f"no run of {', '.join(sweeps.dirs)}{where} was evaluated {at}")
     rows["value"] = [value_of(runs.loc[r], args.key) for r in rows["run"]]
     for label, grp in rows.groupby("label"):
         configs = [runs.loc[r, "train_config"] or {} for r in grp["run"]]

@@ -80,6 +80,19 @@ def test_on_the_committed_token_axis(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "axis_backbone_preset.csv")
     purr = table[table["method"] == "purr"].set_index("value")
     assert {"DiT-Mini/2", "DiT-Micro/2"} <= set(purr.index)
+    # one size of the scan: a table of one value per objective (not yet a grid)
+    axis.main(
+        [TOKEN_AXIS, "--key", "optim.lr", "--budget", "8e13", "--out", str(tmp_path)]
+        + ["--where", "backbone.preset=DiT-Micro/2"]
+    )
+    micro = pd.read_csv(tmp_path / "axis_optim_lr.csv").set_index("method")
+    assert set(micro.index) == {"cfm", "dfm", "purr"} and (micro["value"] == 1e-3).all()
+    assert micro.loc["purr", "fd"] == pytest.approx(66.2, abs=0.05)
+    with pytest.raises(SystemExit):
+        axis.main(
+            [TOKEN_AXIS, "--key", "optim.lr", "--where", "optim.lr=5e-3", "--out", str(tmp_path)]
+        )
+    assert "with optim.lr=5e-3 was evaluated" in capsys.readouterr().err
     assert bool(purr.loc["DiT-Mini/2", "best"]) and purr.loc["DiT-Mini/2", "fd"] == pytest.approx(
         60.21, abs=0.01
     )
