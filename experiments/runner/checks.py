@@ -13,7 +13,7 @@ import os
 from omegaconf import OmegaConf
 
 from methods.options import MIN_TEMPERATURE, Range, meta, options_of, value_errors
-from methods.records import categorical, records
+from methods.records import categorical, records, variants
 from shared.choices import DATASETS, LR_SCHEDULES, POS_EMBEDS, PRECISIONS, TOKENIZER_BACKENDS
 
 from .errors import RunError
@@ -202,7 +202,7 @@ def validation_errors(cfg) -> list[str]:
         )
     if get("backbone.preset") not in PRESETS:
         bad("backbone.preset", "one of " + ", ".join(PRESETS))
-    labels = [label for rec in records().values() for label in rec.variant_names()]
+    labels = list(variants())
     for label, rate in (get("optim.lr_by_method") or {}).items():
         if label not in labels:  # a misspelt objective would never get its rate
             bad(f"optim.lr_by_method.{label}", "an objective's name: one of " + ", ".join(labels))
